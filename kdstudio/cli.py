@@ -1,0 +1,141 @@
+"""The `kdstudio` command: a headless front end over the same core as the window.
+
+Sub-command groups live in `kdstudio.commands.*`, each with `register(subparsers)`.
+Heavy libraries (torch, transformers, Qt) are imported inside the commands that use them,
+so `kdstudio --help` answers at once.
+
+Exit codes: 0 done; 2 bad input or usage; 1 failure at run time; 130 cancelled cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdstudio import __version__
+from kdstudio.errors import Cancelled, KdError, UserError
+
+COMMAND_MODULES = [
+    "kdstudio.commands.teacher",
+]
+
+
+@dataclass
+class Context:
+    """What every command gets: the workspace (opened on first use) and output helpers."""
+
+    workspace_path: Path | None
+    _ws: Any = field(default=None, repr=False)
+
+    @property
+    def ws(self):  # -> Workspace
+        if self._ws is None:
+            from kdstudio.workspace import Workspace
+
+            self._ws = Workspace.open(self.workspace_path)
+        return self._ws
+
+    @staticmethod
+    def print_json(doc: Any) -> None:
+        json.dump(doc, sys.stdout, indent=2, default=str, ensure_ascii=False)
+        sys.stdout.write("\n")
+
+    @staticmethod
+    def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+        cells = [[str(c) for c in r] for r in rows]
+        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+        line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+        print(line.rstrip())
+        for r in cells:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line, exit 2
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="kdstudio",
+        description="A desktop studio for knowledge distillation of language models. "
+        "Without a command, opens the studio window.",
+    )
+    parser.add_argument("--version", action="version", version=f"kdstudio {__version__}")
+    parser.add_argument(
+        "--workspace",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="workspace folder (default: $KDSTUDIO_WORKSPACE or the user data dir)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _open_window(ctx: Context) -> int:
+    from kdstudio.gui.app import run_app
+
+    return run_app(ctx.workspace_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Context(args.workspace)
+    func = getattr(args, "func", None)
+    try:
+        if func is None:
+            if args.command:  # a group given without its sub-command
+                parser.parse_args([args.command, "--help"])
+            return _open_window(ctx)
+        return int(func(args, ctx) or 0)
+    except Cancelled as exc:
+        print(f"kdstudio: stopped: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("kdstudio: interrupted", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"kdstudio: error: {exc}", file=sys.stderr)
+        return 2
+    except KdError as exc:
+        print(f"kdstudio: failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: say what broke
+        if os.environ.get("KDSTUDIO_DEBUG"):
+            traceback.print_exc()
+        print(f"kdstudio: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("(set KDSTUDIO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        if ctx._ws is not None:
+            ctx._ws.close()
+
+
+def read_secret_from_stdin(what: str = "API key") -> str:
+    """Read a secret from stdin (never argv): the first line, stripped."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise UserError(f"--api-key-stdin was given but there is no standard input to read the {what} from")
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"{what}: ")
+    else:
+        value = sys.stdin.readline()
+    value = value.strip()
+    if not value:
+        raise UserError(f"--api-key-stdin was given but standard input held no {what}")
+    return value

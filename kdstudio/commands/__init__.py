@@ -1,0 +1,1 @@
+"""CLI sub-command groups; each module has `register(subparsers)`. No heavy imports here."""

@@ -1,0 +1,103 @@
+"""`kdstudio teacher add|list|remove`."""
+
+from __future__ import annotations
+
+import argparse
+
+from kdstudio.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("teacher", help="manage teachers (OpenAI-compatible endpoints, local models)")
+    tsub = p.add_subparsers(dest="teacher_command", metavar="ACTION")
+
+    add = tsub.add_parser("add", help="add an OpenAI-compatible teacher")
+    add.add_argument("name")
+    add.add_argument("--base-url", required=True, metavar="URL", help="e.g. https://api.openai.com/v1")
+    add.add_argument("--model", required=True)
+    key = add.add_mutually_exclusive_group()
+    key.add_argument("--api-key-stdin", action="store_true", help="read the API key from stdin into the OS keyring")
+    key.add_argument("--api-key-env", metavar="VAR", help="read the API key from this environment variable at run time")
+    add.add_argument("--price-in", type=float, default=0.0, metavar="USD", help="USD per million input tokens")
+    add.add_argument("--price-out", type=float, default=0.0, metavar="USD", help="USD per million output tokens")
+    add.add_argument("--header", action="append", default=[], metavar="K=V", help="extra HTTP header (repeatable)")
+    add.add_argument("--replace", action="store_true", help="replace a teacher of the same name")
+    add.set_defaults(func=cmd_add)
+
+    ls = tsub.add_parser("list", help="list teachers")
+    ls.add_argument("--json", action="store_true", help="print one JSON document")
+    ls.set_defaults(func=cmd_list)
+
+    rm = tsub.add_parser("remove", help="remove a teacher and its stored key")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_remove)
+
+
+def _headers(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--header {item!r}: expected NAME=VALUE")
+        k, v = item.split("=", 1)
+        if not k.strip():
+            raise UserError(f"--header {item!r}: the header name is empty")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_add(args: argparse.Namespace, ctx) -> int:
+    from kdstudio import secrets
+    from kdstudio.cli import read_secret_from_stdin
+    from kdstudio.config import TeacherConfig
+
+    key_source = "keyring" if args.api_key_stdin else "env" if args.api_key_env else "none"
+    teacher = TeacherConfig(
+        name=args.name,
+        kind="openai",
+        base_url=args.base_url,
+        model=args.model,
+        key_source=key_source,
+        key_env=args.api_key_env,
+        headers=_headers(args.header),
+        price_in=args.price_in,
+        price_out=args.price_out,
+    )
+    ws = ctx.ws
+    if not args.replace and args.name in ws.teacher_names():
+        raise UserError(f"a teacher named {args.name!r} already exists (use --replace to change it)")
+    if args.api_key_stdin:
+        # Store the key first: if the keyring fails, nothing is added.
+        secrets.store_key(args.name, read_secret_from_stdin())
+    ws.add_teacher(teacher, replace=args.replace)
+    where = {"keyring": "key in the OS keyring", "env": f"key from ${args.api_key_env}", "none": "no key"}
+    print(f"added teacher {args.name!r}: {teacher.model} at {teacher.base_url} ({where[key_source]})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, ctx) -> int:
+    teachers = ctx.ws.list_teachers()
+    if args.json:
+        ctx.print_json([t.to_dict() for t in teachers])
+        return 0
+    if not teachers:
+        print("no teachers yet: add one with `kdstudio teacher add NAME --base-url URL --model MODEL`")
+        return 0
+    rows = []
+    for t in teachers:
+        where = t.base_url if t.kind == "openai" else t.path
+        key = {"keyring": "keyring", "env": f"${t.key_env}", "none": "-"}[t.key_source]
+        price = f"{t.price_in:g}/{t.price_out:g}" if (t.price_in or t.price_out) else "-"
+        rows.append([t.name, t.kind, t.model or "", where, key, price])
+    ctx.print_table(["NAME", "KIND", "MODEL", "WHERE", "KEY", "USD/M IN/OUT"], rows)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, ctx) -> int:
+    from kdstudio import secrets
+
+    teacher = ctx.ws.get_teacher(args.name)
+    if teacher.key_source == "keyring":
+        secrets.delete_key(args.name)
+    ctx.ws.remove_teacher(args.name)
+    print(f"removed teacher {args.name!r}")
+    return 0

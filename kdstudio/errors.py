@@ -1,0 +1,48 @@
+"""Exceptions that the front ends turn into exit codes and inline messages.
+
+- `UserError` (exit 2): bad input or usage. Its message is one clear line that says what is
+  wrong and where (file, line, field) and, where it can, how to fix it.
+- `JobFailed` (exit 1): something went wrong at run time (a server, a disk, a model).
+- `Cancelled` (exit 130): the user stopped a job and it stopped cleanly.
+"""
+
+from __future__ import annotations
+
+
+class KdError(Exception):
+    """Base class of kdstudio's own errors."""
+
+    exit_code = 1
+
+
+class UserError(KdError):
+    """Bad input or usage: the message says what and where."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A config value is invalid; the message names the key and how to fix it."""
+
+
+class NotFound(UserError):
+    """A named thing (teacher, dataset, collection, run) does not exist."""
+
+    def __init__(self, kind: str, name: str, known: list[str] | None = None) -> None:
+        hint = ""
+        if known is not None:
+            hint = f" (known: {', '.join(known)})" if known else f" (there are no {kind}s yet)"
+        super().__init__(f"no {kind} named {name!r}{hint}")
+        self.kind, self.name = kind, name
+
+
+class JobFailed(KdError):
+    """A job failed at run time."""
+
+    exit_code = 1
+
+
+class Cancelled(KdError):
+    """A job was cancelled and stopped cleanly (after checkpointing where that applies)."""
+
+    exit_code = 130

@@ -1,0 +1,285 @@
+"""Events that core jobs report, the `Sink` protocol, `CancelToken` and the standard sinks.
+
+A job takes `(config, workspace, sink, cancel)`; it never knows which front end runs it.
+Events are small frozen dataclasses of plain Python values (never tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, runtime_checkable
+
+from kdstudio.errors import Cancelled
+
+if TYPE_CHECKING:
+    from kdstudio.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class: every event carries the wall-clock time it was made."""
+
+    t: float = field(default_factory=time.time, kw_only=True)
+
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    """`done` of `total` units (total None when unknown); `extra` holds plain figures."""
+
+    done: int
+    total: int | None = None
+    unit: str = "item"
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Metrics(Event):
+    """Scalar metrics at a training step (Python floats only)."""
+
+    step: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Log(Event):
+    message: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class RowDone(Event):
+    """One row of a job reached a final state (done or failed)."""
+
+    row: int | str
+    status: str
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Warning(Event):  # noqa: A001 - the event's name in the architecture
+    """Something the user should know about; the job goes on."""
+
+    message: str
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    message: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    message: str
+    details: str = ""
+    cancelled: bool = False
+
+
+@runtime_checkable
+class Sink(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+
+class NullSink:
+    def emit(self, event: Event) -> None:
+        pass
+
+
+class ListSink:
+    """Keeps every event (tests, and the GUI's replay of a finished job)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def of(self, kind: type[Event]) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class FanoutSink:
+    """Sends each event to several sinks; one failing sink does not starve the others."""
+
+    def __init__(self, sinks: Iterable[Sink]) -> None:
+        self.sinks = [s for s in sinks if s is not None]
+
+    def emit(self, event: Event) -> None:
+        error: Exception | None = None
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception as exc:  # noqa: BLE001 - re-raised after the others ran
+                error = error or exc
+        if error is not None:
+            raise error
+
+
+class CancelToken:
+    """A flag a job checks at every step or row. Stop means: finish the step, save, return."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def cancel(self, reason: str = "cancelled by the user") -> None:
+        self.reason = reason
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Cancelled(self.reason)
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to `timeout` seconds, waking early on cancel; True if cancelled."""
+        return self._event.wait(timeout)
+
+
+class StoreSink:
+    """Persists events (and metrics of a run) in the workspace so any job can be reopened.
+
+    Metrics go to `run_metrics` when `run_id` is given; every other event goes to `events`.
+    Progress events are frequent, so only every `progress_every_s` seconds one is stored.
+    """
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        job_kind: str,
+        job_id: int | str,
+        run_id: int | None = None,
+        progress_every_s: float = 2.0,
+    ) -> None:
+        self.ws, self.job_kind, self.job_id, self.run_id = workspace, job_kind, str(job_id), run_id
+        self.progress_every_s = progress_every_s
+        self._last_progress = 0.0
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Metrics):
+            if self.run_id is not None:
+                self.ws.add_metrics(self.run_id, event.step, event.values, event.t)
+            return
+        if isinstance(event, Progress):
+            if event.t - self._last_progress < self.progress_every_s and event.done != event.total:
+                return
+            self._last_progress = event.t
+        if isinstance(event, RowDone) and event.status == "done":
+            return  # the rows themselves are stored by the job; only failures are events
+        payload = {k: v for k, v in event.to_dict().items() if k != "t"}
+        self.ws.add_event(self.job_kind, self.job_id, event.type, payload, event.t)
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "--:--"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ConsoleSink:
+    """CLI output: a one-line progress bar on a terminal, plain lines otherwise.
+
+    Logs and warnings go to stderr so that `--json` output on stdout stays clean.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, width: int = 28, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.width, self.quiet = width, quiet
+        self._start: float | None = None
+        self._bar_shown = False
+        self._last_line = 0.0
+
+    def _clear_bar(self) -> None:
+        if self._bar_shown:
+            self.stream.write("\r\x1b[2K")
+            self._bar_shown = False
+
+    def _line(self, text: str) -> None:
+        self._clear_bar()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def progress_text(self, ev: Progress) -> str:
+        now = ev.t
+        if self._start is None:
+            self._start = now
+        elapsed = max(now - self._start, 1e-9)
+        parts = []
+        if ev.total:
+            frac = min(ev.done / ev.total, 1.0)
+            filled = int(frac * self.width)
+            bar = "#" * filled + "-" * (self.width - filled)
+            rate = ev.done / elapsed
+            eta = (ev.total - ev.done) / rate if rate > 0 else None
+            parts.append(f"[{bar}] {ev.done}/{ev.total} {ev.unit}s {frac * 100:5.1f}%")
+            parts.append(f"{rate:.1f}/s ETA {_fmt_duration(eta)}")
+        else:
+            parts.append(f"{ev.done} {ev.unit}s")
+        for key, value in ev.extra.items():
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+        if ev.message:
+            parts.append(ev.message)
+        return "  ".join(parts)
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            if self.quiet:
+                return
+            text = self.progress_text(event)
+            if self.tty:
+                self.stream.write("\r\x1b[2K" + text)
+                self.stream.flush()
+                self._bar_shown = True
+            elif event.t - self._last_line >= 5.0 or event.done == event.total:
+                self._last_line = event.t
+                self._line(text)
+        elif isinstance(event, Metrics):
+            if not self.quiet:
+                vals = "  ".join(f"{k} {v:.4g}" for k, v in event.values.items())
+                self._line(f"step {event.step}  {vals}")
+        elif isinstance(event, Log):
+            if not self.quiet or event.level in ("warning", "error"):
+                self._line(event.message)
+        elif isinstance(event, Warning):
+            self._line(f"warning: {event.message}" + (f" ({event.where})" if event.where else ""))
+        elif isinstance(event, RowDone):
+            if event.status != "done":
+                self._line(f"row {event.row}: {event.status}: {event.detail}")
+        elif isinstance(event, Finished):
+            self._line(event.message or "done")
+        elif isinstance(event, Failed):
+            self._line(("stopped: " if event.cancelled else "error: ") + event.message)
+
+
+def event_from_dict(kind: str, payload: dict[str, Any], t: float) -> Event:
+    """Rebuild a stored event (for the GUI's and `runs show`'s history)."""
+    cls = {c.__name__: c for c in (Progress, Metrics, Log, RowDone, Warning, Finished, Failed)}
+    return cls[kind](**payload, t=t)
+
+
+def dumps(event: Event) -> str:
+    return json.dumps({"type": event.type, **event.to_dict()})

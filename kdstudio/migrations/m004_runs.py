@@ -1,0 +1,59 @@
+"""Training runs, their metrics (tailed live by the window), checkpoints and evaluations."""
+
+SQL = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL DEFAULT 'created',
+    method TEXT,
+    config TEXT NOT NULL,
+    collection TEXT,
+    step INTEGER NOT NULL DEFAULT 0,
+    world_size INTEGER NOT NULL DEFAULT 1,
+    pid INTEGER,
+    host TEXT,
+    heartbeat REAL,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+
+CREATE TABLE run_metrics (
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    t REAL NOT NULL,
+    PRIMARY KEY (run_id, name, step)
+);
+CREATE INDEX run_metrics_by_run ON run_metrics (run_id);
+
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    eval_loss REAL,
+    is_best INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+
+CREATE TABLE evaluations (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    checkpoint TEXT,
+    summary TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+);
+
+CREATE TABLE eval_items (
+    eval_id INTEGER NOT NULL REFERENCES evaluations (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    prompt TEXT NOT NULL,
+    teacher TEXT,
+    student_before TEXT,
+    student_after TEXT,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (eval_id, idx)
+);
+"""

@@ -1,0 +1,164 @@
+"""API keys in the OS keyring (service "kdstudio", user = teacher name), never on disk.
+
+Some Linux setups hang on a keyring call (a locked collection waiting for a prompt that
+never comes), so every call runs in a daemon thread with a timeout. A failed or timed-out
+read never deletes or overwrites a stored key. Error messages never contain a key.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kdstudio.errors import UserError
+
+if TYPE_CHECKING:
+    from kdstudio.config import TeacherConfig
+
+SERVICE = "kdstudio"
+TIMEOUT_S = 5.0
+T = TypeVar("T")
+
+HOW_TO_FIX = (
+    "install and unlock a Secret Service (e.g. `sudo apt install gnome-keyring` and log in to "
+    "a desktop session, or KWallet on KDE), or store the key in an environment variable and "
+    "add the teacher with `--api-key-env VAR_NAME`"
+)
+
+
+class KeyringUnavailable(UserError):
+    """No working keyring backend; the message says how to fix it."""
+
+
+class KeyMissing(UserError):
+    """The teacher's key is not stored where the teacher says it is."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    ok: bool
+    backend: str
+    message: str
+
+
+def _call(fn: Callable[[], T], what: str, timeout: float = TIMEOUT_S) -> T:
+    """Run a keyring call in a daemon thread; raise KeyringUnavailable on timeout or error."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"keyring-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise KeyringUnavailable(
+            f"the OS keyring did not answer within {timeout:.0f} s while trying to {what} "
+            f"(it may be locked or waiting for a prompt); {HOW_TO_FIX}"
+        )
+    if "error" in box:
+        exc = box["error"]
+        # The key is never part of keyring's exception text, but be safe: report type only
+        # plus the backend's message, which describes the backend, not the secret.
+        raise KeyringUnavailable(
+            f"the OS keyring failed to {what}: {type(exc).__name__}: {_safe(exc)}; {HOW_TO_FIX}"
+        ) from None
+    return box["value"]
+
+
+def _safe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:200]
+
+
+def _backend() -> Any:
+    import keyring
+
+    return keyring.get_keyring()
+
+
+def probe_backend(timeout: float = TIMEOUT_S) -> BackendStatus:
+    """Check that a usable keyring backend answers, without touching any stored key."""
+    try:
+        backend = _call(_backend, "find a backend", timeout)
+    except KeyringUnavailable as exc:
+        return BackendStatus(False, "unknown", str(exc))
+    name = f"{type(backend).__module__}.{type(backend).__name__}"
+    priority = getattr(backend, "priority", 0)
+    if "fail" in name.lower() or "null" in name.lower() or (priority is not None and priority <= 0):
+        return BackendStatus(False, name, f"no usable OS keyring backend ({name}); {HOW_TO_FIX}")
+    try:
+        _call(lambda: backend.get_password(SERVICE, "__kdstudio_probe__"), "read", timeout)
+    except KeyringUnavailable as exc:
+        return BackendStatus(False, name, str(exc))
+    return BackendStatus(True, name, f"keyring backend {name} works")
+
+
+def _require_backend(timeout: float) -> Any:
+    status = probe_backend(timeout)
+    if not status.ok:
+        raise KeyringUnavailable(status.message)
+    return _backend()
+
+
+def store_key(teacher: str, key: str, *, timeout: float = TIMEOUT_S) -> None:
+    """Store (or replace) a teacher's key. Nothing is written anywhere else."""
+    if not key or not key.strip():
+        raise UserError("the API key is empty")
+    if any(c in key for c in "\r\n"):
+        raise UserError("the API key contains a line break; paste it on one line")
+    backend = _require_backend(timeout)
+    _call(lambda: backend.set_password(SERVICE, teacher, key.strip()), "store the key", timeout)
+    # Read back: some backends accept writes into a locked collection that never lands.
+    stored = _call(lambda: backend.get_password(SERVICE, teacher), "read the key back", timeout)
+    if stored != key.strip():
+        raise KeyringUnavailable(f"the OS keyring did not keep the key for {teacher!r}; {HOW_TO_FIX}")
+
+
+def read_key(teacher: str, *, timeout: float = TIMEOUT_S) -> str | None:
+    """The stored key, or None when there is none. Raises KeyringUnavailable, never deletes."""
+    backend = _require_backend(timeout)
+    return _call(lambda: backend.get_password(SERVICE, teacher), "read the key", timeout)
+
+
+def delete_key(teacher: str, *, timeout: float = TIMEOUT_S) -> bool:
+    """Delete a teacher's key (only on the user's explicit removal). True if one existed."""
+    import keyring.errors
+
+    backend = _require_backend(timeout)
+
+    def delete() -> bool:
+        try:
+            backend.delete_password(SERVICE, teacher)
+        except keyring.errors.PasswordDeleteError:
+            return False
+        return True
+
+    return _call(delete, "delete the key", timeout)
+
+
+def resolve_key(teacher: TeacherConfig, *, timeout: float = TIMEOUT_S) -> str | None:
+    """The key a teacher's requests use: keyring, environment variable, or none."""
+    if teacher.key_source == "none":
+        return None
+    if teacher.key_source == "env":
+        value = os.environ.get(teacher.key_env or "")
+        if not value:
+            raise KeyMissing(
+                f"teacher {teacher.name!r} reads its key from the environment variable "
+                f"{teacher.key_env}, which is not set"
+            )
+        return value
+    value = read_key(teacher.name, timeout=timeout)
+    if not value:
+        raise KeyMissing(
+            f"no API key is stored in the OS keyring for teacher {teacher.name!r}; store one with "
+            f"`kdstudio teacher add {teacher.name} ... --api-key-stdin --replace`"
+        )
+    return value

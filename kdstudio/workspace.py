@@ -1,0 +1,276 @@
+"""The workspace: a folder with one SQLite database (WAL) plus folders for checkpoints/exports.
+
+Schema changes go through numbered migrations in `kdstudio.migrations` (`mNNN_*.py`, each
+with `SQL` or an `upgrade(con)` function); `PRAGMA user_version` holds the version. Opening
+an older workspace migrates it in one transaction per step; a newer one is refused.
+
+Connections are per thread (SQLite objects must stay on the thread that made them): use
+`ws.db` for the calling thread's connection, `ws.tx()` for a write transaction.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kdstudio.config import TeacherConfig
+from kdstudio.errors import NotFound, UserError
+
+DB_NAME = "kdstudio.sqlite"
+ENV_VAR = "KDSTUDIO_WORKSPACE"
+
+
+def default_path() -> Path:
+    """`KDSTUDIO_WORKSPACE`, else the platform's user data dir (e.g. ~/.local/share/kdstudio)."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("kdstudio", appauthor=False)) / "workspace"
+
+
+def migrations() -> list[tuple[int, str, Any]]:
+    """[(version, name, module)] in order; versions must be 1..N without gaps."""
+    import kdstudio.migrations as pkg
+
+    found = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("m") and info.name[1:4].isdigit():
+            found.append((int(info.name[1:4]), info.name, importlib.import_module(f"{pkg.__name__}.{info.name}")))
+    found.sort()
+    for expected, (version, name, _) in enumerate(found, start=1):
+        if version != expected:
+            raise RuntimeError(f"migration numbering has a gap before {name}")
+    return found
+
+
+def schema_version() -> int:
+    return len(migrations())
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=True)
+    con.row_factory = sqlite3.Row
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("PRAGMA foreign_keys=ON")
+    con.execute("PRAGMA busy_timeout=30000")
+    return con
+
+
+class Workspace:
+    """One workspace folder. Cheap to construct; safe to share between threads."""
+
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.exists():
+            if not create:
+                raise UserError(f"workspace {self.root} does not exist")
+            self.root.mkdir(parents=True)
+        elif not self.root.is_dir():
+            raise UserError(f"workspace path {self.root} is a file, not a folder")
+        self.db_path = self.root / DB_NAME
+        self._local = threading.local()
+        self._migrate()
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, *, create: bool = True) -> Workspace:
+        return cls(Path(path) if path else default_path(), create=create)
+
+    # -- folders -----------------------------------------------------------------------
+    def folder(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.folder("checkpoints")
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.folder("exports")
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.folder("tmp")
+
+    # -- connections -------------------------------------------------------------------
+    def connect(self) -> sqlite3.Connection:
+        """A new connection (the caller closes it)."""
+        return _connect(self.db_path)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; use `tx()` for writes that belong together)."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self.connect()
+        return con
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE): all of it is committed, or none."""
+        con = self.db
+        if con.in_transaction:  # nested: join the outer transaction
+            yield con
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        return self.db.execute(sql, params).fetchall()
+
+    def query_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
+        return self.db.execute(sql, params).fetchone()
+
+    # -- migrations ----------------------------------------------------------------------
+    def _migrate(self) -> None:
+        steps = migrations()
+        con = self.connect()
+        try:
+            current = con.execute("PRAGMA user_version").fetchone()[0]
+            if current > len(steps):
+                raise UserError(
+                    f"workspace {self.root} was written by a newer kdstudio (schema "
+                    f"{current}, this version knows {len(steps)}); upgrade kdstudio to open it"
+                )
+            for version, _name, module in steps[current:]:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    if con.execute("PRAGMA user_version").fetchone()[0] >= version:
+                        con.execute("ROLLBACK")  # another process migrated meanwhile
+                        continue
+                    if hasattr(module, "upgrade"):
+                        module.upgrade(con)
+                    else:
+                        for statement in _split_sql(module.SQL):
+                            con.execute(statement)
+                    con.execute(f"PRAGMA user_version={version}")
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+        finally:
+            con.close()
+
+    @property
+    def version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def integrity_check(self) -> str:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- teachers ------------------------------------------------------------------------
+    def add_teacher(self, teacher: TeacherConfig, *, replace: bool = False) -> None:
+        now = time.time()
+        row = teacher.to_row()
+        with self.tx() as con:
+            exists = con.execute("SELECT 1 FROM teachers WHERE name=?", (teacher.name,)).fetchone()
+            if exists and not replace:
+                raise UserError(
+                    f"a teacher named {teacher.name!r} already exists "
+                    "(remove it first, or choose another name)"
+                )
+            if exists:
+                sets = ", ".join(f"{k}=:{k}" for k in row)
+                con.execute(f"UPDATE teachers SET {sets}, updated_at=:now WHERE name=:name", {**row, "now": now})
+            else:
+                cols = ", ".join(row)
+                vals = ", ".join(f":{k}" for k in row)
+                con.execute(
+                    f"INSERT INTO teachers({cols}, created_at, updated_at) VALUES ({vals}, :now, :now)",
+                    {**row, "now": now},
+                )
+
+    def teacher_names(self) -> list[str]:
+        return [r[0] for r in self.query("SELECT name FROM teachers ORDER BY name")]
+
+    def get_teacher(self, name: str) -> TeacherConfig:
+        row = self.query_one("SELECT * FROM teachers WHERE name=?", (name,))
+        if row is None:
+            raise NotFound("teacher", name, self.teacher_names())
+        return TeacherConfig.from_row(dict(row))
+
+    def teacher_id(self, name: str) -> int:
+        row = self.query_one("SELECT id FROM teachers WHERE name=?", (name,))
+        if row is None:
+            raise NotFound("teacher", name, self.teacher_names())
+        return row[0]
+
+    def list_teachers(self) -> list[TeacherConfig]:
+        return [TeacherConfig.from_row(dict(r)) for r in self.query("SELECT * FROM teachers ORDER BY name")]
+
+    def remove_teacher(self, name: str) -> None:
+        with self.tx() as con:
+            if con.execute("DELETE FROM teachers WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound("teacher", name, self.teacher_names())
+
+    def set_teacher_capabilities(self, name: str, capabilities: dict[str, Any]) -> None:
+        with self.tx() as con:
+            con.execute(
+                "UPDATE teachers SET capabilities=?, probed_at=?, updated_at=? WHERE name=?",
+                (json.dumps(capabilities), time.time(), time.time(), name),
+            )
+
+    # -- events and metrics --------------------------------------------------------------
+    def add_event(self, job_kind: str, job_id: str, kind: str, payload: dict, t: float) -> None:
+        self.db.execute(
+            "INSERT INTO events(job_kind, job_id, t, type, payload) VALUES (?,?,?,?,?)",
+            (job_kind, str(job_id), t, kind, json.dumps(payload, default=str)),
+        )
+
+    def events(self, job_kind: str, job_id: str, *, limit: int = 1000) -> list[dict]:
+        rows = self.query(
+            "SELECT t, type, payload FROM events WHERE job_kind=? AND job_id=? ORDER BY id DESC LIMIT ?",
+            (job_kind, str(job_id), limit),
+        )
+        return [{"t": r["t"], "type": r["type"], **json.loads(r["payload"])} for r in reversed(rows)]
+
+    def add_metrics(self, run_id: int, step: int, values: dict[str, float], t: float) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO run_metrics(run_id, step, name, value, t) VALUES (?,?,?,?,?)",
+            [(run_id, step, k, float(v), t) for k, v in values.items()],
+        )
+
+    def metrics(self, run_id: int, *, after_rowid: int = 0) -> list[sqlite3.Row]:
+        """Metrics of a run in insertion order; `after_rowid` lets a viewer tail new ones."""
+        return self.query(
+            "SELECT rowid, step, name, value, t FROM run_metrics WHERE run_id=? AND rowid>? ORDER BY rowid",
+            (run_id, after_rowid),
+        )
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into statements (complete_statement keeps triggers whole)."""
+    statements, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements
