@@ -1,0 +1,115 @@
+"""API keys live in the real OS keyring (gnome-keyring started by scripts/test), never on disk."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kdstudio import secrets
+from kdstudio.config import TeacherConfig
+
+PLANTED = "sk-kdstudio-test-PLANTED-0123456789abcdef"
+
+
+def files_containing(root: Path, needle: str) -> list[Path]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            try:
+                if needle.encode() in path.read_bytes():
+                    hits.append(path)
+            except OSError:
+                pass
+    return hits
+
+
+@pytest.fixture
+def teacher_name(request):
+    name = f"test-{request.node.name[:40]}-{os.getpid()}".replace("_", "-")
+    yield name
+    try:
+        secrets.delete_key(name)
+    except secrets.KeyringUnavailable:
+        pass
+
+
+@pytest.mark.keyring
+def test_a_key_round_trips_through_the_real_keyring(teacher_name):
+    assert secrets.probe_backend().ok
+    secrets.store_key(teacher_name, PLANTED)
+    assert secrets.read_key(teacher_name) == PLANTED
+    teacher = TeacherConfig(name=teacher_name, base_url="http://x/v1", model="m", key_source="keyring")
+    assert secrets.resolve_key(teacher) == PLANTED
+    assert secrets.delete_key(teacher_name) is True
+    assert secrets.read_key(teacher_name) is None
+
+
+@pytest.mark.keyring
+def test_a_hanging_keyring_read_times_out_and_keeps_the_stored_key(teacher_name, monkeypatch):
+    secrets.store_key(teacher_name, PLANTED)
+    backend = secrets._backend()
+    real_get = backend.get_password
+    release = threading.Event()
+
+    def hanging_get(service, user):
+        if user == teacher_name:
+            release.wait(30)
+        return real_get(service, user)
+
+    monkeypatch.setattr(type(backend), "get_password", lambda self, s, u: hanging_get(s, u))
+    t0 = time.monotonic()
+    with pytest.raises(secrets.KeyringUnavailable, match="did not answer within"):
+        secrets.read_key(teacher_name, timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    release.set()
+    monkeypatch.undo()
+    assert secrets.read_key(teacher_name) == PLANTED
+
+
+@pytest.mark.keyring
+def test_cli_keeps_the_key_out_of_every_file_and_output(run_cli, tmp_path):
+    name = f"cli-{os.getpid()}"
+    add = run_cli("teacher", "add", name, "--base-url", "https://api.example.com/v1",
+                  "--model", "gpt-x", "--api-key-stdin", input=PLANTED + "\n")
+    try:
+        assert add.returncode == 0, add.stderr
+        listed = run_cli("teacher", "list", "--json")
+        assert listed.returncode == 0
+        assert '"key_source": "keyring"' in listed.stdout
+        for out in (add, listed):
+            assert PLANTED not in out.stdout + out.stderr
+        assert secrets.read_key(name) == PLANTED
+        assert files_containing(tmp_path, PLANTED) == []
+        removed = run_cli("teacher", "remove", name)
+        assert removed.returncode == 0
+        assert secrets.read_key(name) is None
+    finally:
+        try:
+            secrets.delete_key(name)
+        except secrets.KeyringUnavailable:
+            pass
+
+
+def test_without_a_keyring_backend_the_message_says_how_to_fix_it(run_cli, tmp_path):
+    env = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    out = run_cli("teacher", "add", "t", "--base-url", "http://localhost:8000/v1", "--model", "m",
+                  "--api-key-stdin", input=PLANTED + "\n", env=env)
+    assert out.returncode == 2
+    assert "no usable OS keyring backend" in out.stderr
+    assert "--api-key-env" in out.stderr
+    assert PLANTED not in out.stderr + out.stdout
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "no teachers yet" in run_cli("teacher", "list", env=env).stdout
+
+
+def test_a_key_from_an_environment_variable_is_read_at_run_time(monkeypatch):
+    teacher = TeacherConfig(name="envt", base_url="http://x/v1", model="m", key_source="env", key_env="KD_TEST_KEY")
+    monkeypatch.delenv("KD_TEST_KEY", raising=False)
+    with pytest.raises(secrets.KeyMissing, match="KD_TEST_KEY, which is not set"):
+        secrets.resolve_key(teacher)
+    monkeypatch.setenv("KD_TEST_KEY", PLANTED)
+    assert secrets.resolve_key(teacher) == PLANTED

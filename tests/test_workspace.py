@@ -1,0 +1,150 @@
+"""The workspace store: migrations, concurrent readers, crash safety."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from kdstudio.config import TeacherConfig
+from kdstudio.errors import UserError
+from kdstudio.workspace import DB_NAME, Workspace, migrations, schema_version
+
+
+def tables(ws: Workspace) -> set[str]:
+    return {r[0] for r in ws.query("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
+
+
+def test_new_workspace_is_at_the_latest_schema_in_wal_mode(ws):
+    assert ws.version == schema_version() >= 4
+    assert ws.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {"teachers", "events", "datasets", "collections", "responses", "runs"} <= tables(ws)
+
+
+def test_migrations_are_numbered_without_gaps():
+    versions = [v for v, _, _ in migrations()]
+    assert versions == list(range(1, len(versions) + 1))
+
+
+def test_a_v1_workspace_migrates_and_keeps_its_data(tmp_path):
+    root = tmp_path / "old"
+    root.mkdir()
+    con = sqlite3.connect(root / DB_NAME)
+    _, _, m001 = migrations()[0]
+    con.executescript(m001.SQL)
+    con.execute(
+        "INSERT INTO teachers(name, kind, base_url, model, created_at, updated_at) "
+        "VALUES ('gpt', 'openai', 'https://api.example.com/v1', 'm', 0, 0)"
+    )
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+
+    ws = Workspace.open(root)
+    assert ws.version == schema_version()
+    assert ws.get_teacher("gpt").base_url == "https://api.example.com/v1"
+    assert "runs" in tables(ws)
+
+
+def test_a_workspace_from_a_newer_version_is_refused_with_a_clear_message(tmp_path):
+    Workspace.open(tmp_path / "ws").close()
+    con = sqlite3.connect(tmp_path / "ws" / DB_NAME)
+    con.execute("PRAGMA user_version=999")
+    con.close()
+    with pytest.raises(UserError, match="newer kdstudio.*upgrade"):
+        Workspace.open(tmp_path / "ws")
+
+
+def test_a_file_given_as_workspace_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        Workspace.open(tmp_path / "f")
+
+
+def test_readers_are_not_blocked_while_a_job_writes(ws):
+    started, release = threading.Event(), threading.Event()
+
+    def writer():
+        with ws.tx() as con:
+            for i in range(100):
+                con.execute("INSERT INTO events(job_kind, job_id, t, type, payload) VALUES ('j','1',?,?,'{}')", (i, "Log"))
+            started.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert started.wait(10)
+    reader = ws.connect()
+    t0 = time.perf_counter()
+    seen_during = reader.execute("SELECT count(*) FROM events").fetchone()[0]
+    read_time = time.perf_counter() - t0
+    release.set()
+    thread.join(10)
+    seen_after = reader.execute("SELECT count(*) FROM events").fetchone()[0]
+    reader.close()
+    assert seen_during == 0, "a reader must see only committed rows"
+    assert read_time < 1.0, "a reader must not wait for the writer"
+    assert seen_after == 100
+
+
+def test_a_killed_writer_leaves_an_intact_database_with_every_commit(tmp_path):
+    root = tmp_path / "ws"
+    Workspace.open(root).close()
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from kdstudio.workspace import Workspace
+        ws = Workspace.open({str(root)!r})
+        i = 0
+        while True:
+            with ws.tx() as con:
+                for _ in range(50):
+                    con.execute("INSERT INTO events(job_kind, job_id, t, type, payload) "
+                                "VALUES ('w', '1', ?, 'Log', '{{}}')", (time.time(),))
+            i += 50
+            print(i, flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    committed = 0
+    deadline = time.time() + 60
+    while committed < 2000 and time.time() < deadline:
+        committed = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    ws = Workspace.open(root)
+    assert ws.integrity_check() == "ok"
+    assert ws.query_one("SELECT count(*) FROM events")[0] >= committed >= 2000
+
+
+def test_teachers_round_trip_without_secrets(ws):
+    t = TeacherConfig(
+        name="local-vllm", base_url="http://127.0.0.1:8000/v1/", model="qwen", key_source="env",
+        key_env="VLLM_KEY", headers={"X-Org": "a"}, price_in=0.5, price_out=1.5,
+    )
+    ws.add_teacher(t)
+    back = ws.get_teacher("local-vllm")
+    assert back.base_url == "http://127.0.0.1:8000/v1"
+    assert back.headers == {"X-Org": "a"} and back.price_out == 1.5
+    with pytest.raises(UserError, match="already exists"):
+        ws.add_teacher(t)
+    ws.remove_teacher("local-vllm")
+    with pytest.raises(UserError, match="no teacher named 'local-vllm'"):
+        ws.get_teacher("local-vllm")
+
+
+def test_metrics_can_be_tailed_by_rowid(ws):
+    ws.db.execute(
+        "INSERT INTO runs(name, config, created_at, updated_at) VALUES ('r', '{}', 0, 0)"
+    )
+    run_id = ws.query_one("SELECT id FROM runs WHERE name='r'")[0]
+    ws.add_metrics(run_id, 1, {"loss": 2.0, "lr": 1e-3}, 1.0)
+    first = ws.metrics(run_id)
+    ws.add_metrics(run_id, 2, {"loss": 1.5}, 2.0)
+    new = ws.metrics(run_id, after_rowid=first[-1]["rowid"])
+    assert [(r["step"], r["name"], r["value"]) for r in new] == [(2, "loss", 1.5)]
