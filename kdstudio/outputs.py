@@ -1,0 +1,586 @@
+"""Collections of teacher outputs: creation, the response cache, reading, review, listing.
+
+A collection pairs a dataset with a teacher and request parameters. Each (dataset row,
+sample) is a `collection_items` row with a state (`queued`, `in_flight`, `retrying`,
+`done`, `failed` + error) and a review (`pending`, `accepted`, `rejected`, optional edited
+text). The response itself lives in `responses`, keyed by a content hash, so two
+collections that make the same request share one response and nobody pays twice.
+
+Readers:
+- training reads examples only through `iter_examples` (done, not rejected, edited text
+  instead of the original; the original response stays stored);
+- `outputs list` and the GUI page through `list_items`/`count_items` with an `ItemFilter`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdstudio.errors import NotFound, UserError
+from kdstudio.logprobs import TokenLogprobs, decode, encode
+from kdstudio.workspace import Workspace
+
+STATES = ("queued", "in_flight", "retrying", "done", "failed")
+REVIEWS = ("pending", "accepted", "rejected")
+PAGE = 500
+
+
+def content_hash(parts: Any) -> str:
+    """sha256 of the canonical JSON of `parts` (sorted keys, no whitespace, UTF-8)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def prompt_messages(messages_json: str | None, prompt: str, system: str | None) -> list[dict]:
+    """The chat messages sent for a dataset row: its system prompt and earlier turns, ending
+    with the user's turn (a trailing assistant answer, if the dataset kept one, is dropped)."""
+    try:
+        messages = json.loads(messages_json) if messages_json else []
+    except json.JSONDecodeError:
+        messages = []
+    if not isinstance(messages, list) or not messages:
+        messages = [{"role": "user", "content": prompt}]
+    messages = [dict(m) for m in messages if isinstance(m, dict)]
+    while messages and messages[-1].get("role") == "assistant":
+        messages.pop()
+    if system and (not messages or messages[0].get("role") != "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+# -- collections ------------------------------------------------------------------------------
+
+
+def _collection_row(ws: Workspace, collection: str | int) -> sqlite3.Row:
+    if isinstance(collection, int):
+        row = ws.query_one("SELECT * FROM collections WHERE id=?", (collection,))
+    else:
+        row = ws.query_one("SELECT * FROM collections WHERE name=?", (collection,))
+    if row is None:
+        raise NotFound("collection", str(collection), collection_names(ws))
+    return row
+
+
+def collection_id(ws: Workspace, collection: str | int) -> int:
+    return int(_collection_row(ws, collection)["id"])
+
+
+def collection_names(ws: Workspace) -> list[str]:
+    return [r[0] for r in ws.query("SELECT name FROM collections ORDER BY name")]
+
+
+def create_collection(
+    ws: Workspace,
+    name: str,
+    *,
+    dataset_id: int,
+    teacher_name: str | None,
+    params: dict[str, Any],
+    source: str = "teacher",
+) -> int:
+    """Create a collection, or return the existing one of that name when it matches.
+
+    Re-running the same command resumes, so an existing collection with the same dataset,
+    teacher and parameters is returned as is; one with different settings is an error.
+    """
+    from kdstudio.config import check_name
+
+    check_name("collection", name)
+    now = time.time()
+    params_json = json.dumps(params, sort_keys=True)
+    with ws.tx() as con:
+        row = con.execute("SELECT * FROM collections WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            old = json.loads(row["params"] or "{}")
+            if (
+                row["dataset_id"] != dataset_id
+                or row["teacher_name"] != teacher_name
+                or old != params
+            ):
+                diff = _describe_difference(row, dataset_id, teacher_name, old, params)
+                raise UserError(
+                    f"collection {name!r} already exists with different settings ({diff}); "
+                    "re-run with the same settings to resume it, or choose another --name"
+                )
+            return int(row["id"])
+        teacher = con.execute("SELECT id FROM teachers WHERE name=?", (teacher_name,)).fetchone()
+        cur = con.execute(
+            "INSERT INTO collections(name, teacher_id, teacher_name, dataset_id, params, source,"
+            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                name,
+                teacher[0] if teacher else None,
+                teacher_name,
+                dataset_id,
+                params_json,
+                source,
+                now,
+                now,
+            ),
+        )
+        return int(cur.lastrowid)
+
+
+def _describe_difference(
+    row: sqlite3.Row, dataset_id: int, teacher: str | None, old: dict, new: dict
+) -> str:
+    if row["dataset_id"] != dataset_id:
+        return "a different dataset"
+    if row["teacher_name"] != teacher:
+        return f"teacher {row['teacher_name']!r}, not {teacher!r}"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+
+
+@dataclass
+class CollectionInfo:
+    id: int
+    name: str
+    teacher_name: str | None
+    dataset_id: int
+    dataset_name: str | None
+    params: dict[str, Any]
+    source: str
+    status: str
+    message: str | None
+    counts: dict[str, int]
+    spend: float
+    prompt_tokens: int
+    completion_tokens: int
+    created_at: float
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def get_collection(ws: Workspace, collection: str | int) -> CollectionInfo:
+    row = _collection_row(ws, collection)
+    ds = ws.query_one("SELECT name FROM datasets WHERE id=?", (row["dataset_id"],))
+    usage = ws.query_one(
+        "SELECT COALESCE(SUM(ci.cost), 0), COALESCE(SUM(r.prompt_tokens), 0),"
+        " COALESCE(SUM(r.completion_tokens), 0) FROM collection_items ci"
+        " LEFT JOIN responses r ON r.hash = ci.hash AND ci.status = 'done'"
+        " WHERE ci.collection_id=?",
+        (row["id"],),
+    )
+    return CollectionInfo(
+        id=row["id"],
+        name=row["name"],
+        teacher_name=row["teacher_name"],
+        dataset_id=row["dataset_id"],
+        dataset_name=ds[0] if ds else None,
+        params=json.loads(row["params"] or "{}"),
+        source=row["source"],
+        status=row["status"],
+        message=row["message"],
+        counts=collection_status_counts(ws, row["id"]),
+        spend=float(usage[0]),
+        prompt_tokens=int(usage[1]),
+        completion_tokens=int(usage[2]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def list_collections(ws: Workspace) -> list[CollectionInfo]:
+    return [
+        get_collection(ws, int(r[0])) for r in ws.query("SELECT id FROM collections ORDER BY name")
+    ]
+
+
+def set_collection_status(
+    ws: Workspace, collection: str | int, status: str, message: str | None = None
+) -> None:
+    ws.db.execute(
+        "UPDATE collections SET status=?, message=?, updated_at=? WHERE id=?",
+        (status, message, time.time(), collection_id(ws, collection)),
+    )
+
+
+def collection_status_counts(ws: Workspace, collection: str | int) -> dict[str, int]:
+    """{state: count} for every state (zeros included), plus `total`."""
+    cid = collection_id(ws, collection)
+    counts = dict.fromkeys(STATES, 0)
+    for status, n in ws.query(
+        "SELECT status, COUNT(*) FROM collection_items WHERE collection_id=? GROUP BY status",
+        (cid,),
+    ):
+        counts[status] = n
+    counts["total"] = sum(counts[s] for s in STATES)
+    return counts
+
+
+def review_counts(ws: Workspace, collection: str | int) -> dict[str, int]:
+    cid = collection_id(ws, collection)
+    counts = dict.fromkeys(REVIEWS, 0)
+    for review, n in ws.query(
+        "SELECT review, COUNT(*) FROM collection_items WHERE collection_id=? AND status='done'"
+        " GROUP BY review",
+        (cid,),
+    ):
+        counts[review] = n
+    return counts
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    """One answered request, as stored in the shared cache."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    logprobs: TokenLogprobs | None = None
+    latency: float | None = None
+    endpoint: str | None = None
+    model: str | None = None
+    source: str = "teacher"
+
+
+def insert_response(con: sqlite3.Connection, hash_: str, resp: Response) -> bool:
+    """Store a response under `hash_` (inside the caller's transaction); False if one exists."""
+    blob = encode(resp.logprobs) if resp.logprobs is not None else None
+    mean = resp.logprobs.mean_logprob() if resp.logprobs is not None else None
+    cur = con.execute(
+        "INSERT OR IGNORE INTO responses(hash, endpoint, model, source, text, finish_reason,"
+        " prompt_tokens, completion_tokens, cost, logprobs, mean_logprob, n_chars, latency,"
+        " created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            hash_,
+            resp.endpoint,
+            resp.model,
+            resp.source,
+            resp.text,
+            resp.finish_reason,
+            resp.prompt_tokens,
+            resp.completion_tokens,
+            resp.cost,
+            blob,
+            mean,
+            len(resp.text),
+            resp.latency,
+            time.time(),
+        ),
+    )
+    return cur.rowcount > 0
+
+
+def add_imported_response(
+    ws: Workspace,
+    collection: str | int,
+    *,
+    dataset_name: str,
+    row_id: int,
+    idx: int,
+    text: str,
+    sample: int = 0,
+    logprobs: TokenLogprobs | None = None,
+) -> None:
+    """Store an answer that came with an imported file as a done item of `collection`.
+
+    The response is hashed as ["import", dataset_name, idx, sample], so re-importing the
+    same file is idempotent. Create the collection first with
+    `create_collection(ws, name, dataset_id=..., teacher_name=None, params={}, source="import")`.
+    Call inside `ws.tx()` to import many rows in one transaction.
+    """
+    cid = collection_id(ws, collection)
+    hash_ = content_hash(["import", dataset_name, idx, sample])
+    with ws.tx() as con:
+        insert_response(con, hash_, Response(text=text, logprobs=logprobs, source="import"))
+        con.execute(
+            "INSERT INTO collection_items(collection_id, row_id, sample, hash, status, updated_at)"
+            " VALUES (?,?,?,?, 'done', ?) ON CONFLICT (collection_id, row_id, sample)"
+            " DO UPDATE SET hash=excluded.hash, status='done', error=NULL",
+            (cid, row_id, sample, hash_, time.time()),
+        )
+
+
+# -- examples for training ------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One training example: the prompt messages and the teacher's (or the editor's) answer.
+
+    `logprobs` is None when the teacher gave none, and also when the text was edited (the
+    teacher's logprobs describe the original text, not the edited one).
+    """
+
+    row_id: int
+    sample: int
+    messages: list[dict]
+    response: str
+    logprobs: TokenLogprobs | None
+    review: str
+
+
+def iter_examples(
+    ws: Workspace, collection_name: str, *, include_rejected: bool = False
+) -> Iterator[Example]:
+    """Done items of a collection in dataset order (rejected ones only if asked).
+
+    Reads in pages on this thread's connection, so memory stays flat on big collections.
+    """
+    cid = collection_id(ws, collection_name)
+    reject = "" if include_rejected else " AND ci.review != 'rejected'"
+    last = (-1, -1)
+    while True:
+        rows = ws.query(
+            "SELECT ci.row_id, ci.sample, ci.review, ci.edited_text, d.idx, d.messages, d.prompt,"
+            " d.system, r.text, r.logprobs FROM collection_items ci"
+            " JOIN dataset_rows d ON d.id = ci.row_id JOIN responses r ON r.hash = ci.hash"
+            f" WHERE ci.collection_id=? AND ci.status='done'{reject} AND (d.idx, ci.sample) > (?, ?)"
+            " ORDER BY d.idx, ci.sample LIMIT ?",
+            (cid, last[0], last[1], PAGE),
+        )
+        for r in rows:
+            edited = r["edited_text"] is not None
+            yield Example(
+                row_id=r["row_id"],
+                sample=r["sample"],
+                messages=prompt_messages(r["messages"], r["prompt"], r["system"]),
+                response=r["edited_text"] if edited else r["text"],
+                logprobs=decode(r["logprobs"])
+                if r["logprobs"] is not None and not edited
+                else None,
+                review=r["review"],
+            )
+        if len(rows) < PAGE:
+            return
+        last = (rows[-1]["idx"], rows[-1]["sample"])
+
+
+def set_review(
+    ws: Workspace,
+    collection: str | int,
+    row_id: int,
+    sample: int,
+    review: str,
+    edited_text: str | None = None,
+) -> None:
+    """Accept or reject an item, optionally with edited text (the original stays stored).
+
+    `edited_text=None` keeps an earlier edit; pass `clear_edit(...)` to drop it.
+    """
+    if review not in REVIEWS:
+        raise UserError(f"review must be one of {', '.join(REVIEWS)}; got {review!r}")
+    cid = collection_id(ws, collection)
+    with ws.tx() as con:
+        cur = con.execute(
+            "UPDATE collection_items SET review=?, edited_text=COALESCE(?, edited_text), updated_at=?"
+            " WHERE collection_id=? AND row_id=? AND sample=?",
+            (review, edited_text, time.time(), cid, row_id, sample),
+        )
+        if cur.rowcount == 0:
+            raise UserError(
+                f"collection {collection!r} has no item for row {row_id} sample {sample}"
+            )
+
+
+def clear_edit(ws: Workspace, collection: str | int, row_id: int, sample: int) -> None:
+    """Go back to the teacher's original text for an item."""
+    ws.db.execute(
+        "UPDATE collection_items SET edited_text=NULL, updated_at=? WHERE collection_id=? AND row_id=? AND sample=?",
+        (time.time(), collection_id(ws, collection), row_id, sample),
+    )
+
+
+# -- listing, paging, search, filters -------------------------------------------------------
+
+
+@dataclass
+class ItemFilter:
+    """What `outputs list` and the GUI's table show. None means "any"."""
+
+    status: str | None = None
+    review: str | None = None
+    search: str | None = None
+    min_chars: int | None = None
+    max_chars: int | None = None
+    has_logprobs: bool | None = None
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    order: str = "idx"  # idx | confidence | length | cost
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in STATES:
+            raise UserError(f"--status must be one of {', '.join(STATES)}; got {self.status!r}")
+        if self.review is not None and self.review not in REVIEWS:
+            raise UserError(f"--review must be one of {', '.join(REVIEWS)}; got {self.review!r}")
+        if self.order not in _ORDERS:
+            raise UserError(f"order must be one of {', '.join(_ORDERS)}; got {self.order!r}")
+
+
+_ORDERS = {
+    "idx": "d.idx, ci.sample",
+    "confidence": "r.mean_logprob IS NULL, r.mean_logprob, d.idx, ci.sample",
+    "length": "r.n_chars IS NULL, r.n_chars, d.idx, ci.sample",
+    "cost": "ci.cost DESC, d.idx, ci.sample",
+}
+
+
+def _fts_query(text: str) -> str:
+    """User text -> an FTS5 query of quoted terms (all must match), so no syntax errors."""
+    terms = [t.replace('"', '""') for t in text.split() if t.strip()]
+    return " ".join(f'"{t}"' for t in terms)
+
+
+def _where(cid: int, f: ItemFilter) -> tuple[str, list[Any]]:
+    clauses, params = ["ci.collection_id = ?"], [cid]
+    if f.status:
+        clauses.append("ci.status = ?")
+        params.append(f.status)
+    if f.review:
+        clauses.append("ci.review = ?")
+        params.append(f.review)
+    if f.min_chars is not None:
+        clauses.append("COALESCE(length(ci.edited_text), r.n_chars) >= ?")
+        params.append(f.min_chars)
+    if f.max_chars is not None:
+        clauses.append("COALESCE(length(ci.edited_text), r.n_chars) <= ?")
+        params.append(f.max_chars)
+    if f.has_logprobs is not None:
+        clauses.append(
+            "r.logprobs IS NOT NULL" if f.has_logprobs else "(r.id IS NULL OR r.logprobs IS NULL)"
+        )
+    if f.min_confidence is not None:
+        clauses.append("r.mean_logprob >= ?")
+        params.append(math.log(max(f.min_confidence, 1e-30)))
+    if f.max_confidence is not None:
+        clauses.append("r.mean_logprob <= ?")
+        params.append(math.log(max(f.max_confidence, 1e-30)))
+    if f.search and _fts_query(f.search):
+        q = _fts_query(f.search)
+        like = f"%{f.search}%"
+        clauses.append(
+            "(r.id IN (SELECT rowid FROM response_fts WHERE response_fts MATCH ?)"
+            " OR d.prompt LIKE ? OR ci.edited_text LIKE ?)"
+        )
+        params += [q, like, like]
+    return " AND ".join(clauses), params
+
+
+_FROM = (
+    " FROM collection_items ci JOIN dataset_rows d ON d.id = ci.row_id"
+    " LEFT JOIN responses r ON r.hash = ci.hash AND ci.status = 'done'"
+)
+
+
+@dataclass
+class Item:
+    """One row of `outputs list` / the GUI's outputs table."""
+
+    row_id: int
+    idx: int
+    sample: int
+    status: str
+    error: str | None
+    attempts: int
+    review: str
+    prompt: str
+    response: str | None
+    edited: bool
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    cached: bool
+    has_logprobs: bool
+    confidence: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def count_items(ws: Workspace, collection: str | int, filt: ItemFilter | None = None) -> int:
+    where, params = _where(collection_id(ws, collection), filt or ItemFilter())
+    return int(ws.query_one(f"SELECT COUNT(*){_FROM} WHERE {where}", params)[0])
+
+
+def list_items(
+    ws: Workspace,
+    collection: str | int,
+    filt: ItemFilter | None = None,
+    *,
+    offset: int = 0,
+    limit: int = 100,
+) -> list[Item]:
+    """One page of items matching `filt`, in `filt.order`."""
+    filt = filt or ItemFilter()
+    where, params = _where(collection_id(ws, collection), filt)
+    rows = ws.query(
+        "SELECT ci.row_id, d.idx, ci.sample, ci.status, ci.error, ci.attempts, ci.review,"
+        " d.prompt, ci.edited_text, r.text, r.finish_reason, r.prompt_tokens,"
+        " r.completion_tokens, ci.cost, ci.cached, r.logprobs IS NOT NULL AS has_lp,"
+        f" r.mean_logprob{_FROM} WHERE {where} ORDER BY {_ORDERS[filt.order]} LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    )
+    return [_item(r) for r in rows]
+
+
+def _item(r: sqlite3.Row) -> Item:
+    edited = r["edited_text"] is not None
+    return Item(
+        row_id=r["row_id"],
+        idx=r["idx"],
+        sample=r["sample"],
+        status=r["status"],
+        error=r["error"],
+        attempts=r["attempts"],
+        review=r["review"],
+        prompt=r["prompt"],
+        response=r["edited_text"] if edited else r["text"],
+        edited=edited,
+        finish_reason=r["finish_reason"],
+        prompt_tokens=r["prompt_tokens"] or 0,
+        completion_tokens=r["completion_tokens"] or 0,
+        cost=r["cost"] or 0.0,
+        cached=bool(r["cached"]),
+        has_logprobs=bool(r["has_lp"]),
+        confidence=math.exp(r["mean_logprob"]) if r["mean_logprob"] is not None else None,
+    )
+
+
+@dataclass
+class ItemDetail:
+    """Everything about one item, for the GUI's detail view."""
+
+    item: Item
+    messages: list[dict]
+    original: str | None
+    logprobs: TokenLogprobs | None
+    latency: float | None
+
+
+def get_item(ws: Workspace, collection: str | int, row_id: int, sample: int = 0) -> ItemDetail:
+    cid = collection_id(ws, collection)
+    r = ws.query_one(
+        "SELECT ci.row_id, d.idx, ci.sample, ci.status, ci.error, ci.attempts, ci.review,"
+        " d.prompt, d.messages, d.system, ci.edited_text, r.text, r.finish_reason,"
+        " r.prompt_tokens, r.completion_tokens, ci.cost, ci.cached,"
+        " r.logprobs IS NOT NULL AS has_lp, r.mean_logprob, r.logprobs, r.latency"
+        f"{_FROM} WHERE ci.collection_id=? AND ci.row_id=? AND ci.sample=?",
+        (cid, row_id, sample),
+    )
+    if r is None:
+        raise UserError(f"collection {collection!r} has no item for row {row_id} sample {sample}")
+    return ItemDetail(
+        item=_item(r),
+        messages=prompt_messages(r["messages"], r["prompt"], r["system"]),
+        original=r["text"],
+        logprobs=decode(r["logprobs"]) if r["logprobs"] is not None else None,
+        latency=r["latency"],
+    )
