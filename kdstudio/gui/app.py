@@ -1,0 +1,83 @@
+"""The studio application: `run_app(workspace_path)` is what `kdstudio` with no command runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QCoreApplication, Qt
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+from kdstudio import __version__
+
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+
+
+def create_app(argv: list[str] | None = None, *, install_hooks: bool = True) -> QApplication:
+    """The QApplication (reused if one exists), named so QSettings has a home."""
+    QCoreApplication.setOrganizationName("kdstudio")
+    QCoreApplication.setOrganizationDomain("kdstudio.dev")
+    QCoreApplication.setApplicationName("kdstudio")
+    QCoreApplication.setApplicationVersion(__version__)
+    app = QApplication.instance()
+    if app is None:
+        QApplication.setHighDpiScaleFactorRoundingPolicy(
+            Qt.HighDpiScaleFactorRoundingPolicy.PassThrough
+        )
+        app = QApplication(argv if argv is not None else sys.argv[:1])
+    app.setApplicationDisplayName("kdstudio")
+    app.setDesktopFileName("kdstudio")
+    icon = RESOURCES / "icon.png"
+    if icon.exists():
+        app.setWindowIcon(QIcon(str(icon)))
+    import pyqtgraph as pg
+
+    pg.setConfigOptions(antialias=True, useNumba=False)
+
+    from kdstudio.gui import errors
+
+    errors.install()
+    app.aboutToQuit.connect(_stop_workers)
+    return app
+
+
+def _stop_workers() -> None:
+    from kdstudio.gui import workers
+
+    workers.stop_all(timeout_s=30.0, reason="the application is quitting")
+
+
+def resolve_workspace(workspace_path: str | Path | None) -> Path:
+    """--workspace, else $KDSTUDIO_WORKSPACE, else the last one opened, else the default."""
+    from kdstudio.gui import settings
+    from kdstudio.workspace import ENV_VAR, default_path
+
+    if workspace_path:
+        return Path(workspace_path)
+    if os.environ.get(ENV_VAR):
+        return default_path()
+    last = settings.last_workspace()
+    if last and Path(last).is_dir():
+        return Path(last)
+    return default_path()
+
+
+def run_app(workspace_path: str | Path | None = None) -> int:
+    """Open the studio window on a workspace and run until it closes; the exit code."""
+    app = create_app()
+    from kdstudio.errors import UserError
+    from kdstudio.gui.main_window import MainWindow
+    from kdstudio.workspace import Workspace
+
+    window = MainWindow()
+    path = resolve_workspace(workspace_path)
+    try:
+        window.set_workspace(Workspace.open(path))
+    except UserError as exc:
+        window.message.show_message(
+            f"Could not open the workspace: {exc}", "error", action="Open another…"
+        )
+    window.show()
+    return app.exec()

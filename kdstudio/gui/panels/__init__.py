@@ -1,0 +1,1 @@
+"""One module per panel; each is a small QWidget over core calls."""

@@ -1,0 +1,525 @@
+"""Teachers: the list, an add/edit dialog (key in the OS keyring or an env var), probe."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QRadioButton,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from kdstudio import secrets
+from kdstudio.config import TeacherConfig
+from kdstudio.errors import UserError
+from kdstudio.gui.panels.base import Panel
+from kdstudio.gui.table_models import Column, ListTableModel
+from kdstudio.gui.widgets import MessageBar, heading, hint
+from kdstudio.gui.workers import ErrorInfo
+
+
+def _key_text(t: TeacherConfig) -> str:
+    return {"keyring": "OS keyring", "env": f"${t.key_env}", "none": "no key"}[t.key_source]
+
+
+def _price_text(t: TeacherConfig) -> str:
+    if not (t.price_in or t.price_out):
+        return "free / unset"
+    return f"${t.price_in:g} in · ${t.price_out:g} out"
+
+
+def capabilities_text(caps: dict[str, Any] | None) -> str:
+    """A readable summary of a probe's findings."""
+    if not caps:
+        return "not probed yet"
+    parts = []
+    for key, value in caps.items():
+        if isinstance(value, bool):
+            parts.append(f"{key.replace('_', ' ')}: {'yes' if value else 'no'}")
+        elif isinstance(value, (int, float, str)) and value != "":
+            parts.append(f"{key.replace('_', ' ')}: {value}")
+    return ", ".join(parts)
+
+
+COLUMNS = [
+    Column("Name", lambda t: t.name, width=140),
+    Column("Kind", lambda t: "OpenAI-compatible" if t.kind == "openai" else "local model"),
+    Column("Model", lambda t: t.model or "", width=160),
+    Column(
+        "Where", lambda t: t.base_url if t.kind == "openai" else t.path, width=240, tooltip=True
+    ),
+    Column("Key", _key_text),
+    Column("USD / M tokens", _price_text),
+    Column("Capabilities", lambda t: capabilities_text(t.capabilities), tooltip=True),
+]
+
+
+class TeacherDialog(QDialog):
+    """Add or edit a teacher. Validation problems show inline in the dialog."""
+
+    def __init__(self, existing: TeacherConfig | None, keyring_ok: bool, parent=None) -> None:
+        super().__init__(parent)
+        self.existing = existing
+        self.setWindowTitle("Edit teacher" if existing else "Add teacher")
+        self.setMinimumWidth(520)
+        self.message = MessageBar(self)
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("e.g. gpt-4o-mini")
+        self.kind = QComboBox()
+        self.kind.addItem("OpenAI-compatible endpoint", "openai")
+        self.kind.addItem("Local Hugging Face model", "local")
+        self.base_url = QLineEdit()
+        self.base_url.setPlaceholderText("https://api.openai.com/v1 or http://localhost:8000/v1")
+        self.model = QLineEdit()
+        self.model.setPlaceholderText("model name at the endpoint")
+        self.path = QLineEdit()
+        self.path.setPlaceholderText("folder with config.json and the weights")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self.choose_folder)
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.path, 1)
+        path_row.addWidget(browse)
+        self.path_row = QWidget()
+        self.path_row.setLayout(path_row)
+        path_row.setContentsMargins(0, 0, 0, 0)
+
+        self.key_keyring = QRadioButton("Store in the OS keyring")
+        self.key_env = QRadioButton("Read from an environment variable")
+        self.key_none = QRadioButton("No key (a local server)")
+        self.key_group = QButtonGroup(self)
+        for button in (self.key_keyring, self.key_env, self.key_none):
+            self.key_group.addButton(button)
+        self.api_key = QLineEdit()
+        self.api_key.setEchoMode(QLineEdit.EchoMode.Password)
+        self.api_key.setPlaceholderText(
+            "leave empty to keep the stored key" if existing else "paste the API key"
+        )
+        self.env_name = QLineEdit()
+        self.env_name.setPlaceholderText("e.g. OPENAI_API_KEY")
+        self.price_in = QDoubleSpinBox()
+        self.price_out = QDoubleSpinBox()
+        for box in (self.price_in, self.price_out):
+            box.setRange(0, 1000)
+            box.setDecimals(3)
+            box.setSuffix(" USD / M tokens")
+
+        form = QFormLayout()
+        form.addRow("Name", self.name)
+        form.addRow("Kind", self.kind)
+        form.addRow("Base URL", self.base_url)
+        form.addRow("Model", self.model)
+        form.addRow("Model folder", self.path_row)
+        key_box = QVBoxLayout()
+        key_box.addWidget(self.key_keyring)
+        key_box.addWidget(self.api_key)
+        key_box.addWidget(self.key_env)
+        key_box.addWidget(self.env_name)
+        key_box.addWidget(self.key_none)
+        if not keyring_ok:
+            key_box.addWidget(hint("No working OS keyring was found: use an environment variable."))
+        form.addRow("API key", key_box)
+        form.addRow("Input price", self.price_in)
+        form.addRow("Output price", self.price_out)
+        self.form = form
+
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self.try_accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.message)
+        layout.addLayout(form)
+        layout.addWidget(buttons)
+
+        self.kind.currentIndexChanged.connect(self.update_visibility)
+        self.key_group.buttonToggled.connect(self.update_visibility)
+        self.key_keyring.setEnabled(
+            keyring_ok or bool(existing and existing.key_source == "keyring")
+        )
+        if existing:
+            self.load(existing)
+        else:
+            (self.key_keyring if keyring_ok else self.key_env).setChecked(True)
+        self.update_visibility()
+        self.config: TeacherConfig | None = None
+        self.key: str | None = None
+
+    def load(self, t: TeacherConfig) -> None:
+        self.name.setText(t.name)
+        self.name.setReadOnly(True)
+        self.kind.setCurrentIndex(0 if t.kind == "openai" else 1)
+        self.base_url.setText(t.base_url or "")
+        self.model.setText(t.model or "")
+        self.path.setText(t.path or "")
+        {"keyring": self.key_keyring, "env": self.key_env, "none": self.key_none}[
+            t.key_source
+        ].setChecked(True)
+        self.env_name.setText(t.key_env or "")
+        self.price_in.setValue(t.price_in)
+        self.price_out.setValue(t.price_out)
+
+    @Slot()
+    def update_visibility(self) -> None:
+        remote = self.kind.currentData() == "openai"
+        for widget in (self.base_url, self.model):
+            self.form.setRowVisible(widget, remote)
+        self.form.setRowVisible(self.path_row, not remote)
+        self.api_key.setEnabled(self.key_keyring.isChecked())
+        self.env_name.setEnabled(self.key_env.isChecked())
+
+    @Slot()
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Local teacher model folder")
+        if folder:
+            self.path.setText(folder)
+
+    def key_source(self) -> str:
+        if self.key_keyring.isChecked():
+            return "keyring"
+        return "env" if self.key_env.isChecked() else "none"
+
+    def build(self) -> TeacherConfig:
+        remote = self.kind.currentData() == "openai"
+        previous = self.existing
+        return TeacherConfig(
+            name=self.name.text().strip(),
+            kind="openai" if remote else "local",
+            base_url=self.base_url.text().strip() if remote else None,
+            model=self.model.text().strip() if remote else (self.model.text().strip() or None),
+            path=None if remote else self.path.text().strip(),
+            key_source=self.key_source() if remote else "none",
+            key_env=self.env_name.text().strip() if self.key_env.isChecked() else None,
+            headers=previous.headers if previous else {},
+            price_in=self.price_in.value(),
+            price_out=self.price_out.value(),
+            capabilities=previous.capabilities if previous else None,
+        )
+
+    @Slot()
+    def try_accept(self) -> None:
+        try:
+            config = self.build()
+        except UserError as exc:
+            self.message.show_message(
+                str(exc).replace("--base-url", "Base URL").replace("--model", "Model"), "error"
+            )
+            return
+        key = self.api_key.text().strip()
+        needs_key = config.key_source == "keyring" and not (
+            self.existing and self.existing.key_source == "keyring"
+        )
+        if needs_key and not key:
+            self.message.show_message("Paste the API key, or choose another key source.", "error")
+            return
+        self.config, self.key = config, key or None
+        self.accept()
+
+
+class TeachersPanel(Panel):
+    title = "Teachers"
+    key = "teachers"
+    teachers_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.keyring_ok = True
+        self.keyring_message = ""
+        self.model = ListTableModel(COLUMNS)
+        self.table = QTableView()
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().hide()
+        self.table.setWordWrap(False)
+        self.table.setAlternatingRowColors(True)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        for i, col in enumerate(COLUMNS):
+            if col.width:
+                self.table.setColumnWidth(i, col.width)
+        self.table.doubleClicked.connect(self.edit_selected)
+        self.table.selectionModel().selectionChanged.connect(self.show_selected)
+
+        self.add_button = QPushButton("Add teacher…")
+        self.add_button.setShortcut("Ctrl+N")
+        self.add_button.setToolTip("Add a teacher (Ctrl+N)")
+        self.edit_button = QPushButton("Edit…")
+        self.remove_button = QPushButton("Remove")
+        self.probe_button = QPushButton("Probe")
+        self.probe_button.setToolTip("Ask the teacher what it can give (logprobs, top-k, …)")
+        self.add_button.clicked.connect(self.add_teacher)
+        self.edit_button.clicked.connect(self.edit_selected)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.probe_button.clicked.connect(self.probe_selected)
+        buttons = QHBoxLayout()
+        for b in (self.add_button, self.edit_button, self.remove_button, self.probe_button):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        self.keyring_label = QLabel()
+        buttons.addWidget(self.keyring_label)
+
+        self.detail = QPlainTextEdit()
+        self.detail.setReadOnly(True)
+        self.detail.setPlaceholderText("Select a teacher to see its settings and capabilities.")
+        detail_box = QWidget()
+        dl = QVBoxLayout(detail_box)
+        dl.setContentsMargins(0, 0, 0, 0)
+        dl.addWidget(heading("Details"))
+        dl.addWidget(self.detail)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.table)
+        split.addWidget(detail_box)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        self.body.addWidget(heading("Teachers"))
+        self.body.addWidget(
+            hint(
+                "A teacher is an OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama) or a "
+                "local model folder. Keys go to the OS keyring, never into the workspace."
+            )
+        )
+        self.body.addLayout(buttons)
+        self.body.addWidget(split, 1)
+        self.update_buttons()
+
+    # -- workspace -----------------------------------------------------------------------
+    def set_workspace(self, ws) -> None:
+        super().set_workspace(ws)
+        if ws is not None:
+            self.check_keyring()
+
+    def refresh(self) -> None:
+        if self.ws is None:
+            return
+        selected = self.selected()
+        teachers = self.ws.list_teachers()
+        self.model.set_rows(teachers)
+        self.table.resizeColumnsToContents()
+        self.table.resizeRowsToContents()
+        if selected is not None:
+            for i, t in enumerate(teachers):
+                if t.name == selected.name:
+                    self.table.selectRow(i)
+        self.update_buttons()
+        self.status_changed.emit(f"{len(teachers)} teacher(s)")
+
+    def teachers(self) -> list[TeacherConfig]:
+        return list(self.model.rows)
+
+    def selected(self) -> TeacherConfig | None:
+        rows = self.table.selectionModel().selectedRows()
+        return self.model.row(rows[0].row()) if rows else None
+
+    def select_teacher(self, name: str) -> None:
+        for i, t in enumerate(self.model.rows):
+            if t.name == name:
+                self.table.selectRow(i)
+
+    def update_buttons(self) -> None:
+        has = self.selected() is not None
+        busy = bool(self.running_jobs())
+        for b in (self.edit_button, self.remove_button, self.probe_button):
+            b.setEnabled(has and not busy)
+        self.add_button.setEnabled(self.ws is not None and not busy)
+
+    @Slot()
+    def show_selected(self) -> None:
+        self.update_buttons()
+        t = self.selected()
+        if t is None:
+            self.detail.clear()
+            return
+        lines = [
+            f"name:        {t.name}",
+            f"kind:        {t.kind}",
+            f"model:       {t.model or ''}",
+            f"where:       {t.base_url if t.kind == 'openai' else t.path}",
+            f"key:         {_key_text(t)}",
+            f"prices:      {_price_text(t)}",
+            "",
+            "capabilities:",
+            json.dumps(t.capabilities, indent=2)
+            if t.capabilities
+            else "  not probed yet — click Probe",
+        ]
+        self.detail.setPlainText("\n".join(lines))
+
+    # -- keyring -------------------------------------------------------------------------
+    def check_keyring(self) -> None:
+        """Probe the keyring backend off the GUI thread (some setups hang until a timeout)."""
+        self.keyring_label.setText("checking the OS keyring…")
+        job = self.start_job("keyring probe", _probe_keyring, background=True)
+        job.succeeded.connect(self.on_keyring_checked)
+        job.start()
+
+    @Slot(object)
+    def on_keyring_checked(self, status: secrets.BackendStatus) -> None:
+        self.keyring_ok = status.ok
+        self.keyring_message = status.message
+        if status.ok:
+            self.keyring_label.setText("OS keyring: available")
+        else:
+            self.keyring_label.setText("OS keyring: unavailable")
+            self.message.show_message(
+                f"No working OS keyring ({status.backend.rsplit('.', 1)[-1]}), so API keys cannot "
+                "be stored there. Install and unlock a Secret Service (e.g. gnome-keyring, or "
+                "KWallet on KDE), or choose “Read from an environment variable” when adding a "
+                "teacher.",
+                "warning",
+            )
+
+    # -- add / edit / remove -------------------------------------------------------------
+    @Slot()
+    def add_teacher(self) -> None:
+        if self.ws is None:
+            return
+        dialog = TeacherDialog(None, self.keyring_ok, self)
+        dialog.setWindowModality(Qt.WindowModality.WindowModal)
+        dialog.accepted.connect(self.on_dialog_accepted)
+        dialog.open()
+        self.dialog = dialog
+
+    @Slot()
+    def edit_selected(self) -> None:
+        t = self.selected()
+        if t is None or self.ws is None:
+            return
+        dialog = TeacherDialog(t, self.keyring_ok, self)
+        dialog.accepted.connect(self.on_dialog_accepted)
+        dialog.open()
+        self.dialog = dialog
+
+    @Slot()
+    def on_dialog_accepted(self) -> None:
+        dialog: TeacherDialog = self.sender()
+        self.save_teacher(dialog.config, dialog.key, replace=dialog.existing is not None)
+
+    def save_teacher(self, config: TeacherConfig, key: str | None, *, replace: bool) -> None:
+        """Store the key (keyring calls may block) and the teacher, off the GUI thread."""
+        ws = self.ws
+        if not replace and config.name in ws.teacher_names():
+            self.message.show_message(
+                f"A teacher named {config.name!r} already exists: edit it, or choose another name.",
+                "error",
+            )
+            return
+
+        def save(sink, cancel) -> str:
+            if key and config.key_source == "keyring":
+                secrets.store_key(config.name, key)  # first: if it fails, nothing is added
+            ws.add_teacher(config, replace=replace)
+            return config.name
+
+        self.message.show_message(f"Saving teacher {config.name!r}…", "info")
+        job = self.start_job(f"save teacher {config.name}", save)
+        job.succeeded.connect(self.on_teacher_saved)
+        job.ended.connect(self.update_buttons)
+        job.start()
+        self.update_buttons()
+
+    @Slot(object)
+    def on_teacher_saved(self, name: str) -> None:
+        self.refresh()
+        self.select_teacher(name)
+        t = self.selected()
+        where = " (key stored in the OS keyring)" if t and t.key_source == "keyring" else ""
+        self.message.show_message(
+            f"Saved teacher {name!r}{where}. Click Probe to check it.", "success"
+        )
+        self.teachers_changed.emit()
+        self.workspace_changed.emit()
+
+    @Slot()
+    def remove_selected(self) -> None:
+        t = self.selected()
+        if t is None:
+            return
+        answer = QMessageBox.question(
+            self,
+            "Remove teacher",
+            f"Remove teacher {t.name!r}"
+            + (" and delete its key from the OS keyring?" if t.key_source == "keyring" else "?")
+            + "\nCollected outputs stay in the workspace.",
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        self.remove_teacher(t)
+
+    def remove_teacher(self, t: TeacherConfig) -> None:
+        ws = self.ws
+
+        def remove(sink, cancel) -> str:
+            if t.key_source == "keyring":
+                secrets.delete_key(t.name)
+            ws.remove_teacher(t.name)
+            return t.name
+
+        job = self.start_job(f"remove teacher {t.name}", remove)
+        job.succeeded.connect(self.on_teacher_removed)
+        job.ended.connect(self.update_buttons)
+        job.start()
+
+    @Slot(object)
+    def on_teacher_removed(self, name: str) -> None:
+        self.refresh()
+        self.message.show_message(f"Removed teacher {name!r}.", "info")
+        self.teachers_changed.emit()
+        self.workspace_changed.emit()
+
+    # -- probe ---------------------------------------------------------------------------
+    @Slot()
+    def probe_selected(self) -> None:
+        t = self.selected()
+        if t is None or self.ws is None:
+            return
+        ws = self.ws
+
+        def probe(sink, cancel) -> dict:
+            from kdstudio.teachers import probe_teacher
+
+            return probe_teacher(ws, t.name)
+
+        self.message.show_message(f"Probing {t.name!r}…", "info")
+        job = self.start_job(f"probe {t.name}", probe)
+        job.succeeded.connect(self.on_probed)
+        job.ended.connect(self.update_buttons)
+        job.start()
+        self.update_buttons()
+
+    @Slot(object)
+    def on_probed(self, caps: Any) -> None:
+        self.refresh()
+        self.show_selected()
+        self.message.show_message(
+            f"Probe done: {capabilities_text(caps if isinstance(caps, dict) else None)}", "success"
+        )
+        self.teachers_changed.emit()
+
+    def show_error(self, info: ErrorInfo) -> None:
+        super().show_error(info)
+
+
+def _probe_keyring(sink, cancel) -> secrets.BackendStatus:
+    return secrets.probe_backend()

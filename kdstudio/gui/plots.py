@@ -1,0 +1,274 @@
+"""Live metric plots (pyqtgraph) that stay smooth with the whole run visible.
+
+Each curve is created once. Points go into a numpy buffer that grows by doubling; the
+curve gets `setData` on a view of it only when it changed, from one ~50 ms timer per
+board, never per incoming point. Downsampling (`peak`) and clip-to-view keep a curve of
+a million points cheap to draw, so nothing is ever dropped: no sliding window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer, Slot
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication, QGridLayout, QWidget
+
+REDRAW_MS = 50
+PALETTE = [
+    "#4c8bf5",
+    "#e8710a",
+    "#1e9e5a",
+    "#d93f3f",
+    "#9b59d0",
+    "#00a3b4",
+    "#c4a000",
+    "#e052a4",
+]
+
+
+class SeriesBuffer:
+    """x/y float64 arrays that grow by doubling; `view()` returns the filled part."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.x = np.empty(capacity)
+        self.y = np.empty(capacity)
+        self.n = 0
+
+    def append(self, x: float, y: float) -> None:
+        if self.n == len(self.x):
+            self._grow(self.n * 2)
+        self.x[self.n] = x
+        self.y[self.n] = y
+        self.n += 1
+
+    def extend(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        need = self.n + len(xs)
+        if need > len(self.x):
+            self._grow(max(need, len(self.x) * 2))
+        self.x[self.n : need] = xs
+        self.y[self.n : need] = ys
+        self.n = need
+
+    def _grow(self, capacity: int) -> None:
+        for name in ("x", "y"):
+            old = getattr(self, name)
+            new = np.empty(capacity)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.x[: self.n], self.y[: self.n]
+
+    def clear(self) -> None:
+        self.n = 0
+
+
+@dataclass
+class _Series:
+    curve: pg.PlotDataItem
+    buffer: SeriesBuffer = field(default_factory=SeriesBuffer)
+    dirty: bool = False
+
+
+def _theme_colours() -> tuple[str, str]:
+    pal = QApplication.palette()
+    return (
+        pal.color(QPalette.ColorRole.Base).name(),
+        pal.color(QPalette.ColorRole.Text).name(),
+    )
+
+
+class MetricPlot(pg.PlotWidget):
+    """One plot with named curves; call `refresh()` (the board's timer does) to redraw."""
+
+    def __init__(self, title: str, y_label: str = "", parent: QWidget | None = None) -> None:
+        background, foreground = _theme_colours()
+        super().__init__(parent=parent, background=background)
+        self.title = title
+        item = self.getPlotItem()
+        item.setTitle(title, color=foreground, size="10pt")
+        item.showGrid(x=True, y=True, alpha=0.15)
+        item.setLabel("bottom", "step", color=foreground)
+        if y_label:
+            item.setLabel("left", y_label, color=foreground)
+        for axis in ("left", "bottom"):
+            ax = item.getAxis(axis)
+            ax.setPen(pg.mkPen(foreground))
+            ax.setTextPen(pg.mkPen(foreground))
+        item.setDownsampling(auto=True, mode="peak")
+        item.setClipToView(True)
+        self.legend = item.addLegend(offset=(-8, 8), labelTextColor=foreground)
+        self.series: dict[str, _Series] = {}
+        self.setMinimumHeight(150)
+
+    def ensure_series(self, key: str, label: str, colour: str, style: str = "solid") -> _Series:
+        series = self.series.get(key)
+        if series is None:
+            pen = pg.mkPen(QColor(colour), width=1.6)
+            if style == "dash":
+                pen.setStyle(pg.QtCore.Qt.PenStyle.DashLine)
+            elif style == "dot":
+                pen.setStyle(pg.QtCore.Qt.PenStyle.DotLine)
+            curve = self.getPlotItem().plot(name=label, pen=pen)
+            curve.setDownsampling(auto=True, method="peak")
+            curve.setClipToView(True)
+            series = self.series[key] = _Series(curve)
+        return series
+
+    def append(self, key: str, x: float, y: float) -> None:
+        series = self.series[key]
+        if not math.isfinite(y):
+            return
+        series.buffer.append(x, y)
+        series.dirty = True
+
+    def extend(self, key: str, xs: np.ndarray, ys: np.ndarray) -> None:
+        series = self.series[key]
+        keep = np.isfinite(ys)
+        series.buffer.extend(xs[keep], ys[keep])
+        series.dirty = True
+
+    def refresh(self) -> int:
+        """setData on the curves that changed; returns how many were redrawn."""
+        redrawn = 0
+        for series in self.series.values():
+            if series.dirty:
+                x, y = series.buffer.view()
+                series.curve.setData(x, y)
+                series.dirty = False
+                redrawn += 1
+        return redrawn
+
+    def point_count(self) -> int:
+        return sum(s.buffer.n for s in self.series.values())
+
+    def clear_series(self) -> None:
+        for series in self.series.values():
+            self.getPlotItem().removeItem(series.curve)
+        self.series.clear()
+        self.legend.clear()
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    """Which metrics a plot shows: (metric name, legend label) pairs, first match wins."""
+
+    title: str
+    metrics: tuple[tuple[str, str], ...]
+    y_label: str = ""
+    log_y: bool = False
+
+
+# The trainer's metric names (kdstudio.distill) and where each is drawn.
+TRAIN_PLOTS = (
+    PlotSpec("Loss", (("loss", "total"), ("ce", "CE"), ("kd", "KD")), "loss"),
+    PlotSpec("Eval loss", (("eval_loss", "eval"),), "loss"),
+    PlotSpec("Learning rate", (("lr", "lr"),)),
+    PlotSpec("Grad norm", (("grad_norm", "grad norm"),)),
+    PlotSpec("Tokens / s", (("tokens_per_s", "tokens/s"),)),
+    PlotSpec("GPU memory", (("gpu_mem_gb", "GiB"),), "GiB"),
+)
+STYLES = ("solid", "dash", "dot")
+
+
+class PlotBoard(QWidget):
+    """A grid of MetricPlots fed with metrics by name; one timer redraws what changed.
+
+    With several runs (`run` keys), each run gets one colour and each metric within a
+    plot one line style, so curves of several runs overlay legibly.
+    """
+
+    def __init__(
+        self,
+        specs: tuple[PlotSpec, ...] = TRAIN_PLOTS,
+        columns: int = 3,
+        *,
+        overlay: bool = False,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.overlay = overlay
+        self.specs = specs
+        self.plots: list[MetricPlot] = []
+        self._route: dict[str, tuple[MetricPlot, int, str]] = {}
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setSpacing(6)
+        for i, spec in enumerate(specs):
+            plot = MetricPlot(spec.title, spec.y_label)
+            if spec.log_y:
+                plot.getPlotItem().setLogMode(y=True)
+            self.plots.append(plot)
+            grid.addWidget(plot, i // columns, i % columns)
+            for j, (name, label) in enumerate(spec.metrics):
+                self._route[name] = (plot, j, label)
+        self._runs: dict[str, int] = {}
+        self._run_labels: dict[str, str] = {}
+        self.timer = QTimer(self)
+        self.timer.setInterval(REDRAW_MS)
+        self.timer.timeout.connect(self.refresh)
+        self.timer.start()
+        self.last_redraw_s = 0.0
+
+    def run_colour(self, run: str) -> str:
+        if run not in self._runs:
+            self._runs[run] = len(self._runs)
+        return PALETTE[self._runs[run] % len(PALETTE)]
+
+    def _series_key(self, run: str, name: str) -> tuple[MetricPlot, str] | None:
+        route = self._route.get(name)
+        if route is None:
+            return None
+        plot, j, label = route
+        key = f"{run}\x00{name}"
+        if key not in plot.series:
+            if self.overlay:
+                colour, style = self.run_colour(run), STYLES[j % len(STYLES)]
+                text = f"{self._run_labels.get(run, run)} {label}".strip()
+            else:
+                colour, style, text = PALETTE[j % len(PALETTE)], "solid", label
+            plot.ensure_series(key, text, colour, style)
+        return plot, key
+
+    def set_run_label(self, run: str, label: str) -> None:
+        """Label a run's curves (used when several runs overlay)."""
+        self._run_labels[run] = label
+
+    def add_metrics(self, step: int, values: dict[str, float], run: str = "") -> None:
+        for name, value in values.items():
+            found = self._series_key(run, name)
+            if found is not None:
+                found[0].append(found[1], float(step), float(value))
+
+    def add_history(self, run: str, name: str, steps: np.ndarray, values: np.ndarray) -> None:
+        """Bulk-load a stored curve (a finished run, or the start of a tailed one)."""
+        found = self._series_key(run, name)
+        if found is not None and len(steps):
+            found[0].extend(found[1], np.asarray(steps, float), np.asarray(values, float))
+
+    @Slot()
+    def refresh(self) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        for plot in self.plots:
+            plot.refresh()
+        self.last_redraw_s = time.perf_counter() - t0
+
+    def clear(self) -> None:
+        for plot in self.plots:
+            plot.clear_series()
+        self._runs.clear()
+        self._run_labels.clear()
+
+    def point_count(self, name: str | None = None) -> int:
+        if name is None:
+            return sum(p.point_count() for p in self.plots)
+        route = self._route.get(name)
+        if route is None:
+            return 0
+        return sum(s.buffer.n for k, s in route[0].series.items() if k.endswith("\x00" + name))

@@ -1,0 +1,207 @@
+"""The window opens on a workspace, remembers it, and routes worker events to the GUI thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+pytest.importorskip("pytestqt")
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def window(qtbot, ws, tmp_path):
+    from kdstudio.gui.main_window import MainWindow
+    from kdstudio.gui.testing import prepare_app
+
+    prepare_app(tmp_path / "settings")
+    win = MainWindow(ws)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    from kdstudio.gui import workers
+
+    workers.stop_all(10)
+
+
+def test_window_opens_every_panel_on_the_workspace(window, ws):
+    assert "teachers" in window.panels
+    assert str(ws.root) in window.workspace_label.text()
+    for key, panel in window.panels.items():
+        assert window.show_panel(key) is panel
+        assert panel.ws is ws
+
+
+def test_window_remembers_the_last_workspace_and_recent_list(window, ws, tmp_path):
+    from kdstudio.gui import settings
+    from kdstudio.gui.app import resolve_workspace
+
+    assert settings.last_workspace() == str(ws.root)
+    other = tmp_path / "other"
+    assert window.open_workspace(other)
+    assert settings.recent("workspaces")[:2] == [str(other.resolve()), str(ws.root)]
+    assert (
+        resolve_workspace(None) == other.resolve()
+        or "KDSTUDIO_WORKSPACE" in __import__("os").environ
+    )
+
+
+def test_open_workspace_written_by_newer_version_is_an_inline_message(window, tmp_path):
+    from kdstudio.workspace import Workspace
+
+    newer = tmp_path / "newer"
+    w = Workspace.open(newer)
+    w.db.execute("PRAGMA user_version=999")
+    w.close()
+    assert not window.open_workspace(newer)
+    assert window.message.isVisible()
+    assert "newer kdstudio" in window.message.text
+
+
+def test_qtsink_events_from_a_worker_thread_reach_gui_slots(qtbot):
+    from PySide6.QtCore import QObject, QThread, Slot
+
+    from kdstudio.events import Failed, Finished, Log, Metrics, Progress, RowDone, Warning
+    from kdstudio.gui.workers import QtSink
+
+    class Receiver(QObject):
+        def __init__(self):
+            super().__init__()
+            self.got = []
+
+        @Slot(object)
+        def on_event(self, event):
+            self.got.append((type(event).__name__, QThread.currentThread() is self.thread()))
+
+    sink = QtSink()
+    receiver = Receiver()
+    for signal in (
+        sink.progressed,
+        sink.metrics_reported,
+        sink.logged,
+        sink.row_finished,
+        sink.warned,
+        sink.job_finished,
+        sink.job_failed,
+    ):
+        signal.connect(receiver.on_event)
+    events = [
+        Progress(1, 2),
+        Metrics(1, {"loss": 1.0}),
+        Log("hi"),
+        RowDone(3, "failed", "timeout"),
+        Warning("careful"),
+        Finished("ok"),
+        Failed("bad"),
+    ]
+    worker = threading.Thread(target=lambda: [sink.emit(e) for e in events])
+    worker.start()
+    worker.join()
+    qtbot.waitUntil(lambda: len(receiver.got) == len(events), timeout=3000)
+    assert [name for name, _ in receiver.got] == [type(e).__name__ for e in events]
+    assert all(on_gui_thread for _, on_gui_thread in receiver.got)
+
+
+def test_qtsink_coalesces_progress_but_always_delivers_the_final_one(qtbot):
+    from PySide6.QtCore import QObject, Slot
+
+    from kdstudio.events import Progress
+    from kdstudio.gui.workers import QtSink
+
+    class Receiver(QObject):
+        def __init__(self):
+            super().__init__()
+            self.done = []
+
+        @Slot(object)
+        def on_progress(self, event):
+            self.done.append(event.done)
+
+    sink = QtSink(progress_hz=20)
+    receiver = Receiver()
+    sink.progressed.connect(receiver.on_progress)
+    worker = threading.Thread(target=lambda: [sink.emit(Progress(i, 5000)) for i in range(1, 5001)])
+    worker.start()
+    worker.join()
+    qtbot.waitUntil(lambda: bool(receiver.done) and receiver.done[-1] == 5000, timeout=3000)
+    assert len(receiver.done) < 100
+
+
+def test_job_runs_off_the_gui_thread_and_reports_its_result(qtbot):
+    from kdstudio.gui.workers import Job
+
+    seen = {}
+
+    def fn(sink, cancel):
+        seen["thread"] = threading.current_thread()
+        return 42
+
+    job = Job("answer", fn)
+    with qtbot.waitSignal(job.succeeded, timeout=3000) as blocker:
+        job.start()
+    assert blocker.args == [42]
+    assert seen["thread"] is not threading.main_thread()
+    qtbot.waitUntil(lambda: not job.running, timeout=3000)
+
+
+def test_job_stop_cancels_cleanly_and_reports_cancelled(qtbot):
+    from kdstudio.gui.workers import Job
+
+    def fn(sink, cancel):
+        while not cancel.wait(0.01):
+            pass
+        cancel.raise_if_cancelled()
+
+    job = Job("loop", fn)
+    job.start()
+    with qtbot.waitSignal(job.cancelled, timeout=3000) as blocker:
+        job.stop("enough")
+    assert blocker.args == ["enough"]
+    assert job.wait(3)
+
+
+def test_unexpected_worker_exception_opens_the_error_dialog_with_details(qtbot, window):
+    from PySide6.QtWidgets import QApplication
+
+    from kdstudio.gui.widgets import ErrorDialog
+
+    panel = window.panels["teachers"]
+
+    def boom(sink, cancel):
+        raise RuntimeError("disk on fire")
+
+    job = panel.start_job("boom", boom)
+    with qtbot.waitSignal(job.errored, timeout=3000):
+        job.start()
+
+    def dialog():
+        found = [w for w in QApplication.topLevelWidgets() if isinstance(w, ErrorDialog)]
+        return found[0] if found and found[0].isVisible() else None
+
+    qtbot.waitUntil(lambda: dialog() is not None, timeout=3000)
+    d = dialog()
+    assert "disk on fire" in d.details and "Traceback" in d.details
+    d.copy_details()
+    assert "disk on fire" in QApplication.clipboard().text()
+    d.close()
+
+
+def test_expected_worker_error_is_shown_inline_not_in_a_dialog(qtbot, window):
+    from PySide6.QtWidgets import QApplication
+
+    from kdstudio.errors import UserError
+    from kdstudio.gui.widgets import ErrorDialog
+
+    panel = window.panels["teachers"]
+
+    def bad(sink, cancel):
+        raise UserError("dataset has 0 rows")
+
+    job = panel.start_job("bad", bad)
+    with qtbot.waitSignal(job.errored, timeout=3000):
+        job.start()
+    assert panel.message.isVisible() and "0 rows" in panel.message.text
+    assert not [
+        w for w in QApplication.topLevelWidgets() if isinstance(w, ErrorDialog) and w.isVisible()
+    ]

@@ -1,0 +1,97 @@
+"""Teachers panel: add through the dialog (key to the real keyring or an env var), edit, remove."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("pytestqt")
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def panel(qtbot, ws, tmp_path):
+    from kdstudio.gui import workers
+    from kdstudio.gui.panels.teachers import TeachersPanel
+    from kdstudio.gui.testing import prepare_app
+
+    prepare_app(tmp_path / "settings")
+    p = TeachersPanel()
+    qtbot.addWidget(p)
+    p.set_workspace(ws)
+    p.show()
+    qtbot.waitUntil(lambda: not p.running_jobs(), timeout=10000)  # the keyring probe
+    yield p
+    workers.stop_all(10)
+
+
+def fill(dialog, *, name, url, model, key=None, env=None):
+    dialog.name.setText(name)
+    dialog.base_url.setText(url)
+    dialog.model.setText(model)
+    if env:
+        dialog.key_env.setChecked(True)
+        dialog.env_name.setText(env)
+    elif key:
+        dialog.key_keyring.setChecked(True)
+        dialog.api_key.setText(key)
+    else:
+        dialog.key_none.setChecked(True)
+    dialog.price_in.setValue(0.15)
+    dialog.price_out.setValue(0.6)
+
+
+def test_add_teacher_with_env_key_appears_in_the_table(qtbot, panel, ws):
+    panel.add_teacher()
+    fill(panel.dialog, name="mini", url="http://localhost:9/v1", model="m", env="MY_KEY")
+    panel.dialog.try_accept()
+    qtbot.waitUntil(lambda: "mini" in ws.teacher_names(), timeout=5000)
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 1, timeout=5000)
+    t = ws.get_teacher("mini")
+    assert (t.key_source, t.key_env, t.price_out) == ("env", "MY_KEY", 0.6)
+    assert panel.selected().name == "mini"
+
+
+def test_bad_url_is_shown_inline_in_the_dialog_and_nothing_is_saved(panel, ws):
+    panel.add_teacher()
+    fill(panel.dialog, name="bad", url="localhost:8000", model="m")
+    panel.dialog.try_accept()
+    assert panel.dialog.isVisible()
+    assert "not a valid URL" in panel.dialog.message.text
+    assert ws.teacher_names() == []
+
+
+def test_duplicate_name_is_an_inline_message(qtbot, panel, ws):
+    from kdstudio.config import TeacherConfig
+
+    ws.add_teacher(TeacherConfig(name="dup", base_url="http://localhost:9/v1", model="m"))
+    panel.refresh()
+    panel.save_teacher(
+        TeacherConfig(name="dup", base_url="http://localhost:9/v1", model="x"), None, replace=False
+    )
+    assert "already exists" in panel.message.text
+    assert ws.get_teacher("dup").model == "m"
+
+
+@pytest.mark.keyring
+def test_add_teacher_stores_the_key_in_the_real_keyring_and_nowhere_else(qtbot, panel, ws):
+    from kdstudio import secrets
+
+    key = "sk-gui-test-7f3a9c1e55"
+    assert panel.keyring_ok, panel.keyring_message
+    panel.add_teacher()
+    fill(panel.dialog, name="keyed", url="http://localhost:9/v1", model="m", key=key)
+    panel.dialog.try_accept()
+    qtbot.waitUntil(lambda: "keyed" in ws.teacher_names(), timeout=10000)
+    try:
+        assert secrets.read_key("keyed") == key
+        assert ws.get_teacher("keyed").key_source == "keyring"
+        for path in ws.root.rglob("*"):
+            if path.is_file():
+                assert key.encode() not in path.read_bytes(), path
+        panel.refresh()
+        panel.select_teacher("keyed")
+        panel.remove_teacher(panel.selected())
+        qtbot.waitUntil(lambda: "keyed" not in ws.teacher_names(), timeout=10000)
+        assert secrets.read_key("keyed") is None
+    finally:
+        secrets.delete_key("keyed")
