@@ -605,10 +605,10 @@ class OpenAIServer:
         if not rest or rest[0] not in self.batches:
             raise _HttpError(404, f"No such Batch object: {rest[0] if rest else ''}")
         batch = self.batches[rest[0]]
-        if len(rest) == 2 and rest[1] == "cancel" and method == "POST":
-            if batch["status"] not in ("completed", "failed", "expired"):
-                batch["status"] = "cancelled"
-                batch["cancelled_at"] = int(time.time())
+        cancel = len(rest) == 2 and rest[1] == "cancel" and method == "POST"
+        if cancel and batch["status"] not in ("completed", "failed", "expired"):
+            batch["status"] = "cancelled"
+            batch["cancelled_at"] = int(time.time())
         return await _send(writer, 200, batch)
 
     async def _run_batch(self, batch_id: str) -> None:
