@@ -1,4 +1,10 @@
-"""Training runs, their metrics (tailed live by the window), checkpoints and evaluations."""
+"""Training runs, their metrics (tailed live by the window), checkpoints and evaluations.
+
+runs.status: created | running | finished | stopped | failed (a `running` run whose process
+is gone reads as `interrupted`; see kdstudio.distill.runs). runs.eval_rows: JSON list of the
+dataset row ids held out for evaluation. checkpoints: an index of the folders under
+checkpoints/<run>/step-NNNNNNN/ (the folders and their meta.json are the truth).
+"""
 
 SQL = """
 CREATE TABLE runs (
@@ -14,6 +20,8 @@ CREATE TABLE runs (
     host TEXT,
     heartbeat REAL,
     error TEXT,
+    eval_rows TEXT,
+    summary TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );

@@ -1,0 +1,270 @@
+"""The training config: one typed section per concern, loaded from TOML, validated on build.
+
+    [student]  path, template
+    [data]     collection, eval_fraction, max_length, ...
+    [distill]  method (sft | sparse_kd | dense_kd), teacher, divergence, ...
+    [optim]    max_steps or epochs, batch_size, grad_accum, lr, warmup, schedule, ...
+    [run]      name, seed, checkpoint_every, eval_every, log_every, precision, device, ...
+    [lora]     optional: its presence turns LoRA on (needs the `lora` extra: peft)
+
+The help text of every setting feeds the README's config reference (`TrainConfig.help_rows`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kdstudio.config import Section, apply_overrides, check_name, load_toml, setting
+from kdstudio.errors import ConfigError
+
+METHODS = ("sft", "sparse_kd", "dense_kd")
+DIVERGENCES = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")
+
+
+@dataclass
+class StudentConfig(Section):
+    _section: ClassVar[str] = "student"
+
+    path: str = setting(
+        help="The student: a Hugging Face model folder (config, weights, tokenizer)."
+    )
+    template: str = setting(
+        "auto",
+        "Chat template used to render examples: `auto` uses the tokenizer's own and falls back "
+        "to kdstudio's plain template when it has none; `tokenizer` requires the tokenizer's "
+        "own; `fallback` always uses kdstudio's (saved with every checkpoint).",
+        choices=("auto", "tokenizer", "fallback"),
+    )
+
+    def check(self) -> None:
+        if not self.path.strip():
+            raise ConfigError("student.path is empty: give a Hugging Face model folder")
+
+
+@dataclass
+class DataConfig(Section):
+    _section: ClassVar[str] = "data"
+
+    collection: str = setting(help="The collection of teacher outputs to train on, by name.")
+    eval_fraction: float = setting(
+        0.05,
+        "Share of prompts (dataset rows) held out for evaluation; the split is by row and "
+        "deterministic, so every sample of one prompt lands on the same side.",
+        min=0.0,
+        max=0.5,
+    )
+    max_length: int = setting(
+        1024,
+        "Longest example in tokens (prompt + response). Longer ones are cut at the end; one "
+        "whose whole response would be cut away is dropped and counted.",
+        min=8,
+    )
+    group_by_length: bool = setting(
+        True, "Batch examples of similar length together (less padding, same results)."
+    )
+    eval_max_examples: int = setting(
+        256, "Cap on held-out examples scored at each evaluation (0 = all).", min=0
+    )
+
+
+@dataclass
+class DistillConfig(Section):
+    _section: ClassVar[str] = "distill"
+
+    method: str = setting(
+        "sft",
+        "`sft`: sequence-level distillation (cross-entropy on the teacher's text); "
+        "`sparse_kd`: also match the teacher's stored top-k logprobs; `dense_kd`: match a "
+        "local teacher's full distribution.",
+        choices=METHODS,
+    )
+    teacher: str | None = setting(
+        None, "A local teacher's name (`teacher add-local`), needed by `dense_kd`."
+    )
+    divergence: str = setting(
+        "fkl",
+        "Divergence for `dense_kd`: forward KL, reverse KL, generalized JSD (`beta`), skew KL, "
+        "skew reverse KL, total variation.",
+        choices=DIVERGENCES,
+    )
+    beta: float = setting(
+        0.5, "JSD interpolation: 0 is forward KL, 1 is reverse KL.", min=0.0, max=1.0
+    )
+    temperature: float = setting(
+        1.0, "Softmax temperature of both models in the KD term (tau^2 is applied).", min=1e-3
+    )
+    kd_weight: float = setting(
+        0.5, "Total loss = (1 - kd_weight) * CE + kd_weight * KD.", min=0.0, max=1.0
+    )
+    tail: bool = setting(
+        True,
+        "`sparse_kd`: keep one tail bucket for the teacher's probability mass outside its top-k "
+        "(else renormalise over the top-k).",
+    )
+    chunk_size: int = setting(
+        1024, "Positions per chunk when computing KD losses (bounds peak memory).", min=1
+    )
+
+    def check(self) -> None:
+        if self.method == "dense_kd" and not self.teacher:
+            raise ConfigError(
+                "distill.teacher must name a local teacher for method dense_kd "
+                "(add one with `kdstudio teacher add-local NAME --path DIR`)"
+            )
+
+
+@dataclass
+class OptimConfig(Section):
+    _section: ClassVar[str] = "optim"
+
+    max_steps: int = setting(0, "Optimizer steps to train; 0 means use `epochs` instead.", min=0)
+    epochs: float = setting(
+        1.0, "Passes over the training examples (used when max_steps is 0).", min=0.0
+    )
+    batch_size: int = setting(8, "Examples per micro-batch (per process).", min=1)
+    grad_accum: int = setting(
+        1,
+        "Micro-batches per optimizer step. The loss is normalised by the target tokens of "
+        "the whole accumulation window (across all processes), not per micro-batch.",
+        min=1,
+    )
+    lr: float = setting(2e-5, "Peak learning rate (AdamW).", min=0.0)
+    warmup: float = setting(
+        0.03,
+        "Linear warmup: a number of steps when >= 1, else a fraction of the total steps.",
+        min=0.0,
+    )
+    schedule: str = setting(
+        "cosine",
+        "Decay after warmup, down to `min_lr_ratio * lr`.",
+        choices=("cosine", "linear", "constant"),
+    )
+    min_lr_ratio: float = setting(0.0, "Final learning rate as a fraction of `lr`.", min=0, max=1)
+    weight_decay: float = setting(
+        0.0, "AdamW weight decay (not applied to biases and norms).", min=0
+    )
+    clip: float = setting(1.0, "Gradient clipping by global norm; 0 turns it off.", min=0.0)
+    betas: list[float] = setting(help="AdamW betas.", default_factory=lambda: [0.9, 0.999])
+
+    def check(self) -> None:
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise ConfigError("set optim.max_steps or optim.epochs to a positive number")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1); got {self.betas!r}")
+
+
+@dataclass
+class RunConfig(Section):
+    _section: ClassVar[str] = "run"
+
+    name: str | None = setting(
+        None, "The run's name (checkpoint folder and `--resume` key); default: collection + time."
+    )
+    seed: int = setting(0, "Seed of every random generator (data order, dropout, init).")
+    checkpoint_every: int = setting(
+        500,
+        "Save a checkpoint every N steps (and always at the end or on stop); 0 = only then.",
+        min=0,
+    )
+    keep_last: int = setting(2, "Checkpoints to keep besides the best by eval loss.", min=1)
+    eval_every: int = setting(
+        500,
+        "Evaluate on the held-out examples every N steps (and at the end); 0 = only at the end.",
+        min=0,
+    )
+    log_every: int = setting(10, "Report training metrics every N steps.", min=1)
+    precision: str = setting(
+        "auto",
+        "`auto`: bf16 autocast on CUDA GPUs that support it, else fp32. fp16 uses a grad scaler.",
+        choices=("auto", "bf16", "fp16", "fp32"),
+    )
+    device: str = setting("auto", "Where to train.", choices=("auto", "cuda", "cpu"))
+    parallel: str = setting(
+        "ddp",
+        "Under torchrun: `ddp` replicates the student on every process; `fsdp` shards it "
+        "(`fully_shard`) for students too big for one GPU.",
+        choices=("ddp", "fsdp"),
+    )
+    gradient_checkpointing: bool = setting(
+        False, "Recompute activations in the backward pass (less memory, ~30% slower)."
+    )
+    compile: bool = setting(False, "torch.compile the student (faster steps after a warm-up).")
+    deterministic: bool = setting(
+        False, "torch.use_deterministic_algorithms (bit-exact reruns; slower on GPUs)."
+    )
+
+    def check(self) -> None:
+        if self.name is not None:
+            check_name("run", self.name)
+
+
+@dataclass
+class LoraConfig(Section):
+    _section: ClassVar[str] = "lora"
+
+    r: int = setting(16, "LoRA rank.", min=1)
+    alpha: float = setting(32.0, "LoRA alpha (scale = alpha / r).", min=0.0)
+    dropout: float = setting(0.05, "Dropout on the LoRA path.", min=0.0, max=1.0)
+    target_modules: list[str] = setting(
+        help='Module names to adapt, or ["all-linear"].', default_factory=lambda: ["all-linear"]
+    )
+
+    def check(self) -> None:
+        if not self.target_modules:
+            raise ConfigError('lora.target_modules is empty: name modules or use ["all-linear"]')
+
+
+@dataclass
+class TrainConfig(Section):
+    """A whole training run. `lora` is None unless a [lora] table is given."""
+
+    student: StudentConfig = setting(help="The student model.")
+    data: DataConfig = setting(help="Training data.")
+    distill: DistillConfig = setting(help="Distillation method.", default_factory=DistillConfig)
+    optim: OptimConfig = setting(help="Optimizer and schedule.", default_factory=OptimConfig)
+    run: RunConfig = setting(help="Run settings.", default_factory=RunConfig)
+    lora: LoraConfig | None = setting(None, "LoRA adapters instead of full fine-tuning.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        for key in ("student", "data"):
+            if key not in data:
+                raise ConfigError(
+                    f"the config has no [{key}] table; it needs at least "
+                    "[student] path and [data] collection"
+                )
+        for key, value in data.items():
+            if key in ("student", "data", "distill", "optim", "run", "lora") and not isinstance(
+                value, dict
+            ):
+                raise ConfigError(f"{key} must be a table ([{key}]), got {value!r}")
+        return super().from_dict(data)
+
+    def resolved(self, base: Path | None = None) -> TrainConfig:
+        """A copy with the run name filled in and the student path made absolute."""
+        data = self.to_dict()
+        path = Path(data["student"]["path"]).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        data["student"]["path"] = str(path.resolve())
+        if not data["run"].get("name"):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            data["run"]["name"] = f"{self.data.collection}-{stamp}"[:64]
+        return TrainConfig.from_dict(data)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a TOML file, apply `--set key=value` overrides, validate, resolve paths.
+
+    A relative `student.path` is taken relative to the config file's folder.
+    """
+    path = Path(path)
+    data = apply_overrides(load_toml(path), overrides or [])
+    try:
+        config = TrainConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config.resolved(base=path.resolve().parent)

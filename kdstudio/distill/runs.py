@@ -1,0 +1,215 @@
+"""Training runs in the workspace: create, look up, list, and track status.
+
+Status: `created`, `running`, `finished`, `stopped` (by the user, after a checkpoint),
+`failed`. A run stored as `running` whose process is gone (its pid is dead on this host, or
+its heartbeat is older than `STALE_AFTER_S`) reads as `interrupted`; `--resume` continues it.
+No torch here: the GUI and `runs list` use this module cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kdstudio.errors import NotFound, UserError
+
+if TYPE_CHECKING:
+    from kdstudio.distill.config import TrainConfig
+    from kdstudio.workspace import Workspace
+
+STATUSES = ("created", "running", "finished", "stopped", "failed", "interrupted")
+HEARTBEAT_EVERY_S = 10.0
+STALE_AFTER_S = 120.0
+
+
+@dataclass
+class Run:
+    """One row of `runs`, with its effective status (`interrupted` is derived, never stored)."""
+
+    id: int
+    name: str
+    status: str
+    method: str
+    config: dict[str, Any]
+    collection: str
+    step: int
+    world_size: int
+    pid: int | None
+    host: str | None
+    heartbeat: float | None
+    error: str | None
+    eval_rows: list[int] | None
+    summary: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def train_config(self) -> TrainConfig:
+        from kdstudio.distill.config import TrainConfig
+
+        return TrainConfig.from_dict(self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def effective_status(row: dict[str, Any], now: float | None = None) -> str:
+    """`running` becomes `interrupted` when its process is dead or silent for too long."""
+    status = row["status"]
+    if status != "running":
+        return status
+    now = time.time() if now is None else now
+    same_host = row.get("host") == socket.gethostname()
+    if same_host and row.get("pid") and not _process_alive(int(row["pid"])):
+        return "interrupted"
+    if row.get("heartbeat") is not None and now - row["heartbeat"] > STALE_AFTER_S:
+        return "interrupted"
+    return status
+
+
+def _from_row(row: Any) -> Run:
+    data = dict(row)
+    data["status"] = effective_status(data)
+    data["config"] = json.loads(data["config"])
+    data["eval_rows"] = json.loads(data["eval_rows"]) if data.get("eval_rows") else None
+    data["summary"] = json.loads(data.get("summary") or "{}")
+    return Run(**data)
+
+
+def run_names(ws: Workspace) -> list[str]:
+    return [r[0] for r in ws.query("SELECT name FROM runs ORDER BY id")]
+
+
+def create_run(ws: Workspace, config: TrainConfig, *, world_size: int = 1) -> Run:
+    """Store a new run with its fully resolved config; the name must be free."""
+    name = config.run.name
+    if not name:
+        raise UserError("the run has no name (resolve the config first)")
+    now = time.time()
+    with ws.tx() as con:
+        if con.execute("SELECT 1 FROM runs WHERE name=?", (name,)).fetchone():
+            raise UserError(
+                f"a run named {name!r} already exists: continue it with "
+                f"`kdstudio train --resume {name}`, or pick another name with --set run.name=NEW"
+            )
+        con.execute(
+            "INSERT INTO runs(name, status, method, config, collection, world_size, "
+            "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                name,
+                "created",
+                config.distill.method,
+                json.dumps(config.to_dict()),
+                config.data.collection,
+                world_size,
+                now,
+                now,
+            ),
+        )
+    return get_run(ws, name)
+
+
+def get_run(ws: Workspace, name: str) -> Run:
+    row = ws.query_one("SELECT * FROM runs WHERE name=?", (name,))
+    if row is None:
+        raise NotFound("run", name, run_names(ws))
+    return _from_row(row)
+
+
+def get_run_by_id(ws: Workspace, run_id: int) -> Run:
+    row = ws.query_one("SELECT * FROM runs WHERE id=?", (run_id,))
+    if row is None:
+        raise NotFound("run", str(run_id), run_names(ws))
+    return _from_row(row)
+
+
+def list_runs(ws: Workspace) -> list[Run]:
+    return [_from_row(r) for r in ws.query("SELECT * FROM runs ORDER BY id")]
+
+
+def set_status(ws: Workspace, run_id: int, status: str, *, error: str | None = None) -> None:
+    """Record a status change; `running` also records this process (pid, host, heartbeat)."""
+    if status not in STATUSES or status == "interrupted":
+        raise ValueError(f"cannot store run status {status!r}")
+    now = time.time()
+    if status == "running":
+        ws.db.execute(
+            "UPDATE runs SET status=?, pid=?, host=?, heartbeat=?, error=NULL, updated_at=? "
+            "WHERE id=?",
+            (status, os.getpid(), socket.gethostname(), now, now, run_id),
+        )
+    else:
+        ws.db.execute(
+            "UPDATE runs SET status=?, error=?, updated_at=? WHERE id=?",
+            (status, error, now, run_id),
+        )
+
+
+def heartbeat(ws: Workspace, run_id: int, step: int) -> None:
+    now = time.time()
+    ws.db.execute(
+        "UPDATE runs SET heartbeat=?, step=?, updated_at=? WHERE id=?", (now, step, now, run_id)
+    )
+
+
+def update_run(ws: Workspace, run_id: int, **values: Any) -> None:
+    """Set plain columns (`step`, `world_size`, `eval_rows`, `summary`)."""
+    allowed = {"step", "world_size", "eval_rows", "summary"}
+    if not set(values) <= allowed:
+        raise ValueError(f"cannot update {sorted(set(values) - allowed)}")
+    for key in ("eval_rows", "summary"):
+        if key in values and not isinstance(values[key], str):
+            values[key] = json.dumps(values[key])
+    sets = ", ".join(f"{k}=?" for k in values)
+    ws.db.execute(
+        f"UPDATE runs SET {sets}, updated_at=? WHERE id=?",
+        (*values.values(), time.time(), run_id),
+    )
+
+
+def latest_metrics(ws: Workspace, run_id: int) -> dict[str, tuple[int, float]]:
+    """{name: (step, value)} of the last reported value of every metric."""
+    rows = ws.query(
+        "SELECT name, step, value FROM run_metrics m WHERE run_id=? AND step = "
+        "(SELECT MAX(step) FROM run_metrics WHERE run_id=m.run_id AND name=m.name)",
+        (run_id,),
+    )
+    return {r["name"]: (r["step"], r["value"]) for r in rows}
+
+
+def metric_series(ws: Workspace, run_id: int) -> dict[str, list[tuple[int, float]]]:
+    """{name: [(step, value), ...]} in step order."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for r in ws.query(
+        "SELECT name, step, value FROM run_metrics WHERE run_id=? ORDER BY name, step", (run_id,)
+    ):
+        out.setdefault(r["name"], []).append((r["step"], r["value"]))
+    return out
+
+
+def eval_row_ids(ws: Workspace, name: str) -> list[int]:
+    """The dataset row ids a run held out for evaluation (set when the run starts)."""
+    run = get_run(ws, name)
+    if run.eval_rows is None:
+        raise UserError(f"run {name!r} has not started yet, so it has no held-out rows")
+    return run.eval_rows
+
+
+def delete_run(ws: Workspace, run_id: int) -> None:
+    """Remove a run row with its metrics, checkpoint index and events (not its folder)."""
+    with ws.tx() as con:
+        con.execute("DELETE FROM events WHERE job_kind='train' AND job_id=?", (str(run_id),))
+        con.execute("DELETE FROM runs WHERE id=?", (run_id,))

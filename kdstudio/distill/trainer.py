@@ -1,0 +1,914 @@
+"""The training loop: `Trainer(config, ws, sink, cancel)` with setup / train / save_checkpoint /
+close. The window runs it in a QThread; `kdstudio train` runs it headless, also under
+`torchrun --nproc-per-node N -m kdstudio train ...` (DDP, or FSDP with `run.parallel`).
+
+    trainer = Trainer(config, ws, sink, cancel)        # or Trainer.for_resume(ws, "run", ...)
+    try:
+        trainer.setup()       # run row, data, student, objective pre-flight, optimizer, resume
+        result = trainer.train()   # result.status: finished | stopped
+    finally:
+        trainer.close()
+
+What a step does: take `grad_accum` micro-batches from the data stream, count their target
+tokens (all ranks together), and backpropagate each micro-batch's summed loss divided by
+that count, so the step's gradient is the mean over every target token of the window no
+matter how they are spread over micro-batches. Then clip, AdamW, schedule.
+
+Metrics go to the sinks every `log_every` steps (one device sync per interval: the
+accumulators stay on the device in between); rank 0 alone reports and writes. Stopping
+(the CancelToken; the CLI maps Ctrl-C to it) finishes the current step, checkpoints, and
+returns status `stopped`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from kdstudio.distill import checkpoint as ckpt
+from kdstudio.distill import runs
+from kdstudio.distill.batches import (
+    Batch,
+    Dataset,
+    DataStream,
+    build_dataset,
+    collate,
+    load_student_tokenizer,
+)
+from kdstudio.distill.config import TrainConfig
+from kdstudio.distill.objectives import ObjectiveContext, make_objective
+from kdstudio.errors import UserError
+from kdstudio.events import (
+    CancelToken,
+    Failed,
+    FanoutSink,
+    Finished,
+    Log,
+    Metrics,
+    NullSink,
+    Progress,
+    Sink,
+    StoreSink,
+    Warning,
+)
+from kdstudio.workspace import Workspace
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainResult:
+    run: str
+    status: str  # finished | stopped
+    step: int
+    total_steps: int
+    loss: float | None
+    eval_loss: float | None
+    checkpoint: Path | None
+
+
+def lr_factor(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Learning-rate multiplier for optimizer step `step` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        decay = 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One training run with a visible lifecycle (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        ws: Workspace,
+        sink: Sink | None = None,
+        cancel: CancelToken | None = None,
+        *,
+        resume: bool = False,
+    ) -> None:
+        if not config.run.name:
+            config = config.resolved()
+        self.config, self.ws = config, ws
+        self.user_sink = sink or NullSink()
+        self.sink: Sink = NullSink()
+        self.cancel = cancel or CancelToken()
+        self.resume = resume
+        self.run: runs.Run | None = None
+        self.step = 0
+        self.total_steps = 0
+        self.rank, self.world, self.local_rank = 0, 1, 0
+        self._owns_pg = False
+        self._ready = False
+        self._last_saved_step = -1
+        self._last_eval: tuple[int, float] | None = None
+        self._elapsed_before = 0.0
+        self._t_start = 0.0
+
+    @classmethod
+    def for_resume(
+        cls, ws: Workspace, name: str, sink: Sink | None = None, cancel: CancelToken | None = None
+    ) -> Trainer:
+        """A trainer that continues run `name` from its last checkpoint."""
+        run = runs.get_run(ws, name)
+        if run.status == "running":
+            raise UserError(
+                f"run {name!r} is running now (pid {run.pid} on {run.host}); stop it first"
+            )
+        if run.status == "finished":
+            raise UserError(f"run {name!r} has finished; start a new run to train further")
+        return cls(run.train_config(), ws, sink, cancel, resume=True)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- setup ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Everything before the first step; raises UserError for bad input, before any step."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-shard save/load bars would flood the console
+        self._setup_distributed()
+        self._setup_run()
+        try:
+            self._setup_rest()
+        except BaseException:
+            if self.is_main and self._created:
+                runs.delete_run(self.ws, self.run.id)  # nothing trained: leave no trace
+            self.run = None
+            raise
+        self._ready = True
+
+    def _setup_rest(self) -> None:
+        import torch
+
+        cfg = self.config
+        self.sink = (
+            FanoutSink(
+                [StoreSink(self.ws, "train", self.run.id, run_id=self.run.id), self.user_sink]
+            )
+            if self.is_main
+            else NullSink()
+        )
+        self.device = self._pick_device()
+        self.amp_dtype, self.use_scaler = self._pick_precision()
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+        _seed_everything(cfg.run.seed)
+
+        self.tokenizer, fallback = load_student_tokenizer(cfg.student.path, cfg.student.template)
+        if fallback and self.is_main:
+            self.sink.emit(
+                Warning(
+                    "the student's tokenizer has no chat template: using kdstudio's plain template "
+                    "(saved with the checkpoints)",
+                    where="student.template",
+                )
+            )
+        self.data = self._load_data()
+        state = self._resume_state() if self.resume else None
+        self.model = self._load_model(state)
+        self.objective = make_objective(cfg)
+        self.objective.setup(
+            ObjectiveContext(
+                config=cfg,
+                ws=self.ws,
+                tokenizer=self.tokenizer,
+                device=self.device,
+                autocast_dtype=self.amp_dtype,
+                sink=self.sink,
+                student_config=getattr(self._unwrapped(), "config", None),
+            )
+        )
+        self.optimizer = self._make_optimizer()
+        self.stream = DataStream(
+            [len(e) for e in self.data.train],
+            cfg.optim.batch_size,
+            seed=cfg.run.seed,
+            rank=self.rank,
+            world_size=self.world,
+            group_by_length=cfg.data.group_by_length,
+        )
+        self.total_steps = self._total_steps()
+        warmup = int(
+            cfg.optim.warmup
+            if cfg.optim.warmup >= 1
+            else round(cfg.optim.warmup * self.total_steps)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            partial(
+                lr_factor,
+                total=self.total_steps,
+                warmup=warmup,
+                schedule=cfg.optim.schedule,
+                min_ratio=cfg.optim.min_lr_ratio,
+            ),
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_scaler else None
+        if state is not None:
+            self._load_state(state)
+        if self.is_main:
+            runs.set_status(self.ws, self.run.id, "running")
+            runs.update_run(self.ws, self.run.id, world_size=self.world)
+            self.sink.emit(Log(self._describe()))
+
+    def _setup_distributed(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not dist.is_initialized():
+            use_cuda = self.config.run.device != "cpu" and torch.cuda.is_available()
+            self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            if use_cuda:
+                torch.cuda.set_device(self.local_rank)
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+            self._owns_pg = True
+        if dist.is_initialized():
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+            # control flags (stop requests) travel on CPU: no device sync per step
+            self._cpu_group = (
+                dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+            )
+        elif self.config.run.parallel == "fsdp":
+            raise UserError(
+                'run.parallel = "fsdp" needs several processes: launch with '
+                "`torchrun --nproc-per-node N -m kdstudio train ...`"
+            )
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._cpu_group)
+
+    def _setup_run(self) -> None:
+        name = self.config.run.name
+        self._created = False
+        if self.is_main:
+            if self.resume:
+                self.run = runs.get_run(self.ws, name)
+                ckpt.clean_partial(self.ws, name)
+            else:
+                self.run = runs.create_run(self.ws, self.config, world_size=self.world)
+                self._created = True
+        self._barrier()
+        if not self.is_main:
+            self.run = runs.get_run(self.ws, name)
+
+    def _pick_device(self) -> Any:
+        import torch
+
+        want = self.config.run.device
+        if want == "cuda" and not torch.cuda.is_available():
+            raise UserError('run.device = "cuda" but no CUDA GPU is available (use auto or cpu)')
+        if want == "cpu" or not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", self.local_rank)
+
+    def _pick_precision(self) -> tuple[Any, bool]:
+        import torch
+
+        want, cuda = self.config.run.precision, self.device.type == "cuda"
+        if want in ("bf16", "fp16") and not cuda:
+            raise UserError(f'run.precision = "{want}" needs a CUDA GPU; use auto or fp32 on CPU')
+        if want == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError("this GPU does not support bf16: set run.precision to fp16 or fp32")
+        if want == "auto":
+            want = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[want], want == "fp16"
+
+    def _load_data(self) -> Dataset:
+        from kdstudio.outputs import iter_examples
+
+        cfg = self.config.data
+        data = build_dataset(
+            self.tokenizer,
+            iter_examples(self.ws, cfg.collection),
+            max_length=cfg.max_length,
+            eval_fraction=cfg.eval_fraction,
+        )
+        if not data.train:
+            raise UserError(
+                f"collection {cfg.collection!r} gives no training examples "
+                f"({data.n_examples} usable, {data.dropped} too long for data.max_length="
+                f"{cfg.max_length}, skipped {data.skipped}); collect outputs or lower eval_fraction"
+            )
+        if cfg.eval_max_examples:
+            data.eval = data.eval[: cfg.eval_max_examples]
+        if self.is_main:
+            runs.update_run(self.ws, self.run.id, eval_rows=data.eval_rows)
+            if data.dropped:
+                self.sink.emit(
+                    Warning(
+                        f"{data.dropped} examples dropped: truncating them to {cfg.max_length} tokens "
+                        "would cut away the whole response",
+                        where="data.max_length",
+                    )
+                )
+            if data.skipped.get("empty"):
+                self.sink.emit(
+                    Warning(f"{data.skipped['empty']} examples with an empty response skipped")
+                )
+        return data
+
+    def _resume_state(self) -> dict[str, Any]:
+        import torch
+
+        if not ckpt.list_checkpoints(self.ws, self.config.run.name):
+            if self.is_main:
+                self.sink.emit(
+                    Log(f"run {self.config.run.name} has no checkpoint: starting it over")
+                )
+            return None
+        path = ckpt.resolve_checkpoint(self.ws, self.config.run.name, "last")
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        state["path"] = path
+        return state
+
+    def _load_model(self, state: dict[str, Any] | None) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.config
+        source = cfg.student.path
+        if state is not None and cfg.lora is None:
+            source = str(state["path"] / "model")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load the student from {source}: {exc}") from None
+        model.config.use_cache = False
+        if cfg.run.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        if cfg.lora is not None:
+            model = self._apply_lora(model, state)
+        model.to(self.device)
+        model.train()
+        self._base = model
+        if cfg.run.compile:
+            model.compile()
+        return self._wrap(model)
+
+    def _apply_lora(self, model: Any, state: dict[str, Any] | None) -> Any:
+        try:
+            from peft import LoraConfig, PeftModel, get_peft_model
+        except ImportError:
+            raise UserError("[lora] needs peft: pip install 'kdstudio[lora]'") from None
+        if self.config.run.gradient_checkpointing:
+            model.enable_input_require_grads()
+        if state is not None:
+            return PeftModel.from_pretrained(model, state["path"] / "model", is_trainable=True)
+        lc = self.config.lora
+        targets = "all-linear" if lc.target_modules == ["all-linear"] else lc.target_modules
+        return get_peft_model(
+            model,
+            LoraConfig(
+                r=lc.r,
+                lora_alpha=lc.alpha,
+                lora_dropout=lc.dropout,
+                target_modules=targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
+
+    def _wrap(self, model: Any) -> Any:
+        if self.world == 1:
+            return model
+        if self.config.run.parallel == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            blocks = set(getattr(self._hf_model(model), "_no_split_modules", None) or [])
+            for module in model.modules():
+                if type(module).__name__ in blocks:
+                    fully_shard(module)
+            fully_shard(model)
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    @staticmethod
+    def _hf_model(model: Any) -> Any:
+        base = getattr(model, "get_base_model", None)
+        return base() if base else model
+
+    def _unwrapped(self) -> Any:
+        return getattr(self.model, "module", self.model)
+
+    def _make_optimizer(self) -> Any:
+        import torch
+
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.config.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        o = self.config.optim
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), fused=fused)
+
+    def _total_steps(self) -> int:
+        o = self.config.optim
+        if o.max_steps:
+            return o.max_steps
+        return max(1, math.ceil(o.epochs * self.stream.batches_per_epoch / o.grad_accum))
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if state.get("world_size", 1) != self.world:
+            raise UserError(
+                f"run {self.run.name!r} was checkpointed with {state['world_size']} processes; "
+                f"resume it with the same number (now {self.world})"
+            )
+        if self.config.run.parallel == "fsdp" and self.world > 1:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            set_optimizer_state_dict(
+                self.model,
+                self.optimizer,
+                state["optimizer"],
+                options=StateDictOptions(full_state_dict=True),
+            )
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.stream.load_state_dict(state["data"])
+        self.step = self._last_saved_step = int(state["step"])
+        self._elapsed_before = float(state.get("elapsed", 0.0))
+        _set_rng_state(state["rng"])
+
+    def _describe(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        verb = f"resuming at step {self.step}" if self.resume else "starting"
+        return (
+            f"run {self.run.name}: {verb} of {self.total_steps} steps; "
+            f"{len(self.data.train)} train / {len(self.data.eval)} eval examples; "
+            f"student {n_params / 1e6:.2f}M params ({n_train / 1e6:.2f}M trained) on "
+            f"{self.device.type}{' x' + str(self.world) if self.world > 1 else ''}, "
+            f"{self.amp_dtype or 'fp32'}; method {self.config.distill.method}"
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        """Run until `total_steps`, or until stopped; returns how it ended."""
+        if not self._ready:
+            self.setup()
+        try:
+            return self._train()
+        except (KeyboardInterrupt, SystemExit):
+            self._outcome = "interrupted"  # the process dies: the run reads as interrupted
+            raise
+        except BaseException as exc:
+            self._outcome = "failed"
+            if self.is_main and self.run is not None:
+                runs.set_status(
+                    self.ws, self.run.id, "failed", error=f"{type(exc).__name__}: {exc}"
+                )
+                self.sink.emit(Failed(str(exc), details=type(exc).__name__))
+            raise
+
+    def _train(self) -> TrainResult:
+        import torch
+
+        cfg = self.config
+        o = cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = o.clip if o.clip > 0 else float("inf")
+        self._t_start = time.perf_counter()
+        interval = self._new_interval()
+        if self.is_main:
+            self.sink.emit(Progress(self.step, self.total_steps, unit="step"))
+        stopped = False
+        last_beat = 0.0
+        while self.step < self.total_steps:
+            if self._stop_requested():
+                stopped = True
+                break
+            window = [self._next_batch() for _ in range(o.grad_accum)]
+            n_target = self._global_sum(sum(b.n_target for b in window))
+            scale = self.world / max(n_target, 1)  # DDP averages over ranks: undo, then per token
+            self.model.train()
+            for i, batch in enumerate(window):
+                batch = batch.to(self.device)
+                with self._sync_context(last=i == len(window) - 1), self._autocast():
+                    out = self.objective.loss(self.model, batch)
+                    loss = out.loss_sum * scale
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+                interval.add(out, batch)
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            interval.grad_norm = interval.grad_norm + grad_norm.detach().float()
+            interval.steps += 1
+
+            last = self.step >= self.total_steps
+            if self.step % cfg.run.log_every == 0 or last:
+                self._report(interval)
+                interval = self._new_interval()
+            if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and not last:
+                self.evaluate()
+            if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0 and not last:
+                self.save_checkpoint()
+            if self.is_main and time.monotonic() - last_beat > runs.HEARTBEAT_EVERY_S:
+                last_beat = time.monotonic()
+                runs.heartbeat(self.ws, self.run.id, self.step)
+        return self._finish(stopped)
+
+    def _finish(self, stopped: bool) -> TrainResult:
+        if (
+            not stopped
+            and self.data.eval
+            and (self._last_eval is None or self._last_eval[0] != self.step)
+        ):
+            self.evaluate()
+        path = self.save_checkpoint() if self._last_saved_step != self.step else None
+        status = "stopped" if stopped else "finished"
+        loss = self._last_loss
+        eval_loss = self._last_eval[1] if self._last_eval else None
+        if self.is_main:
+            runs.update_run(
+                self.ws,
+                self.run.id,
+                step=self.step,
+                summary={
+                    "loss": loss,
+                    "eval_loss": eval_loss,
+                    "steps": self.step,
+                    "total_steps": self.total_steps,
+                    "elapsed": self._elapsed(),
+                },
+            )
+            runs.set_status(self.ws, self.run.id, status)
+            if stopped:
+                self.sink.emit(
+                    Failed(
+                        f"run {self.run.name} stopped at step {self.step} "
+                        f"(resume with `kdstudio train --resume {self.run.name}`)",
+                        cancelled=True,
+                    )
+                )
+            else:
+                self.sink.emit(
+                    Finished(
+                        f"run {self.run.name} finished: {self.step} steps",
+                        summary={"loss": loss, "eval_loss": eval_loss},
+                    )
+                )
+        if path is None and self.is_main:
+            path = ckpt.resolve_checkpoint(self.ws, self.run.name, "last")
+        self._outcome = status
+        return TrainResult(
+            self.run.name, status, self.step, self.total_steps, loss, eval_loss, path
+        )
+
+    _last_loss: float | None = None
+    _outcome: str | None = None
+
+    def _next_batch(self) -> Batch:
+        items = [self.data.train[i] for i in self.stream.next()]
+        return collate(items, self.tokenizer.pad_token_id, pin=self.device.type == "cuda")
+
+    def _sync_context(self, last: bool) -> Any:
+        if self.world == 1 or last:
+            if self.world > 1 and self.config.run.parallel == "fsdp":
+                self.model.set_requires_gradient_sync(True)
+            return nullcontext()
+        if self.config.run.parallel == "fsdp":
+            self.model.set_requires_gradient_sync(False)
+            return nullcontext()
+        return self.model.no_sync()
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _global_sum(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.long)
+        dist.all_reduce(t, group=self._cpu_group)
+        return int(t.item())
+
+    def _stop_requested(self) -> bool:
+        flag = self.cancel.cancelled
+        if self.world == 1:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0], dtype=torch.long)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._cpu_group)
+        return bool(t.item())
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + (
+            time.perf_counter() - self._t_start if self._t_start else 0.0
+        )
+
+    # -- metrics ----------------------------------------------------------------------------
+    def _new_interval(self) -> _Interval:
+        return _Interval(self.device, time.perf_counter())
+
+    def _report(self, iv: _Interval) -> None:
+        import torch
+
+        names = [
+            "loss",
+            *sorted(iv.sums),
+            *(f"{k}:num" for k in sorted(iv.counts)),
+            *(f"{k}:den" for k in sorted(iv.counts)),
+        ]
+        values = [
+            iv.loss,
+            *(iv.sums[k] for k in sorted(iv.sums)),
+            *(iv.counts[k][0] for k in sorted(iv.counts)),
+            *(iv.counts[k][1] for k in sorted(iv.counts)),
+        ]
+        local = torch.stack(
+            [torch.as_tensor(v, device=self.device).float().reshape(()) for v in values]
+        )
+        host = torch.tensor([iv.n_target, iv.n_tokens, iv.n_samples], dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(local)
+            dist.all_reduce(host, group=self._cpu_group)
+        figures = dict(zip(names, local.tolist(), strict=True))  # the interval's one device sync
+        grad_norm = float(iv.grad_norm) / max(iv.steps, 1)
+        n_target, n_tokens, n_samples = host.tolist()
+        seconds = max(time.perf_counter() - iv.t0, 1e-9)
+        values_out = {"loss": figures["loss"] / max(n_target, 1)}
+        for k in sorted(iv.sums):
+            values_out[k] = figures[k] / max(n_target, 1)
+        for k in sorted(iv.counts):
+            values_out[k] = figures[f"{k}:num"] / max(figures[f"{k}:den"], 1e-12)
+        values_out.update(
+            {
+                "lr": float(self.scheduler.get_last_lr()[0]),
+                "grad_norm": grad_norm,
+                "tokens_per_s": n_tokens / seconds,
+                "samples_per_s": n_samples / seconds,
+                "elapsed": self._elapsed(),
+            }
+        )
+        if self.device.type == "cuda":
+            values_out["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self._last_loss = values_out["loss"]
+        if self.is_main:
+            self.sink.emit(Metrics(self.step, values_out))
+            self.sink.emit(
+                Progress(
+                    self.step,
+                    self.total_steps,
+                    unit="step",
+                    extra={"loss": round(values_out["loss"], 4)},
+                )
+            )
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self) -> float | None:
+        """Mean CE and next-token accuracy on the held-out examples' response tokens."""
+        import torch
+
+        if not self.data.eval:
+            return None
+        model = self._unwrapped() if self.config.run.parallel != "fsdp" else self.model
+        was_training = model.training
+        model.eval()
+        bs = self.config.optim.batch_size
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)  # ce, correct, tokens
+        items = self.data.eval
+        order = sorted(range(len(items)), key=lambda i: len(items[i]))
+        width = bs * self.world
+        with torch.no_grad():
+            for start in range(0, len(order), width):
+                part = [items[i] for i in order[start : start + width]][self.rank :: self.world]
+                weight = 1.0 if part else 0.0
+                batch = collate(part or [items[order[start]]], self.tokenizer.pad_token_id).to(
+                    self.device
+                )
+                with self._autocast():
+                    logits = model(
+                        input_ids=batch.input_ids,
+                        attention_mask=batch.attention_mask,
+                        use_cache=False,
+                    ).logits
+                labels = batch.labels[:, 1:]
+                ce = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(), labels.flatten(), reduction="sum"
+                )
+                hit = ((logits[:, :-1].argmax(-1) == labels) & (labels != -100)).sum()
+                total += weight * torch.stack(
+                    [
+                        ce.double(),
+                        hit.double(),
+                        torch.tensor(batch.n_target, dtype=torch.float64, device=self.device),
+                    ]
+                )
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+        ce_sum, correct, n = total.tolist()
+        model.train(was_training)
+        eval_loss, acc = ce_sum / max(n, 1), correct / max(n, 1)
+        self._last_eval = (self.step, eval_loss)
+        if self.is_main:
+            self.sink.emit(Metrics(self.step, {"eval_loss": eval_loss, "eval_token_acc": acc}))
+        return eval_loss
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 writes; every rank takes part)."""
+        model_state, optim_state = self._gather_state()
+        path = None
+        if self.is_main:
+            eval_loss = (
+                self._last_eval[1] if self._last_eval and self._last_eval[0] == self.step else None
+            )
+            state = {
+                "step": self.step,
+                "optimizer": optim_state,
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "data": self.stream.state_dict(),
+                "rng": _rng_state(),
+                "elapsed": self._elapsed(),
+                "world_size": self.world,
+            }
+            meta = {
+                "eval_loss": eval_loss,
+                "run": self.run.name,
+                "lora": self.config.lora is not None,
+                "world_size": self.world,
+                "loss": self._last_loss,
+            }
+            path = ckpt.write_checkpoint(
+                self.ws,
+                self.run.name,
+                self.step,
+                partial(self._write_files, model_state, state),
+                meta,
+                run_id=self.run.id,
+            )
+            ckpt.prune_checkpoints(
+                self.ws, self.run.name, self.config.run.keep_last, run_id=self.run.id
+            )
+            runs.update_run(self.ws, self.run.id, step=self.step)
+            self.sink.emit(Log(f"checkpoint saved: {path}"))
+        self._last_saved_step = self.step
+        self._barrier()
+        return path
+
+    def _gather_state(self) -> tuple[Any, Any]:
+        if self.world > 1 and self.config.run.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return (
+                get_model_state_dict(self.model, options=opts),
+                get_optimizer_state_dict(self.model, self.optimizer, options=opts),
+            )
+        return None, self.optimizer.state_dict()
+
+    def _write_files(self, model_state: Any, state: dict[str, Any], folder: Path) -> None:
+        import torch
+
+        model = self._unwrapped()
+        model = getattr(model, "_orig_mod", model)
+        kwargs = {"state_dict": model_state} if model_state is not None else {}
+        model.save_pretrained(folder / "model", **kwargs)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        torch.save(state, folder / STATE_FILE)
+
+    # -- close ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the objective, the model and the process group (when this trainer made it)."""
+        objective = getattr(self, "objective", None)
+        if objective is not None:
+            objective.close()
+        if self.is_main and self.run is not None and self._ready and self._outcome is None:
+            runs.set_status(self.ws, self.run.id, "stopped", error="closed before it finished")
+        self.model = None
+        if self._owns_pg:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self._owns_pg = False
+
+
+class _Interval:
+    """Accumulators of one logging interval, on the device until it is reported."""
+
+    def __init__(self, device: Any, t0: float) -> None:
+        import torch
+
+        self.t0 = t0
+        self.loss = torch.zeros((), device=device)
+        self.grad_norm = torch.zeros((), device=device)
+        self.sums: dict[str, Any] = {}
+        self.counts: dict[str, list[Any]] = {}
+        self.n_target = self.n_tokens = self.n_samples = self.steps = 0
+
+    def add(self, out: Any, batch: Batch) -> None:
+        self.loss = self.loss + out.loss_sum.detach().float()
+        for k, v in out.sums.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach().float()
+        for k, (num, den) in out.counts.items():
+            acc = self.counts.setdefault(k, [0, 0])
+            acc[0] = acc[0] + num.detach().float()
+            acc[1] = acc[1] + den.detach().float()
+        self.n_target += batch.n_target
+        self.n_tokens += batch.n_tokens
+        self.n_samples += len(batch)
