@@ -1,4 +1,16 @@
-"""Prompt datasets (immutable once imported; a filtered/edited copy links to its parent)."""
+"""Prompt datasets (immutable once imported; a filtered/edited copy links to its parent).
+
+- `datasets`: one row per dataset; `stats` is a JSON document (rows, roles, lengths,
+  duplicates), `mapping` the columns the import used (field -> column).
+- `dataset_rows`: `idx` is dense 0..n_rows-1 in file order and row ids increase with it;
+  `messages` is the JSON list of prompt turns [{"role", "content"}] (system, earlier turns,
+  final user turn; never the final answer), `prompt` the final user turn, `reference` the
+  final assistant answer when the file had one, `row_key` the file's id, `meta` the file's
+  other fields (JSON), `row_hash` the content hash used to find duplicates.
+- `dataset_fts`: full-text index over prompt and reference. Rows are added in bulk after an
+  import (not by a per-row trigger: that would slow imports several times); deletions are
+  kept in step by a trigger, so deleting rows by any route leaves the index right.
+"""
 
 SQL = """
 CREATE TABLE datasets (
@@ -30,6 +42,12 @@ CREATE TABLE dataset_rows (
 );
 
 CREATE VIRTUAL TABLE dataset_fts USING fts5 (
-    prompt, reference, content='dataset_rows', content_rowid='id'
+    prompt, reference, content='dataset_rows', content_rowid='id',
+    tokenize='unicode61 remove_diacritics 2'
 );
+
+CREATE TRIGGER dataset_rows_fts_delete AFTER DELETE ON dataset_rows BEGIN
+    INSERT INTO dataset_fts (dataset_fts, rowid, prompt, reference)
+    VALUES ('delete', old.id, old.prompt, old.reference);
+END;
 """

@@ -1,0 +1,355 @@
+"""The import job: a file in any accepted shape becomes one immutable dataset.
+
+Streaming end to end (one record in memory at a time, rows written in large
+`executemany` batches), all in one transaction: the dataset is complete or absent. The
+full-text index is built in one bulk insert after the rows, stats are gathered as rows go by.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from kdstudio.data import store
+from kdstudio.data.readers import CONTAINERS, MAX_ROW_BYTES, Bad, DataError, excerpt, open_reader
+from kdstudio.data.schema import SCHEMAS, RowError, Schema, converter, detect, normalize_mapping
+from kdstudio.errors import UserError
+from kdstudio.events import CancelToken, Finished, Log, NullSink, Progress, Sink, Warning
+from kdstudio.workspace import Workspace
+
+FORMATS = ("auto", *CONTAINERS, *SCHEMAS[:3])
+BATCH = 20_000
+PEEK = 200  # records looked at to detect the schema
+SHOWN_SKIPS = 20  # skipped lines reported one by one; the rest are summed up
+
+SCHEMA_WORDS = {
+    "openai-chat": "OpenAI chat (messages with role/content turns)",
+    "sharegpt": "ShareGPT (conversations with from/value turns)",
+    "alpaca": "Alpaca (instruction/input/output)",
+    "table": "a table with a prompt column",
+}
+
+
+@dataclass
+class ImportResult:
+    """What an import made. `skipped` lists (line, reason) of every bad line left out."""
+
+    dataset_id: int
+    name: str
+    n_rows: int
+    detected_format: str
+    file_format: str
+    columns: dict[str, str]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    duplicates: int = 0
+    removed_duplicates: int = 0
+    n_references: int = 0
+    collection_id: int | None = None
+    collection: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line a person reads after the import."""
+        text = (
+            f"imported {self.n_rows:,} rows into dataset {self.name!r} "
+            f"({self.file_format.upper()}, {SCHEMA_WORDS.get(self.detected_format, self.detected_format)}"
+            f"; {self.n_references:,} with a reference answer) in {self.seconds:.1f} s"
+        )
+        if self.removed_duplicates:
+            text += f"; removed {self.removed_duplicates:,} duplicate rows"
+        if self.collection:
+            text += f"; answers stored in collection {self.collection!r}"
+        return text
+
+
+def default_name(path: Path) -> str:
+    """A dataset name from a file name: 'My Prompts (v2).jsonl' -> 'My-Prompts-v2'."""
+    stem = path.name.split(".")[0] if not path.name.startswith(".") else path.stem
+    name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-._")
+    return (name or "dataset")[:64]
+
+
+def _split_format(fmt: str) -> tuple[str | None, str | None]:
+    fmt = (fmt or "auto").strip().lower()
+    if fmt == "auto":
+        return None, None
+    if fmt in CONTAINERS:
+        return fmt, None
+    if fmt in SCHEMAS:
+        return None, fmt
+    raise UserError(f"unknown --format {fmt!r} (choose one of: {', '.join(FORMATS)})")
+
+
+def import_dataset(
+    ws: Workspace,
+    path: str | Path,
+    *,
+    name: str | None = None,
+    fmt: str = "auto",
+    mapping: dict[str, str] | None = None,
+    skip_bad: bool = False,
+    dedupe: bool = False,
+    as_collection: str | None = None,
+    sink: Sink | None = None,
+    cancel: CancelToken | None = None,
+    max_row_bytes: int = MAX_ROW_BYTES,
+    note: str | None = None,
+) -> ImportResult:
+    """Import a JSONL/JSON/CSV/TSV/Parquet file as a new dataset (one transaction).
+
+    `fmt` is 'auto', a file format (jsonl, json, csv, tsv, parquet) or a row schema
+    (openai-chat, sharegpt, alpaca); `mapping` overrides columns as {field: column}.
+    Bad input raises DataError (a UserError) naming the file, the line and an excerpt;
+    with `skip_bad` such lines are left out and listed in `ImportResult.skipped`.
+    `as_collection` also stores each row's reference answer as a done item of a new
+    collection of that name (source 'import'), so answers gathered elsewhere need no teacher.
+    """
+    t0 = time.time()
+    sink = sink or NullSink()
+    cancel = cancel or CancelToken()
+    path = Path(path).expanduser()
+    container, forced = _split_format(fmt)
+    _check_file(path)
+    name = name or default_name(path)
+    store._check_new_name(ws.db, name)
+    if as_collection:
+        _check_new_collection(ws, as_collection)
+    columns_map = normalize_mapping(mapping)
+
+    reader = open_reader(path, container, max_row_bytes)
+    items = iter(reader)
+    head = _peek(items, skip_bad)
+    records = [rec for _, rec in head if type(rec) is dict]
+    if not head:
+        raise DataError(path, None, "has no rows (only blank lines or a header)")
+    if not records:
+        line, bad = head[0]
+        raise DataError(path, line, bad.reason, bad.excerpt, unit=reader.unit)
+    schema = detect(records, columns_map, forced)
+    sink.emit(Log(f"{path.name}: {reader.kind.upper()}, {SCHEMA_WORDS[schema.name]}; "
+                  f"columns: {', '.join(f'{f}={c!r}' for f, c in schema.columns.items())}"))  # fmt: skip
+
+    result = ImportResult(0, name, 0, schema.name, reader.kind, dict(schema.columns))
+    with ws.tx() as con:
+        store._check_new_name(con, name)
+        did = con.execute(
+            "INSERT INTO datasets(name, source, format, mapping, note, created_at) VALUES (?,?,?,?,?,?)",
+            (
+                name,
+                str(path.resolve()),
+                f"{reader.kind}:{schema.name}",
+                json.dumps(schema.columns),
+                note,
+                time.time(),
+            ),
+        ).lastrowid
+        result.dataset_id = did
+        acc = _write_rows(
+            con, did, chain(head, items), reader, schema, skip_bad, result, sink, cancel
+        )
+        if result.n_rows == 0:
+            raise DataError(
+                path, None, f"no row could be imported ({len(result.skipped)} bad lines skipped)"
+            )
+        sink.emit(Log(f"read {result.n_rows:,} rows; building the search index"))
+        store.index_rows(con, did)
+        cancel.raise_if_cancelled()
+        result.duplicates = store.count_duplicates(con, did)
+        if dedupe and result.duplicates:
+            result.removed_duplicates = store.remove_duplicates(con, did)
+            result.n_rows -= result.removed_duplicates
+            doc = store.scan_stats(con, did, 0, len(result.skipped))
+        else:
+            doc = acc.result(result.duplicates, len(result.skipped))
+        result.n_references = doc["with_reference"]
+        con.execute(
+            "UPDATE datasets SET n_rows=?, stats=? WHERE id=?",
+            (result.n_rows, json.dumps(doc), did),
+        )
+        if as_collection:
+            _import_answers(ws, con, did, name, as_collection, result, cancel)
+    result.seconds = time.time() - t0
+    _report(result, sink)
+    return result
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"no such file: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a JSONL, JSON, CSV, TSV or Parquet file")
+    if path.stat().st_size == 0:
+        raise DataError(path, None, "is empty: there are no rows to import")
+
+
+def _check_new_collection(ws: Workspace, name: str) -> None:
+    from kdstudio.config import check_name
+
+    check_name("collection", name)
+    if ws.query_one("SELECT 1 FROM collections WHERE name=?", (name,)):
+        raise UserError(f"a collection named {name!r} already exists (choose another name)")
+
+
+def _peek(items: Iterator, skip_bad: bool) -> list:
+    """The first records (enough to detect the schema); with skip_bad, read past bad ones."""
+    head: list = []
+    good = 0
+    for item in items:
+        head.append(item)
+        if type(item[1]) is dict:
+            good += 1
+        elif not skip_bad and not good:
+            break  # the first line is already bad: report it
+        if good >= PEEK or len(head) >= PEEK * 50:
+            break
+    return head
+
+
+def _write_rows(con, did, items, reader, schema: Schema, skip_bad, result, sink, cancel):
+    """Convert and insert every record; returns the stats accumulator."""
+    convert = converter(schema)
+    encode = store.encode_json
+    blake2b = hashlib.blake2b
+    bucket = store.length_bucket
+    limit = reader.max_row_bytes
+    acc = store.StatsAccumulator()
+    shapes, hist = acc.shapes, acc.hist
+    total_chars, max_chars, min_chars = 0, 0, None
+    batch: list[tuple] = []
+    idx = 0
+    next_progress = time.time() + 0.5
+
+    for line, rec in items:
+        if type(rec) is not dict:
+            _bad(reader, line, rec, skip_bad, result, sink)
+            continue
+        try:
+            msgs, prompt, system, reference, key, meta = convert(rec)
+            mj = encode(msgs)
+            n_chars = len(reference) if reference is not None else 0
+            for m in msgs:
+                n_chars += len(m["content"])
+            if n_chars > limit:
+                raise RowError(reader._too_big(n_chars))
+        except RowError as exc:
+            _bad(reader, line, Bad(str(exc), excerpt(encode(rec))), skip_bad, result, sink)
+            continue
+        digest = blake2b(
+            f"{mj}\x1e{chr(0) if reference is None else reference}".encode(), digest_size=16
+        ).hexdigest()
+        batch.append((did, idx, mj, prompt, system, reference, key,
+                      encode(meta) if meta else None, n_chars, digest))  # fmt: skip
+        idx += 1
+        shapes[tuple([m["role"] for m in msgs]), reference is not None, False] += 1
+        hist[bucket(n_chars)] += 1
+        total_chars += n_chars
+        if n_chars > max_chars:
+            max_chars = n_chars
+        if min_chars is None or n_chars < min_chars:
+            min_chars = n_chars
+        if len(batch) >= BATCH:
+            con.executemany(store.INSERT_ROW, batch)
+            batch.clear()
+            cancel.raise_if_cancelled()
+            if time.time() >= next_progress:
+                next_progress = time.time() + 0.5
+                _progress(reader, idx, sink)
+    if batch:
+        con.executemany(store.INSERT_ROW, batch)
+    cancel.raise_if_cancelled()
+    result.n_rows = idx
+    acc.total_chars, acc.max_chars, acc.min_chars = total_chars, max_chars, min_chars
+    return acc
+
+
+def _progress(reader, rows: int, sink: Sink) -> None:
+    pct = 100.0 * reader.position / reader.size if reader.size else 0.0
+    sink.emit(Progress(rows, None, "row", f"{pct:.0f}% of the file read", extra={}))
+
+
+def _bad(reader, line: int, bad: Bad, skip_bad: bool, result: ImportResult, sink: Sink) -> None:
+    if not skip_bad:
+        raise DataError(
+            reader.path, line, bad.reason, bad.excerpt, unit=reader.unit,
+            hint="fix it, or use --skip-bad to import the other rows and list the bad ones",
+        )  # fmt: skip
+    result.skipped.append((line, bad.reason))
+    if len(result.skipped) <= SHOWN_SKIPS:
+        sink.emit(
+            Warning(f"skipped: {bad.reason}", where=f"{reader.path.name}, {reader.unit} {line}")
+        )
+
+
+def _import_answers(
+    ws, con, did: int, name: str, collection: str, result: ImportResult, cancel
+) -> None:
+    """Store each row's reference answer as a done item of a new collection (source 'import')."""
+    from kdstudio.outputs import add_imported_response, create_collection
+
+    if result.n_references == 0:
+        raise UserError(
+            f"no row of {name!r} carries an answer, so there is nothing to store in collection "
+            f"{collection!r} (import without --as-collection, then collect answers from a teacher)"
+        )
+    cid = create_collection(
+        ws, collection, dataset_id=did, teacher_name=None, params={}, source="import"
+    )
+    cur = con.execute(
+        "SELECT id, idx, reference FROM dataset_rows WHERE dataset_id=? AND reference IS NOT NULL ORDER BY idx",
+        (did,),
+    )
+    while True:
+        rows = cur.fetchmany(2000)
+        if not rows:
+            break
+        for row_id, idx, text in rows:
+            add_imported_response(ws, cid, dataset_name=name, row_id=row_id, idx=idx, text=text)
+        cancel.raise_if_cancelled()
+    con.execute("UPDATE collections SET status='done', updated_at=? WHERE id=?", (time.time(), cid))
+    result.collection_id, result.collection = cid, collection
+
+
+def _report(result: ImportResult, sink: Sink) -> None:
+    if len(result.skipped) > SHOWN_SKIPS:
+        sink.emit(Warning(f"skipped {len(result.skipped):,} bad lines in all "
+                          f"({len(result.skipped) - SHOWN_SKIPS:,} more than shown)"))  # fmt: skip
+    if result.duplicates and not result.removed_duplicates:
+        sink.emit(
+            Warning(f"{result.duplicates:,} rows repeat an earlier row (use --dedupe to drop them)")
+        )
+    sink.emit(Finished(result.describe(), summary={
+        "dataset": result.name, "rows": result.n_rows, "format": result.detected_format,
+        "skipped": len(result.skipped), "duplicates": result.duplicates,
+    }))  # fmt: skip
+
+
+def skipped_summary(skipped: list[tuple[int, str]], unit: str = "line") -> str:
+    """'lines 3, 7-9, 12' for a list of (line, reason)."""
+    lines = sorted(line for line, _ in skipped)
+    ranges: list[str] = []
+    start = prev = None
+    for n in lines:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            ranges.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = n
+    if start is not None:
+        ranges.append(str(start) if start == prev else f"{start}-{prev}")
+    return f"{unit}{'s' if len(lines) != 1 else ''} {', '.join(ranges)}"
+
+
+def reasons(skipped: list[tuple[int, str]]) -> Counter[str]:
+    return Counter(reason for _, reason in skipped)

@@ -1,0 +1,475 @@
+"""Streaming readers for the file formats an import accepts: JSONL, JSON, CSV/TSV, Parquet.
+
+Each reader yields `(line, record)` pairs one at a time (memory stays flat in the file
+size), where `record` is a dict, or a `Bad` saying why that line could not be read so the
+importer can stop with the line, or skip it under `--skip-bad`. Errors that make the rest
+of the file unreadable (a broken JSON array, a damaged Parquet file) raise `DataError`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdstudio.errors import UserError
+
+CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet")
+MAX_ROW_BYTES = 1 << 20  # a row (one JSONL line, one CSV record) larger than this is refused
+EXCERPT = 70
+
+
+class DataError(UserError):
+    """Bad input in a file: the message names the file, the line and shows an excerpt."""
+
+    def __init__(self, path: Path | str, line: int | None, reason: str, excerpt: str = "", *,
+                 unit: str = "line", hint: str = "") -> None:  # fmt: skip
+        where = f"{Path(path).name}, {unit} {line}" if line else f"{Path(path).name}"
+        text = f"{where}: {reason}"
+        if excerpt:
+            text += f": {excerpt}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+        self.path, self.line, self.reason, self.excerpt = str(path), line, reason, excerpt
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A line that could not be read as a record: why, and a short excerpt of it."""
+
+    reason: str
+    excerpt: str = ""
+
+
+def excerpt(text: str | bytes, limit: int = EXCERPT) -> str:
+    """A one-line, shortened, printable excerpt of `text`."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _around(text: str, pos: int, width: int = EXCERPT) -> str:
+    """An excerpt of a long line centred near `pos` (where a parse error is)."""
+    start = max(0, pos - width // 2)
+    snippet = excerpt(text[start : start + width], width)
+    return ("…" if start else "") + snippet
+
+
+def _json_reason(exc: json.JSONDecodeError) -> str:
+    return f"not valid JSON ({exc.msg} at column {exc.colno})"
+
+
+def _utf8_reason(exc: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at byte {exc.start + 1})"
+
+
+class Reader:
+    """Base class: `kind`, `unit` ('line' or 'row'), iteration, `position` for progress."""
+
+    kind = ""
+    unit = "line"
+
+    def __init__(self, path: Path, max_row_bytes: int = MAX_ROW_BYTES) -> None:
+        self.path = path
+        self.max_row_bytes = max_row_bytes
+        self.size = path.stat().st_size
+        self._f: Any = None
+
+    @property
+    def position(self) -> int:
+        """Bytes read so far (approximate; for progress only)."""
+        try:
+            return self._f.tell() if self._f is not None and not self._f.closed else self.size
+        except (OSError, ValueError):
+            return 0
+
+    def __iter__(self) -> Iterator[tuple[int, dict | Bad]]:
+        raise NotImplementedError
+
+    def error(self, line: int | None, reason: str, text: str | bytes = "") -> DataError:
+        return DataError(self.path, line, reason, excerpt(text) if text else "", unit=self.unit)
+
+    def _too_big(self, n: int) -> str:
+        return (
+            f"the row is {n / 1e6:.1f} MB, over the {self.max_row_bytes / 1e6:.1f} MB limit per row"
+        )
+
+
+class JsonlReader(Reader):
+    kind = "jsonl"
+
+    def __iter__(self) -> Iterator[tuple[int, dict | Bad]]:
+        loads, limit = json.loads, self.max_row_bytes
+        with open(self.path, "rb") as f:
+            self._f = f
+            for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[3:]
+                if len(raw) > limit:
+                    yield lineno, Bad(self._too_big(len(raw)), excerpt(raw[:200]))
+                    continue
+                try:
+                    obj = loads(raw)
+                except UnicodeDecodeError as exc:
+                    yield lineno, Bad(_utf8_reason(exc), excerpt(raw))
+                    continue
+                except ValueError as exc:
+                    if raw.strip():
+                        text = raw.decode("utf-8", errors="replace")
+                        pos = getattr(exc, "pos", 0)
+                        reason = (
+                            _json_reason(exc) if isinstance(exc, json.JSONDecodeError) else str(exc)
+                        )
+                        yield (
+                            lineno,
+                            Bad(
+                                reason, _around(text, pos) if len(text) > EXCERPT else excerpt(text)
+                            ),
+                        )
+                    continue
+                if type(obj) is not dict:
+                    yield (
+                        lineno,
+                        Bad(f"expected a JSON object per line, got {_kind(obj)}", excerpt(raw)),
+                    )
+                    continue
+                yield lineno, obj
+
+
+def _kind(obj: Any) -> str:
+    if isinstance(obj, list):
+        return "an array"
+    if isinstance(obj, str):
+        return "a string"
+    if obj is None:
+        return "null"
+    return f"a {type(obj).__name__}"
+
+
+ROW_LIST_KEYS = ("data", "rows", "examples", "records", "items", "train", "instances", "samples")
+
+
+class JsonReader(Reader):
+    """A JSON array of objects (streamed), or an object holding such an array (loaded)."""
+
+    kind = "json"
+    CHUNK = 1 << 20
+
+    def __iter__(self) -> Iterator[tuple[int, dict | Bad]]:
+        with open(self.path, "rb") as f:
+            self._f = f
+            head = f.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
+            f.seek(0)
+            if head.startswith(b"{"):
+                yield from self._object(f)
+            else:
+                yield from self._array(f)
+
+    def _object(self, f) -> Iterator[tuple[int, dict | Bad]]:
+        try:
+            doc = json.loads(f.read())
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise self.error(line, _utf8_reason(exc)) from None
+        except json.JSONDecodeError as exc:
+            raise self.error(
+                exc.lineno, _json_reason(exc), exc.doc.splitlines()[exc.lineno - 1]
+            ) from None
+        lists = {
+            k: v for k, v in doc.items() if isinstance(v, list) and v and isinstance(v[0], dict)
+        }
+        key = next((k for k in ROW_LIST_KEYS if k in lists), None) or (
+            next(iter(lists)) if len(lists) == 1 else None
+        )
+        if key is None:
+            keys = ", ".join(repr(k) for k in doc) or "none"
+            raise DataError(
+                self.path, None,
+                f"holds a JSON object without one list of rows (keys: {keys}); expected an "
+                'array of objects, or an object with one, e.g. {"data": [...]}',
+            )  # fmt: skip
+        for i, obj in enumerate(doc[key], 1):
+            yield (
+                i,
+                obj
+                if isinstance(obj, dict)
+                else Bad(f"item {i} of {key!r} is {_kind(obj)}, expected an object"),
+            )
+
+    def _array(self, f) -> Iterator[tuple[int, dict | Bad]]:
+        decoder = json.JSONDecoder()
+        utf8 = codecs.getincrementaldecoder("utf-8")()
+        buf, pos, line, eof = "", 0, 1, False  # `line` is the line number at buf[pos]
+        chunk = self.CHUNK
+
+        def fill() -> bool:
+            nonlocal buf, pos, eof
+            if eof:
+                return False
+            data = f.read(chunk)
+            try:
+                text = utf8.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                bad_line = line + buf.count("\n", pos) + exc.object[: exc.start].count(b"\n")
+                raise self.error(bad_line, _utf8_reason(exc)) from None
+            if pos:
+                buf, pos = buf[pos:], 0
+            buf += text
+            eof = not data
+            return True
+
+        def skip_ws() -> None:
+            nonlocal pos, line
+            while True:
+                n = len(buf)
+                while pos < n and buf[pos] in " \t\r\n":
+                    if buf[pos] == "\n":
+                        line += 1
+                    pos += 1
+                if pos < n or not fill():
+                    return
+
+        fill()
+        if buf.startswith("\ufeff"):
+            pos = 1
+        skip_ws()
+        if not buf[pos : pos + 1] == "[":
+            raise self.error(
+                line,
+                "expected a JSON array ('[') or object ('{') at the start",
+                buf[pos : pos + 60],
+            )
+        pos += 1
+        index = 0
+        while True:
+            skip_ws()
+            if pos >= len(buf):
+                raise self.error(line, "the JSON array is not closed (the file ends before ']')")
+            if buf[pos] == "]":
+                pos += 1
+                skip_ws()
+                if pos < len(buf):
+                    raise self.error(
+                        line, "unexpected text after the closing ']'", buf[pos : pos + 60]
+                    )
+                return
+            if index:
+                if buf[pos] != ",":
+                    raise self.error(line, "expected ',' between array items", buf[pos : pos + 60])
+                pos += 1
+                skip_ws()
+            start_line = line
+            while True:
+                try:
+                    obj, end = decoder.raw_decode(buf, pos)
+                    if end < len(buf) or eof:
+                        break
+                except json.JSONDecodeError as exc:
+                    if eof:
+                        err_line = line + buf.count("\n", pos, exc.pos)
+                        bol = buf.rfind("\n", 0, exc.pos) + 1
+                        raise self.error(
+                            err_line, f"not valid JSON ({exc.msg})", buf[bol : exc.pos + 40]
+                        ) from None
+                # the item runs past the buffer: read more (bigger chunks for big items)
+                if len(buf) - pos > self.max_row_bytes + chunk:
+                    raise self.error(start_line, self._too_big(len(buf) - pos))
+                if len(buf) - pos >= chunk:
+                    chunk = min(chunk * 2, 1 << 26)
+                fill()
+            line += buf.count("\n", pos, end)
+            size = end - pos
+            pos = end
+            index += 1
+            if size > self.max_row_bytes:
+                yield start_line, Bad(self._too_big(size))
+            elif isinstance(obj, dict):
+                yield start_line, obj
+            else:
+                yield start_line, Bad(f"array item {index} is {_kind(obj)}, expected an object")
+
+
+class CsvReader(Reader):
+    """CSV or TSV with a header row; quoted fields may hold commas and newlines."""
+
+    kind = "csv"
+
+    def __init__(
+        self, path: Path, max_row_bytes: int = MAX_ROW_BYTES, delimiter: str | None = None
+    ):
+        super().__init__(path, max_row_bytes)
+        self.delimiter = delimiter
+        if delimiter == "\t":
+            self.kind = "tsv"
+
+    def _lines(self, f, bad: set[int]) -> Iterator[str]:
+        for n, raw in enumerate(f, 1):
+            self._physical = n
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if len(bad) < 1_000_000:
+                    bad.add(n)
+                self._utf8_error = (n, _utf8_reason(exc))
+                yield raw.decode("utf-8", errors="replace")
+
+    def __iter__(self) -> Iterator[tuple[int, dict | Bad]]:
+        csv.field_size_limit(min(sys.maxsize, 1 << 31 - 1))
+        bad_lines: set[int] = set()
+        self._utf8_error = None
+        with open(self.path, "rb") as f:
+            self._f = f
+            first = f.readline()
+            f.seek(0)
+            if first.startswith(codecs.BOM_UTF8):
+                f.read(3)
+            delimiter = self.delimiter or _sniff_delimiter(first.decode("utf-8", errors="replace"))
+            if delimiter == "\t":
+                self.kind = "tsv"
+            self._physical = 0
+            reader = csv.reader(self._lines(f, bad_lines), delimiter=delimiter, strict=True)
+            header = self._header(reader, bad_lines)
+            if header is None:
+                return
+            width = len(header)
+            last = 1
+            while True:
+                start = self._physical + 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    raise self.error(start, f"not valid CSV ({exc})") from None
+                end = self._physical
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    last = end
+                    continue
+                start = last + 1
+                last = end
+                if bad_lines and any(n in bad_lines for n in range(start, end + 1)):
+                    n = next(n for n in range(start, end + 1) if n in bad_lines)
+                    yield n, Bad(self._utf8_error[1] if self._utf8_error else "not valid UTF-8")
+                    continue
+                if len(row) != width:
+                    yield (
+                        start,
+                        Bad(
+                            f"has {len(row)} fields but the header has {width}",
+                            excerpt(delimiter.join(row)),
+                        ),
+                    )
+                    continue
+                size = sum(len(c) for c in row)
+                if size > self.max_row_bytes:
+                    yield start, Bad(self._too_big(size))
+                    continue
+                yield start, dict(zip(header, row, strict=True))
+
+    def _header(self, reader, bad_lines: set[int]) -> list[str] | None:
+        try:
+            header = next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            raise self.error(1, f"not valid CSV ({exc})") from None
+        if bad_lines:
+            raise self.error(1, "the header is not valid UTF-8 (save the file as UTF-8)")
+        names = [h.strip() or f"column{i}" for i, h in enumerate(header, 1)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise self.error(1, f"the header repeats column name(s) {', '.join(map(repr, dupes))}")
+        return names
+
+
+def _sniff_delimiter(header: str) -> str:
+    counts = {d: header.count(d) for d in (",", "\t", ";", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+class ParquetReader(Reader):
+    kind = "parquet"
+    unit = "row"
+
+    def __iter__(self) -> Iterator[tuple[int, dict | Bad]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(self.path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(self.path, None, f"is not a readable Parquet file ({exc})") from None
+        self._done = 0
+        n = 0
+        try:
+            for batch in pf.iter_batches(batch_size=8192):
+                for rec in batch.to_pylist():
+                    n += 1
+                    yield n, rec
+                self._done += batch.nbytes
+        except pa.ArrowException as exc:
+            raise DataError(self.path, n + 1, f"cannot be read ({exc})", unit="row") from None
+
+    @property
+    def position(self) -> int:
+        return min(getattr(self, "_done", 0), self.size)
+
+
+def sniff(path: Path) -> str:
+    """The container format of `path` from its extension and first bytes."""
+    ext = path.suffix.lower()
+    if ext in (".parquet", ".pq"):
+        return "parquet"
+    if ext in (".tsv", ".tab"):
+        return "tsv"
+    if ext == ".csv":
+        return "csv"
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    text = head.lstrip(codecs.BOM_UTF8).lstrip()
+    if text.startswith(b"["):
+        return "json"
+    if text.startswith(b"{"):
+        first, _, rest = text.partition(b"\n")
+        try:
+            obj = json.loads(first)
+        except ValueError:
+            return "jsonl" if ext == ".jsonl" else "json"
+        if ext == ".json" and not rest.strip() and isinstance(obj, dict):
+            lists = [
+                k for k, v in obj.items() if isinstance(v, list) and v and isinstance(v[0], dict)
+            ]
+            if lists and not set(lists) & {"messages", "conversations", "conversation"}:
+                return "json"
+        return "jsonl"
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    return "csv"
+
+
+def open_reader(path: Path, container: str | None, max_row_bytes: int = MAX_ROW_BYTES) -> Reader:
+    """A reader for `path`; `container` None means detect it from the file."""
+    container = container or sniff(path)
+    if container == "jsonl":
+        return JsonlReader(path, max_row_bytes)
+    if container == "json":
+        return JsonReader(path, max_row_bytes)
+    if container == "csv":
+        return CsvReader(
+            path, max_row_bytes, "\t" if path.suffix.lower() in (".tsv", ".tab") else None
+        )
+    if container == "tsv":
+        return CsvReader(path, max_row_bytes, "\t")
+    if container == "parquet":
+        return ParquetReader(path, max_row_bytes)
+    raise UserError(f"unknown file format {container!r} (known: {', '.join(CONTAINERS)})")
