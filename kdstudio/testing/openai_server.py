@@ -602,6 +602,9 @@ class OpenAIServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return await _send(writer, 200, batch)
+        if method == "GET" and not rest:
+            data = sorted(self.batches.values(), key=lambda b: b["created_at"], reverse=True)
+            return await _send(writer, 200, {"object": "list", "data": data, "has_more": False})
         if not rest or rest[0] not in self.batches:
             raise _HttpError(404, f"No such Batch object: {rest[0] if rest else ''}")
         batch = self.batches[rest[0]]

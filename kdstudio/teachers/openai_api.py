@@ -1,0 +1,272 @@
+"""Talking to an OpenAI-compatible teacher with the official `openai` async client.
+
+The client's own retries are off (`max_retries=0`): the collector retries itself, so it can
+honour `retry-after`, adapt concurrency and show each row's state. Errors are classified
+into what the collector does next (`Outcome.kind`):
+
+- `transient`: 408, 409, 429, 5xx, timeouts, dropped connections, malformed or truncated
+  bodies, empty choices -> retry with backoff (429 also lowers concurrency);
+- `row`: 400, 404, 422 and other 4xx -> this row fails with the server's message;
+- `fatal`: 401, 403 -> the whole job stops with one clear message.
+
+Every message that leaves this module has the API key removed (`redact`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kdstudio.logprobs import from_openai
+from kdstudio.outputs import Response
+
+if TYPE_CHECKING:
+    from kdstudio.config import TeacherConfig
+
+USER_AGENT = "kdstudio"
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def redact(text: str, key: str | None) -> str:
+    """`text` with the key (and any long prefix of it) replaced by '***'."""
+    if not key:
+        return text
+    text = text.replace(key, "***")
+    if len(key) >= 12:  # servers sometimes echo a shortened key: sk-abc...wxyz
+        text = text.replace(key[:8], "***").replace(key[-6:], "***")
+    return text
+
+
+def make_client(
+    teacher: TeacherConfig, key: str | None, *, max_connections: int, timeout: float
+) -> Any:
+    """An AsyncOpenAI client for the teacher, retries off, sized for `max_connections`."""
+    import httpx2
+    import openai
+
+    http = httpx2.AsyncClient(
+        limits=httpx2.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        timeout=httpx2.Timeout(timeout, connect=min(10.0, timeout)),
+    )
+    return openai.AsyncOpenAI(
+        base_url=teacher.base_url,
+        api_key=key or "not-needed",
+        max_retries=0,
+        timeout=httpx2.Timeout(timeout, connect=min(10.0, timeout)),
+        default_headers=dict(teacher.headers),
+        http_client=http,
+    )
+
+
+def request_body(
+    teacher: TeacherConfig, params: dict[str, Any], messages: list[dict], sample: int
+) -> dict[str, Any]:
+    """The chat completion request for one (prompt, sample), exactly as sent and hashed.
+
+    With a seed, sample i uses seed + i so that samples differ yet repeat exactly.
+    """
+    body: dict[str, Any] = {"model": teacher.model, "messages": messages}
+    if params.get("max_tokens") is not None:
+        body["max_tokens"] = params["max_tokens"]
+    for name in ("temperature", "top_p"):
+        if params.get(name) is not None:
+            body[name] = params[name]
+    if params.get("seed") is not None:
+        body["seed"] = int(params["seed"]) + sample
+    if params.get("stop"):
+        body["stop"] = list(params["stop"])
+    if params.get("top_logprobs") is not None:
+        body["logprobs"] = True
+        if params["top_logprobs"] > 0:
+            body["top_logprobs"] = params["top_logprobs"]
+        if params.get("token_ids"):
+            body["return_tokens_as_token_ids"] = True
+    return body
+
+
+def split_body(body: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for `client.chat.completions.create` (vendor fields via extra_body)."""
+    kwargs = dict(body)
+    extra = {}
+    if "return_tokens_as_token_ids" in kwargs:
+        extra["return_tokens_as_token_ids"] = kwargs.pop("return_tokens_as_token_ids")
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
+def cost_of(
+    prompt_tokens: int, completion_tokens: int, teacher: TeacherConfig, *, batch: bool = False
+) -> float:
+    """USD for one answer at the teacher's prices (half price through the Batch API)."""
+    usd = (prompt_tokens * teacher.price_in + completion_tokens * teacher.price_out) / 1e6
+    return usd * 0.5 if batch else usd
+
+
+class EmptyAnswer(Exception):
+    """A 200 answer without a usable choice (retried like a malformed body)."""
+
+
+def parse_completion(
+    completion: Any, teacher: TeacherConfig, *, latency: float | None = None, batch: bool = False
+) -> Response:
+    """A stored `Response` from a ChatCompletion (SDK object or the JSON of one)."""
+    get = (lambda o, k: o.get(k)) if isinstance(completion, dict) else getattr  # noqa: E731
+    choices = get(completion, "choices") or []
+    if not choices:
+        raise EmptyAnswer("the teacher answered with no choices")
+    choice = choices[0]
+    message = get(choice, "message")
+    text = get(message, "content") if message is not None else None
+    if text is None:
+        refusal = get(message, "refusal") if message is not None else None
+        if refusal:
+            raise RowError(f"the teacher refused: {refusal}")
+        raise EmptyAnswer("the teacher's answer has no text")
+    lp = get(choice, "logprobs")
+    content = get(lp, "content") if lp is not None else None
+    usage = get(completion, "usage")
+    pt = int((get(usage, "prompt_tokens") if usage is not None else 0) or 0)
+    ct = int((get(usage, "completion_tokens") if usage is not None else 0) or 0)
+    return Response(
+        text=text,
+        finish_reason=get(choice, "finish_reason"),
+        prompt_tokens=pt,
+        completion_tokens=ct,
+        cost=cost_of(pt, ct, teacher, batch=batch),
+        logprobs=from_openai(content) if content is not None else None,
+        latency=latency,
+        endpoint=teacher.base_url,
+        model=teacher.model,
+        source="batch" if batch else "teacher",
+    )
+
+
+class RowError(Exception):
+    """This row cannot be answered (the server's message says why)."""
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to."""
+
+    kind: str  # ok | transient | row | fatal
+    response: Response | None = None
+    message: str = ""
+    status: int | None = None
+    retry_after: float | None = None
+    rate_limited: bool = False
+
+
+def server_message(exc: Any) -> str:
+    """The server's own error message from an APIStatusError (falls back to the SDK's)."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    return str(getattr(exc, "message", "") or exc)
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or HTTP date) or
+    `x-ratelimit-reset-requests` ("1s", "6m0s", "20ms")."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if value else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - time.time())
+    value = headers.get("x-ratelimit-reset-requests")
+    if value:
+        parts = _DURATION_RE.findall(value)
+        if parts:
+            scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+            return sum(float(n) * scale[u] for n, u in parts)
+    return None
+
+
+def classify(exc: BaseException, key: str | None) -> Outcome:
+    """Turn an exception from one request into an Outcome (messages redacted)."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = redact(server_message(exc), key)
+        headers = getattr(exc.response, "headers", None)
+        if status in (401, 403):
+            return Outcome("fatal", message=message, status=status)
+        if status == 429:
+            return Outcome(
+                "transient",
+                message=f"HTTP 429: {message}",
+                status=status,
+                retry_after=retry_after(headers),
+                rate_limited=True,
+            )
+        if status in (408, 409) or status >= 500:
+            return Outcome(
+                "transient",
+                message=f"HTTP {status}: {message}",
+                status=status,
+                retry_after=retry_after(headers),
+            )
+        return Outcome("row", message=f"HTTP {status}: {message}", status=status)
+    if isinstance(exc, openai.APITimeoutError):
+        return Outcome("transient", message="the request timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        detail = f" ({type(cause).__name__}: {cause})" if cause else ""
+        return Outcome("transient", message=redact(f"connection error{detail}", key)[:300])
+    if isinstance(exc, RowError):
+        return Outcome("row", message=redact(str(exc), key))
+    if isinstance(
+        exc,
+        (
+            EmptyAnswer,
+            json.JSONDecodeError,
+            openai.APIResponseValidationError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ),
+    ):
+        return Outcome(
+            "transient", message=redact(f"malformed answer: {type(exc).__name__}: {exc}", key)[:300]
+        )
+    return Outcome("transient", message=redact(f"{type(exc).__name__}: {exc}", key)[:300])
+
+
+def fatal_message(teacher: TeacherConfig, outcome: Outcome) -> str:
+    """One clear line for a 401/403 that stops the job (never containing the key)."""
+    where = {"keyring": "the OS keyring", "env": f"${teacher.key_env}", "none": "no key"}[
+        teacher.key_source
+    ]
+    if outcome.status == 401:
+        return (
+            f"teacher {teacher.name!r} rejected the API key (HTTP 401: {outcome.message}); the key comes "
+            f"from {where}: store a valid one with `kdstudio teacher add {teacher.name} --base-url "
+            f"{teacher.base_url} --model {teacher.model} --api-key-stdin --replace`"
+        )
+    hint = ""
+    if "logprob" in outcome.message.lower():
+        hint = "; this model does not give logprobs: collect without --top-logprobs"
+    return f"teacher {teacher.name!r} refused the request (HTTP 403: {outcome.message}){hint}"
