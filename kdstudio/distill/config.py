@@ -237,9 +237,8 @@ class TrainConfig(Section):
                     "[student] path and [data] collection"
                 )
         for key, value in data.items():
-            if key in ("student", "data", "distill", "optim", "run", "lora") and not isinstance(
-                value, dict
-            ):
+            sections = ("student", "data", "distill", "optim", "run", "lora")
+            if key in sections and not isinstance(value, dict) and value is not None:
                 raise ConfigError(f"{key} must be a table ([{key}]), got {value!r}")
         return super().from_dict(data)
 

@@ -575,6 +575,7 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+            interval.lr = self.scheduler.get_last_lr()[0]  # the rate this step used
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
@@ -730,7 +731,7 @@ class Trainer:
             values_out[k] = figures[f"{k}:num"] / max(figures[f"{k}:den"], 1e-12)
         values_out.update(
             {
-                "lr": float(self.scheduler.get_last_lr()[0]),
+                "lr": float(iv.lr),
                 "grad_norm": grad_norm,
                 "tokens_per_s": n_tokens / seconds,
                 "samples_per_s": n_samples / seconds,
@@ -900,6 +901,7 @@ class _Interval:
         self.sums: dict[str, Any] = {}
         self.counts: dict[str, list[Any]] = {}
         self.n_target = self.n_tokens = self.n_samples = self.steps = 0
+        self.lr = 0.0
 
     def add(self, out: Any, batch: Batch) -> None:
         self.loss = self.loss + out.loss_sum.detach().float()

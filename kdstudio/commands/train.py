@@ -1,0 +1,265 @@
+"""`kdstudio train --config FILE [--set k=v ...] | --resume RUN` and `kdstudio runs ...`.
+
+Ctrl-C (or SIGTERM) asks the run to stop: it finishes the current step, saves a checkpoint
+and exits with 130; a second Ctrl-C aborts at once (the run then reads as interrupted and
+resumes from its last checkpoint). Under torchrun only rank 0 prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Any
+
+from kdstudio.errors import Cancelled, UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a student on a collection of teacher outputs")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", metavar="FILE", help="a TOML training config")
+    src.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
+    p.add_argument("--quiet", action="store_true", help="print no per-step metrics")
+    p.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("runs", help="list, inspect and preview training runs")
+    rsub = r.add_subparsers(dest="runs_command", metavar="ACTION")
+    ls = rsub.add_parser("list", help="list runs with their status")
+    ls.add_argument("--json", action="store_true", help="print one JSON document")
+    ls.set_defaults(func=cmd_list)
+
+    show = rsub.add_parser("show", help="a run's status, config, metrics and checkpoints")
+    show.add_argument("run")
+    show.add_argument("--json", action="store_true", help="print one JSON document")
+    show.set_defaults(func=cmd_show)
+
+    pv = rsub.add_parser(
+        "preview", help="what the student sees: an example's rendered text and its loss tokens"
+    )
+    which = pv.add_mutually_exclusive_group(required=True)
+    which.add_argument("run", nargs="?", help="a run (its config decides the rendering)")
+    which.add_argument("--config", metavar="FILE", help="a TOML training config instead of a run")
+    pv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pv.add_argument("--index", type=int, default=0, help="the N-th example of the collection")
+    pv.add_argument("--tokens", action="store_true", help="also list every token")
+    pv.add_argument("--json", action="store_true", help="print one JSON document")
+    pv.set_defaults(func=cmd_preview)
+
+
+@contextmanager
+def _stop_on_signals(cancel: Any) -> Any:
+    """First Ctrl-C/SIGTERM: stop after this step; a second Ctrl-C: KeyboardInterrupt."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if cancel.cancelled and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        cancel.cancel("stopped by Ctrl-C" if signum == signal.SIGINT else "stopped by SIGTERM")
+        print(
+            "\nkdstudio: stopping after this step (saving a checkpoint); Ctrl-C again to abort",
+            file=sys.stderr,
+        )
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def cmd_train(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.distill.config import load_config
+    from kdstudio.distill.trainer import Trainer
+    from kdstudio.events import CancelToken, ConsoleSink
+
+    rank = int(os.environ.get("RANK", "0"))
+    sink = ConsoleSink(quiet=args.quiet) if rank == 0 else None
+    cancel = CancelToken()
+    if args.resume:
+        if args.set:
+            raise UserError("--set cannot change a run being resumed (its config is fixed)")
+        trainer = Trainer.for_resume(ctx.ws, args.resume, sink, cancel)
+    else:
+        trainer = Trainer(load_config(args.config, args.set), ctx.ws, sink, cancel)
+    with _stop_on_signals(cancel):
+        try:
+            trainer.setup()
+            result = trainer.train()
+        finally:
+            trainer.close()
+    if result.status == "stopped":
+        raise Cancelled(
+            f"run {result.run} stopped at step {result.step}; checkpoint {result.checkpoint}"
+        )
+    return 0
+
+
+def _run_row(run: Any, ws: Any) -> list[Any]:
+    from kdstudio.distill.runs import latest_metrics
+
+    m = latest_metrics(ws, run.id)
+    loss = f"{m['loss'][1]:.4f}" if "loss" in m else "-"
+    ev = f"{m['eval_loss'][1]:.4f}" if "eval_loss" in m else "-"
+    total = run.summary.get("total_steps", "?")
+    return [run.name, run.status, run.method, f"{run.step}/{total}", loss, ev, run.collection]
+
+
+def cmd_list(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.distill.runs import latest_metrics, list_runs
+
+    items = list_runs(ctx.ws)
+    if args.json:
+        ctx.print_json(
+            [
+                {
+                    **_brief(r),
+                    "metrics": {k: v for k, (_, v) in latest_metrics(ctx.ws, r.id).items()},
+                }
+                for r in items
+            ]
+        )
+        return 0
+    if not items:
+        print("no runs yet (start one with `kdstudio train --config FILE`)")
+        return 0
+    ctx.print_table(
+        ["NAME", "STATUS", "METHOD", "STEP", "LOSS", "EVAL", "COLLECTION"],
+        [_run_row(r, ctx.ws) for r in items],
+    )
+    return 0
+
+
+def _brief(run: Any) -> dict[str, Any]:
+    keys = (
+        "name",
+        "status",
+        "method",
+        "collection",
+        "step",
+        "world_size",
+        "error",
+        "summary",
+        "created_at",
+        "updated_at",
+    )
+    return {k: getattr(run, k) for k in keys}
+
+
+def cmd_show(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.config import dumps_toml
+    from kdstudio.distill.checkpoint import list_checkpoints
+    from kdstudio.distill.runs import get_run, latest_metrics, metric_series
+
+    run = get_run(ctx.ws, args.run)
+    checkpoints = list_checkpoints(ctx.ws, run.name)
+    latest = latest_metrics(ctx.ws, run.id)
+    if args.json:
+        ctx.print_json(
+            {
+                **_brief(run),
+                "config": run.config,
+                "eval_rows": run.eval_rows,
+                "metrics": {k: {"step": s, "value": v} for k, (s, v) in latest.items()},
+                "series": {
+                    k: [[s, v] for s, v in pts] for k, pts in metric_series(ctx.ws, run.id).items()
+                },
+                "checkpoints": [c.to_dict() for c in checkpoints],
+            }
+        )
+        return 0
+    print(
+        f"run {run.name}: {run.status} at step {run.step}"
+        + (f" of {run.summary['total_steps']}" if "total_steps" in run.summary else "")
+    )
+    if run.error:
+        print(f"error: {run.error}")
+    print(f"method {run.method}, collection {run.collection}, processes {run.world_size}")
+    if latest:
+        print("\nlatest metrics:")
+        ctx.print_table(
+            ["NAME", "STEP", "VALUE"], [[k, s, f"{v:.6g}"] for k, (s, v) in sorted(latest.items())]
+        )
+    print("\ncheckpoints:" if checkpoints else "\nno checkpoints")
+    if checkpoints:
+        ctx.print_table(
+            ["STEP", "EVAL LOSS", "BEST", "PATH"],
+            [
+                [
+                    c.step,
+                    "-" if c.eval_loss is None else f"{c.eval_loss:.4f}",
+                    "*" if c.is_best else "",
+                    c.path,
+                ]
+                for c in checkpoints
+            ],
+        )
+    print("\nconfig:")
+    print(dumps_toml(run.config).rstrip())
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.distill.batches import load_student_tokenizer, preview_example
+    from kdstudio.distill.config import load_config
+    from kdstudio.distill.runs import get_run
+    from kdstudio.outputs import iter_examples
+
+    if args.config:
+        config = load_config(args.config, args.set)
+    else:
+        config = get_run(ctx.ws, args.run).train_config()
+    tok, fallback = load_student_tokenizer(config.student.path, config.student.template)
+    if args.index < 0:
+        raise UserError(f"--index must be 0 or more; got {args.index}")
+    found = list(itertools.islice(iter_examples(ctx.ws, config.data.collection), args.index + 1))
+    if len(found) <= args.index:
+        raise UserError(
+            f"--index {args.index}: collection {config.data.collection!r} has only "
+            f"{len(found)} usable examples"
+        )
+    example = found[args.index]
+    pv = preview_example(
+        tok, example.messages, example.response, config.data.max_length, fallback=fallback
+    )
+    if args.json:
+        ctx.print_json({"row_id": example.row_id, "sample": example.sample, **pv.to_dict()})
+        return 0
+    color = sys.stdout.isatty()
+    marked = "".join(
+        (f"\x1b[4;32m{t['text']}\x1b[0m" if color else f"[{t['text']}]") if t["loss"] else t["text"]
+        for t in pv.tokens
+    )
+    print(
+        f"example {args.index} (row {example.row_id}, sample {example.sample}); "
+        f"template: {pv.template}; {pv.n_tokens} tokens, {pv.n_loss} with loss"
+        + ("; truncated" if pv.truncated else "")
+        + ("; DROPPED (no response left)" if pv.dropped else "")
+    )
+    print("loss tokens are " + ("underlined in green" if color else "in [brackets]") + ":\n")
+    print(marked)
+    if args.tokens:
+        print()
+        ctx.print_table(
+            ["POS", "ID", "LOSS", "TOKEN"],
+            [
+                [i, t["id"], "yes" if t["loss"] else "", repr(t["text"])]
+                for i, t in enumerate(pv.tokens)
+            ],
+        )
+    return 0
