@@ -4,6 +4,7 @@ runs.status: created | running | finished | stopped | failed (a `running` run wh
 is gone reads as `interrupted`; see kdstudio.distill.runs). runs.eval_rows: JSON list of the
 dataset row ids held out for evaluation. checkpoints: an index of the folders under
 checkpoints/<run>/step-NNNNNNN/ (the folders and their meta.json are the truth).
+evaluations.status: running | finished | stopped | failed (see kdstudio.evaluate).
 """
 
 SQL = """
@@ -51,12 +52,19 @@ CREATE TABLE evaluations (
     run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     checkpoint TEXT,
     summary TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    step INTEGER,
+    status TEXT NOT NULL DEFAULT 'running',
+    config TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    finished_at REAL
 );
+CREATE INDEX evaluations_by_run ON evaluations (run_id, id);
 
 CREATE TABLE eval_items (
     eval_id INTEGER NOT NULL REFERENCES evaluations (id) ON DELETE CASCADE,
     idx INTEGER NOT NULL,
+    row_id INTEGER,
     prompt TEXT NOT NULL,
     teacher TEXT,
     student_before TEXT,
