@@ -25,6 +25,7 @@ from kdstudio.errors import Cancelled, KdError, UserError
 COMMAND_MODULES = [
     "kdstudio.commands.teacher",
     "kdstudio.commands.train",
+    "kdstudio.commands.collect",
 ]
 
 

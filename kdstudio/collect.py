@@ -148,13 +148,15 @@ class CostEstimate:
     spent: float  # already paid in this collection
     batch: bool
     priced: bool  # False when the teacher has no prices (then usd is 0)
+    local: bool = False  # a local teacher: no cost
 
     def line(self) -> str:
-        price = (
-            f"up to ${self.usd:,.4f}"
-            if self.priced
-            else "cost unknown (the teacher has no prices; see `teacher add --price-in/--price-out`)"
-        )
+        if self.local:
+            price = "free (a local teacher)"
+        elif self.priced:
+            price = f"up to ${self.usd:,.4f}"
+        else:
+            price = "cost unknown (the teacher has no prices: set --price-in/--price-out)"
         tokens = f"~{self.prompt_tokens:,} prompt tokens + at most {self.max_completion_tokens:,} output tokens"
         spent = f"; ${self.spent:,.4f} spent so far" if self.spent else ""
         batch = " at Batch API prices" if self.batch else ""
@@ -433,6 +435,7 @@ class Collection:
             spent=self.spent(),
             batch=batch,
             priced=bool(t.price_in or t.price_out),
+            local=t.kind == "local",
         )
 
     def worst_cost(self, item: Item, prompt_ratio: float) -> float:
@@ -746,6 +749,7 @@ def collect(
         if estimate_sink is not None:
             estimate_sink(estimate)
         runner = _runner(col, sink, cancel)
+        sink.emit(Progress(done=0, total=estimate.requests, unit="request"))
         runner.run()
         status, message = _outcome(col, runner)
     finally:

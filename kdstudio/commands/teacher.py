@@ -32,6 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("name")
     rm.set_defaults(func=cmd_remove)
 
+    local = tsub.add_parser("add-local", help="add a local Hugging Face model folder as a teacher")
+    local.add_argument("name")
+    local.add_argument("--path", required=True, metavar="DIR", help="the model folder (config.json, weights, tokenizer)")
+    local.add_argument("--replace", action="store_true", help="replace a teacher of the same name")
+    local.set_defaults(func=cmd_add_local)
+
+    pr = tsub.add_parser("probe", help="check a teacher: reachable, key, model, logprobs, token ids, latency")
+    pr.add_argument("name")
+    pr.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request")
+    pr.add_argument("--json", action="store_true", help="print one JSON document")
+    pr.set_defaults(func=cmd_probe)
+
 
 def _headers(items: list[str]) -> dict[str, str]:
     out = {}
@@ -101,3 +113,39 @@ def cmd_remove(args: argparse.Namespace, ctx) -> int:
     ctx.ws.remove_teacher(args.name)
     print(f"removed teacher {args.name!r}")
     return 0
+
+
+def cmd_add_local(args: argparse.Namespace, ctx) -> int:
+    from pathlib import Path
+
+    from kdstudio.config import TeacherConfig
+
+    path = Path(args.path).expanduser().resolve()
+    if not path.is_dir():
+        raise UserError(f"--path {args.path}: no such folder")
+    if not (path / "config.json").is_file():
+        raise UserError(f"--path {path}: no config.json there (expected a Hugging Face model folder)")
+    teacher = TeacherConfig(name=args.name, kind="local", path=str(path), model=path.name)
+    ws = ctx.ws
+    if not args.replace and args.name in ws.teacher_names():
+        raise UserError(f"a teacher named {args.name!r} already exists (use --replace to change it)")
+    ws.add_teacher(teacher, replace=args.replace)
+    print(f"added local teacher {args.name!r}: {path}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace, ctx) -> int:
+    from kdstudio import secrets
+    from kdstudio.teachers.probe import probe, summary_lines
+
+    ws = ctx.ws
+    teacher = ws.get_teacher(args.name)
+    key = secrets.resolve_key(teacher) if teacher.kind == "openai" else None
+    caps = probe(teacher, key, timeout=args.timeout)
+    ws.set_teacher_capabilities(args.name, caps)
+    if args.json:
+        ctx.print_json(caps)
+    else:
+        ctx.print_table(["CHECK", "RESULT"], [list(r) for r in summary_lines(caps)])
+    ok = caps.get("reachable") and caps.get("auth") != "rejected" and caps.get("model_exists") is not False
+    return 0 if ok else 1

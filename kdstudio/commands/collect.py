@@ -1,0 +1,308 @@
+"""`kdstudio collect ...` and `kdstudio outputs list ...`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from contextlib import contextmanager
+from typing import Any
+
+from kdstudio.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "collect",
+        help="collect teacher answers for a dataset (re-running the same command resumes)",
+        description="Send every prompt of a dataset to a teacher and store each answer as it "
+        "arrives. Re-running the same command resumes; Ctrl-C stops after the requests in "
+        "flight are stored (exit 130).",
+    )
+    p.add_argument("--teacher", required=True, metavar="NAME")
+    p.add_argument("--dataset", required=True, metavar="NAME")
+    p.add_argument("--name", metavar="C", help="collection name (default: DATASET.TEACHER)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        metavar="N",
+        help="requests in flight at most, 1-256 (default 8; adapts down on 429)",
+    )
+    p.add_argument(
+        "--samples", type=int, default=1, metavar="N", help="answers per prompt (default 1)"
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=512,
+        metavar="N",
+        help="most tokens per answer (default 512)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="sampling temperature (default 1.0)",
+    )
+    p.add_argument("--top-p", type=float, default=None, metavar="P")
+    p.add_argument("--seed", type=int, default=None, help="sample i uses SEED + i")
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="stop sequence (repeatable)"
+    )
+    p.add_argument(
+        "--top-logprobs",
+        type=int,
+        default=None,
+        metavar="K",
+        help="store logprobs with K alternatives per token (0-20)",
+    )
+    ids = p.add_mutually_exclusive_group()
+    ids.add_argument(
+        "--token-ids",
+        dest="token_ids",
+        action="store_true",
+        default=None,
+        help="ask for token ids (vLLM)",
+    )
+    ids.add_argument("--no-token-ids", dest="token_ids", action="store_false")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="stop launching requests before spending more than this",
+    )
+    p.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="submit through the Batch API (half price, up to 24 h)",
+    )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="seconds between Batch API status checks",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=8,
+        metavar="N",
+        help="retries of a transient error before a row fails",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds before one request times out",
+    )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts")
+    p.add_argument(
+        "--fixed-concurrency", action="store_true", help="do not adapt concurrency on 429"
+    )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the cost estimate and exit without sending anything",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    p.set_defaults(func=cmd_collect)
+
+    o = sub.add_parser("outputs", help="browse collected teacher answers")
+    osub = o.add_subparsers(dest="outputs_command", metavar="ACTION")
+    ls = osub.add_parser("list", help="list collections, or the items of one")
+    ls.add_argument("collection", nargs="?", help="collection name (omit to list collections)")
+    ls.add_argument("--search", metavar="TEXT", help="full-text search in prompts and answers")
+    ls.add_argument("--status", choices=("queued", "in_flight", "retrying", "done", "failed"))
+    ls.add_argument("--review", choices=("pending", "accepted", "rejected"))
+    ls.add_argument("--min-chars", type=int, default=None, metavar="N")
+    ls.add_argument("--max-chars", type=int, default=None, metavar="N")
+    lp = ls.add_mutually_exclusive_group()
+    lp.add_argument("--with-logprobs", dest="has_logprobs", action="store_true", default=None)
+    lp.add_argument("--without-logprobs", dest="has_logprobs", action="store_false")
+    ls.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        metavar="P",
+        help="geometric-mean token probability >= P",
+    )
+    ls.add_argument("--max-confidence", type=float, default=None, metavar="P")
+    ls.add_argument("--order", choices=("idx", "confidence", "length", "cost"), default="idx")
+    ls.add_argument("--limit", type=int, default=20, metavar="N")
+    ls.add_argument("--offset", type=int, default=0, metavar="N")
+    ls.add_argument("--json", action="store_true", help="print one JSON document")
+    ls.set_defaults(func=cmd_outputs_list)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from kdstudio.collect import CollectConfig
+
+    return CollectConfig(
+        teacher=args.teacher,
+        dataset=args.dataset,
+        name=args.name,
+        samples=args.samples,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=list(args.stop),
+        top_logprobs=args.top_logprobs,
+        token_ids=args.token_ids,
+        concurrency=args.concurrency,
+        adaptive=not args.fixed_concurrency,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        budget=args.budget,
+        batch_api=args.batch_api,
+        batch_poll_s=args.poll,
+        limit=args.limit,
+    )
+
+
+@contextmanager
+def ctrl_c_cancels(cancel: Any):
+    """First Ctrl-C: cancel (finish what is in flight, store it); second: stop at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel("stopped by Ctrl-C")
+        import sys
+
+        print(
+            "\nstopping: waiting for the requests in flight (Ctrl-C again to quit now)",
+            file=sys.stderr,
+        )
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def cmd_collect(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.collect import collect, estimate_cost
+    from kdstudio.events import CancelToken, ConsoleSink, FanoutSink, StoreSink
+
+    config = config_from_args(args)
+    ws = ctx.ws
+    if args.estimate:
+        estimate = estimate_cost(config, ws)
+        if args.json:
+            ctx.print_json(estimate.__dict__)
+        else:
+            print(estimate.line())
+        return 0
+    cancel = CancelToken()
+    sink = FanoutSink([ConsoleSink(), StoreSink(ws, "collect", config.collection_name())])
+    with ctrl_c_cancels(cancel):
+        summary = collect(config, ws, sink, cancel)
+    if args.json:
+        ctx.print_json(summary.to_dict())
+    return 0
+
+
+def _filter(args: argparse.Namespace) -> Any:
+    from kdstudio.outputs import ItemFilter
+
+    return ItemFilter(
+        status=args.status,
+        review=args.review,
+        search=args.search,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        has_logprobs=args.has_logprobs,
+        min_confidence=args.min_confidence,
+        max_confidence=args.max_confidence,
+        order=args.order,
+    )
+
+
+def _short(text: str | None, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_outputs_list(args: argparse.Namespace, ctx) -> int:
+    from kdstudio import outputs
+
+    ws = ctx.ws
+    if args.collection is None:
+        return _list_collections(args, ctx)
+    if args.limit < 0 or args.offset < 0:
+        raise UserError("--limit and --offset must be >= 0")
+    filt = _filter(args)
+    total = outputs.count_items(ws, args.collection, filt)
+    items = outputs.list_items(ws, args.collection, filt, offset=args.offset, limit=args.limit)
+    if args.json:
+        ctx.print_json(
+            {
+                "collection": args.collection,
+                "total": total,
+                "offset": args.offset,
+                "items": [i.to_dict() for i in items],
+            }
+        )
+        return 0
+    rows = []
+    for i in items:
+        conf = f"{i.confidence:.2f}" if i.confidence is not None else "-"
+        answer = i.response if i.status == "done" else (i.error or "")
+        rows.append(
+            [
+                i.idx,
+                i.sample,
+                i.status,
+                i.review + ("*" if i.edited else ""),
+                i.completion_tokens or "-",
+                conf,
+                _short(i.prompt, 40),
+                _short(answer, 60),
+            ]
+        )
+    ctx.print_table(
+        ["IDX", "S", "STATUS", "REVIEW", "TOKENS", "CONF", "PROMPT", "ANSWER / ERROR"], rows
+    )
+    shown = f"{args.offset + 1}-{args.offset + len(items)}" if items else "none"
+    counts = outputs.collection_status_counts(ws, args.collection)
+    states = ", ".join(f"{k} {v}" for k, v in counts.items() if v and k != "total")
+    print(f"({shown} of {total} matching; collection: {states or 'empty'})")
+    return 0
+
+
+def _list_collections(args: argparse.Namespace, ctx) -> int:
+    from kdstudio import outputs
+
+    infos = outputs.list_collections(ctx.ws)
+    if args.json:
+        ctx.print_json([i.to_dict() for i in infos])
+        return 0
+    if not infos:
+        print("no collections yet: start one with `kdstudio collect --teacher NAME --dataset NAME`")
+        return 0
+    rows = []
+    for i in infos:
+        c = i.counts
+        rows.append(
+            [
+                i.name,
+                i.teacher_name or "-",
+                i.dataset_name or "-",
+                i.status,
+                f"{c['done']}/{c['total']}",
+                c["failed"],
+                f"${i.spend:,.4f}",
+            ]
+        )
+    ctx.print_table(["NAME", "TEACHER", "DATASET", "STATUS", "DONE", "FAILED", "SPENT"], rows)
+    return 0

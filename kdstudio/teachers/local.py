@@ -1,0 +1,262 @@
+"""A local teacher: a Hugging Face model folder run with transformers in this process.
+
+`LocalTeacher.generate` runs one batched `generate()` (left padding, GPU when present)
+and returns, per prompt, the text and the top-k logprobs of every generated position
+*with token ids* (from the raw logits, fp32 log-softmax). The final eos token, when the
+model stopped on it, is part of the logprobs (the student should learn to stop); the text
+excludes it. Token bytes come from the byte-level vocabulary when the tokenizer has one.
+
+Sampling: temperature 0 is greedy; otherwise each generate() call is seeded from its
+first item's seed (seed + sample), so a re-run with the same batch size repeats exactly.
+Without `top_logprobs`, the local teacher still keeps the top 20 (they cost nothing here).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from kdstudio.collect import Collection, Item, _Stats
+from kdstudio.errors import UserError
+from kdstudio.events import CancelToken, Progress, RowDone, Sink
+from kdstudio.logprobs import TokenLogprobs
+from kdstudio.outputs import Response
+
+DEFAULT_TOP_K = 20
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable-unicode -> byte table (the inverse of bytes_to_unicode)."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+class LocalTeacher:
+    """A loaded model + tokenizer that answers chat prompts with logprobs and ids."""
+
+    def __init__(self, path: str | Path, *, device: str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = Path(path)
+        if not (self.path / "config.json").exists():
+            raise UserError(
+                f"local teacher folder {self.path} has no config.json (expected a Hugging Face model folder)"
+            )
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tok = AutoTokenizer.from_pretrained(self.path)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        dtype = (
+            torch.bfloat16
+            if self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+            else torch.float32
+        )
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
+        )
+        self._bytes_cache: dict[int, bytes] = {}
+        vocab = self.tok.get_vocab() if hasattr(self.tok, "get_vocab") else {}
+        decoder = _byte_decoder()
+        self._byte_level = (
+            bool(vocab) and sum(all(c in decoder for c in t) for t in list(vocab)[:200]) > 150
+        )
+        self._decoder = decoder
+        self._special = set(self.tok.all_special_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def token_bytes(self, token_id: int) -> bytes:
+        cached = self._bytes_cache.get(token_id)
+        if cached is not None:
+            return cached
+        piece = self.tok.convert_ids_to_tokens(token_id)
+        if token_id in self._special or piece is None:
+            out = (piece or "").encode()
+        elif self._byte_level and all(c in self._decoder for c in piece):
+            out = bytes(self._decoder[c] for c in piece)
+        else:
+            out = self.tok.decode([token_id]).encode("utf-8", errors="replace")
+        self._bytes_cache[token_id] = out
+        return out
+
+    def count_prompt_tokens(self, messages: list[dict]) -> int:
+        return len(self._prompt_ids(messages))
+
+    def _prompt_ids(self, messages: list[dict]) -> list[int]:
+        if getattr(self.tok, "chat_template", None):
+            text = self.tok.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+            return self.tok(text, add_special_tokens=False)["input_ids"]
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant: "
+        return self.tok(text)["input_ids"]
+
+    def generate(self, bodies: list[dict[str, Any]]) -> list[Response]:
+        """Answer a batch of request bodies (same params, built by the collector)."""
+        import torch
+
+        params = bodies[0]
+        prompts = [self._prompt_ids(b["messages"]) for b in bodies]
+        width = max(len(p) for p in prompts)
+        pad = self.tok.pad_token_id
+        input_ids = torch.tensor(
+            [[pad] * (width - len(p)) + p for p in prompts], device=self.device
+        )
+        attention = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+        )
+        temperature = float(params.get("temperature") or 0.0)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": int(params.get("max_tokens") or 256),
+            "do_sample": temperature > 0,
+            "return_dict_in_generate": True,
+            "output_logits": True,
+            "pad_token_id": pad,
+            "eos_token_id": self.tok.eos_token_id,
+        }
+        if temperature > 0:
+            kwargs["temperature"] = temperature
+            if params.get("top_p") is not None:
+                kwargs["top_p"] = float(params["top_p"])
+            torch.manual_seed(int(params.get("seed") or 0))
+        if params.get("stop"):
+            kwargs["stop_strings"] = list(params["stop"])
+            kwargs["tokenizer"] = self.tok
+        k = params.get("top_logprobs")
+        k = DEFAULT_TOP_K if k is None else int(k)
+        t0 = time.monotonic()
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        latency = (time.monotonic() - t0) / len(bodies)
+        generated = out.sequences[:, width:]
+        logits = torch.stack(out.logits, dim=1).float()  # [B, steps, V]
+        logp = torch.log_softmax(logits, dim=-1)
+        results = []
+        for b, prompt in enumerate(prompts):
+            ids = generated[b].tolist()
+            n = len(ids)
+            for i, tid in enumerate(ids):
+                if tid == self.tok.eos_token_id:
+                    n = i + 1
+                    break
+                if tid == pad and pad != self.tok.eos_token_id:
+                    n = i
+                    break
+            ids = ids[:n]
+            results.append(self._response(ids, logp[b, :n], k, len(prompt), latency, params))
+        return results
+
+    def _response(
+        self, ids: list[int], logp: Any, k: int, n_prompt: int, latency: float, params: dict
+    ) -> Response:
+        import numpy as np
+        import torch
+
+        sampled = logp.gather(-1, torch.tensor(ids, device=logp.device, dtype=torch.long)[:, None])[
+            :, 0
+        ]
+        top_lp, top_ids = (
+            torch.topk(logp, k=min(k, logp.shape[-1]), dim=-1)
+            if k > 0
+            else (logp[:, :0], logp[:, :0].long())
+        )
+        top_ids_np = top_ids.cpu().numpy().astype(np.int32)
+        tl = TokenLogprobs(
+            tokens=[self.token_bytes(i) for i in ids],
+            token_ids=list(ids),
+            logprobs=sampled.cpu().numpy().astype(np.float32),
+            top_tokens=[[self.token_bytes(int(j)) for j in row] for row in top_ids_np],
+            top_ids=top_ids_np,
+            top_logprobs=top_lp.cpu().numpy().astype(np.float32),
+        )
+        stopped = bool(ids) and ids[-1] == self.tok.eos_token_id
+        text_ids = ids[:-1] if stopped else ids
+        text = self.tok.decode(text_ids, skip_special_tokens=True)
+        for s in params.get("stop") or []:
+            if s and s in text:
+                text, stopped = text[: text.index(s)], True
+        return Response(
+            text=text,
+            finish_reason="stop" if stopped else "length",
+            prompt_tokens=n_prompt,
+            completion_tokens=len(ids),
+            cost=0.0,
+            logprobs=tl,
+            latency=latency,
+            endpoint=f"local:{self.path}",
+            model=params.get("model"),
+            source="local",
+        )
+
+
+class LocalRunner:
+    """Runs the queued items of a collection through a LocalTeacher, batch by batch; each
+    batch is committed as one transaction, and cancel is checked between batches."""
+
+    def __init__(self, col: Collection, sink: Sink, cancel: CancelToken) -> None:
+        self.col, self.sink, self.cancel = col, sink, cancel
+        self.stats = _Stats(0, 0.0)
+        self.fatal: str | None = None
+        self.stop_reason: str | None = None
+
+    def run(self) -> None:
+        teacher = LocalTeacher(self.col.teacher.path or "")
+        self.stats = _Stats(self.col.counts()["queued"], 0.0)
+        size = self.col.config.local_batch_size
+        batch: list[Item] = []
+        for item in self.col.iter_queued():
+            batch.append(item)
+            if len(batch) == size:
+                if not self._run_batch(teacher, batch):
+                    return
+                batch = []
+        if batch:
+            self._run_batch(teacher, batch)
+
+    def _run_batch(self, teacher: LocalTeacher, batch: list[Item]) -> bool:
+        if self.cancel.cancelled:
+            self.stop_reason = self.cancel.reason or "cancelled"
+            return False
+        with self.col.ws.tx() as con:
+            self.col.mark(con, batch, "in_flight", bump=True)
+        self.stats.requests += len(batch)
+        responses = teacher.generate([self._body(it) for it in batch])
+        events = []
+        with self.col.ws.tx() as con:
+            for item, resp in zip(batch, responses, strict=True):
+                self.col.store(con, item, resp)
+                self.stats.done += 1
+                ids = {
+                    "row_id": item.row_id,
+                    "sample": item.sample,
+                    "tokens": resp.completion_tokens,
+                }
+                events.append(RowDone(row=item.idx, status="done", extra=ids))
+        for e in events:
+            self.sink.emit(e)
+        self.col.heartbeat()
+        self.sink.emit(Progress(done=self.stats.done, total=self.stats.total, unit="request"))
+        return True
+
+    @staticmethod
+    def _body(item: Item) -> dict[str, Any]:
+        body = dict(item.body)
+        if body.get("seed") is not None:
+            body["seed"] = int(body["seed"]) + item.sample
+        return body
