@@ -12,7 +12,18 @@ from PySide6.QtWidgets import QApplication
 
 from kdstudio import __version__
 
-RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+
+def app_icon() -> QIcon:
+    """The application icon from kdstudio/resources (every rendered size), if present."""
+    icon = QIcon()
+    try:
+        from kdstudio import resources
+
+        for size in resources.ICON_SIZES:
+            icon.addFile(str(resources.icon_path(size)))
+    except (ImportError, FileNotFoundError):
+        pass
+    return icon
 
 
 def create_app(argv: list[str] | None = None, *, install_hooks: bool = True) -> QApplication:
@@ -29,9 +40,7 @@ def create_app(argv: list[str] | None = None, *, install_hooks: bool = True) -> 
         app = QApplication(argv if argv is not None else sys.argv[:1])
     app.setApplicationDisplayName("kdstudio")
     app.setDesktopFileName("kdstudio")
-    icon = RESOURCES / "icon.png"
-    if icon.exists():
-        app.setWindowIcon(QIcon(str(icon)))
+    app.setWindowIcon(app_icon())
     import pyqtgraph as pg
 
     pg.setConfigOptions(antialias=True, useNumba=False)

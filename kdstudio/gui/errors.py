@@ -29,7 +29,6 @@ class _Relay(QObject):
 
     @Slot(str, str)
     def show_dialog(self, summary: str, details: str) -> None:
-        sys.stderr.write(details if details.endswith("\n") else details + "\n")
         if QApplication.instance() is None:
             return
         parent = QApplication.activeWindow()
@@ -55,7 +54,11 @@ def relay() -> _Relay:
 
 
 def report_unexpected(summary: str, details: str, parent: QWidget | None = None) -> None:
-    """Show an unexpected failure (safe to call from any thread once `install` ran)."""
+    """Show an unexpected failure (safe to call from any thread once `install` ran).
+
+    The details also go to stderr at once, so nothing is lost if the window never shows.
+    """
+    sys.stderr.write(details if details.endswith("\n") else details + "\n")
     relay().reported.emit(summary, details)
 
 

@@ -104,6 +104,18 @@ class MetricPlot(pg.PlotWidget):
         self.legend = item.addLegend(offset=(-8, 8), labelTextColor=foreground)
         self.series: dict[str, _Series] = {}
         self.setMinimumHeight(150)
+        self.empty = pg.TextItem("no data yet", color="#888888", anchor=(0.5, 0.5))
+        self.empty.setParentItem(item.getViewBox())
+        item.getViewBox().sigResized.connect(self._place_empty)
+        self._place_empty()
+
+    def _place_empty(self) -> None:
+        rect = self.getPlotItem().getViewBox().boundingRect()
+        self.empty.setPos(rect.center())
+
+    def set_empty_text(self, text: str) -> None:
+        """What an empty plot says (e.g. "no GPU: training on the CPU")."""
+        self.empty.setText(text)
 
     def ensure_series(self, key: str, label: str, colour: str, style: str = "solid") -> _Series:
         series = self.series.get(key)
@@ -141,6 +153,8 @@ class MetricPlot(pg.PlotWidget):
                 series.curve.setData(x, y)
                 series.dirty = False
                 redrawn += 1
+        if redrawn:
+            self.empty.setVisible(self.point_count() == 0)
         return redrawn
 
     def point_count(self) -> int:
@@ -151,6 +165,7 @@ class MetricPlot(pg.PlotWidget):
             self.getPlotItem().removeItem(series.curve)
         self.series.clear()
         self.legend.clear()
+        self.empty.setVisible(True)
 
 
 @dataclass(frozen=True)
@@ -230,7 +245,7 @@ class PlotBoard(QWidget):
                 colour, style = self.run_colour(run), STYLES[j % len(STYLES)]
                 text = f"{self._run_labels.get(run, run)} {label}".strip()
             else:
-                colour, style, text = PALETTE[j % len(PALETTE)], "solid", label
+                colour, style, text = PALETTE[j % len(PALETTE)], STYLES[j % len(STYLES)], label
             plot.ensure_series(key, text, colour, style)
         return plot, key
 
@@ -264,6 +279,10 @@ class PlotBoard(QWidget):
             plot.clear_series()
         self._runs.clear()
         self._run_labels.clear()
+
+    def plot_for(self, name: str) -> MetricPlot | None:
+        route = self._route.get(name)
+        return route[0] if route else None
 
     def point_count(self, name: str | None = None) -> int:
         if name is None:

@@ -14,3 +14,34 @@ def prepare_app(settings_dir: str | Path):
     from kdstudio.gui.app import create_app
 
     return create_app(install_hooks=True)
+
+
+def write_prompts(path: str | Path, n: int = 40) -> Path:
+    """A small JSONL of arithmetic and string prompts with reference answers."""
+    import json
+
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            a, b = i % 7 + 1, i % 5 + 2
+            if i % 3 == 0:
+                row = {"prompt": f"What is {a} + {b}?", "response": f"The answer is {a + b}."}
+            elif i % 3 == 1:
+                word = "abcdefg"[: a % 5 + 2]
+                row = {"prompt": f"Reverse the string {word}.", "response": f"Reversed: {word[::-1]}."}
+            else:
+                row = {"system": "You are terse.", "prompt": f"Sort {b} {a} {a + b}.", "response": " ".join(map(str, sorted([b, a, a + b])))}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def tiny_student(root: str | Path) -> Path:
+    """A tiny Llama student with its own tokenizer (built offline, a few seconds)."""
+    from kdstudio.testing.tiny import make_model, make_tokenizer
+
+    root = Path(root)
+    if (root / "student" / "config.json").exists():
+        return root / "student"
+    texts = [f"What is {a} + {b}? The answer is {a + b}." for a in range(10) for b in range(10)]
+    tok = make_tokenizer(root / "tok", texts, vocab_size=400)
+    return make_model(root / "student", tok, layers=2, hidden=32)

@@ -1,0 +1,506 @@
+"""Outputs: browse collected teacher outputs, search and filter, review, edit, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QStackedWidget,
+    QTableView,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from kdstudio import outputs
+from kdstudio.gui.panels.base import Panel
+from kdstudio.gui.table_models import Column, LazyTableModel
+from kdstudio.gui.tokenview import TokenView
+from kdstudio.gui.widgets import escape, fmt_count, fmt_usd, heading, hint
+
+STATE_COLOURS = {
+    "failed": "#d23c3c",
+    "queued": "#888888",
+    "in_flight": "#2f6fdb",
+    "retrying": "#c98a06",
+}
+REVIEW_COLOURS = {"accepted": "#2e9b4f", "rejected": "#d23c3c"}
+
+
+def _conf(item: outputs.Item) -> str:
+    return f"{item.confidence:.2f}" if item.confidence is not None else ""
+
+
+COLUMNS = [
+    Column("#", lambda i: i.idx, align_right=True),
+    Column("State", lambda i: i.status, colour=lambda i: STATE_COLOURS.get(i.status)),
+    Column(
+        "Review",
+        lambda i: i.review + (" (edited)" if i.edited else ""),
+        colour=lambda i: REVIEW_COLOURS.get(i.review),
+    ),
+    Column("Prompt", lambda i: i.prompt, tooltip=True, max_chars=120),
+    Column(
+        "Response",
+        lambda i: i.response if i.status == "done" else (i.error or ""),
+        tooltip=True,
+        max_chars=160,
+    ),
+    Column("Out tokens", lambda i: i.completion_tokens or None, align_right=True),
+    Column("Confidence", _conf, align_right=True),
+    Column("Cost", lambda i: fmt_usd(i.cost) if i.cost else "", align_right=True),
+]
+ANY = "any"
+
+
+class OutputsPanel(Panel):
+    title = "Outputs"
+    key = "outputs"
+    selection_exported = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.collection: str | None = None
+        self.detail: outputs.ItemDetail | None = None
+
+        self.collection_box = QComboBox()
+        self.collection_box.setMinimumWidth(180)
+        self.collection_box.currentTextChanged.connect(self.on_collection_chosen)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search prompts and responses (Ctrl+F)")
+        self.search.setClearButtonEnabled(True)
+        self.state = self._combo([ANY, *outputs.STATES])
+        self.review = self._combo([ANY, *outputs.REVIEWS])
+        self.logprobs = self._combo([ANY, "with logprobs", "without"])
+        self.min_chars = self._spin("min chars")
+        self.max_chars = self._spin("max chars")
+        self.min_conf = QDoubleSpinBox()
+        self.min_conf.setRange(0, 1)
+        self.min_conf.setSingleStep(0.05)
+        self.min_conf.setDecimals(2)
+        self.min_conf.setPrefix("conf ≥ ")
+        self.max_conf = QDoubleSpinBox()
+        self.max_conf.setRange(0, 1)
+        self.max_conf.setValue(1)
+        self.max_conf.setSingleStep(0.05)
+        self.max_conf.setDecimals(2)
+        self.max_conf.setPrefix("conf ≤ ")
+        self.order = self._combo(["idx", "confidence", "length", "cost"])
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(250)
+        self._debounce.timeout.connect(self.apply_filter)
+        self.search.textChanged.connect(self._debounce.start)
+        for w in (self.min_chars, self.max_chars):
+            w.valueChanged.connect(self._debounce.start)
+        for w in (self.min_conf, self.max_conf):
+            w.valueChanged.connect(self._debounce.start)
+        for w in (self.state, self.review, self.logprobs, self.order):
+            w.currentIndexChanged.connect(self.apply_filter)
+
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Collection"))
+        top.addWidget(self.collection_box)
+        top.addWidget(self.search, 1)
+        filters = QHBoxLayout()
+        for label, w in (
+            ("State", self.state),
+            ("Review", self.review),
+            ("Logprobs", self.logprobs),
+        ):
+            filters.addWidget(QLabel(label))
+            filters.addWidget(w)
+        filters.addWidget(self.min_chars)
+        filters.addWidget(self.max_chars)
+        filters.addWidget(self.min_conf)
+        filters.addWidget(self.max_conf)
+        filters.addWidget(QLabel("Sort"))
+        filters.addWidget(self.order)
+        filters.addStretch(1)
+
+        self.model = LazyTableModel(COLUMNS, page_size=200)
+        self.table = QTableView()
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setWordWrap(False)
+        self.table.setAlternatingRowColors(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        for i, w in enumerate((50, 70, 90, 260, 360, 80, 80, 70)):
+            self.table.setColumnWidth(i, w)
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.table.selectionModel().selectionChanged.connect(self.on_selection_changed)
+        self.count_label = QLabel()
+
+        # detail pane
+        self.prompt_view = QTextBrowser()
+        self.prompt_view.setMaximumHeight(170)
+        self.response_view = TokenView()
+        self.editor = QPlainTextEdit()
+        self.response_stack = QStackedWidget()
+        self.response_stack.addWidget(self.response_view)
+        self.response_stack.addWidget(self.editor)
+        self.detail_info = QLabel()
+        self.detail_info.setWordWrap(True)
+        self.legend = hint(
+            "Shaded tokens: the teacher was unsure (orange < 90 %, red < 50 %). Hover a token for its alternatives."
+        )
+        self.accept_button = QPushButton("Accept (A)")
+        self.reject_button = QPushButton("Reject (R)")
+        self.edit_button = QPushButton("Edit (E)")
+        self.save_edit_button = QPushButton("Save edit")
+        self.cancel_edit_button = QPushButton("Cancel")
+        self.revert_button = QPushButton("Revert to original")
+        self.export_button = QPushButton("Export selection…")
+        self.accept_button.clicked.connect(self.accept_selected)
+        self.reject_button.clicked.connect(self.reject_selected)
+        self.edit_button.clicked.connect(self.start_edit)
+        self.save_edit_button.clicked.connect(self.save_edit)
+        self.cancel_edit_button.clicked.connect(self.cancel_edit)
+        self.revert_button.clicked.connect(self.revert_edit)
+        self.export_button.clicked.connect(self.export_selection_dialog)
+        actions = QHBoxLayout()
+        for b in (
+            self.accept_button,
+            self.reject_button,
+            self.edit_button,
+            self.save_edit_button,
+            self.cancel_edit_button,
+            self.revert_button,
+        ):
+            actions.addWidget(b)
+        actions.addStretch(1)
+        self.save_edit_button.hide()
+        self.cancel_edit_button.hide()
+        detail = QWidget()
+        dl = QVBoxLayout(detail)
+        dl.setContentsMargins(0, 0, 0, 0)
+        dl.addWidget(heading("Prompt"))
+        dl.addWidget(self.prompt_view)
+        dl.addWidget(heading("Response"))
+        dl.addWidget(self.detail_info)
+        dl.addWidget(self.response_stack, 1)
+        dl.addWidget(self.legend)
+        dl.addLayout(actions)
+
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(self.table, 1)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.count_label, 1)
+        bottom.addWidget(self.export_button)
+        ll.addLayout(bottom)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(detail)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        self.body.addLayout(top)
+        self.body.addLayout(filters)
+        self.body.addWidget(split, 1)
+
+        for key, slot in (
+            ("A", self.accept_selected),
+            ("R", self.reject_selected),
+            ("E", self.start_edit),
+        ):
+            sc = QShortcut(QKeySequence(key), self.table)
+            sc.setContext(Qt.ShortcutContext.WidgetShortcut)
+            sc.activated.connect(slot)
+        find = QShortcut(QKeySequence.StandardKey.Find, self)
+        find.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        find.activated.connect(self.search.setFocus)
+        self.show_item(None)
+
+    @staticmethod
+    def _combo(items: list[str]) -> QComboBox:
+        box = QComboBox()
+        box.addItems(items)
+        return box
+
+    @staticmethod
+    def _spin(label: str) -> QSpinBox:
+        box = QSpinBox()
+        box.setRange(0, 10_000_000)
+        box.setSpecialValueText(label)
+        box.setSingleStep(100)
+        return box
+
+    # -- collections and the query -------------------------------------------------------
+    def refresh(self) -> None:
+        if self.ws is None:
+            return
+        names = outputs.collection_names(self.ws)
+        current = self.collection if self.collection in names else (names[0] if names else None)
+        self.collection_box.blockSignals(True)
+        self.collection_box.clear()
+        self.collection_box.addItems(names)
+        if current:
+            self.collection_box.setCurrentText(current)
+        self.collection_box.blockSignals(False)
+        if not names:
+            self.collection = None
+            self.model.clear()
+            self.count_label.setText("")
+            self.message.show_message(
+                "No collections yet: collect teacher outputs in the Collect panel.", "info"
+            )
+            return
+        if self.message.text.startswith("No collections"):
+            self.message.clear()
+        self.collection = current
+        self.apply_filter()
+
+    def show_collection(self, name: str) -> None:
+        self.collection = name
+        self.refresh()
+
+    @Slot(str)
+    def on_collection_chosen(self, name: str) -> None:
+        if name and name != self.collection:
+            self.collection = name
+            self.apply_filter()
+
+    def current_filter(self) -> outputs.ItemFilter:
+        lp = self.logprobs.currentIndex()
+        return outputs.ItemFilter(
+            status=None if self.state.currentText() == ANY else self.state.currentText(),
+            review=None if self.review.currentText() == ANY else self.review.currentText(),
+            search=self.search.text().strip() or None,
+            min_chars=self.min_chars.value() or None,
+            max_chars=self.max_chars.value() or None,
+            has_logprobs=None if lp == 0 else lp == 1,
+            min_confidence=self.min_conf.value() or None,
+            max_confidence=self.max_conf.value() if self.max_conf.value() < 1 else None,
+            order=self.order.currentText(),
+        )
+
+    @Slot()
+    def apply_filter(self) -> None:
+        if self.ws is None or not self.collection:
+            return
+        ws, name, filt = self.ws, self.collection, self.current_filter()
+
+        def fetch(offset: int, limit: int):
+            return outputs.list_items(ws, name, filt, offset=offset, limit=limit)
+
+        def count() -> int:
+            return outputs.count_items(ws, name, filt)
+
+        self.model.set_query(fetch, count)
+        self.update_counts()
+        self.show_item(None)
+
+    def update_counts(self) -> None:
+        if self.ws is None or not self.collection:
+            return
+        reviews = outputs.review_counts(self.ws, self.collection)
+        total = outputs.count_items(self.ws, self.collection)
+        self.count_label.setText(
+            f"{fmt_count(self.model.total)} matching of {fmt_count(total)} · "
+            f"accepted {fmt_count(reviews['accepted'])} · rejected {fmt_count(reviews['rejected'])}"
+        )
+
+    # -- selection and detail ------------------------------------------------------------
+    def selected_rows(self) -> list[int]:
+        return sorted(i.row() for i in self.table.selectionModel().selectedRows())
+
+    def selected_items(self) -> list[outputs.Item]:
+        return [self.model.row(i) for i in self.selected_rows()]
+
+    @Slot()
+    def on_selection_changed(self) -> None:
+        rows = self.selected_rows()
+        self.cancel_edit()
+        self.show_item(self.model.row(rows[0]) if len(rows) == 1 else None, many=len(rows))
+
+    def show_item(self, item: outputs.Item | None, many: int = 0) -> None:
+        for b in (self.accept_button, self.reject_button):
+            b.setEnabled(item is not None and item.status == "done" or many > 1)
+        self.edit_button.setEnabled(item is not None and item.status == "done")
+        self.export_button.setEnabled(many > 0 or item is not None)
+        self.revert_button.setVisible(bool(item and item.edited))
+        self.legend.hide()
+        if item is None:
+            self.detail = None
+            self.prompt_view.setPlainText("")
+            self.response_view.show_text("")
+            self.detail_info.setText(
+                f"{many} items selected: accept, reject or export them together."
+                if many > 1
+                else "Select an output to see it here."
+            )
+            return
+        self.detail = d = outputs.get_item(self.ws, self.collection, item.row_id, item.sample)
+        self.prompt_view.setHtml(
+            "".join(
+                f"<p><b>{escape(m.get('role', ''))}</b><br>{escape(str(m.get('content', ''))).replace(chr(10), '<br>')}</p>"
+                for m in d.messages
+            )
+        )
+        it = d.item
+        facts = [f"row {it.idx}", f"sample {it.sample}", it.status, f"review: {it.review}"]
+        if it.status == "done":
+            if it.prompt_tokens or it.completion_tokens:
+                facts.append(f"{it.prompt_tokens} → {it.completion_tokens} tokens")
+            if it.finish_reason:
+                facts.append(f"finish: {it.finish_reason}")
+            if it.confidence is not None:
+                facts.append(f"confidence {it.confidence:.2f}")
+            if it.cost:
+                facts.append(fmt_usd(it.cost))
+            if it.cached:
+                facts.append("from cache")
+            if d.latency:
+                facts.append(f"{d.latency:.2f} s")
+        if it.edited:
+            facts.append(
+                "<b>edited</b> (the teacher's original is kept: “Revert to original” restores it)"
+            )
+        if it.status == "failed":
+            facts.append(
+                f"<span style='color:#d23c3c'>error: {escape(it.error or 'unknown')}</span> after {it.attempts} attempt(s)"
+            )
+        self.detail_info.setText(" · ".join(facts))
+        if it.status != "done":
+            self.response_view.show_text("")
+        elif d.logprobs is not None and not it.edited and len(d.logprobs):
+            self.response_view.show_tokens(d.logprobs)
+            self.legend.show()
+        else:
+            self.response_view.show_text(it.response or "")
+
+    # -- review --------------------------------------------------------------------------
+    @Slot()
+    def accept_selected(self) -> None:
+        self.review_selected("accepted")
+
+    @Slot()
+    def reject_selected(self) -> None:
+        self.review_selected("rejected")
+
+    def review_selected(self, review: str, edited_text: str | None = None) -> None:
+        rows = [i for i in self.selected_rows() if self.model.row(i).status == "done"]
+        if not rows or self.ws is None:
+            return
+        with self.ws.tx():
+            for i in rows:
+                it = self.model.row(i)
+                outputs.set_review(
+                    self.ws, self.collection, it.row_id, it.sample, review, edited_text
+                )
+        self.reload_rows(rows)
+        self.update_counts()
+        self.workspace_changed.emit()
+        if len(rows) == 1 and rows[0] + 1 < self.model.rowCount() and edited_text is None:
+            self.table.selectRow(rows[0] + 1)  # review the next one
+        elif len(rows) == 1:
+            self.show_item(self.model.row(rows[0]))
+
+    def reload_rows(self, rows: list[int]) -> None:
+        for i in rows:
+            it = self.model.row(i)
+            self.model.replace_row(
+                i, outputs.get_item(self.ws, self.collection, it.row_id, it.sample).item
+            )
+
+    @Slot()
+    def start_edit(self) -> None:
+        if self.detail is None or self.detail.item.status != "done":
+            return
+        self.editor.setPlainText(self.detail.item.response or "")
+        self.response_stack.setCurrentWidget(self.editor)
+        self.save_edit_button.show()
+        self.cancel_edit_button.show()
+        self.edit_button.hide()
+        self.editor.setFocus()
+
+    @Slot()
+    def save_edit(self) -> None:
+        if self.detail is None:
+            return
+        text = self.editor.toPlainText()
+        review = self.detail.item.review if self.detail.item.review != "pending" else "accepted"
+        self.review_selected(review, edited_text=text)
+        self.cancel_edit()
+        rows = self.selected_rows()
+        if rows:
+            self.show_item(self.model.row(rows[0]))
+
+    @Slot()
+    def cancel_edit(self) -> None:
+        self.response_stack.setCurrentWidget(self.response_view)
+        self.save_edit_button.hide()
+        self.cancel_edit_button.hide()
+        self.edit_button.show()
+
+    @Slot()
+    def revert_edit(self) -> None:
+        rows = self.selected_rows()
+        if self.detail is None or len(rows) != 1:
+            return
+        it = self.detail.item
+        outputs.clear_edit(self.ws, self.collection, it.row_id, it.sample)
+        self.reload_rows(rows)
+        self.show_item(self.model.row(rows[0]))
+
+    # -- export --------------------------------------------------------------------------
+    @Slot()
+    def export_selection_dialog(self) -> None:
+        if not self.selected_rows():
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Export selected outputs",
+            str(Path.home() / f"{self.collection}.jsonl"),
+            "JSON Lines (*.jsonl)",
+        )
+        if path:
+            self.export_selection(path)
+
+    def export_selection(self, path: str | Path) -> int:
+        """Write the selected outputs as chat JSONL (prompt messages + the response)."""
+        items = [it for it in self.selected_items() if it.status == "done"]
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".part")
+        with tmp.open("w", encoding="utf-8") as f:
+            for it in items:
+                d = outputs.get_item(self.ws, self.collection, it.row_id, it.sample)
+                messages = [*d.messages, {"role": "assistant", "content": it.response or ""}]
+                f.write(
+                    json.dumps(
+                        {
+                            "messages": messages,
+                            "review": it.review,
+                            "edited": it.edited,
+                            "row": it.idx,
+                            "sample": it.sample,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
+        tmp.replace(path)
+        self.message.show_message(f"Exported {len(items)} output(s) to {path}.", "success")
+        self.selection_exported.emit(str(path))
+        return len(items)

@@ -1,0 +1,689 @@
+"""Train: a form bound to the training config, pre-flight, start/stop/resume, live plots.
+
+The run itself is the core's `Trainer(config, ws, sink, cancel)` in a QThread; its metrics
+come back through a QtSink and are drawn by a PlotBoard on a ~50 ms timer (the whole run,
+downsampled, never a sliding window). The equivalent `kdstudio train` command and its TOML
+are shown and copyable, and the TOML is saved with every run started here.
+"""
+
+from __future__ import annotations
+
+import html
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Slot
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QTabWidget,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from kdstudio import outputs
+from kdstudio.config import dumps_toml
+from kdstudio.distill import runs
+from kdstudio.distill.config import (
+    DataConfig,
+    DistillConfig,
+    LoraConfig,
+    OptimConfig,
+    RunConfig,
+    StudentConfig,
+    TrainConfig,
+)
+from kdstudio.errors import UserError
+from kdstudio.events import Failed, Finished, Log, Metrics, Progress
+from kdstudio.events import Warning as WarningEvent
+from kdstudio.gui.config_form import SectionForm
+from kdstudio.gui.panels.base import Panel
+from kdstudio.gui.plots import PlotBoard
+from kdstudio.gui.widgets import Card, fmt_duration, hint
+from kdstudio.gui.workers import Job
+
+LOSS_BG = "#cdeccd"
+LOSS_BG_DARK = "#1f5a2a"
+
+
+class FolderPicker(QWidget):
+    """A path field with a Browse button (value()/set_value() for SectionForm)."""
+
+    def __init__(self, title: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.title = title
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText("a Hugging Face model folder")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self.browse)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit, 1)
+        row.addWidget(browse)
+        self.textChanged = self.edit.textChanged
+
+    @Slot()
+    def browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, self.title, self.edit.text() or str(Path.home())
+        )
+        if folder:
+            self.edit.setText(folder)
+
+    def value(self) -> str:
+        return self.edit.text().strip()
+
+    def set_value(self, value: Any) -> None:
+        self.edit.setText("" if value is None else str(value))
+
+
+def student_sees_html(preview: Any, dark: bool) -> str:
+    """Tokens of a rendered example; the loss-carrying ones highlighted."""
+    bg = LOSS_BG_DARK if dark else LOSS_BG
+    parts = []
+    for tok in preview.tokens:
+        text = html.escape(tok["text"]).replace("\n", "↵<br>")
+        if tok["loss"]:
+            parts.append(f'<span style="background-color:{bg}">{text}</span>')
+        else:
+            parts.append(f'<span style="color:gray">{text}</span>')
+    return f'<div style="font-family:monospace; white-space:pre-wrap">{"".join(parts)}</div>'
+
+
+class TrainPanel(Panel):
+    title = "Train"
+    key = "train"
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.job: Job | None = None
+        self.run_name: str | None = None
+        self._t0 = 0.0
+        self._step0 = 0
+
+        # -- the form, one card per section --------------------------------------------
+        self.forms: dict[str, SectionForm] = {
+            "student": SectionForm(StudentConfig),
+            "data": SectionForm(DataConfig),
+            "distill": SectionForm(DistillConfig),
+            "optim": SectionForm(OptimConfig),
+            "run": SectionForm(RunConfig),
+            "lora": SectionForm(LoraConfig),
+        }
+        self.student_path = FolderPicker("Student model folder")
+        self.forms["student"].replace_widget("path", self.student_path)
+        self.student_path.textChanged.connect(self.on_form_changed)
+        self.collection_box = QComboBox()
+        self.collection_box.setEditable(True)
+        self.collection_box.currentTextChanged.connect(self.on_form_changed)
+        self.forms["data"].replace_widget("collection", self.collection_box)
+        self.teacher_box = QComboBox()
+        self.teacher_box.setEditable(True)
+        self.teacher_box.currentTextChanged.connect(self.on_form_changed)
+        self.forms["distill"].replace_widget("teacher", self.teacher_box)
+        self.use_lora = QCheckBox("Train LoRA adapters instead of the full model (needs peft)")
+        self.use_lora.toggled.connect(self.forms["lora"].setEnabled)
+        self.use_lora.toggled.connect(self.on_form_changed)
+        self.forms["lora"].setEnabled(False)
+        for form in self.forms.values():
+            form.changed.connect(self.on_form_changed)
+        self.forms["distill"].widgets["method"].currentIndexChanged.connect(
+            self.update_method_fields
+        )
+
+        form_box = QWidget()
+        fl = QVBoxLayout(form_box)
+        fl.setContentsMargins(0, 0, 6, 0)
+        titles = {
+            "student": "Student",
+            "data": "Data",
+            "distill": "Method",
+            "optim": "Optimisation",
+            "run": "Run",
+            "lora": "LoRA",
+        }
+        for key, form in self.forms.items():
+            card = Card(titles[key])
+            if key == "lora":
+                card.body.addWidget(self.use_lora)
+            if key == "distill":
+                self.jsd_hint = hint(
+                    "JSD(β) tends to 0 at β = 0 and β = 1: those ends are defined as forward and reverse KL."
+                )
+                card.body.addWidget(form)
+                card.body.addWidget(self.jsd_hint)
+            else:
+                card.body.addWidget(form)
+            fl.addWidget(card)
+        fl.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(form_box)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(380)
+
+        # -- controls and progress -----------------------------------------------------
+        self.preflight_button = QPushButton("Pre-flight")
+        self.preflight_button.setToolTip(
+            "Load the data, student and objective and check them, without training"
+        )
+        self.start_button = QPushButton("Start training")
+        self.start_button.setShortcut("Ctrl+Return")
+        self.start_button.setToolTip("Start a run with this config (Ctrl+Enter)")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Finish the current step, save a checkpoint and stop (Esc)")
+        self.stop_button.setShortcut("Esc")
+        self.resume_box = QComboBox()
+        self.resume_box.setMinimumWidth(160)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip(
+            "Continue a stopped or interrupted run from its last checkpoint"
+        )
+        self.preflight_button.clicked.connect(self.preflight)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.resume_selected)
+        controls = QHBoxLayout()
+        for w in (self.preflight_button, self.start_button, self.stop_button):
+            controls.addWidget(w)
+        controls.addStretch(1)
+        controls.addWidget(QLabel("Stopped runs"))
+        controls.addWidget(self.resume_box)
+        controls.addWidget(self.resume_button)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m steps")
+        self.progress.setValue(0)
+        self.progress_label = QLabel("No run yet.")
+        self.board = PlotBoard()
+
+        # -- bottom tabs: what the student sees, pre-flight/log, CLI ----------------------
+        self.example_index = QSpinBox()
+        self.example_index.setRange(0, 10_000_000)
+        self.example_index.setPrefix("example ")
+        self.preview_button = QPushButton("Show what the student sees")
+        self.preview_button.clicked.connect(self.preview)
+        self.preview_view = QTextBrowser()
+        self.preview_info = QLabel(
+            "Renders one example with the student's chat template; highlighted tokens carry the loss."
+        )
+        self.preview_info.setWordWrap(True)
+        sees = QWidget()
+        sl = QVBoxLayout(sees)
+        row = QHBoxLayout()
+        row.addWidget(self.example_index)
+        row.addWidget(self.preview_button)
+        row.addStretch(1)
+        sl.addLayout(row)
+        sl.addWidget(self.preview_info)
+        sl.addWidget(self.preview_view, 1)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        self.command_view = QLineEdit()
+        self.command_view.setReadOnly(True)
+        self.toml_view = QPlainTextEdit()
+        self.toml_view.setReadOnly(True)
+        copy_cmd = QPushButton("Copy command")
+        copy_cmd.clicked.connect(self.copy_command)
+        copy_toml = QPushButton("Copy TOML")
+        copy_toml.clicked.connect(self.copy_toml)
+        save_toml = QPushButton("Save TOML…")
+        save_toml.clicked.connect(self.save_toml_dialog)
+        cli = QWidget()
+        cl = QVBoxLayout(cli)
+        cl.addWidget(
+            hint(
+                "The same run from a terminal (or under torchrun --nproc-per-node N -m kdstudio …):"
+            )
+        )
+        crow = QHBoxLayout()
+        crow.addWidget(self.command_view, 1)
+        crow.addWidget(copy_cmd)
+        cl.addLayout(crow)
+        cl.addWidget(self.toml_view, 1)
+        brow = QHBoxLayout()
+        brow.addStretch(1)
+        brow.addWidget(copy_toml)
+        brow.addWidget(save_toml)
+        cl.addLayout(brow)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(sees, "What the student sees")
+        self.tabs.addTab(self.log, "Pre-flight and log")
+        self.tabs.addTab(cli, "CLI and TOML")
+
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(6, 0, 0, 0)
+        rl.addLayout(controls)
+        rl.addWidget(self.progress)
+        rl.addWidget(self.progress_label)
+        vsplit = QSplitter(Qt.Orientation.Vertical)
+        vsplit.addWidget(self.board)
+        vsplit.addWidget(self.tabs)
+        vsplit.setStretchFactor(0, 3)
+        vsplit.setStretchFactor(1, 2)
+        rl.addWidget(vsplit, 1)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(scroll)
+        split.addWidget(right)
+        split.setStretchFactor(0, 0)
+        split.setStretchFactor(1, 1)
+        split.setSizes([420, 1000])
+        self.body.addWidget(split, 1)
+
+        self._cli_timer = QTimer(self)
+        self._cli_timer.setSingleShot(True)
+        self._cli_timer.setInterval(200)
+        self._cli_timer.timeout.connect(self.update_cli)
+        self.update_method_fields()
+        self.update_buttons()
+
+    # -- workspace -----------------------------------------------------------------------
+    def refresh(self) -> None:
+        if self.ws is None:
+            return
+        self._fill_combo(self.collection_box, outputs.collection_names(self.ws))
+        local = [t.name for t in self.ws.list_teachers() if t.kind == "local"]
+        self._fill_combo(self.teacher_box, ["", *local])
+        resumable = [
+            r.name
+            for r in runs.list_runs(self.ws)
+            if r.status in ("stopped", "interrupted", "failed")
+        ]
+        self._fill_combo(self.resume_box, resumable)
+        self.update_buttons()
+        self.update_cli()
+
+    @staticmethod
+    def _fill_combo(box: QComboBox, items: list[str]) -> None:
+        current = box.currentText()
+        box.blockSignals(True)
+        box.clear()
+        box.addItems(items)
+        if current:
+            box.setCurrentText(current)
+        box.blockSignals(False)
+
+    # -- the config ----------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        data = {key: form.values() for key, form in self.forms.items() if key != "lora"}
+        if self.use_lora.isChecked():
+            data["lora"] = self.forms["lora"].values()
+        data["run"] = {k: v for k, v in data["run"].items() if v is not None}
+        data["distill"] = {k: v for k, v in data["distill"].items() if v is not None}
+        return data
+
+    def build_config(self) -> TrainConfig:
+        """The TrainConfig the form describes; ConfigError (a UserError) names a bad key."""
+        return TrainConfig.from_dict(self.config_dict())
+
+    def set_config(self, config: TrainConfig | dict[str, Any]) -> None:
+        data = config.to_dict() if isinstance(config, TrainConfig) else config
+        for key, form in self.forms.items():
+            if data.get(key):
+                form.set_values(data[key])
+        self.use_lora.setChecked(bool(data.get("lora")))
+        self.update_cli()
+
+    @Slot()
+    def on_form_changed(self) -> None:
+        self._cli_timer.start()
+
+    @Slot()
+    def update_method_fields(self) -> None:
+        method = self.forms["distill"].value("method")
+        dense = method == "dense_kd"
+        form = self.forms["distill"]
+        for name in ("teacher", "divergence", "beta"):
+            form.layout_.setRowVisible(form.widgets[name], dense)
+        form.layout_.setRowVisible(form.widgets["tail"], method == "sparse_kd")
+        for name in ("temperature", "kd_weight", "chunk_size"):
+            form.layout_.setRowVisible(form.widgets[name], method != "sft")
+        self.jsd_hint.setVisible(dense)
+
+    def toml_text(self, config: TrainConfig) -> str:
+        return dumps_toml(config.to_dict())
+
+    def command_for(self, toml_path: Path | str) -> str:
+        ws = f"--workspace {shlex.quote(str(self.ws.root))} " if self.ws else ""
+        return f"kdstudio {ws}train --config {shlex.quote(str(toml_path))}"
+
+    def config_path(self, config: TrainConfig) -> Path:
+        name = config.run.name or f"{config.data.collection or 'run'}"
+        return (self.ws.root / "configs" if self.ws else Path("configs")) / f"{name}.toml"
+
+    @Slot()
+    def update_cli(self) -> None:
+        try:
+            config = self.build_config()
+        except UserError as exc:
+            self.command_view.setText("")
+            self.toml_view.setPlainText(f"# the form has a problem: {exc}")
+            return
+        self.toml_view.setPlainText(self.toml_text(config))
+        self.command_view.setText(self.command_for(self.config_path(config)))
+
+    @Slot()
+    def copy_command(self) -> None:
+        QGuiApplication.clipboard().setText(self.command_view.text())
+
+    @Slot()
+    def copy_toml(self) -> None:
+        QGuiApplication.clipboard().setText(self.toml_view.toPlainText())
+
+    @Slot()
+    def save_toml_dialog(self) -> None:
+        try:
+            config = self.build_config()
+        except UserError as exc:
+            self.message.show_message(str(exc), "error")
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the training config", str(self.config_path(config)), "TOML (*.toml)"
+        )
+        if path:
+            Path(path).write_text(self.toml_text(config), encoding="utf-8")
+            self.command_view.setText(self.command_for(path))
+
+    def _checked_config(self) -> TrainConfig | None:
+        try:
+            config = self.build_config()
+        except UserError as exc:
+            self.message.show_message(str(exc), "error")
+            return None
+        if self.ws is None:
+            return None
+        return config
+
+    # -- what the student sees -----------------------------------------------------------
+    @Slot()
+    def preview(self) -> None:
+        config = self._checked_config()
+        if config is None:
+            return
+        ws, index = self.ws, self.example_index.value()
+
+        def show(sink, cancel):
+            from kdstudio.distill.batches import load_student_tokenizer, preview_example
+
+            tok, fallback = load_student_tokenizer(config.student.path, config.student.template)
+            seen = 0
+            for ex in outputs.iter_examples(ws, config.data.collection):
+                if seen == index:
+                    return preview_example(
+                        tok, ex.messages, ex.response, config.data.max_length, fallback=fallback
+                    )
+                seen += 1
+            raise UserError(
+                f"collection {config.data.collection!r} has {seen} examples; "
+                "choose a lower example number"
+            )
+
+        self.preview_info.setText("Rendering…")
+        job = self.start_job("preview example", show)
+        job.succeeded.connect(self.on_preview_ready)
+        job.errored.connect(self.on_preview_failed)
+        job.start()
+
+    @Slot(object)
+    def on_preview_ready(self, preview: Any) -> None:
+        from kdstudio.gui.widgets import is_dark
+
+        notes = [
+            f"{preview.n_loss} of {preview.n_tokens} tokens carry loss (highlighted)",
+            f"template: {preview.template}",
+        ]
+        if preview.truncated:
+            notes.append("cut to data.max_length")
+        if preview.dropped:
+            notes.append(
+                "DROPPED: truncation would remove the whole response (raise data.max_length)"
+            )
+        self.preview_info.setText(" · ".join(notes))
+        self.preview_view.setHtml(student_sees_html(preview, is_dark(self)))
+        self.tabs.setCurrentIndex(0)
+
+    @Slot(object)
+    def on_preview_failed(self, info) -> None:
+        self.preview_info.setText(f"Could not render: {info.summary}")
+
+    # -- pre-flight ----------------------------------------------------------------------
+    @Slot()
+    def preflight(self) -> None:
+        config = self._checked_config()
+        if config is None:
+            return
+        ws = self.ws
+        data = config.to_dict()
+        data["run"]["name"] = f"preflight-{int(time.time())}"
+        probe = TrainConfig.from_dict(data)
+
+        def check(sink, cancel):
+            from kdstudio.distill.trainer import Trainer
+
+            trainer = Trainer(probe, ws, sink, cancel)
+            try:
+                trainer.setup()
+                return trainer._describe()
+            finally:
+                trainer.close()
+                run = ws.query_one("SELECT id FROM runs WHERE name=?", (probe.run.name,))
+                if run is not None:
+                    runs.delete_run(ws, run[0])
+
+        self.log.clear()
+        self.log.appendPlainText("Pre-flight: loading the data, the student and the objective…")
+        self.tabs.setCurrentIndex(1)
+        job = self.start_job("pre-flight", check)
+        self._connect_events(job, plots=False)
+        job.succeeded.connect(self.on_preflight_passed)
+        job.ended.connect(self.update_buttons)
+        job.start()
+        self.update_buttons()
+
+    @Slot(object)
+    def on_preflight_passed(self, description: str) -> None:
+        self.log.appendPlainText(
+            "✓ pre-flight passed: "
+            + description.replace("run preflight-", "run ").split(": ", 1)[-1]
+        )
+        self.message.show_message("Pre-flight passed: the run can start.", "success")
+
+    # -- start / stop / resume -----------------------------------------------------------
+    @Slot()
+    def start(self) -> Job | None:
+        config = self._checked_config()
+        if config is None or self.running_training():
+            return None
+        config = config.resolved()
+        path = self.config_path(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.toml_text(config), encoding="utf-8")
+        self.command_view.setText(self.command_for(path))
+        ws = self.ws
+
+        def train(sink, cancel):
+            from kdstudio.distill.trainer import Trainer
+
+            trainer = Trainer(config, ws, sink, cancel)
+            try:
+                trainer.setup()
+                return trainer.train()
+            finally:
+                trainer.close()
+
+        return self._launch(config.run.name, train, history=False)
+
+    def resume_run(self, name: str) -> Job | None:
+        if self.running_training() or self.ws is None:
+            return None
+        ws = self.ws
+        run = runs.get_run(ws, name)
+        self.set_config(run.config)
+
+        def train(sink, cancel):
+            from kdstudio.distill.trainer import Trainer
+
+            trainer = Trainer.for_resume(ws, name, sink, cancel)
+            try:
+                trainer.setup()
+                return trainer.train()
+            finally:
+                trainer.close()
+
+        return self._launch(name, train, history=True)
+
+    @Slot()
+    def resume_selected(self) -> None:
+        name = self.resume_box.currentText()
+        if name:
+            self.resume_run(name)
+
+    def _launch(self, name: str, fn, *, history: bool) -> Job:
+        self.run_name = name
+        self.board.clear()
+        if history and self.ws is not None:
+            self.load_history(name)
+        self.log.clear()
+        self.message.clear()
+        self.progress.setValue(0)
+        self.progress_label.setText(f"Run {name}: setting up (loading the data and the student)…")
+        self._t0, self._step0 = time.monotonic(), None
+        job = self.start_job(f"training {name}", fn)
+        self.job = job
+        self._connect_events(job, plots=True)
+        job.succeeded.connect(self.on_training_returned)
+        job.cancelled.connect(self.on_training_cancelled)
+        job.ended.connect(self.on_training_ended)
+        job.start()
+        self.update_buttons()
+        self.status_changed.emit(f"training {name}")
+        return job
+
+    def load_history(self, name: str) -> None:
+        run = runs.get_run(self.ws, name)
+        for metric, points in runs.metric_series(self.ws, run.id).items():
+            arr = np.asarray(points, dtype=float)
+            self.board.add_history("", metric, arr[:, 0], arr[:, 1])
+
+    def _connect_events(self, job: Job, *, plots: bool) -> None:
+        if plots:
+            job.sink.metrics_reported.connect(self.on_metrics)
+            job.sink.progressed.connect(self.on_progress)
+        job.sink.logged.connect(self.on_log)
+        job.sink.warned.connect(self.on_warning)
+        job.sink.job_finished.connect(self.on_finished_event)
+        job.sink.job_failed.connect(self.on_failed_event)
+
+    def running_training(self) -> bool:
+        return self.job is not None and self.job.running
+
+    @Slot()
+    def stop(self) -> None:
+        if self.running_training():
+            self.job.stop("stopped from the window")
+            self.progress_label.setText(
+                self.progress_label.text() + " — stopping after this step (saving a checkpoint)…"
+            )
+            self.stop_button.setEnabled(False)
+
+    def update_buttons(self) -> None:
+        training = self.running_training()
+        busy = bool(self.running_jobs())
+        self.start_button.setEnabled(self.ws is not None and not busy)
+        self.preflight_button.setEnabled(self.ws is not None and not busy)
+        self.stop_button.setEnabled(training)
+        self.resume_button.setEnabled(not busy and self.resume_box.count() > 0)
+
+    # -- events from the trainer (GUI thread) ----------------------------------------------
+    @Slot(object)
+    def on_metrics(self, event: Metrics) -> None:
+        self.board.add_metrics(event.step, event.values)
+
+    @Slot(object)
+    def on_progress(self, event: Progress) -> None:
+        if event.total:
+            self.progress.setMaximum(event.total)
+        self.progress.setValue(event.done)
+        now = time.monotonic()
+        if self._step0 is None:
+            self._step0, self._t0 = event.done, now
+        rate = (event.done - self._step0) / max(now - self._t0, 1e-9)
+        eta = (event.total - event.done) / rate if rate > 0 and event.total else None
+        loss = event.extra.get("loss")
+        parts = [f"Run {self.run_name}: step {event.done:,} of {event.total or '?':,}"]
+        if rate > 0:
+            parts.append(f"{rate:.2f} steps/s")
+            parts.append(f"ETA {fmt_duration(eta)}")
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        self.progress_label.setText(" · ".join(parts))
+
+    @Slot(object)
+    def on_log(self, event: Log) -> None:
+        self.log.appendPlainText(event.message)
+
+    @Slot(object)
+    def on_warning(self, event: WarningEvent) -> None:
+        where = f" ({event.where})" if event.where else ""
+        self.log.appendPlainText(f"⚠ {event.message}{where}")
+        self.message.show_message(f"{event.message}{where}", "warning")
+
+    @Slot(object)
+    def on_finished_event(self, event: Finished) -> None:
+        self.log.appendPlainText(event.message)
+
+    @Slot(object)
+    def on_failed_event(self, event: Failed) -> None:
+        self.log.appendPlainText(("stopped: " if event.cancelled else "failed: ") + event.message)
+
+    @Slot(object)
+    def on_training_returned(self, result: Any) -> None:
+        status = getattr(result, "status", "finished")
+        if status == "stopped":
+            self.message.show_message(
+                f"Run {result.run} stopped at step {result.step} with a checkpoint; resume it any time.",
+                "info",
+            )
+        else:
+            loss = (
+                f"; final loss {result.loss:.4f}"
+                if getattr(result, "loss", None) is not None
+                else ""
+            )
+            ev = (
+                f", eval loss {result.eval_loss:.4f}"
+                if getattr(result, "eval_loss", None) is not None
+                else ""
+            )
+            self.message.show_message(
+                f"Run {result.run} finished: {result.step} steps{loss}{ev}.", "success"
+            )
+        self.progress_label.setText(
+            f"Run {result.run}: {status} at step {result.step:,} of {result.total_steps:,}."
+        )
+
+    @Slot(str)
+    def on_training_cancelled(self, reason: str) -> None:
+        self.message.show_message(f"Training stopped ({reason}).", "info")
+
+    @Slot()
+    def on_training_ended(self) -> None:
+        self.board.refresh()
+        self.refresh()
+        self.workspace_changed.emit()
+        self.status_changed.emit(f"run {self.run_name} ended")

@@ -1,0 +1,128 @@
+"""A read-only text view of a teacher response coloured by token probability.
+
+Each token's background shows how sure the teacher was (the less probable, the stronger
+the tint); hovering a token shows its probability and the teacher's top alternatives.
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import html
+import math
+
+import numpy as np
+from PySide6.QtCore import QEvent, QObject
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QTextBrowser, QToolTip
+
+from kdstudio.logprobs import TokenLogprobs
+
+LOW = "#e0413a"  # a token the teacher found unlikely
+MID = "#e8a00a"
+
+
+def _show(token: bytes) -> str:
+    text = token.decode("utf-8", errors="replace")
+    return repr(text)[1:-1] if text.strip() != text or not text else text
+
+
+def token_texts(tl: TokenLogprobs) -> list[str]:
+    """Each token's text; a UTF-8 character split over tokens shows on the token that ends it."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    return (
+        [decoder.decode(t) for t in tl.tokens[:-1]] + [decoder.decode(tl.tokens[-1], final=True)]
+        if tl.tokens
+        else []
+    )
+
+
+def colour_for(p: float, base: QColor) -> str | None:
+    """A background for probability p blended over `base`; None for confident tokens."""
+    if not math.isfinite(p) or p >= 0.9:
+        return None
+    target = QColor(LOW if p < 0.5 else MID)
+    alpha = 0.55 * (1 - p) if p < 0.5 else 0.35 * (1 - p)
+    mix = [
+        round(a * alpha + b * (1 - alpha))
+        for a, b in zip(target.getRgb()[:3], base.getRgb()[:3], strict=True)
+    ]
+    return QColor(*mix).name()
+
+
+class TokenView(QTextBrowser):
+    """Shows plain text, or tokens coloured by probability with alternatives on hover."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setOpenLinks(False)
+        self.viewport().setMouseTracking(True)
+        self.viewport().installEventFilter(self)
+        self.tl: TokenLogprobs | None = None
+        self._starts: list[int] = []
+
+    def show_text(self, text: str) -> None:
+        self.tl, self._starts = None, []
+        self.setPlainText(text)
+
+    def show_tokens(self, tl: TokenLogprobs) -> None:
+        """Render the tokens; remembers where each starts for the hover lookup."""
+        self.tl = tl
+        base = self.palette().color(QPalette.ColorRole.Base)
+        parts, starts, pos = [], [], 0
+        probs = np.exp(tl.logprobs.astype(np.float64))
+        for text, p in zip(token_texts(tl), probs, strict=True):
+            starts.append(pos)
+            pos += len(text)
+            escaped = html.escape(text).replace("\n", "<br>")
+            colour = colour_for(float(p), base)
+            parts.append(
+                f'<span style="background-color:{colour}">{escaped}</span>' if colour else escaped
+            )
+        self._starts = starts
+        self.setHtml(f'<div style="white-space: pre-wrap">{"".join(parts)}</div>')
+
+    def token_at(self, char_pos: int) -> int | None:
+        if not self._starts:
+            return None
+        i = bisect.bisect_right(self._starts, char_pos) - 1
+        return i if 0 <= i < len(self._starts) else None
+
+    def tooltip_for(self, i: int) -> str:
+        tl = self.tl
+        assert tl is not None
+        p = math.exp(float(tl.logprobs[i])) if math.isfinite(float(tl.logprobs[i])) else 0.0
+        rows = [f"<b>{html.escape(_show(tl.tokens[i]))}</b> &nbsp; p = {p:.3f}"]
+        if tl.k:
+            alts = []
+            for j, token in enumerate(tl.top_tokens[i]):
+                lp = float(tl.top_logprobs[i, j])
+                if not math.isfinite(lp):
+                    continue
+                label = (
+                    _show(token)
+                    if token
+                    else f"id {int(tl.top_ids[i, j]) if tl.top_ids is not None else '?'}"
+                )
+                alts.append(
+                    f"<tr><td>{html.escape(label)}</td><td align=right>{math.exp(lp):.3f}</td></tr>"
+                )
+            if alts:
+                rows.append(
+                    "top alternatives:<table cellspacing=0 cellpadding=1>"
+                    + "".join(alts[:10])
+                    + "</table>"
+                )
+        return "<br>".join(rows)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if obj is self.viewport() and event.type() == QEvent.Type.MouseMove and self.tl is not None:
+            cursor = self.cursorForPosition(event.position().toPoint())
+            i = self.token_at(cursor.position())
+            if i is not None:
+                QToolTip.showText(
+                    event.globalPosition().toPoint(), self.tooltip_for(i), self.viewport()
+                )
+            else:
+                QToolTip.hideText()
+        return super().eventFilter(obj, event)
