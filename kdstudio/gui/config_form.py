@@ -17,9 +17,13 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLineEdit, QSpi
 
 from kdstudio.config import _base_type
 
+WORDS = {"api": "API", "lr": "LR", "kd": "KD", "gpu": "GPU", "cpu": "CPU", "id": "ID", "ids": "IDs"}
+
 
 def _label(name: str) -> str:
-    return name.replace("_", " ").capitalize()
+    words = name.split("_")
+    text = " ".join(WORDS.get(w, w) for w in words)
+    return text[0].upper() + text[1:]
 
 
 class SectionForm(QWidget):
@@ -28,7 +32,12 @@ class SectionForm(QWidget):
     changed = Signal()
 
     def __init__(
-        self, cls: type, *, skip: tuple[str, ...] = (), parent: QWidget | None = None
+        self,
+        cls: type,
+        *,
+        skip: tuple[str, ...] = (),
+        only: tuple[str, ...] | None = None,
+        parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
         self.cls = cls
@@ -41,13 +50,14 @@ class SectionForm(QWidget):
         for f in dataclasses.fields(cls):
             tp, nullable = _base_type(hints[f.name])
             if (
-                f.name in skip
+                (only is not None and f.name not in only)
+                or f.name in skip
                 or dataclasses.is_dataclass(tp)
                 or typing.get_origin(tp) is dict
                 or tp is dict
             ):
                 continue
-            widget = self._widget(tp, f.metadata)
+            widget = self._widget(tp, f.metadata, nullable)
             widget.setToolTip(f.metadata.get("help", ""))
             self.widgets[f.name] = widget
             self.kinds[f.name] = (tp, nullable)
@@ -58,7 +68,7 @@ class SectionForm(QWidget):
             elif default.default_factory is not dataclasses.MISSING:
                 self._set(f.name, default.default_factory())
 
-    def _widget(self, tp: Any, meta: Any) -> QWidget:
+    def _widget(self, tp: Any, meta: Any, nullable: bool = False) -> QWidget:
         if meta.get("choices"):
             box = QComboBox()
             box.addItems([str(c) for c in meta["choices"]])
@@ -68,7 +78,7 @@ class SectionForm(QWidget):
             box = QCheckBox()
             box.toggled.connect(self.changed)
             return box
-        if tp is int:
+        if tp is int and not nullable:  # an optional int is a line edit: empty means unset
             box = QSpinBox()
             lo, hi = meta.get("min"), meta.get("max")
             box.setRange(

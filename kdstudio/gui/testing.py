@@ -28,9 +28,16 @@ def write_prompts(path: str | Path, n: int = 40) -> Path:
                 row = {"prompt": f"What is {a} + {b}?", "response": f"The answer is {a + b}."}
             elif i % 3 == 1:
                 word = "abcdefg"[: a % 5 + 2]
-                row = {"prompt": f"Reverse the string {word}.", "response": f"Reversed: {word[::-1]}."}
+                row = {
+                    "prompt": f"Reverse the string {word}.",
+                    "response": f"Reversed: {word[::-1]}.",
+                }
             else:
-                row = {"system": "You are terse.", "prompt": f"Sort {b} {a} {a + b}.", "response": " ".join(map(str, sorted([b, a, a + b])))}
+                row = {
+                    "system": "You are terse.",
+                    "prompt": f"Sort {b} {a} {a + b}.",
+                    "response": " ".join(map(str, sorted([b, a, a + b]))),
+                }
             f.write(json.dumps(row) + "\n")
     return path
 

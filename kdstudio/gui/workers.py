@@ -60,7 +60,8 @@ class QtSink(QObject):
     GUI-thread slots receive the events through queued connections. Progress is coalesced
     to at most `progress_hz` signals a second (the last one, and one reaching the total,
     always get through): a collection at concurrency 64 reports far faster than a
-    screen can show.
+    screen can show. For the same reason rows that finished fine (`RowDone` with status
+    "done") are not forwarded unless `forward_done_rows`; failures always are.
     """
 
     progressed = Signal(object)  # Progress
@@ -71,8 +72,15 @@ class QtSink(QObject):
     job_finished = Signal(object)  # Finished
     job_failed = Signal(object)  # Failed
 
-    def __init__(self, parent: QObject | None = None, *, progress_hz: float = 20.0) -> None:
+    def __init__(
+        self,
+        parent: QObject | None = None,
+        *,
+        progress_hz: float = 20.0,
+        forward_done_rows: bool = False,
+    ) -> None:
         super().__init__(parent)
+        self.forward_done_rows = forward_done_rows
         self._min_gap = 1.0 / progress_hz
         self._last_progress = 0.0
         self._lock = threading.Lock()
@@ -89,7 +97,8 @@ class QtSink(QObject):
         elif isinstance(event, Metrics):
             self.metrics_reported.emit(event)
         elif isinstance(event, RowDone):
-            self.row_finished.emit(event)
+            if event.status != "done" or self.forward_done_rows:
+                self.row_finished.emit(event)
         elif isinstance(event, WarningEvent):
             self.warned.emit(event)
         elif isinstance(event, Log):

@@ -144,7 +144,7 @@ class OutputsPanel(Panel):
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        for i, w in enumerate((50, 70, 90, 260, 360, 80, 80, 70)):
+        for i, w in enumerate((44, 60, 80, 220, 300, 70, 76, 64)):
             self.table.setColumnWidth(i, w)
         header.setStretchLastSection(False)
         header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
@@ -215,6 +215,7 @@ class OutputsPanel(Panel):
         split.addWidget(detail)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
+        split.setSizes([850, 550])
         self.body.addLayout(top)
         self.body.addLayout(filters)
         self.body.addWidget(split, 1)

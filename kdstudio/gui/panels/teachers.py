@@ -49,15 +49,24 @@ def _price_text(t: TeacherConfig) -> str:
 
 
 def capabilities_text(caps: dict[str, Any] | None) -> str:
-    """A readable summary of a probe's findings."""
+    """One line of what a probe found (the table's Capabilities column)."""
     if not caps:
         return "not probed yet"
-    parts = []
-    for key, value in caps.items():
-        if isinstance(value, bool):
-            parts.append(f"{key.replace('_', ' ')}: {'yes' if value else 'no'}")
-        elif isinstance(value, (int, float, str)) and value != "":
-            parts.append(f"{key.replace('_', ' ')}: {value}")
+    if caps.get("auth") == "rejected":
+        return "key rejected"
+    if not caps.get("reachable"):
+        return "unreachable"
+    if caps.get("model_exists") is False:
+        return "model not found"
+    if caps.get("logprobs"):
+        parts = [f"logprobs (top {caps.get('top_logprobs', '?')})"]
+    else:
+        parts = ["text only (no logprobs)"]
+    if caps.get("token_ids"):
+        parts.append("token ids")
+    p50 = (caps.get("latency_ms") or {}).get("p50")
+    if isinstance(p50, (int, float)):
+        parts.append(f"{p50:.0f} ms")
     return ", ".join(parts)
 
 
@@ -497,9 +506,13 @@ class TeachersPanel(Panel):
         ws = self.ws
 
         def probe(sink, cancel) -> dict:
-            from kdstudio.teachers import probe_teacher
+            from kdstudio.teachers.probe import probe
 
-            return probe_teacher(ws, t.name)
+            teacher = ws.get_teacher(t.name)
+            key = secrets.resolve_key(teacher) if teacher.kind == "openai" else None
+            caps = probe(teacher, key)
+            ws.set_teacher_capabilities(teacher.name, caps)
+            return caps
 
         self.message.show_message(f"Probing {t.name!r}…", "info")
         job = self.start_job(f"probe {t.name}", probe)
@@ -510,15 +523,45 @@ class TeachersPanel(Panel):
 
     @Slot(object)
     def on_probed(self, caps: Any) -> None:
+        from kdstudio.teachers.probe import summary_lines
+
         self.refresh()
         self.show_selected()
-        self.message.show_message(
-            f"Probe done: {capabilities_text(caps if isinstance(caps, dict) else None)}", "success"
-        )
         self.teachers_changed.emit()
+        problems = [finding for what, finding in summary_lines(caps) if what == "problem"]
+        if caps.get("auth") == "rejected":
+            self.message.show_message(
+                "Authentication failed: the server rejected the API key. Edit the teacher and "
+                "paste the right key (or fix the environment variable). " + " ".join(problems),
+                "error",
+            )
+        elif not caps.get("reachable"):
+            self.message.show_message(
+                "The teacher could not be reached: check the base URL and that the server runs. "
+                + " ".join(problems),
+                "error",
+            )
+        elif caps.get("model_exists") is False:
+            self.message.show_message(
+                "The server has no model of that name: edit the teacher's model. "
+                + " ".join(problems),
+                "error",
+            )
+        else:
+            found = "; ".join(f"{w}: {f}" for w, f in summary_lines(caps) if w != "problem")
+            level = "warning" if problems else "success"
+            self.message.show_message(f"Probe done — {found}. {' '.join(problems)}".strip(), level)
 
     def show_error(self, info: ErrorInfo) -> None:
         super().show_error(info)
+
+
+def _caps_lines(caps: dict | None) -> str:
+    if not caps:
+        return "  not probed yet — click Probe"
+    from kdstudio.teachers.probe import summary_lines
+
+    return "\n".join(f"  {what:<16}{finding}" for what, finding in summary_lines(caps))
 
 
 def _probe_keyring(sink, cancel) -> secrets.BackendStatus:

@@ -1,0 +1,618 @@
+"""Collect: ask a teacher for answers to a dataset's prompts, with cost, progress and resume.
+
+The job is the core's `collect(config, ws, sink, cancel)` in a QThread. Pause and Stop
+both cancel it the core's way (stop launching, let in-flight requests finish and store
+them); a paused collection resumes with the same settings, and re-running never pays twice.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTableView,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from kdstudio import outputs
+from kdstudio.collect import STALE_AFTER_S, CollectConfig, CostEstimate, collect, estimate_cost
+from kdstudio.data import store
+from kdstudio.errors import UserError
+from kdstudio.events import Finished, Log, Progress, RowDone
+from kdstudio.events import Warning as WarningEvent
+from kdstudio.gui.config_form import SectionForm
+from kdstudio.gui.panels.base import Panel
+from kdstudio.gui.table_models import Column, ListTableModel
+from kdstudio.gui.widgets import Card, fmt_duration, fmt_usd, hint
+from kdstudio.gui.workers import ErrorInfo, Job
+
+MAIN_FIELDS = (
+    "teacher",
+    "dataset",
+    "name",
+    "samples",
+    "max_tokens",
+    "temperature",
+    "top_logprobs",
+    "concurrency",
+    "budget",
+    "batch_api",
+    "limit",
+)
+STATE_LABELS = (
+    ("queued", "queued"),
+    ("in_flight", "in flight"),
+    ("retrying", "retrying"),
+    ("done", "done"),
+    ("failed", "failed"),
+)
+FAILURE_COLUMNS = [
+    Column("Row", lambda e: e.row, align_right=True),
+    Column("Reason", lambda e: e.detail, tooltip=True, max_chars=300),
+]
+MAX_FAILURES_SHOWN = 2000
+
+
+def interrupted_collections(ws) -> list[outputs.CollectionInfo]:
+    """Collections a run left unfinished: cancelled, incomplete, or 'running' with no live process."""
+    out = []
+    for row in ws.query(
+        "SELECT name, status, pid, host, heartbeat FROM collections WHERE source='teacher'"
+    ):
+        status = row["status"]
+        if status == "running":
+            stale = (row["heartbeat"] or 0) < time.time() - STALE_AFTER_S
+            dead = row["host"] == socket.gethostname() and row["pid"] and not _alive(row["pid"])
+            if not (stale or dead or not row["pid"]):
+                continue
+        elif status not in ("cancelled", "incomplete", "stopped"):
+            continue
+        info = outputs.get_collection(ws, row["name"])
+        if info.counts.get("done", 0) < info.counts.get("total", 0):
+            out.append(info)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def config_for(info: outputs.CollectionInfo, **settings: Any) -> CollectConfig:
+    """The CollectConfig that resumes collection `info` (its stored request parameters)."""
+    params = {k: v for k, v in info.params.items() if k in CollectConfig.__dataclass_fields__}
+    params.pop("samples", None)
+    return CollectConfig(
+        teacher=info.teacher_name or "",
+        dataset=info.dataset_name or "",
+        name=info.name,
+        samples=info.params.get("samples", 1),
+        **{**params, **settings},
+    )
+
+
+class CollectPanel(Panel):
+    title = "Collect"
+    key = "collect"
+    collection_finished = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.job: Job | None = None
+        self.config: CollectConfig | None = None
+        self.estimate: CostEstimate | None = None
+        self.estimate_for: dict | None = None
+        self._start_after_estimate = False
+        self._rate_t0 = 0.0
+        self._rate_done0 = 0
+        self._resume_offer: str | None = None
+        self._confirm_pending = False  # the message bar's button starts the estimated run
+
+        self.main_form = SectionForm(CollectConfig, only=MAIN_FIELDS)
+        self.advanced_form = SectionForm(CollectConfig, skip=MAIN_FIELDS)
+        self.teacher_box = QComboBox()
+        self.dataset_box = QComboBox()
+        self.main_form.replace_widget("teacher", self.teacher_box)
+        self.main_form.replace_widget("dataset", self.dataset_box)
+        self.teacher_box.currentTextChanged.connect(self.on_form_changed)
+        self.dataset_box.currentTextChanged.connect(self.on_form_changed)
+        self.main_form.changed.connect(self.on_form_changed)
+        self.advanced_form.changed.connect(self.on_form_changed)
+        self.main_form.widgets["name"].setPlaceholderText("default: DATASET.TEACHER")
+        self.main_form.widgets["top_logprobs"].setPlaceholderText(
+            "empty: text only; 1-20: logprobs"
+        )
+        self.main_form.widgets["budget"].setPlaceholderText("USD; empty: no limit")
+        self.main_form.widgets["limit"].setPlaceholderText("empty: every prompt")
+        self.advanced_toggle = QToolButton()
+        self.advanced_toggle.setText("Advanced settings")
+        self.advanced_toggle.setCheckable(True)
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_toggle.toggled.connect(self.toggle_advanced)
+        self.advanced_form.hide()
+        self.teacher_note = hint("")
+
+        form_card = Card("What to collect")
+        form_card.body.addWidget(self.main_form)
+        form_card.body.addWidget(self.teacher_note)
+        form_card.body.addWidget(self.advanced_toggle)
+        form_card.body.addWidget(self.advanced_form)
+        form_card.body.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(form_card)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(380)
+
+        # -- estimate and controls ---------------------------------------------------------
+        self.estimate_label = QLabel("Choose a teacher and a dataset, then estimate the cost.")
+        self.estimate_label.setWordWrap(True)
+        self.estimate_button = QPushButton("Estimate cost")
+        self.start_button = QPushButton("Start")
+        self.start_button.setToolTip("Estimate, then start collecting (Ctrl+Enter)")
+        self.start_button.setShortcut("Ctrl+Return")
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setToolTip(
+            "Stop launching requests; in-flight answers are kept. Resume any time."
+        )
+        self.stop_button = QPushButton("Stop")
+        self.estimate_button.clicked.connect(self.request_estimate)
+        self.start_button.clicked.connect(self.start)
+        self.pause_button.clicked.connect(self.pause)
+        self.stop_button.clicked.connect(self.stop)
+        controls = QHBoxLayout()
+        for b in (self.estimate_button, self.start_button, self.pause_button, self.stop_button):
+            controls.addWidget(b)
+        controls.addStretch(1)
+        est_card = Card("Cost before starting")
+        est_card.body.addWidget(self.estimate_label)
+        est_card.body.addLayout(controls)
+
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m requests (%p%)")
+        self.rate_label = QLabel("")
+        self.spend_label = QLabel("")
+        self.spend_bar = QProgressBar()
+        self.spend_bar.setFormat("spend vs budget %p%")
+        self.spend_bar.setMaximumHeight(14)
+        self.spend_bar.setTextVisible(False)
+        self.spend_bar.hide()
+        self.state_labels: dict[str, QLabel] = {}
+        states = QHBoxLayout()
+        for key, label in STATE_LABELS:
+            lab = QLabel(f"{label}: 0")
+            if key == "failed":
+                lab.setStyleSheet("color: #d23c3c")
+            elif key == "done":
+                lab.setStyleSheet("color: #2e9b4f")
+            self.state_labels[key] = lab
+            states.addWidget(lab)
+        states.addStretch(1)
+        prog_card = Card("Progress")
+        prog_card.body.addWidget(self.progress)
+        prog_card.body.addWidget(self.rate_label)
+        prog_card.body.addWidget(self.spend_label)
+        prog_card.body.addWidget(self.spend_bar)
+        prog_card.body.addLayout(states)
+
+        self.failures = ListTableModel(FAILURE_COLUMNS)
+        self.failure_table = QTableView()
+        self.failure_table.setModel(self.failures)
+        self.failure_table.verticalHeader().hide()
+        self.failure_table.setWordWrap(False)
+        self.failure_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.failure_table.horizontalHeader().setStretchLastSection(True)
+        self.failure_table.horizontalHeader().setSectionResizeMode(
+            0, QHeaderView.ResizeMode.ResizeToContents
+        )
+        self.failure_label = QLabel("Failures: none")
+        self.open_outputs_button = QPushButton("Browse outputs")
+        fail_card = Card("")
+        row = QHBoxLayout()
+        row.addWidget(self.failure_label, 1)
+        row.addWidget(self.open_outputs_button)
+        fail_card.body.addLayout(row)
+        fail_card.body.addWidget(self.failure_table, 1)
+        self.open_outputs_button.clicked.connect(self.browse_outputs)
+
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(6, 0, 0, 0)
+        rl.addWidget(est_card)
+        rl.addWidget(prog_card)
+        rl.addWidget(fail_card, 1)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(scroll)
+        split.addWidget(right)
+        split.setSizes([420, 900])
+        self.body.addWidget(split, 1)
+        self.message.action_triggered.connect(self.on_message_action)
+
+        self.counts_timer = QTimer(self)
+        self.counts_timer.setInterval(1000)
+        self.counts_timer.timeout.connect(self.update_counts)
+        self._failed_rows: list[RowDone] = []
+        self.update_buttons()
+
+    # -- workspace -----------------------------------------------------------------------
+    def refresh(self) -> None:
+        if self.ws is None:
+            return
+        self._fill(self.teacher_box, self.ws.teacher_names())
+        self._fill(self.dataset_box, store.dataset_names(self.ws))
+        self.on_form_changed()
+        if not self.running():
+            self.offer_resume()
+        self.update_buttons()
+
+    @staticmethod
+    def _fill(box: QComboBox, items: list[str]) -> None:
+        current = box.currentText()
+        box.blockSignals(True)
+        box.clear()
+        box.addItems(items)
+        if current in items:
+            box.setCurrentText(current)
+        box.blockSignals(False)
+
+    def offer_resume(self) -> None:
+        found = interrupted_collections(self.ws)
+        if not found:
+            if self._resume_offer:
+                self.message.clear()
+            self._resume_offer = None
+            return
+        info = found[0]
+        c = info.counts
+        self._resume_offer = info.name
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        self.message.show_message(
+            f"Collection {info.name!r} was interrupted: {c.get('done', 0):,} of {c.get('total', 0):,} "
+            f"answers are stored{more}. Resuming asks only for the missing ones (nothing is paid twice).",
+            "warning",
+            action="Resume",
+        )
+
+    @Slot()
+    def on_message_action(self) -> None:
+        if self._confirm_pending:
+            self._confirm_pending = False
+            config = self._checked_config()
+            if config is not None and not self.running():
+                self.launch(config)
+        elif self._resume_offer:
+            self.resume(self._resume_offer)
+
+    def resume(self, name: str) -> Job | None:
+        info = outputs.get_collection(self.ws, name)
+        try:
+            config = config_for(info)
+        except UserError as exc:
+            self.message.show_message(f"Cannot resume {name!r}: {exc}", "error")
+            return None
+        self.set_config(config)
+        self._resume_offer = None
+        self.message.clear()
+        return self.launch(config)
+
+    # -- the form ------------------------------------------------------------------------
+    @Slot(bool)
+    def toggle_advanced(self, on: bool) -> None:
+        self.advanced_form.setVisible(on)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {**self.advanced_form.values(), **self.main_form.values()}
+
+    def build_config(self) -> CollectConfig:
+        return CollectConfig.from_dict(self.config_dict())
+
+    def set_config(self, config: CollectConfig) -> None:
+        data = config.to_dict()
+        self.main_form.set_values(data)
+        self.advanced_form.set_values(data)
+
+    @Slot()
+    def on_form_changed(self) -> None:
+        if self.ws is None:
+            return
+        name = self.teacher_box.currentText()
+        note = ""
+        if name:
+            try:
+                t = self.ws.get_teacher(name)
+            except UserError:
+                t = None
+            if t is not None:
+                caps = t.capabilities or {}
+                if t.kind == "local":
+                    note = "A local teacher: free, with logprobs over its whole vocabulary."
+                elif not caps:
+                    note = "This teacher has not been probed: probe it in Teachers to know whether it gives logprobs."
+                elif not caps.get("logprobs"):
+                    note = (
+                        "This teacher gives no logprobs: only text (sequence-level distillation)."
+                    )
+                else:
+                    note = f"This teacher gives logprobs with up to {caps.get('top_logprobs')} alternatives."
+                if t.kind == "openai" and not (t.price_in or t.price_out):
+                    note += " It has no prices, so the cost cannot be estimated."
+        self.teacher_note.setText(note)
+        if self.estimate is not None and self.estimate_for != self.config_dict():
+            self.estimate_label.setText("Settings changed: estimate again.")
+            self.estimate = None
+            if self._confirm_pending:
+                self._confirm_pending = False
+                self.message.clear()
+
+    # -- estimate ------------------------------------------------------------------------
+    def _checked_config(self) -> CollectConfig | None:
+        try:
+            config = self.build_config()
+        except UserError as exc:
+            self.message.show_message(str(exc), "error")
+            return None
+        if not config.teacher:
+            self.message.show_message("Add a teacher first (Teachers panel).", "error")
+            return None
+        if not config.dataset:
+            self.message.show_message(
+                "Import a dataset of prompts first (Datasets panel).", "error"
+            )
+            return None
+        return config
+
+    @Slot()
+    def request_estimate(self) -> Job | None:
+        config = self._checked_config()
+        if config is None or self.ws is None:
+            return None
+        ws = self.ws
+        self.estimate_for = self.config_dict()
+
+        def estimate(sink, cancel) -> CostEstimate:
+            return estimate_cost(config, ws)
+
+        self.estimate_label.setText("Estimating (counting prompt tokens)…")
+        job = self.start_job("cost estimate", estimate)
+        job.succeeded.connect(self.on_estimated)
+        job.errored.connect(self.on_estimate_failed)
+        job.ended.connect(self.update_buttons)
+        job.start()
+        self.update_buttons()
+        return job
+
+    @Slot(object)
+    def on_estimated(self, estimate: CostEstimate) -> None:
+        self.estimate = estimate
+        self.estimate_label.setText(estimate.line())
+        if estimate.requests == 0:
+            self.estimate_label.setText("Nothing left to collect: every answer is stored already.")
+            self._start_after_estimate = False
+        elif self._start_after_estimate:
+            self._start_after_estimate = False
+            self.message.show_message(
+                f"Ready: {estimate.line()}.", "info", action="Start collecting"
+            )
+            self._confirm_pending = True
+        self.workspace_changed.emit()
+
+    @Slot(object)
+    def on_estimate_failed(self, info: ErrorInfo) -> None:
+        self._start_after_estimate = False
+        self.estimate_label.setText("No estimate: " + info.summary)
+
+    # -- start / pause / stop ------------------------------------------------------------
+    @Slot()
+    def start(self) -> Job | None:
+        """Start: with a fresh estimate, collect; otherwise estimate first and ask."""
+        config = self._checked_config()
+        if config is None or self.running():
+            return None
+        if self.estimate is None or self.estimate_for != self.config_dict():
+            self._start_after_estimate = True
+            self.request_estimate()
+            return None
+        return self.launch(config)
+
+    def launch(self, config: CollectConfig) -> Job:
+        ws = self.ws
+        self.config = config
+        self._confirm_pending = False
+        self.message.clear()
+        self._failed_rows = []
+        self.failures.set_rows([])
+        self.failure_label.setText("Failures: none")
+        self._rate_t0, self._rate_done0 = 0.0, 0
+        self.progress.setValue(0)
+
+        def run(sink, cancel):
+            return collect(config, ws, sink, cancel)
+
+        job = self.start_job(f"collecting {config.collection_name()}", run)
+        self.job = job
+        job.sink.progressed.connect(self.on_progress)
+        job.sink.row_finished.connect(self.on_row_finished)
+        job.sink.logged.connect(self.on_log)
+        job.sink.warned.connect(self.on_warning)
+        job.sink.job_finished.connect(self.on_finished_event)
+        job.succeeded.connect(self.on_collected)
+        job.cancelled.connect(self.on_cancelled)
+        job.ended.connect(self.on_ended)
+        job.start()
+        self.counts_timer.start()
+        self.update_buttons()
+        self.status_changed.emit(f"collecting {config.collection_name()}")
+        return job
+
+    def running(self) -> bool:
+        return self.job is not None and self.job.running
+
+    @Slot()
+    def pause(self) -> None:
+        if self.running():
+            self.job.stop("paused")
+            self.rate_label.setText(
+                self.rate_label.text() + " — pausing: waiting for in-flight requests…"
+            )
+            self.pause_button.setEnabled(False)
+            self.stop_button.setEnabled(False)
+
+    @Slot()
+    def stop(self) -> None:
+        if self.running():
+            self.job.stop("stopped by the user")
+            self.rate_label.setText(
+                self.rate_label.text() + " — stopping: waiting for in-flight requests…"
+            )
+            self.pause_button.setEnabled(False)
+            self.stop_button.setEnabled(False)
+
+    def update_buttons(self) -> None:
+        running = self.running()
+        busy = bool(self.running_jobs())
+        self.start_button.setEnabled(self.ws is not None and not busy)
+        self.estimate_button.setEnabled(self.ws is not None and not busy)
+        self.pause_button.setEnabled(running)
+        self.stop_button.setEnabled(running)
+        self.main_form.setEnabled(not running)
+        self.advanced_form.setEnabled(not running)
+
+    # -- events (GUI thread) ---------------------------------------------------------------
+    @Slot(object)
+    def on_progress(self, event: Progress) -> None:
+        if event.total is not None:
+            self.progress.setMaximum(max(event.total, 1))
+        self.progress.setValue(event.done)
+        now = time.monotonic()
+        if not self._rate_t0:
+            self._rate_t0, self._rate_done0 = now, event.done
+        rate = (event.done - self._rate_done0) / max(now - self._rate_t0, 1e-9)
+        eta = (event.total - event.done) / rate if rate > 0 and event.total else None
+        x = event.extra
+        bits = [f"{rate:.1f} requests/s" if rate else "starting…", f"ETA {fmt_duration(eta)}"]
+        if "conc" in x:
+            bits.append(f"concurrency {x['conc']}")
+        if x.get("retries"):
+            bits.append(f"{x['retries']} retries")
+        self.rate_label.setText(" · ".join(bits))
+        spend = x.get("spend")
+        budget = self.config.budget if self.config else None
+        if spend is not None:
+            text = f"Spent {spend}" if isinstance(spend, str) else f"Spent {fmt_usd(spend)}"
+            if budget:
+                value = _usd(spend)
+                text += f" of the {fmt_usd(budget)} budget"
+                self.spend_bar.show()
+                self.spend_bar.setMaximum(1000)
+                self.spend_bar.setValue(
+                    int(1000 * min(value / budget, 1.0)) if value is not None else 0
+                )
+            elif self.estimate is not None and self.estimate.priced:
+                text += f" (estimate: up to {fmt_usd(self.estimate.usd)})"
+            self.spend_label.setText(text)
+
+    @Slot(object)
+    def on_row_finished(self, event: RowDone) -> None:
+        if event.status == "done":
+            return
+        self._failed_rows.append(event)
+        if len(self._failed_rows) <= MAX_FAILURES_SHOWN:
+            self.failures.set_rows(self._failed_rows)
+        n = len(self._failed_rows)
+        self.failure_label.setText(
+            f"Failures: {n:,}"
+            + (f" (first {MAX_FAILURES_SHOWN:,} shown)" if n > MAX_FAILURES_SHOWN else "")
+        )
+
+    @Slot(object)
+    def on_log(self, event: Log) -> None:
+        if event.level in ("warning", "error"):
+            self.message.show_message(event.message, "warning")
+        elif "requests to make" in event.message:
+            self.estimate_label.setText(event.message)
+
+    @Slot(object)
+    def on_warning(self, event: WarningEvent) -> None:
+        self.message.show_message(event.message, "warning")
+
+    @Slot(object)
+    def on_finished_event(self, event: Finished) -> None:
+        self.rate_label.setText(event.message)
+
+    @Slot(object)
+    def on_collected(self, summary: Any) -> None:
+        level = "success" if summary.status == "done" else "warning"
+        self.message.show_message(summary.message, level)
+        self.collection_finished.emit(summary.collection)
+
+    @Slot(str)
+    def on_cancelled(self, reason: str) -> None:
+        paused = self.job is not None and self.job.cancel_token.reason == "paused"
+        text = reason
+        if paused:
+            self.message.show_message(f"Paused. {reason}", "info", action="Resume")
+            self._resume_offer = self.config.collection_name() if self.config else None
+        else:
+            self.message.show_message(text, "info")
+
+    @Slot()
+    def on_ended(self) -> None:
+        self.counts_timer.stop()
+        self.update_counts()
+        self.estimate = None
+        self.update_buttons()
+        self.workspace_changed.emit()
+
+    @Slot()
+    def update_counts(self) -> None:
+        if self.ws is None or self.config is None:
+            return
+        try:
+            counts = outputs.collection_status_counts(self.ws, self.config.collection_name())
+        except UserError:
+            return
+        for key, label in STATE_LABELS:
+            self.state_labels[key].setText(f"{label}: {counts.get(key, 0):,}")
+        if not self.running() and counts.get("total"):
+            self.progress.setMaximum(counts["total"])
+            self.progress.setValue(counts.get("done", 0) + counts.get("failed", 0))
+
+    @Slot()
+    def browse_outputs(self) -> None:
+        window = self.window()
+        if self.config is not None and hasattr(window, "show_panel") and "outputs" in window.panels:
+            window.show_panel("outputs").show_collection(self.config.collection_name())
+
+    def show_error(self, info: ErrorInfo) -> None:
+        super().show_error(info)
+
+
+def _usd(value: Any) -> float | None:
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(str(value).replace("$", "").replace(",", ""))
+    except ValueError:
+        return None
