@@ -24,6 +24,7 @@ from kdstudio.errors import Cancelled, KdError, UserError
 
 COMMAND_MODULES = [
     "kdstudio.commands.teacher",
+    "kdstudio.commands.data",
     "kdstudio.commands.train",
     "kdstudio.commands.collect",
 ]

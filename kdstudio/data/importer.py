@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import re
+import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import chain
+from json.encoder import encode_basestring  # the C version when available
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,9 @@ from kdstudio.events import CancelToken, Finished, Log, NullSink, Progress, Sink
 from kdstudio.workspace import Workspace
 
 FORMATS = ("auto", *CONTAINERS, *SCHEMAS[:3])
-BATCH = 20_000
+BATCH = 10_000  # rows per executemany
+QUEUE = 3  # batches converted ahead of the writer (bounds memory)
+CACHE_KB = 16384  # the writer's page cache: bounded memory, fewer spills
 PEEK = 200  # records looked at to detect the schema
 SHOWN_SKIPS = 20  # skipped lines reported one by one; the rest are summed up
 
@@ -112,8 +118,13 @@ def import_dataset(
     (openai-chat, sharegpt, alpaca); `mapping` overrides columns as {field: column}.
     Bad input raises DataError (a UserError) naming the file, the line and an excerpt;
     with `skip_bad` such lines are left out and listed in `ImportResult.skipped`.
+    `dedupe` keeps only the first of identical rows (same turns and reference).
     `as_collection` also stores each row's reference answer as a done item of a new
     collection of that name (source 'import'), so answers gathered elsewhere need no teacher.
+    Cancelling (or any error) leaves no trace: the transaction is rolled back.
+
+    The file is read and converted on the calling thread while a writer thread (with its
+    own connection) inserts the rows and indexes them, so the two overlap.
     """
     t0 = time.time()
     sink = sink or NullSink()
@@ -122,7 +133,7 @@ def import_dataset(
     container, forced = _split_format(fmt)
     _check_file(path)
     name = name or default_name(path)
-    store._check_new_name(ws.db, name)
+    store.check_new_name(ws.db, name)
     if as_collection:
         _check_new_collection(ws, as_collection)
     columns_map = normalize_mapping(mapping)
@@ -137,36 +148,149 @@ def import_dataset(
         line, bad = head[0]
         raise DataError(path, line, bad.reason, bad.excerpt, unit=reader.unit)
     schema = detect(records, columns_map, forced)
+    del records
     sink.emit(Log(f"{path.name}: {reader.kind.upper()}, {SCHEMA_WORDS[schema.name]}; "
                   f"columns: {', '.join(f'{f}={c!r}' for f, c in schema.columns.items())}"))  # fmt: skip
 
     result = ImportResult(0, name, 0, schema.name, reader.kind, dict(schema.columns))
-    with ws.tx() as con:
-        store._check_new_name(con, name)
-        did = con.execute(
-            "INSERT INTO datasets(name, source, format, mapping, note, created_at) VALUES (?,?,?,?,?,?)",
-            (
-                name,
-                str(path.resolve()),
-                f"{reader.kind}:{schema.name}",
-                json.dumps(schema.columns),
-                note,
-                time.time(),
-            ),
-        ).lastrowid
-        result.dataset_id = did
-        acc = _write_rows(
-            con, did, chain(head, items), reader, schema, skip_bad, result, sink, cancel
+    dataset_row = (
+        name,
+        str(path.resolve()),
+        f"{reader.kind}:{schema.name}",
+        json.dumps(schema.columns),
+        note,
+    )
+    writer = _Writer(ws, dataset_row, dedupe=dedupe, as_collection=as_collection)
+    writer.start()
+    try:
+        result.dataset_id = writer.wait_ready()
+        acc = _convert_rows(
+            writer, chain(head, items), reader, schema, skip_bad, result, sink, cancel
         )
+        del head
         if result.n_rows == 0:
             raise DataError(
                 path, None, f"no row could be imported ({len(result.skipped)} bad lines skipped)"
             )
-        sink.emit(Log(f"read {result.n_rows:,} rows; building the search index"))
-        store.index_rows(con, did)
-        cancel.raise_if_cancelled()
+        sink.emit(Log(f"read {result.n_rows:,} rows; finishing the search index and stats"))
+        writer.finish(acc, result)
+    except BaseException:
+        writer.abort()
+        raise
+    result.seconds = time.time() - t0
+    _report(result, sink)
+    return result
+
+
+_DONE, _ABORT = object(), object()
+
+
+class _Writer(threading.Thread):
+    """Owns the import's transaction: inserts batches, indexes them, then finishes the
+    dataset (duplicates, stats, the optional collection) and commits, or rolls back."""
+
+    def __init__(
+        self, ws: Workspace, dataset_row: tuple, *, dedupe: bool, as_collection: str | None
+    ):
+        super().__init__(name="kdstudio-import-writer", daemon=True)
+        self.ws, self.dataset_row = ws, dataset_row
+        self.dedupe, self.as_collection = dedupe, as_collection
+        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE)
+        self.ready = threading.Event()
+        self.dataset_id = 0
+        self.error: BaseException | None = None
+        self.final: tuple | None = None  # (acc, result) handed over by finish()
+
+    # -- called from the importing thread ------------------------------------------------
+    def wait_ready(self) -> int:
+        self.ready.wait()
+        self._raise_error()
+        return self.dataset_id
+
+    def put(self, batch: list[tuple]) -> None:
+        while True:
+            self._raise_error()
+            try:
+                self.queue.put(batch, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self, acc: store.StatsAccumulator, result: ImportResult) -> None:
+        self.final = (acc, result)
+        self.put(_DONE)
+        self.join()
+        self._raise_error()
+
+    def abort(self) -> None:
+        if self.is_alive():
+            while self.is_alive():
+                try:
+                    self.queue.put(_ABORT, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            self.join()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.ready.is_set() and not self.is_alive() and self.final is None:
+            raise RuntimeError("the import writer stopped unexpectedly")
+
+    # -- the writer thread -----------------------------------------------------------------
+    def run(self) -> None:
+        con = self.ws.db  # this thread's own connection
+        try:
+            con.execute(f"PRAGMA cache_size=-{CACHE_KB}")  # fewer spills in a big transaction
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                store.check_new_name(con, self.dataset_row[0])
+                self.dataset_id = con.execute(
+                    "INSERT INTO datasets(name, source, format, mapping, note, created_at)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (*self.dataset_row, time.time()),
+                ).lastrowid
+                self.ready.set()
+                if self._write(con):
+                    self._complete(con)
+                    con.execute("COMMIT")
+                else:
+                    con.execute("ROLLBACK")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the importing thread
+            self.error = exc
+        finally:
+            self.ready.set()
+            self.ws.close()  # this thread's connection
+
+    def _write(self, con: sqlite3.Connection) -> bool:
+        """Insert and index batches until done (True) or aborted (False)."""
+        did = self.dataset_id
+        while True:
+            batch = self.queue.get()
+            if batch is _ABORT:
+                return False
+            if batch is _DONE:
+                return True
+            con.executemany(store.INSERT_ROW, batch)
+            first = con.execute(
+                "SELECT id FROM dataset_rows WHERE dataset_id=? AND idx=?", (did, batch[0][1])
+            ).fetchone()[0]
+            con.execute(
+                "INSERT INTO dataset_fts(rowid, prompt, reference)"
+                " SELECT id, prompt, reference FROM dataset_rows WHERE id>=? ORDER BY id",
+                (first,),
+            )
+
+    def _complete(self, con: sqlite3.Connection) -> None:
+        acc, result = self.final
+        did = self.dataset_id
         result.duplicates = store.count_duplicates(con, did)
-        if dedupe and result.duplicates:
+        if self.dedupe and result.duplicates:
             result.removed_duplicates = store.remove_duplicates(con, did)
             result.n_rows -= result.removed_duplicates
             doc = store.scan_stats(con, did, 0, len(result.skipped))
@@ -177,11 +301,75 @@ def import_dataset(
             "UPDATE datasets SET n_rows=?, stats=? WHERE id=?",
             (result.n_rows, json.dumps(doc), did),
         )
-        if as_collection:
-            _import_answers(ws, con, did, name, as_collection, result, cancel)
-    result.seconds = time.time() - t0
-    _report(result, sink)
-    return result
+        if self.as_collection:
+            _import_answers(self.ws, con, did, result.name, self.as_collection, result)
+
+
+def _convert_rows(writer: _Writer, items, reader, schema: Schema, skip_bad, result, sink, cancel):
+    """Convert every record into a row tuple and hand batches to the writer; returns stats."""
+    convert = converter(schema)
+    esc = encode_basestring
+    encode = store.encode_json
+    blake2b = hashlib.blake2b
+    from_bytes = int.from_bytes
+    limit = reader.max_row_bytes
+    did = writer.dataset_id
+    acc = store.StatsAccumulator()
+    shapes, hist = acc.shapes, acc.hist
+    total_chars, max_chars, min_chars = 0, 0, 1 << 62
+    batch: list[tuple] = []
+    idx = 0
+    next_progress = time.time() + 0.5
+
+    for line, rec in items:
+        if type(rec) is not dict:
+            _bad(reader, line, rec, skip_bad, result, sink)
+            continue
+        try:
+            msgs, prompt, system, reference, key, meta = convert(rec)
+        except RowError as exc:
+            _bad(reader, line, Bad(str(exc), excerpt(encode(rec))), skip_bad, result, sink)
+            continue
+        # the turns as JSON, their role initials and the row's length, in one pass
+        parts, shape = [], ""
+        n = 0 if reference is None else len(reference)
+        for m in msgs:
+            content, role = m["content"], m["role"]
+            parts.append('{"role":"' + role + '","content":' + esc(content) + "}")
+            shape += role[0]
+            n += len(content)
+        if n > limit:
+            _bad(reader, line, Bad(reader._too_big(n)), skip_bad, result, sink)
+            continue
+        mj = "[" + ",".join(parts) + "]"
+        digest = blake2b(
+            (mj + "\x1e" + ("\x00" if reference is None else reference)).encode(), digest_size=8
+        ).digest()
+        batch.append((did, idx, mj, prompt, system, reference, key,
+                      encode(meta) if meta else None, n, from_bytes(digest, "big", signed=True)))  # fmt: skip
+        idx += 1
+        shapes[shape, reference is not None] += 1
+        b = n.bit_length()
+        hist[b * 4 + ((n >> (b - 3)) & 3) if b > 2 else n] += 1
+        total_chars += n
+        if n > max_chars:
+            max_chars = n
+        if n < min_chars:
+            min_chars = n
+        if len(batch) >= BATCH:
+            cancel.raise_if_cancelled()
+            writer.put(batch)
+            batch = []
+            if time.time() >= next_progress:
+                next_progress = time.time() + 0.5
+                _progress(reader, idx, sink)
+    cancel.raise_if_cancelled()
+    if batch:
+        writer.put(batch)
+    result.n_rows = idx
+    acc.total_chars, acc.max_chars = total_chars, max_chars
+    acc.min_chars = min_chars if idx else 0
+    return acc
 
 
 def _check_file(path: Path) -> None:
@@ -214,63 +402,6 @@ def _peek(items: Iterator, skip_bad: bool) -> list:
         if good >= PEEK or len(head) >= PEEK * 50:
             break
     return head
-
-
-def _write_rows(con, did, items, reader, schema: Schema, skip_bad, result, sink, cancel):
-    """Convert and insert every record; returns the stats accumulator."""
-    convert = converter(schema)
-    encode = store.encode_json
-    blake2b = hashlib.blake2b
-    bucket = store.length_bucket
-    limit = reader.max_row_bytes
-    acc = store.StatsAccumulator()
-    shapes, hist = acc.shapes, acc.hist
-    total_chars, max_chars, min_chars = 0, 0, None
-    batch: list[tuple] = []
-    idx = 0
-    next_progress = time.time() + 0.5
-
-    for line, rec in items:
-        if type(rec) is not dict:
-            _bad(reader, line, rec, skip_bad, result, sink)
-            continue
-        try:
-            msgs, prompt, system, reference, key, meta = convert(rec)
-            mj = encode(msgs)
-            n_chars = len(reference) if reference is not None else 0
-            for m in msgs:
-                n_chars += len(m["content"])
-            if n_chars > limit:
-                raise RowError(reader._too_big(n_chars))
-        except RowError as exc:
-            _bad(reader, line, Bad(str(exc), excerpt(encode(rec))), skip_bad, result, sink)
-            continue
-        digest = blake2b(
-            f"{mj}\x1e{chr(0) if reference is None else reference}".encode(), digest_size=16
-        ).hexdigest()
-        batch.append((did, idx, mj, prompt, system, reference, key,
-                      encode(meta) if meta else None, n_chars, digest))  # fmt: skip
-        idx += 1
-        shapes[tuple([m["role"] for m in msgs]), reference is not None, False] += 1
-        hist[bucket(n_chars)] += 1
-        total_chars += n_chars
-        if n_chars > max_chars:
-            max_chars = n_chars
-        if min_chars is None or n_chars < min_chars:
-            min_chars = n_chars
-        if len(batch) >= BATCH:
-            con.executemany(store.INSERT_ROW, batch)
-            batch.clear()
-            cancel.raise_if_cancelled()
-            if time.time() >= next_progress:
-                next_progress = time.time() + 0.5
-                _progress(reader, idx, sink)
-    if batch:
-        con.executemany(store.INSERT_ROW, batch)
-    cancel.raise_if_cancelled()
-    result.n_rows = idx
-    acc.total_chars, acc.max_chars, acc.min_chars = total_chars, max_chars, min_chars
-    return acc
 
 
 def _progress(reader, rows: int, sink: Sink) -> None:
@@ -315,7 +446,6 @@ def _import_answers(
             break
         for row_id, idx, text in rows:
             add_imported_response(ws, cid, dataset_name=name, row_id=row_id, idx=idx, text=text)
-        cancel.raise_if_cancelled()
     con.execute("UPDATE collections SET status='done', updated_at=? WHERE id=?", (time.time(), cid))
     result.collection_id, result.collection = cid, collection
 

@@ -285,6 +285,46 @@ def _content(value: Any, where: str) -> str:
 
 
 def _turns(value: Any, column: str) -> list[dict]:
+    """Normalized turns [{"role", "content"}] from a list in OpenAI or ShareGPT style.
+
+    The hot path of an import: a turn that is already {"role": known, "content": text} is
+    kept as is, anything else is rebuilt (or refused with the reason).
+    """
+    if type(value) is not list:
+        value = _turn_list(value, column)
+    if not value:
+        raise RowError(f"{column!r} is an empty list")
+    out = []
+    role_map = ROLE_MAP
+    for turn in value:
+        if type(turn) is not dict:
+            i = _position(value, turn)
+            raise RowError(f"turn {i} of {column!r} is {type(turn).__name__}, expected an object")
+        raw_role = turn.get("role")
+        if raw_role is None:
+            raw_role = turn.get("from")
+        role = role_map.get(raw_role) if type(raw_role) is str else None
+        if role is None:
+            role = _slow_role(raw_role, _position(value, turn))
+        content = turn.get("content")
+        if type(content) is str:
+            if role == raw_role and len(turn) == 2:
+                out.append(turn)
+                continue
+        else:
+            if content is None and "content" not in turn:
+                content = turn.get("value")
+            if type(content) is not str:
+                content = _content(content, f"turn {_position(value, turn)}")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _position(turns: list, turn: Any) -> int:
+    return next(i for i, t in enumerate(turns, 1) if t is turn)
+
+
+def _turn_list(value: Any, column: str) -> list:
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -292,22 +332,21 @@ def _turns(value: Any, column: str) -> list[dict]:
             raise RowError(f"{column!r} is text that is not a JSON list of turns") from None
     if value is None:
         raise RowError(f"{column!r} is missing")
+    if isinstance(value, tuple):
+        value = list(value)
     if not isinstance(value, list):
         raise RowError(f"{column!r} is {type(value).__name__}, expected a list of turns")
-    if not value:
-        raise RowError(f"{column!r} is an empty list")
-    out = []
-    for i, turn in enumerate(value, 1):
-        if not isinstance(turn, dict):
-            raise RowError(f"turn {i} of {column!r} is {type(turn).__name__}, expected an object")
-        raw_role = turn.get("role", turn.get("from"))
-        role = ROLE_MAP.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
-        if role is None:
-            known = ", ".join(sorted(ROLE_MAP))
-            raise RowError(f"turn {i} has unknown role {raw_role!r} (known roles: {known})")
-        content = turn["content"] if "content" in turn else turn.get("value")
-        out.append({"role": role, "content": _content(content, f"turn {i}")})
-    return out
+    return value
+
+
+def _slow_role(raw_role: Any, i: int) -> str:
+    role = ROLE_MAP.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
+    if role is None:
+        if raw_role is None:
+            raise RowError(f"turn {i} has no 'role' (or 'from')")
+        known = ", ".join(sorted(ROLE_MAP))
+        raise RowError(f"turn {i} has unknown role {raw_role!r} (known roles: {known})")
+    return role
 
 
 def _history(value: Any, column: str) -> list[dict]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import sqlite3
 import time
@@ -91,10 +90,13 @@ def _row(r: sqlite3.Row) -> DatasetRow:
     )
 
 
-def row_hash(messages_json: str, reference: str | None) -> str:
-    """The content hash that duplicate detection compares (prompt turns + reference)."""
+def row_hash(messages_json: str, reference: str | None) -> int:
+    """The content hash duplicate detection compares (prompt turns + reference), as a signed
+    64-bit int (fast to sort; `remove_duplicates` also compares the text, so a collision
+    never removes a row)."""
     tail = "\x00" if reference is None else reference
-    return hashlib.blake2b(f"{messages_json}\x1e{tail}".encode(), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(f"{messages_json}\x1e{tail}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 # -- look-up ----------------------------------------------------------------------------------
@@ -225,10 +227,11 @@ def page(
     span = id_range(ws.db, did)
     if query is None or span is None:
         return []
+    # FTS5 yields matches in ascending rowid (= idx) order; CROSS JOIN keeps it driving
     rows = ws.query(
-        f"SELECT {ROW_COLUMNS} FROM dataset_rows WHERE id IN ("
-        " SELECT rowid FROM dataset_fts WHERE dataset_fts MATCH ? AND rowid BETWEEN ? AND ?"
-        " ORDER BY rowid LIMIT ? OFFSET ?) AND dataset_id=? ORDER BY id",
+        f"SELECT {ROW_COLUMNS} FROM (SELECT rowid AS rid FROM dataset_fts"
+        " WHERE dataset_fts MATCH ? AND rowid BETWEEN ? AND ? LIMIT ? OFFSET ?) AS m"
+        " CROSS JOIN dataset_rows ON dataset_rows.id = m.rid WHERE dataset_id=? ORDER BY id",
         (query, *span, limit, max(0, offset), did),
     )
     return [_row(r) for r in rows]
@@ -276,37 +279,39 @@ def iter_rows(
 
 # -- stats ------------------------------------------------------------------------------------
 
-BUCKETS_PER_OCTAVE = 4
+ROLE_INITIALS = {"s": "system", "u": "user", "a": "assistant", "t": "tool"}
 
 
 def length_bucket(n: int) -> int:
-    return 0 if n <= 0 else 1 + int(math.log2(n) * BUCKETS_PER_OCTAVE)
+    """Histogram bucket of a length: exact below 4, then 4 buckets per power of two."""
+    b = n.bit_length()
+    return b * 4 + ((n >> (b - 3)) & 3) if b > 2 else n
 
 
-def _bucket_bounds(b: int) -> tuple[int, int]:
-    if b == 0:
-        return 0, 0
-    lo = math.ceil(2 ** ((b - 1) / BUCKETS_PER_OCTAVE))
-    hi = math.ceil(2 ** (b / BUCKETS_PER_OCTAVE)) - 1
-    return lo, max(lo, hi)
+def bucket_bounds(k: int) -> tuple[int, int]:
+    """(lowest, highest) length in bucket `k`."""
+    if k < 4:
+        return k, k
+    b, sub = divmod(k, 4)
+    return (4 + sub) << (b - 3), ((5 + sub) << (b - 3)) - 1
 
 
 class StatsAccumulator:
-    """Dataset stats gathered one row at a time (flat memory): rows, roles, turns, lengths."""
+    """Dataset stats gathered one row at a time (flat memory): rows, roles, turns, lengths.
+
+    A row's shape is the initials of its turns' roles ('sua': system, user, assistant) and
+    whether it has a reference; the importer updates `shapes` and `hist` inline for speed.
+    """
 
     def __init__(self) -> None:
-        self.shapes: Counter[tuple[tuple[str, ...], bool, bool]] = Counter()
+        self.shapes: Counter[tuple[str, bool]] = Counter()
         self.hist: Counter[int] = Counter()
         self.total_chars = 0
         self.min_chars: int | None = None
         self.max_chars = 0
 
     def add(self, messages: list[dict], has_reference: bool, n_chars: int) -> None:
-        roles = tuple(m["role"] for m in messages)
-        self.add_shape(roles, has_reference, n_chars)
-
-    def add_shape(self, roles: tuple[str, ...], has_reference: bool, n_chars: int) -> None:
-        self.shapes[roles, has_reference, False] += 1
+        self.shapes["".join(m["role"][0] for m in messages), has_reference] += 1
         self.hist[length_bucket(n_chars)] += 1
         self.total_chars += n_chars
         if self.min_chars is None or n_chars < self.min_chars:
@@ -319,18 +324,19 @@ class StatsAccumulator:
         roles: Counter[str] = Counter()
         turns: Counter[int] = Counter()
         with_system = with_reference = multi_turn = 0
-        for (shape, has_ref, _), k in self.shapes.items():
-            for role in set(shape):
-                roles[role] += k
+        for (shape, has_ref), k in self.shapes.items():
+            for initial in set(shape):
+                roles[ROLE_INITIALS.get(initial, initial)] += k
             if has_ref:
                 roles["assistant (reference)"] += k
                 with_reference += k
-            if shape and shape[0] == "system":
+            if shape.startswith("s"):
                 with_system += k
-            if shape.count("user") > 1:
+            if shape.count("u") > 1:
                 multi_turn += k
             turns[len(shape) + (1 if has_ref else 0)] += k
-        hist = [[*_bucket_bounds(b), k] for b, k in sorted(self.hist.items())]
+        hist = [[*bucket_bounds(b), k] for b, k in sorted(self.hist.items())]
+        top = self.max_chars
         return {
             "rows": n,
             "with_system": with_system,
@@ -342,10 +348,10 @@ class StatsAccumulator:
                 "total": self.total_chars,
                 "mean": round(self.total_chars / n, 1) if n else 0,
                 "min": self.min_chars or 0,
-                "p50": min(_percentile(hist, n, 0.5), self.max_chars),
-                "p90": min(_percentile(hist, n, 0.9), self.max_chars),
-                "p99": min(_percentile(hist, n, 0.99), self.max_chars),
-                "max": self.max_chars,
+                "p50": min(_percentile(hist, n, 0.5), top),
+                "p90": min(_percentile(hist, n, 0.9), top),
+                "p99": min(_percentile(hist, n, 0.99), top),
+                "max": top,
             },
             "approx_tokens": round(self.total_chars / 4),
             "length_histogram": hist,
@@ -407,7 +413,7 @@ def stats(ws: Workspace, dataset: str | int | DatasetInfo) -> dict[str, Any]:
 # -- versions ---------------------------------------------------------------------------------
 
 
-def _check_new_name(con: sqlite3.Connection, name: str) -> None:
+def check_new_name(con: sqlite3.Connection, name: str) -> None:
     from kdstudio.config import check_name
 
     check_name("dataset", name)
@@ -471,7 +477,7 @@ def derive(
     src = get_dataset(ws, parent)
     t0 = time.time()
     with ws.tx() as con:
-        _check_new_name(con, name)
+        check_new_name(con, name)
         where, params = ["r.dataset_id=?"], [src.id]
         for ids, op in ((keep, "IN"), (drop, "NOT IN")):
             if ids is not None:
@@ -566,7 +572,8 @@ def remove_duplicates(con: sqlite3.Connection, dataset_id: int) -> int:
     con.execute("DELETE FROM kd_dupes")
     con.execute(
         "INSERT INTO kd_dupes SELECT id FROM (SELECT id, row_number() OVER"
-        " (PARTITION BY row_hash ORDER BY idx) AS k FROM dataset_rows WHERE dataset_id=?)"
+        " (PARTITION BY row_hash, messages, reference ORDER BY idx) AS k FROM dataset_rows"
+        " WHERE dataset_id=?)"
         " WHERE k > 1",
         (dataset_id,),
     )

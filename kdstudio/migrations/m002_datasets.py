@@ -6,7 +6,7 @@
   `messages` is the JSON list of prompt turns [{"role", "content"}] (system, earlier turns,
   final user turn; never the final answer), `prompt` the final user turn, `reference` the
   final assistant answer when the file had one, `row_key` the file's id, `meta` the file's
-  other fields (JSON), `row_hash` the content hash used to find duplicates.
+  other fields (JSON), `row_hash` a 64-bit content hash used to find duplicates.
 - `dataset_fts`: full-text index over prompt and reference. Rows are added in bulk after an
   import (not by a per-row trigger: that would slow imports several times); deletions are
   kept in step by a trigger, so deleting rows by any route leaves the index right.
@@ -37,7 +37,7 @@ CREATE TABLE dataset_rows (
     row_key TEXT,
     meta TEXT,
     n_chars INTEGER NOT NULL DEFAULT 0,
-    row_hash TEXT NOT NULL,
+    row_hash INTEGER NOT NULL,
     UNIQUE (dataset_id, idx)
 );
 
