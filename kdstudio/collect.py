@@ -49,6 +49,7 @@ from kdstudio.outputs import (
 from kdstudio.workspace import Workspace
 
 MAX_RETRY_AFTER_S = 120.0
+MAX_RATE_LIMITED = 1000  # 429s of one row before it fails (they do not use up max_retries)
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
 
@@ -177,6 +178,7 @@ class Item:
     attempts: int = 0
     ready_at: float = 0.0
     reserved: float = 0.0
+    rate_limited: int = 0  # 429s: the server's "later", not the row's fault
 
 
 @dataclass
@@ -683,7 +685,10 @@ class LiveRunner:
             self.fatal = self.fatal or fatal_message(self.col.teacher, outcome)
             self.col.mark(con, [item], "queued", outcome.message)
             return None
-        if outcome.kind == "transient" and item.attempts <= self.cfg.max_retries:
+        if outcome.rate_limited:
+            item.rate_limited += 1
+        retries_left = item.attempts - item.rate_limited <= self.cfg.max_retries
+        if outcome.kind == "transient" and retries_left and item.rate_limited <= MAX_RATE_LIMITED:
             if self.stop_reason:
                 self.col.mark(con, [item], "queued", outcome.message)
                 return None

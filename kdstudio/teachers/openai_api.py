@@ -176,6 +176,12 @@ def server_message(exc: Any) -> str:
     return str(getattr(exc, "message", "") or exc)
 
 
+def _error_code(exc: Any) -> str | None:
+    body = getattr(exc, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    return err.get("code") if isinstance(err, dict) else None
+
+
 def retry_after(headers: Any) -> float | None:
     """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or HTTP date) or
     `x-ratelimit-reset-requests` ("1s", "6m0s", "20ms")."""
@@ -213,6 +219,8 @@ def classify(exc: BaseException, key: str | None) -> Outcome:
         message = redact(server_message(exc), key)
         headers = getattr(exc.response, "headers", None)
         if status in (401, 403):
+            return Outcome("fatal", message=message, status=status)
+        if status == 429 and _error_code(exc) == "insufficient_quota":
             return Outcome("fatal", message=message, status=status)
         if status == 429:
             return Outcome(
@@ -265,6 +273,11 @@ def fatal_message(teacher: TeacherConfig, outcome: Outcome) -> str:
             f"teacher {teacher.name!r} rejected the API key (HTTP 401: {outcome.message}); the key comes "
             f"from {where}: store a valid one with `kdstudio teacher add {teacher.name} --base-url "
             f"{teacher.base_url} --model {teacher.model} --api-key-stdin --replace`"
+        )
+    if outcome.status == 429:
+        return (
+            f"teacher {teacher.name!r} has no quota left (HTTP 429: {outcome.message}); add credit "
+            "or raise the limit with the provider, then re-run the same command to resume"
         )
     hint = ""
     if "logprob" in outcome.message.lower():

@@ -71,6 +71,7 @@ class Fault:
     retry_after: float | None = None
     delay: float = 0.0
     message: str | None = None
+    code: str | None = None  # the error body's code, e.g. "insufficient_quota"
     fired: int = 0
 
     def __post_init__(self) -> None:
@@ -509,9 +510,8 @@ class OpenAIServer:
             if fault.retry_after is not None:
                 headers["retry-after"] = str(max(1, math.ceil(fault.retry_after)))
                 headers["retry-after-ms"] = str(int(fault.retry_after * 1000))
-            code = {429: "rate_limit_exceeded", 401: "invalid_api_key", 404: "model_not_found"}.get(
-                status
-            )
+            codes = {429: "rate_limit_exceeded", 401: "invalid_api_key", 404: "model_not_found"}
+            code = fault.code or codes.get(status)
             message = fault.message or f"injected {status} {REASONS[status]}"
             return await _send(writer, status, _error_body(message, code), headers)
         if fault.kind == "drop":

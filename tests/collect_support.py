@@ -1,0 +1,72 @@
+"""Helpers for the collection tests: prompt datasets written straight into the schema,
+teachers pointing at the loopback server, and a scan of the workspace for secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kdstudio.config import TeacherConfig
+from kdstudio.workspace import Workspace
+
+KEY = "sk-test-DO-NOT-LEAK-0123456789abcdef"
+KEY_ENV = "KDSTUDIO_TEST_TEACHER_KEY"
+
+
+def make_prompts(
+    ws: Workspace, name: str = "prompts", n: int = 20, *, system: str | None = None
+) -> int:
+    """A dataset of `n` one-turn prompts ("prompt 0" ...); returns its id."""
+    cur = ws.db.execute(
+        "INSERT INTO datasets(name, source, format, n_rows, created_at) VALUES (?, 'test', 'jsonl', ?, 0)",
+        (name, n),
+    )
+    did = cur.lastrowid
+    rows = []
+    for i in range(n):
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": f"prompt {i}"}
+        ]
+        rows.append(
+            (did, i, json.dumps(messages), f"prompt {i}", system, len(f"prompt {i}"), f"h{name}{i}")
+        )
+    ws.db.executemany(
+        "INSERT INTO dataset_rows(dataset_id, idx, messages, prompt, system, n_chars, row_hash)"
+        " VALUES (?,?,?,?,?,?,?)",
+        rows,
+    )
+    return did
+
+
+def add_teacher(ws: Workspace, server, name: str = "t", *, key: bool = True, **kw) -> TeacherConfig:
+    teacher = TeacherConfig(
+        name=name,
+        base_url=server.url,
+        model=kw.pop("model", "teacher-1"),
+        key_source="env" if key else "none",
+        key_env=KEY_ENV if key else None,
+        price_in=kw.pop("price_in", 1.0),
+        price_out=kw.pop("price_out", 2.0),
+        **kw,
+    )
+    ws.add_teacher(teacher, replace=True)
+    return teacher
+
+
+def files_containing(root: Path, needle: str) -> list[str]:
+    """Every file under `root` whose bytes contain `needle` (the DB, its WAL, logs...)."""
+    hits = []
+    for path in Path(root).rglob("*"):
+        if path.is_file() and needle.encode() in path.read_bytes():
+            hits.append(str(path))
+    return hits
+
+
+def billed_per_prompt(server) -> dict[str, int]:
+    """{prompt text: times billed} from the server's counter."""
+    out: dict[str, int] = {}
+    for body, n in server.billed.items():
+        doc = json.loads(body)
+        key = doc["messages"][-1]["content"] + (f"#seed{doc['seed']}" if "seed" in doc else "")
+        out[key] = out.get(key, 0) + n
+    return out

@@ -1,0 +1,271 @@
+"""The collection job against the real loopback OpenAI-protocol server (no mocked client)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from collect_support import (
+    KEY,
+    KEY_ENV,
+    add_teacher,
+    billed_per_prompt,
+    files_containing,
+    make_prompts,
+)
+
+from kdstudio import outputs
+from kdstudio.collect import AdaptiveLimit, CollectConfig, backoff, collect, estimate_cost
+from kdstudio.errors import Cancelled, JobFailed, UserError
+from kdstudio.events import ListSink, Log, RowDone
+from kdstudio.testing.openai_server import OpenAIServer
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with OpenAIServer(api_key=KEY) as s:
+        yield s
+
+
+def cfg(**kw):
+    base = {"teacher": "t", "dataset": "prompts", "max_tokens": 16, "max_retries": 6}
+    return CollectConfig(**{**base, **kw})
+
+
+def test_collects_every_prompt_with_logprobs_usage_and_cost(ws, server):
+    make_prompts(ws, n=12)
+    add_teacher(ws, server)
+    summary = collect(cfg(top_logprobs=5), ws)
+    assert summary.status == "done" and summary.counts["done"] == 12
+    examples = list(outputs.iter_examples(ws, "prompts.t"))
+    assert len(examples) == 12
+    for e in examples:
+        assert e.logprobs is not None and e.logprobs.k == 5
+        assert (
+            e.logprobs.text() == e.response
+        )  # bytes (or token text where bytes were null) spell the answer
+    items = outputs.list_items(ws, "prompts.t", limit=50)
+    assert all(i.prompt_tokens > 0 and 0 < i.completion_tokens <= 16 for i in items)
+    expected = sum((i.prompt_tokens * 1.0 + i.completion_tokens * 2.0) / 1e6 for i in items)
+    assert summary.spent == pytest.approx(expected)
+    assert all(n == 1 for n in billed_per_prompt(server).values())
+
+
+def test_transient_faults_are_retried_and_no_prompt_is_paid_twice(ws, server):
+    make_prompts(ws, n=16)
+    add_teacher(ws, server)
+    for kind in ("429", "500", "503", "drop", "malformed", "truncated", "empty_choices"):
+        server.add_fault(kind, times=2, retry_after=0.05 if kind == "429" else None)
+    sink = ListSink()
+    summary = collect(cfg(concurrency=4), ws, sink)
+    assert summary.counts["done"] == 16 and summary.counts["failed"] == 0
+    assert summary.retries == 14
+    billed = billed_per_prompt(server)
+    assert len(billed) == 16 and set(billed.values()) == {1}
+    assert all(f.fired == 2 for f in server.faults)
+
+
+def test_a_slow_answer_times_out_and_is_retried(ws, server):
+    make_prompts(ws, n=3)
+    add_teacher(ws, server)
+    server.add_fault("slow", times=1, delay=3.0, match='prompt 1"')
+    summary = collect(cfg(timeout=1.0), ws)
+    assert summary.counts["done"] == 3 and summary.retries == 1
+
+
+def test_400_fails_only_that_row_with_the_servers_message(ws, server):
+    make_prompts(ws, n=5)
+    add_teacher(ws, server)
+    server.add_fault(
+        "400", times=None, match='prompt 2"', message="This prompt is too long (9999 tokens)"
+    )
+    sink = ListSink()
+    summary = collect(cfg(), ws, sink)
+    assert summary.status == "incomplete"
+    assert summary.counts["done"] == 4 and summary.counts["failed"] == 1
+    failed = outputs.list_items(ws, "prompts.t", outputs.ItemFilter(status="failed"))
+    assert failed[0].idx == 2 and "too long (9999 tokens)" in failed[0].error
+    assert failed[0].attempts == 1  # not retried
+    assert [e.row for e in sink.of(RowDone) if e.status == "failed"] == [2]
+
+
+def test_401_stops_the_job_with_one_message_and_the_key_is_nowhere(ws, server, monkeypatch):
+    make_prompts(ws, n=30)
+    add_teacher(ws, server)
+    wrong = "sk-wrong-KEY-that-must-not-leak-42"
+    monkeypatch.setenv(KEY_ENV, wrong)  # the server echoes the key it got in its 401 message
+    sink = ListSink()
+    with pytest.raises(JobFailed) as err:
+        collect(cfg(concurrency=4), ws, sink)
+    message = str(err.value)
+    assert "rejected the API key" in message and "HTTP 401" in message
+    assert wrong not in message and wrong[:8] not in message
+    assert server.stats()["status"]["401"] <= 4  # stopped at once, not 30 tries
+    counts = outputs.collection_status_counts(ws, "prompts.t")
+    assert counts["queued"] == 30 and counts["failed"] == 0
+    ws.close()
+    assert files_containing(ws.root, wrong) == []
+    assert all(wrong not in repr(e) for e in sink.events)
+
+
+def test_403_for_logprobs_stops_with_a_hint(ws, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with OpenAIServer(api_key=KEY, logprobs=False) as server:
+        make_prompts(ws, n=3)
+        add_teacher(ws, server)
+        with pytest.raises(JobFailed, match="without --top-logprobs"):
+            collect(cfg(top_logprobs=5), ws)
+
+
+def test_rerun_resumes_and_never_requests_done_rows(ws, server):
+    make_prompts(ws, n=10)
+    add_teacher(ws, server)
+    collect(cfg(limit=4), ws)
+    assert server.stats()["requests"]["chat"] == 4
+    summary = collect(cfg(), ws)  # same settings, more rows: the same collection resumes
+    assert summary.requests == 6 and summary.counts["done"] == 10
+    again = collect(cfg(), ws)
+    assert again.requests == 0
+    assert set(billed_per_prompt(server).values()) == {1}
+
+
+def test_two_collections_share_responses(ws, server):
+    make_prompts(ws, n=6)
+    add_teacher(ws, server)
+    collect(cfg(name="first"), ws)
+    summary = collect(cfg(name="second"), ws)
+    assert summary.requests == 0 and summary.cached == 6
+    assert outputs.get_collection(ws, "second").spend == 0.0
+    assert outputs.get_collection(ws, "first").spend > 0
+    assert ws.query_one("SELECT COUNT(*) FROM responses")[0] == 6
+
+
+def test_changed_parameters_are_new_requests_under_a_new_name(ws, server):
+    make_prompts(ws, n=2)
+    add_teacher(ws, server)
+    collect(cfg(), ws)
+    with pytest.raises(UserError, match="different settings"):
+        collect(cfg(max_tokens=8), ws)
+    assert collect(cfg(max_tokens=8, name="short"), ws).requests == 2
+
+
+def test_samples_with_a_seed_are_distinct_requests(ws, server):
+    make_prompts(ws, n=3)
+    add_teacher(ws, server)
+    summary = collect(cfg(samples=3, seed=7), ws)
+    assert summary.counts["done"] == 9
+    seeds = sorted({k.split("#seed")[1] for k in billed_per_prompt(server)})
+    assert seeds == ["7", "8", "9"]
+
+
+def test_budget_stops_launching_and_says_so(ws, server):
+    make_prompts(ws, n=40)
+    # 16 output tokens at $2000/M = $0.032 worst case per request.
+    add_teacher(ws, server, price_in=100.0, price_out=2000.0)
+    sink = ListSink()
+    summary = collect(cfg(budget=0.2, concurrency=2), ws, sink)
+    assert summary.status == "stopped" and "budget reached" in summary.message
+    assert 0 < summary.spent <= 0.2
+    assert (
+        0 < summary.counts["done"] < 40 and summary.counts["queued"] == 40 - summary.counts["done"]
+    )
+    assert any("budget reached" in e.message for e in sink.of(Log))
+
+
+def test_cost_estimate_counts_prompt_tokens_and_max_output(ws, server):
+    make_prompts(ws, n=10)
+    add_teacher(ws, server, price_in=1.0, price_out=2.0)
+    est = estimate_cost(cfg(samples=2), ws)
+    assert est.requests == 20 and est.max_completion_tokens == 20 * 16
+    assert est.usd == pytest.approx((est.prompt_tokens * 1.0 + 20 * 16 * 2.0) / 1e6)
+    assert server.stats()["requests"] == {}  # nothing was sent
+
+
+def test_cancel_lets_in_flight_requests_finish_and_stores_them(ws, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    from kdstudio.events import CancelToken
+
+    with OpenAIServer(api_key=KEY, latency=0.3) as server:
+        make_prompts(ws, n=40)
+        add_teacher(ws, server)
+        cancel = CancelToken()
+        threading.Timer(0.5, cancel.cancel).start()
+        with pytest.raises(Cancelled):
+            collect(cfg(concurrency=4), ws, cancel=cancel)
+        counts = outputs.collection_status_counts(ws, "prompts.t")
+        billed = server.stats()["billed_total"]
+    assert counts["in_flight"] == 0 and counts["retrying"] == 0
+    assert counts["done"] == billed  # every answer the server gave was stored
+    assert 4 <= counts["done"] < 40
+
+
+def test_rate_limited_server_loses_no_rows_and_concurrency_adapts(ws, server):
+    make_prompts(ws, n=60)
+    add_teacher(ws, server)
+    server.set_rate_limit(40, burst_s=0.1)
+    summary = collect(cfg(concurrency=32), ws)
+    assert summary.counts["done"] == 60
+    assert server.stats()["status"].get("429", 0) > 0
+    assert set(billed_per_prompt(server).values()) == {1}
+    assert summary.extra["concurrency"] < 32
+
+
+def test_adaptive_limit_cuts_on_429_at_most_once_a_second_and_recovers():
+    limit = AdaptiveLimit(20)
+    limit.on_rate_limited(now=100.0)
+    limit.on_rate_limited(now=100.5)  # inside the cooldown: no second cut
+    assert limit.limit == 14
+    limit.on_rate_limited(now=101.2)
+    assert limit.limit == 9
+    for _ in range(200):
+        limit.on_success()
+    assert limit.limit == 20  # back to the setting, never above
+
+
+def test_backoff_honours_retry_after_and_grows_with_jitter_otherwise():
+    import random
+
+    rng = random.Random(0)
+    assert 2.0 <= backoff(1, 2.0, rng) <= 2.2
+    first = [backoff(1, None, rng) for _ in range(50)]
+    fourth = [backoff(4, None, rng) for _ in range(50)]
+    assert min(first) >= 0.25 and max(first) <= 0.5
+    assert min(fourth) >= 2.0 and max(fourth) <= 4.0
+    assert len(set(fourth)) > 1
+
+
+def test_token_ids_are_asked_for_when_the_probe_found_them(ws, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with OpenAIServer(api_key=KEY, token_ids=True) as server:
+        make_prompts(ws, n=2)
+        add_teacher(ws, server, capabilities={"token_ids": True, "logprobs": True})
+        collect(cfg(top_logprobs=3), ws)
+    e = next(outputs.iter_examples(ws, "prompts.t"))
+    assert e.logprobs.token_ids is not None and e.logprobs.top_ids is not None
+    assert all(i >= 10 for i in e.logprobs.token_ids)
+
+
+def test_a_second_process_on_the_same_collection_is_refused(ws, server):
+    import os
+
+    make_prompts(ws, n=2)
+    add_teacher(ws, server)
+    collect(cfg(), ws)
+    ws.db.execute(
+        "UPDATE collections SET pid=?, host=?, heartbeat=strftime('%s','now')",
+        (os.getppid(), os.uname().nodename),
+    )
+    with pytest.raises(UserError, match="being collected by process"):
+        collect(cfg(), ws)
+
+
+def test_exhausted_quota_stops_the_job_instead_of_retrying(ws, server):
+    make_prompts(ws, n=5)
+    add_teacher(ws, server)
+    server.add_fault(
+        "429", times=None, code="insufficient_quota", message="You exceeded your current quota"
+    )
+    with pytest.raises(JobFailed, match="no quota left"):
+        collect(cfg(concurrency=1), ws)
+    assert server.stats()["status"]["429"] == 1
