@@ -1,0 +1,130 @@
+"""A small trained run in a workspace, offline, for tests and demos of evaluate and export.
+
+    run = make_trained_run(ws, tmp / "build", name="demo")              # full fine-tune
+    run = make_trained_run(ws, tmp / "build", name="lo", lora=True)     # a LoRA adapter
+
+The prompts are sums ("What is 2 + 3?" -> "The answer is 5."); a teacher answers them over
+an OpenAI-compatible endpoint whose record is stored exactly as `collect` stores it (the
+endpoint URL in `responses.endpoint`, the model name), without any network. The student is
+a tiny Llama trained by the real `Trainer`, so checkpoints have the real layout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from kdstudio.config import TeacherConfig
+from kdstudio.workspace import Workspace
+
+SUMS = [(f"What is {a} + {b}?", f"The answer is {a + b}.") for a in range(6) for b in range(4)]
+
+
+def import_prompts(ws: Workspace, folder: Path, name: str, pairs: list[tuple[str, str]]) -> int:
+    """Import (prompt, reference) pairs as a dataset; returns its id."""
+    from kdstudio.data.importer import import_dataset
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
+    with open(path, "w", encoding="utf-8") as fh:
+        for prompt, response in pairs:
+            fh.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
+    return import_dataset(ws, path, name=name).dataset_id
+
+
+def add_teacher_answers(
+    ws: Workspace,
+    *,
+    collection: str,
+    dataset_id: int,
+    teacher: TeacherConfig,
+    answers: list[str],
+    params: dict[str, Any] | None = None,
+) -> int:
+    """A done collection of `teacher`'s answers (row i of the dataset gets answers[i])."""
+    from kdstudio.outputs import Response, content_hash, create_collection, insert_response
+
+    if teacher.name not in ws.teacher_names():
+        ws.add_teacher(teacher)
+    params = params if params is not None else {"max_tokens": 64, "temperature": 0.0}
+    cid = create_collection(
+        ws, collection, dataset_id=dataset_id, teacher_name=teacher.name, params=params
+    )
+    rows = ws.query(
+        "SELECT id, idx FROM dataset_rows WHERE dataset_id=? ORDER BY idx", (dataset_id,)
+    )
+    with ws.tx() as con:
+        for (row_id, idx), text in zip(rows, answers, strict=True):
+            hash_ = content_hash(["test", teacher.base_url, teacher.model, row_id, idx])
+            resp = Response(text=text, endpoint=teacher.base_url, model=teacher.model)
+            insert_response(con, hash_, resp)
+            con.execute(
+                "INSERT INTO collection_items(collection_id, row_id, sample, hash, status,"
+                " updated_at) VALUES (?,?,0,?,'done',?)",
+                (cid, row_id, hash_, time.time()),
+            )
+        con.execute("UPDATE collections SET status='done' WHERE id=?", (cid,))
+    return cid
+
+
+def make_trained_run(
+    ws: Workspace,
+    folder: Path,
+    *,
+    name: str = "demo",
+    teacher: TeacherConfig | None = None,
+    pairs: list[tuple[str, str]] | None = None,
+    lora: bool = False,
+    max_steps: int = 20,
+    eval_fraction: float = 0.25,
+    lr: float = 3e-3,
+) -> Any:
+    """Import prompts, store a teacher's answers, build a tiny student and train it.
+
+    Checkpoints at `max_steps // 2` and `max_steps`. Returns the run (`runs.get_run`).
+    """
+    from kdstudio.distill import runs
+    from kdstudio.distill.config import TrainConfig
+    from kdstudio.distill.trainer import Trainer
+    from kdstudio.testing.tiny import make_model, make_tokenizer
+
+    folder = Path(folder)
+    pairs = pairs or SUMS
+    teacher = teacher or TeacherConfig(
+        name="big-teacher", base_url="https://api.example.com/v1", model="big-model-1"
+    )
+    dataset = f"{name}-prompts"
+    dataset_id = import_prompts(ws, folder, dataset, pairs)
+    collection = f"{dataset}.{teacher.name}"[:64]
+    add_teacher_answers(
+        ws,
+        collection=collection,
+        dataset_id=dataset_id,
+        teacher=teacher,
+        answers=[r for _, r in pairs],
+    )
+    tok = make_tokenizer(folder / "tok", [f"{p} {r}" for p, r in pairs], vocab_size=384)
+    student = make_model(folder / "student", tok, layers=2, hidden=64)
+    data: dict[str, Any] = {
+        "student": {"path": str(student)},
+        "data": {"collection": collection, "eval_fraction": eval_fraction, "max_length": 64},
+        "optim": {"max_steps": max_steps, "batch_size": 4, "lr": lr, "warmup": 0},
+        "run": {
+            "name": name,
+            "checkpoint_every": max(max_steps // 2, 1),
+            "eval_every": max(max_steps // 2, 1),
+            "log_every": max(max_steps // 2, 1),
+            "device": "cpu",
+        },
+    }
+    if lora:
+        data["lora"] = {"r": 4, "alpha": 8.0, "dropout": 0.0}
+    trainer = Trainer(TrainConfig.from_dict(data).resolved(), ws)
+    trainer.setup()
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return runs.get_run(ws, name)
