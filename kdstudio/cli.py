@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "kdstudio.commands.data",
     "kdstudio.commands.train",
     "kdstudio.commands.collect",
+    "kdstudio.commands.evalexport",
 ]
 
 
