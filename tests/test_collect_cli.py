@@ -1,0 +1,178 @@
+"""`kdstudio collect` and `kdstudio outputs list` as a user runs them: subprocesses, real
+HTTP, Ctrl-C, and kill -9 in the middle of a collection."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from collect_support import (
+    KEY,
+    KEY_ENV,
+    add_teacher,
+    billed_per_prompt,
+    files_containing,
+    make_prompts,
+)
+
+from kdstudio.collect import CollectConfig, collect
+from kdstudio.testing.openai_server import OpenAIServer
+from kdstudio.workspace import Workspace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with OpenAIServer(api_key=KEY) as s:
+        yield s
+
+
+def _spawn(workspace, *args):
+    env = {**os.environ, "PYTHONPATH": ROOT, KEY_ENV: KEY}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kdstudio", "--workspace", str(workspace), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _count(db_path, status):
+    con = sqlite3.connect(db_path, timeout=10)
+    try:
+        return con.execute(
+            "SELECT COUNT(*) FROM collection_items WHERE status=?", (status,)
+        ).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+def _wait_for(db_path, status, at_least, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _count(db_path, status) >= at_least:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"never reached {at_least} {status} rows")
+
+
+def test_collect_then_outputs_list_json(ws, server, run_cli):
+    make_prompts(ws, n=5)
+    add_teacher(ws, server)
+    ws.close()
+    env = {KEY_ENV: KEY}
+    done = run_cli(
+        "collect",
+        "--teacher",
+        "t",
+        "--dataset",
+        "prompts",
+        "--max-tokens",
+        "8",
+        "--top-logprobs",
+        "3",
+        env=env,
+        workspace=ws.root,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "5 requests to make" in done.stderr and "5 of 5 done" in done.stderr
+    listed = run_cli("outputs", "list", "prompts.t", "--json", "--limit", "2", workspace=ws.root)
+    doc = json.loads(listed.stdout)
+    assert doc["total"] == 5 and len(doc["items"]) == 2
+    assert doc["items"][0]["status"] == "done" and doc["items"][0]["has_logprobs"]
+    table = run_cli("outputs", "list", "prompts.t", "--search", "prompt 3", workspace=ws.root)
+    assert table.returncode == 0 and "1 of 1 matching" in table.stdout
+    colls = json.loads(run_cli("outputs", "list", "--json", workspace=ws.root).stdout)
+    assert colls[0]["name"] == "prompts.t" and colls[0]["counts"]["done"] == 5
+    assert files_containing(ws.root, KEY) == []
+
+
+def test_unknown_teacher_or_dataset_exits_2_with_one_line(ws, server, run_cli):
+    make_prompts(ws, n=1)
+    ws.close()
+    result = run_cli("collect", "--teacher", "nobody", "--dataset", "prompts", workspace=ws.root)
+    assert result.returncode == 2
+    assert "no teacher named 'nobody'" in result.stderr and "Traceback" not in result.stderr
+    bad = run_cli(
+        "collect",
+        "--teacher",
+        "x",
+        "--dataset",
+        "prompts",
+        "--concurrency",
+        "999",
+        workspace=ws.root,
+    )
+    assert bad.returncode == 2 and "collect.concurrency must be <= 256" in bad.stderr
+
+
+def test_ctrl_c_stores_the_requests_in_flight_and_exits_130(ws, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with OpenAIServer(api_key=KEY, latency=0.4) as server:
+        make_prompts(ws, n=40)
+        add_teacher(ws, server)
+        ws.close()
+        proc = _spawn(
+            ws.root, "collect", "--teacher", "t", "--dataset", "prompts", "--concurrency", "4"
+        )
+        _wait_for(ws.db_path, "done", 4)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+        billed = server.stats()["billed_total"]
+    assert proc.returncode == 130, err
+    assert "stopped by Ctrl-C" in err
+    assert _count(ws.db_path, "in_flight") == 0
+    assert _count(ws.db_path, "done") == billed  # what was in flight came back and was stored
+
+
+def test_kill_9_at_a_random_moment_then_resume_repeats_only_in_flight_requests(ws, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    n = 150
+    with OpenAIServer(api_key=KEY, latency=0.03) as server:
+        make_prompts(ws, n=n)
+        add_teacher(ws, server)
+        ws.close()
+        proc = _spawn(
+            ws.root,
+            "collect",
+            "--teacher",
+            "t",
+            "--dataset",
+            "prompts",
+            "--concurrency",
+            "8",
+            "--top-logprobs",
+            "2",
+        )
+        _wait_for(ws.db_path, "done", random.randint(5, n // 2))
+        time.sleep(random.random() * 0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+        in_flight = _count(ws.db_path, "in_flight")
+        done_before = _count(ws.db_path, "done")
+        assert 0 < done_before < n
+        resumed_ws = Workspace.open(ws.root)
+        summary = collect(CollectConfig(teacher="t", dataset="prompts", top_logprobs=2), resumed_ws)
+        assert summary.counts["done"] == n
+        assert summary.requests == n - done_before  # done rows were never requested again
+        billed = billed_per_prompt(server)
+    assert len(billed) == n
+    repeated = sum(count - 1 for count in billed.values())
+    assert repeated <= in_flight <= 8
+    assert resumed_ws.integrity_check() == "ok"
+    assert resumed_ws.query_one("SELECT COUNT(*) FROM responses")[0] == n
+    resumed_ws.close()
