@@ -52,10 +52,13 @@ if TYPE_CHECKING:
 
 IGNORE = -100
 MEGA_BATCH = 50
+# Newlines are written as expressions: chat templates render with trim_blocks, which would
+# eat a literal newline after a block tag.
 FALLBACK_TEMPLATE = (
-    "{{ bos_token or '' }}{% for m in messages %}### {{ m['role'] | capitalize }}:\n"
-    "{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n\n"
-    "{% endfor %}{% if add_generation_prompt %}### Assistant:\n{% endif %}"
+    "{{ bos_token or '' }}{% for m in messages %}"
+    "{{ '### ' + m['role'] | capitalize + ':\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
 )
 
 

@@ -205,7 +205,7 @@ class RunConfig(Section):
 class LoraConfig(Section):
     _section: ClassVar[str] = "lora"
 
-    r: int = setting(16, "LoRA rank.", min=1)
+    r: int = setting(16, "LoRA rank: the size of the low-rank update matrices.", min=1)
     alpha: float = setting(32.0, "LoRA alpha (scale = alpha / r).", min=0.0)
     dropout: float = setting(0.05, "Dropout on the LoRA path.", min=0.0, max=1.0)
     target_modules: list[str] = setting(

@@ -700,12 +700,14 @@ class Trainer:
         import torch
 
         names = [
+            "grad_norm",
             "loss",
             *sorted(iv.sums),
             *(f"{k}:num" for k in sorted(iv.counts)),
             *(f"{k}:den" for k in sorted(iv.counts)),
         ]
         values = [
+            iv.grad_norm,
             iv.loss,
             *(iv.sums[k] for k in sorted(iv.sums)),
             *(iv.counts[k][0] for k in sorted(iv.counts)),
@@ -714,15 +716,18 @@ class Trainer:
         local = torch.stack(
             [torch.as_tensor(v, device=self.device).float().reshape(()) for v in values]
         )
-        host = torch.tensor([iv.n_target, iv.n_tokens, iv.n_samples], dtype=torch.float64)
+        counts = [iv.n_target, iv.n_tokens, iv.n_samples]
         if self.world > 1:
             import torch.distributed as dist
 
+            host = torch.tensor(counts, dtype=torch.float64)
             dist.all_reduce(local)
             dist.all_reduce(host, group=self._cpu_group)
+            counts = host.tolist()  # a CPU tensor: no device sync
         figures = dict(zip(names, local.tolist(), strict=True))  # the interval's one device sync
-        grad_norm = float(iv.grad_norm) / max(iv.steps, 1)
-        n_target, n_tokens, n_samples = host.tolist()
+        # every rank holds the same (global) gradient norm: average it, do not sum it
+        grad_norm = figures["grad_norm"] / self.world / max(iv.steps, 1)
+        n_target, n_tokens, n_samples = counts
         seconds = max(time.perf_counter() - iv.t0, 1e-9)
         values_out = {"loss": figures["loss"] / max(n_target, 1)}
         for k in sorted(iv.sums):
