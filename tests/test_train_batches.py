@@ -126,7 +126,9 @@ def test_fallback_template_when_the_tokenizer_has_none(word_tok, tmp_path):
     text = "".join(tok.convert_ids_to_tokens(enc.input_ids))
     assert text == "<s>### User:\nhi\n\n### Assistant:\nhello you<|end|>\n\n"
     loss_tokens = [
-        tok.convert_ids_to_tokens(i) for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE
+        tok.convert_ids_to_tokens(i)
+        for i, lab in zip(enc.input_ids, enc.labels, strict=True)
+        if lab != IGNORE
     ]
     assert loss_tokens == ["hello", " ", "you", "<|end|>"]
     with pytest.raises(Exception, match="no chat template"):
