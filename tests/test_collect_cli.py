@@ -176,3 +176,41 @@ def test_kill_9_at_a_random_moment_then_resume_repeats_only_in_flight_requests(w
     assert resumed_ws.integrity_check() == "ok"
     assert resumed_ws.query_one("SELECT COUNT(*) FROM responses")[0] == n
     resumed_ws.close()
+
+
+@pytest.mark.keyring
+def test_key_from_the_keyring_works_and_never_reaches_the_workspace(ws, run_cli):
+    secret = "sk-keyring-test-9f8e7d6c5b4a3210"
+    with OpenAIServer(api_key=secret) as server:
+        make_prompts(ws, n=3)
+        ws.close()
+        name = f"kr-{os.getpid()}"
+        added = run_cli(
+            "teacher",
+            "add",
+            name,
+            "--base-url",
+            server.url,
+            "--model",
+            "teacher-1",
+            "--api-key-stdin",
+            input=secret + "\n",
+            workspace=ws.root,
+        )
+        assert added.returncode == 0, added.stderr
+        try:
+            done = run_cli(
+                "collect",
+                "--teacher",
+                name,
+                "--dataset",
+                "prompts",
+                "--max-tokens",
+                "4",
+                workspace=ws.root,
+            )
+            assert done.returncode == 0, done.stderr
+            assert secret not in done.stdout + done.stderr
+        finally:
+            run_cli("teacher", "remove", name, workspace=ws.root)
+    assert files_containing(ws.root, secret) == []
