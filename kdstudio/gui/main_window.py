@@ -72,6 +72,8 @@ class MainWindow(QMainWindow):
             panel.status_changed.connect(self.show_status)
             panel.workspace_changed.connect(self.on_workspace_changed)
         self.tabs.currentChanged.connect(self.on_tab_changed)
+        if "runs" in self.panels and "train" in self.panels:
+            self.panels["runs"].resume_requested.connect(self.resume_run)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -222,6 +224,11 @@ class MainWindow(QMainWindow):
         if isinstance(panel, Panel) and panel.key in stale and self.ws is not None:
             stale.discard(panel.key)
             panel.refresh()
+
+    @Slot(str)
+    def resume_run(self, name: str) -> None:
+        """Runs panel → Train panel: continue a run where its plots and controls live."""
+        self.show_panel("train").resume_run(name)
 
     @Slot(str)
     def show_status(self, text: str) -> None:

@@ -574,6 +574,22 @@ class TrainPanel(Panel):
         self.status_changed.emit(f"training {name}")
         return job
 
+    def show_run(self, name: str) -> None:
+        """Show a stored run: its config in the form, its whole curves, where it ended."""
+        if self.running_training() or self.ws is None:
+            return
+        run = runs.get_run(self.ws, name)
+        self.set_config(run.config)
+        self.run_name = name
+        self.board.clear()
+        self.load_history(name)
+        total = run.summary.get("total_steps") or run.step
+        self.progress.setMaximum(max(int(total or 1), 1))
+        self.progress.setValue(run.step)
+        self.progress_label.setText(
+            f"Run {name}: {run.status} at step {run.step:,} of {int(total or 0):,}."
+        )
+
     def load_history(self, name: str) -> None:
         run = runs.get_run(self.ws, name)
         for metric, points in runs.metric_series(self.ws, run.id).items():

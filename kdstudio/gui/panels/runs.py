@@ -1,0 +1,544 @@
+"""Runs: every run in the workspace, overlaid curves, live tailing, resume, evaluate, export.
+
+Curves come from the workspace's metrics table, so a run started from the CLI or under
+torchrun shows up and updates live: a timer tails `ws.metrics(run_id, after_rowid)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableView,
+    QTabWidget,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from kdstudio import evaluate as ev
+from kdstudio.distill import runs
+from kdstudio.errors import UserError
+from kdstudio.events import Progress
+from kdstudio.gui.panels.base import Panel
+from kdstudio.gui.plots import PlotBoard
+from kdstudio.gui.table_models import Column, ListTableModel
+from kdstudio.gui.widgets import escape, fmt_time, heading, hint
+from kdstudio.gui.workers import ErrorInfo, Job
+
+STATUS_COLOURS = {
+    "running": "#2f6fdb",
+    "finished": "#2e9b4f",
+    "failed": "#d23c3c",
+    "interrupted": "#c98a06",
+    "stopped": "#888888",
+}
+TAIL_MS = 1000
+
+
+def _total(run: runs.Run) -> Any:
+    return run.summary.get("total_steps") or (run.config.get("optim", {}).get("max_steps") or None)
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) else ""
+
+
+RUN_COLUMNS = [
+    Column("Run", lambda r: r.name),
+    Column("Status", lambda r: r.status, colour=lambda r: STATUS_COLOURS.get(r.status)),
+    Column("Method", lambda r: r.method),
+    Column("Collection", lambda r: r.collection),
+    Column(
+        "Step",
+        lambda r: f"{r.step:,}" + (f" / {_total(r):,}" if _total(r) else ""),
+        align_right=True,
+    ),
+    Column("Loss", lambda r: _fmt(r.summary.get("loss")), align_right=True),
+    Column("Eval loss", lambda r: _fmt(r.summary.get("eval_loss")), align_right=True),
+    Column("GPUs", lambda r: r.world_size, align_right=True),
+    Column("Updated", lambda r: fmt_time(r.updated_at)),
+    Column("Error", lambda r: r.error or "", tooltip=True),
+]
+
+EVAL_COLUMNS = [
+    Column("#", lambda it: it.idx, align_right=True),
+    Column("Prompt", lambda it: it.prompt, tooltip=True, max_chars=80),
+    Column("Teacher", lambda it: it.teacher, tooltip=True, max_chars=60),
+    Column("Student before", lambda it: it.student_before, tooltip=True, max_chars=60),
+    Column("Student after", lambda it: it.student_after, tooltip=True, max_chars=60),
+    Column(
+        "ROUGE-L before", lambda it: it.metrics.get("before", {}).get("rouge_l"), align_right=True
+    ),
+    Column(
+        "ROUGE-L after", lambda it: it.metrics.get("after", {}).get("rouge_l"), align_right=True
+    ),
+]
+METRIC_LABELS = {
+    "loglik": "log-likelihood / token",
+    "exact_match": "exact match",
+    "f1": "F1 (words)",
+    "rouge_l": "ROUGE-L",
+}
+
+
+class RunsPanel(Panel):
+    title = "Runs"
+    key = "runs"
+    resume_requested = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._tail: dict[int, int] = {}  # run id -> last metrics rowid drawn
+        self._shown: list[int] = []
+        self.job: Job | None = None
+
+        self.model = ListTableModel(RUN_COLUMNS)
+        self.table = QTableView()
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.verticalHeader().hide()
+        self.table.setWordWrap(False)
+        self.table.setAlternatingRowColors(True)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.selectionModel().selectionChanged.connect(self.on_selection_changed)
+
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip(
+            "Continue the run from its last checkpoint (in the Train panel)"
+        )
+        self.eval_button = QPushButton("Evaluate")
+        self.eval_button.setToolTip(
+            "Generate answers to the held-out prompts: student before vs after vs teacher"
+        )
+        self.eval_limit = QSpinBox()
+        self.eval_limit.setRange(0, 100_000)
+        self.eval_limit.setSpecialValueText("all held-out prompts")
+        self.eval_limit.setPrefix("at most ")
+        self.eval_limit.setSuffix(" prompts")
+        self.eval_limit.setValue(0)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip(
+            "Write the student as a Hugging Face model folder with a model card"
+        )
+        self.merge_lora = QCheckBox("merge LoRA")
+        self.cancel_button = QPushButton("Cancel")
+        self.resume_button.clicked.connect(self.resume_selected)
+        self.eval_button.clicked.connect(self.evaluate_selected)
+        self.export_button.clicked.connect(self.export_dialog)
+        self.cancel_button.clicked.connect(self.cancel_job)
+        self.job_progress = QProgressBar()
+        self.job_progress.hide()
+        self.job_label = QLabel("")
+        buttons = QHBoxLayout()
+        for w in (
+            self.resume_button,
+            self.eval_button,
+            self.eval_limit,
+            self.export_button,
+            self.merge_lora,
+            self.cancel_button,
+        ):
+            buttons.addWidget(w)
+        buttons.addWidget(self.job_progress, 1)
+        buttons.addWidget(self.job_label, 1)
+        self.cancel_button.hide()
+
+        self.board = PlotBoard(overlay=True)
+        self.board_hint = hint(
+            "Select one or more runs to overlay their curves. Running runs (also ones started from the CLI or torchrun) update live."
+        )
+
+        # -- evaluation view -------------------------------------------------------------
+        self.eval_box = QComboBox()
+        self.eval_box.currentIndexChanged.connect(self.show_evaluation)
+        self.summary_view = QTextBrowser()
+        self.summary_view.setMaximumHeight(150)
+        self.items_model = ListTableModel(EVAL_COLUMNS)
+        self.items_table = QTableView()
+        self.items_table.setModel(self.items_model)
+        self.items_table.verticalHeader().hide()
+        self.items_table.setWordWrap(False)
+        self.items_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.items_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.items_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.items_table.horizontalHeader().setStretchLastSection(True)
+        self.items_table.selectionModel().currentRowChanged.connect(self.show_eval_item)
+        self.side = {k: QTextBrowser() for k in ("prompt", "teacher", "before", "after")}
+        side = QGridLayout()
+        for i, (key, title) in enumerate(
+            (
+                ("prompt", "Prompt"),
+                ("teacher", "Teacher"),
+                ("before", "Student before"),
+                ("after", "Student after"),
+            )
+        ):
+            side.addWidget(heading(title), 0, i)
+            side.addWidget(self.side[key], 1, i)
+        eval_tab = QWidget()
+        el = QVBoxLayout(eval_tab)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Evaluation"))
+        row.addWidget(self.eval_box, 1)
+        el.addLayout(row)
+        esplit = QSplitter(Qt.Orientation.Vertical)
+        top = QWidget()
+        tl = QHBoxLayout(top)
+        tl.setContentsMargins(0, 0, 0, 0)
+        tl.addWidget(self.summary_view, 2)
+        tl.addWidget(self.items_table, 5)
+        esplit.addWidget(top)
+        sw = QWidget()
+        sw.setLayout(side)
+        esplit.addWidget(sw)
+        el.addWidget(esplit, 1)
+
+        curves = QWidget()
+        cl = QVBoxLayout(curves)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.addWidget(self.board_hint)
+        cl.addWidget(self.board, 1)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(curves, "Curves")
+        self.tabs.addTab(eval_tab, "Evaluation")
+
+        top_box = QWidget()
+        tb = QVBoxLayout(top_box)
+        tb.setContentsMargins(0, 0, 0, 0)
+        tb.addWidget(self.table, 1)
+        tb.addLayout(buttons)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(top_box)
+        split.addWidget(self.tabs)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 3)
+        split.setSizes([220, 620])
+        self.body.addWidget(split, 1)
+
+        self.tail_timer = QTimer(self)
+        self.tail_timer.setInterval(TAIL_MS)
+        self.tail_timer.timeout.connect(self.tail)
+        self.tail_timer.start()
+        self.update_buttons()
+
+    # -- the list ------------------------------------------------------------------------
+    def refresh(self) -> None:
+        if self.ws is None:
+            return
+        selected = {r.name for r in self.selected_runs()}
+        all_runs = [r for r in runs.list_runs(self.ws) if not r.name.startswith("preflight-")]
+        old = [r.name for r in self.model.rows]
+        if old == [r.name for r in all_runs]:
+            for i, r in enumerate(all_runs):
+                if r != self.model.rows[i]:
+                    self.model.replace_row(i, r)
+        else:
+            self.model.set_rows(all_runs)
+            self.table.resizeColumnsToContents()
+            for i, r in enumerate(all_runs):
+                if r.name in selected:
+                    self.table.selectionModel().select(
+                        self.model.index(i, 0),
+                        self.table.selectionModel().SelectionFlag.Select
+                        | self.table.selectionModel().SelectionFlag.Rows,
+                    )
+            if not selected and all_runs:
+                self.table.selectRow(len(all_runs) - 1)
+        if not all_runs:
+            self.message.show_message(
+                "No runs yet: start one in the Train panel (or `kdstudio train`).", "info"
+            )
+        elif self.message.text.startswith("No runs"):
+            self.message.clear()
+        self.update_buttons()
+
+    def selected_runs(self) -> list[runs.Run]:
+        return [self.model.row(i.row()) for i in self.table.selectionModel().selectedRows()]
+
+    def select_run(self, name: str) -> None:
+        for i, r in enumerate(self.model.rows):
+            if r.name == name:
+                self.table.selectRow(i)
+
+    @Slot()
+    def on_selection_changed(self) -> None:
+        chosen = self.selected_runs()
+        ids = [r.id for r in chosen]
+        if ids != self._shown:
+            self._shown = ids
+            self.board.clear()
+            self._tail = {}
+            for r in chosen:
+                self.board.set_run_label(str(r.id), r.name if len(chosen) > 1 else "")
+            self.tail()
+        self.fill_evaluations()
+        self.update_buttons()
+
+    def update_buttons(self) -> None:
+        chosen = self.selected_runs()
+        one = chosen[0] if len(chosen) == 1 else None
+        busy = self.job is not None and self.job.running
+        self.resume_button.setEnabled(
+            bool(one) and one.status in ("stopped", "interrupted", "failed") and not busy
+        )
+        can_use = bool(one) and one.status != "running" and not busy
+        self.eval_button.setEnabled(can_use)
+        self.export_button.setEnabled(can_use)
+        self.merge_lora.setVisible(bool(one) and bool(one.config.get("lora")))
+        self.cancel_button.setVisible(busy)
+
+    # -- curves: load and tail -------------------------------------------------------------
+    @Slot()
+    def tail(self) -> None:
+        """Draw metrics stored since the last look (the whole history on the first look)."""
+        if self.ws is None or not self.isVisible() and self._tail:
+            return
+        for run_id in self._shown:
+            rows = self.ws.metrics(run_id, after_rowid=self._tail.get(run_id, 0))
+            if not rows:
+                continue
+            self._tail[run_id] = rows[-1]["rowid"]
+            by_name: dict[str, list[tuple[int, float]]] = {}
+            for r in rows:
+                by_name.setdefault(r["name"], []).append((r["step"], r["value"]))
+            for name, points in by_name.items():
+                arr = np.asarray(points, dtype=float)
+                self.board.add_history(str(run_id), name, arr[:, 0], arr[:, 1])
+        if any(r.status == "running" for r in self.model.rows) or not self.model.rows:
+            self.refresh()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if self.ws is not None:
+            self.refresh()
+            self.tail()
+
+    # -- resume ----------------------------------------------------------------------------
+    @Slot()
+    def resume_selected(self) -> None:
+        chosen = self.selected_runs()
+        if len(chosen) == 1:
+            self.resume_requested.emit(chosen[0].name)
+
+    # -- evaluate and export ----------------------------------------------------------------
+    def _run_job(self, name: str, fn, on_success) -> Job:
+        job = self.start_job(name, fn)
+        self.job = job
+        job.sink.progressed.connect(self.on_job_progress)
+        job.succeeded.connect(on_success)
+        job.cancelled.connect(self.on_job_cancelled)
+        job.ended.connect(self.on_job_ended)
+        self.job_progress.show()
+        self.job_progress.setRange(0, 0)
+        self.job_label.setText(f"{name}…")
+        job.start()
+        self.update_buttons()
+        return job
+
+    @Slot()
+    def evaluate_selected(self) -> Job | None:
+        chosen = self.selected_runs()
+        if len(chosen) != 1 or self.ws is None:
+            return None
+        run, ws = chosen[0], self.ws
+        try:
+            config = ev.EvalConfig(run=run.name, limit=self.eval_limit.value() or None)
+        except UserError as exc:
+            self.message.show_message(str(exc), "error")
+            return None
+
+        def run_eval(sink, cancel):
+            return ev.evaluate(config, ws, sink, cancel)
+
+        return self._run_job(f"evaluating {run.name}", run_eval, self.on_evaluated)
+
+    @Slot()
+    def export_dialog(self) -> None:
+        chosen = self.selected_runs()
+        if len(chosen) != 1 or self.ws is None:
+            return
+        folder = QFileDialog.getExistingDirectory(
+            self, "Export the student into an empty folder", str(self.ws.exports_dir)
+        )
+        if folder:
+            self.export_selected(
+                Path(folder) / chosen[0].name if any(Path(folder).iterdir()) else Path(folder)
+            )
+
+    def export_selected(self, out: Path) -> Job | None:
+        from kdstudio.export import ExportConfig, export
+
+        chosen = self.selected_runs()
+        if len(chosen) != 1 or self.ws is None:
+            return None
+        run, ws = chosen[0], self.ws
+        try:
+            config = ExportConfig(run=run.name, out=out, merge_lora=self.merge_lora.isChecked())
+        except UserError as exc:
+            self.message.show_message(str(exc), "error")
+            return None
+
+        def run_export(sink, cancel):
+            return export(config, ws, sink, cancel)
+
+        return self._run_job(f"exporting {run.name}", run_export, self.on_exported)
+
+    @Slot()
+    def cancel_job(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.stop("cancelled from the window")
+            self.job_label.setText("stopping after the current batch…")
+
+    @Slot(object)
+    def on_job_progress(self, event: Progress) -> None:
+        if event.total:
+            self.job_progress.setRange(0, event.total)
+            self.job_progress.setValue(event.done)
+        extra = " · ".join(
+            f"{k.replace('_', ' ')} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in event.extra.items()
+        )
+        self.job_label.setText(
+            f"{event.done:,}/{event.total or '?'} {event.unit}s"
+            + (f" · {extra}" if extra else "")
+            + (f" · {event.message}" if event.message else "")
+        )
+
+    @Slot(object)
+    def on_evaluated(self, evaluation: ev.Evaluation) -> None:
+        self.message.show_message(
+            f"Evaluation {evaluation.id} of {evaluation.run} finished on {evaluation.summary.get('n', 0)} prompts.",
+            "success",
+        )
+        self.fill_evaluations(select=evaluation.id)
+        self.tabs.setCurrentIndex(1)
+
+    @Slot(object)
+    def on_exported(self, result: Any) -> None:
+        self.message.show_message(
+            f"Exported the student ({result.kind}) to {result.path}: load it with AutoModelForCausalLM.from_pretrained.",
+            "success",
+        )
+
+    @Slot(str)
+    def on_job_cancelled(self, reason: str) -> None:
+        self.message.show_message(reason, "info")
+        self.fill_evaluations()
+
+    @Slot()
+    def on_job_ended(self) -> None:
+        self.job_progress.hide()
+        self.job_label.setText("")
+        self.update_buttons()
+
+    def show_error(self, info: ErrorInfo) -> None:
+        super().show_error(info)
+
+    # -- the evaluation view ---------------------------------------------------------------
+    def fill_evaluations(self, select: int | None = None) -> None:
+        chosen = self.selected_runs()
+        self.eval_box.blockSignals(True)
+        self.eval_box.clear()
+        if len(chosen) == 1 and self.ws is not None:
+            evals = ev.list_evaluations(self.ws, chosen[0].name)
+            for e in reversed(evals):
+                label = f"#{e.id} · step {e.step} ({e.checkpoint or '?'}) · {e.status} · {e.summary.get('n', 0)} prompts · {fmt_time(e.created_at)}"
+                self.eval_box.addItem(label, e.id)
+            if select is not None:
+                self.eval_box.setCurrentIndex(max(0, self.eval_box.findData(select)))
+        self.eval_box.blockSignals(False)
+        self.show_evaluation()
+
+    @Slot()
+    def show_evaluation(self) -> None:
+        eval_id = self.eval_box.currentData()
+        for view in self.side.values():
+            view.clear()
+        if eval_id is None or self.ws is None:
+            self.items_model.set_rows([])
+            self.summary_view.setHtml(
+                "<i>No evaluation yet: select a finished or stopped run and click Evaluate.</i>"
+            )
+            return
+        e = ev.get_evaluation(self.ws, eval_id)
+        self.summary_view.setHtml(summary_html(e))
+        self.items_model.set_rows(ev.eval_items(self.ws, eval_id))
+        for i, w in enumerate((36, 220, 160, 160, 160, 100)):
+            self.items_table.setColumnWidth(i, w)
+        if self.items_model.rowCount():
+            self.items_table.selectRow(0)
+
+    @Slot()
+    def show_eval_item(self) -> None:
+        index = self.items_table.currentIndex()
+        if not index.isValid():
+            return
+        it = self.items_model.row(index.row())
+        m = it.metrics
+
+        def block(text: str, scores: dict | None = None) -> str:
+            tail = ""
+            if scores:
+                tail = (
+                    "<p style='color:gray'>"
+                    + " · ".join(
+                        f"{METRIC_LABELS.get(k, k)} {v:.3f}"
+                        for k, v in scores.items()
+                        if isinstance(v, (int, float))
+                    )
+                    + "</p>"
+                )
+            return f"<div style='white-space:pre-wrap'>{escape(text)}</div>{tail}"
+
+        self.side["prompt"].setHtml(block(it.prompt))
+        self.side["teacher"].setHtml(block(it.teacher))
+        self.side["before"].setHtml(block(it.student_before, m.get("before")))
+        self.side["after"].setHtml(block(it.student_after, m.get("after")))
+
+
+def summary_html(e: ev.Evaluation) -> str:
+    """The before / after / teacher table of an evaluation (after in green when better)."""
+    s = e.summary
+
+    def cell(v: Any, better: bool = False) -> str:
+        text = f"{v:.3f}" if isinstance(v, (int, float)) else "–"
+        style = " style='color:#2e9b4f'" if better else ""
+        return f"<td align=right{style}>{text}</td>"
+
+    rows = []
+    for name, row in s.get("metrics", {}).items():
+        before, after = row.get("before"), row.get("after")
+        better = (
+            isinstance(before, (int, float)) and isinstance(after, (int, float)) and after > before
+        )
+        rows.append(
+            f"<tr><td>{METRIC_LABELS.get(name, name)}</td>{cell(before)}{cell(after, better)}"
+            f"{cell(row.get('teacher'))}</tr>"
+        )
+    head = (
+        f"<b>{escape(e.run)}</b> at {escape(str(s.get('checkpoint', e.checkpoint)))}: "
+        f"{s.get('n', 0)} of {s.get('planned', s.get('n', 0))} held-out prompts ({e.status})"
+    )
+    table = (
+        "<table cellspacing=0 cellpadding=3><tr><th></th><th>student before</th>"
+        "<th>student after</th><th>teacher</th></tr>" + "".join(rows) + "</table>"
+    )
+    note = f"<p style='color:gray'>{escape(s.get('note', ''))}</p>" if s.get("note") else ""
+    return head + table + note

@@ -1,0 +1,186 @@
+"""Train and Runs panels with a tiny student trained for real: plots, stop, resume, tail, eval."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("pytestqt")
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    from kdstudio.gui.testing import tiny_student
+
+    return tiny_student(tmp_path_factory.mktemp("student"))
+
+
+@pytest.fixture
+def trained_ws(ws, tmp_path):
+    """A workspace with a collection of answers to train on (teacher answers stored as done)."""
+    from kdstudio.config import TeacherConfig
+    from kdstudio.data import import_dataset
+    from kdstudio.gui.testing import write_prompts
+    from kdstudio.outputs import Response, content_hash, create_collection, insert_response
+
+    result = import_dataset(ws, write_prompts(tmp_path / "p.jsonl", 40), name="arith")
+    ws.add_teacher(TeacherConfig(name="t", base_url="http://127.0.0.1:9/v1", model="m"))
+    cid = create_collection(
+        ws, "answers", dataset_id=result.dataset_id, teacher_name="t", params={}
+    )
+    with ws.tx() as con:
+        for row in ws.query(
+            "SELECT id, idx, reference FROM dataset_rows WHERE dataset_id=?", (result.dataset_id,)
+        ):
+            h = content_hash(["gui-test", row["idx"]])
+            insert_response(con, h, Response(text=row["reference"]))
+            con.execute(
+                "INSERT INTO collection_items(collection_id, row_id, sample, hash, status) VALUES (?,?,0,?,'done')",
+                (cid, row["id"], h),
+            )
+    return ws
+
+
+@pytest.fixture
+def window(qtbot, trained_ws, tmp_path):
+    from kdstudio.gui import workers
+    from kdstudio.gui.main_window import MainWindow
+    from kdstudio.gui.testing import prepare_app
+
+    prepare_app(tmp_path / "settings")
+    win = MainWindow(trained_ws)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    workers.stop_all(60)
+
+
+def fill_form(panel, student, *, steps, name):
+    panel.student_path.set_value(str(student))
+    panel.collection_box.setCurrentText("answers")
+    panel.forms["optim"].set_values({"max_steps": steps, "batch_size": 4, "lr": 3e-3})
+    panel.forms["run"].set_values(
+        {"name": name, "log_every": 1, "eval_every": 10, "checkpoint_every": 0}
+    )
+
+
+def test_train_panel_runs_a_tiny_student_and_the_plots_fill(qtbot, window, student):
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=12, name="t12")
+    panel.update_cli()
+    assert (
+        "kdstudio --workspace" in panel.command_view.text()
+        and "train --config" in panel.command_view.text()
+    )
+    assert 'collection = "answers"' in panel.toml_view.toPlainText()
+    job = panel.start()
+    with qtbot.waitSignal(job.ended, timeout=120_000):
+        pass
+    assert job.outcome == "succeeded", job.error
+    panel.board.refresh()
+    assert panel.board.point_count("loss") == 12
+    assert panel.board.point_count("eval_loss") >= 1
+    assert panel.progress.value() == 12
+    assert "finished" in panel.message.text
+    saved = panel.ws.root / "configs" / "t12.toml"
+    assert saved.exists() and "max_steps = 12" in saved.read_text()
+
+
+def test_a_bad_form_value_is_an_inline_message_naming_the_key(window, student):
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=5, name="bad")
+    panel.forms["optim"].widgets["lr"].setText("fast")
+    assert panel.start() is None
+    assert "optim.lr" in panel.message.text and panel.message.level == "error"
+
+
+def test_stop_saves_a_checkpoint_and_resume_continues_the_same_curve(qtbot, window, student):
+    from kdstudio.distill import checkpoint as ckpt
+    from kdstudio.distill import runs
+
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=400, name="long")
+    job = panel.start()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 3, timeout=120_000)
+    panel.stop()
+    with qtbot.waitSignal(job.ended, timeout=60_000):
+        pass
+    run = runs.get_run(panel.ws, "long")
+    assert run.status == "stopped"
+    stopped_at = run.step
+    assert [c.step for c in ckpt.list_checkpoints(panel.ws, "long")][-1] == stopped_at
+    runs_panel = window.show_panel("runs")
+    runs_panel.refresh()
+    runs_panel.select_run("long")
+    assert runs_panel.resume_button.isEnabled()
+    runs_panel.resume_selected()  # -> the Train panel resumes it
+    assert window.tabs.currentWidget() is panel
+    job = panel.job
+    qtbot.waitUntil(lambda: panel.progress.value() >= stopped_at + 2, timeout=120_000)
+    panel.stop()
+    with qtbot.waitSignal(job.ended, timeout=60_000):
+        pass
+    panel.board.refresh()
+    steps = panel.board.plots[0].series["\x00loss"].buffer.view()[0]
+    assert steps[0] == 1 and list(steps) == sorted(steps)  # history, then the resumed part
+    assert runs.get_run(panel.ws, "long").step > stopped_at
+
+
+def test_runs_panel_tails_a_run_written_by_another_process(qtbot, window, trained_ws):
+    from kdstudio.distill import runs
+    from kdstudio.distill.config import TrainConfig
+    from kdstudio.workspace import Workspace
+
+    config = TrainConfig.from_dict(
+        {
+            "student": {"path": "/nowhere"},
+            "data": {"collection": "answers"},
+            "run": {"name": "cli-run"},
+        }
+    )
+    other = Workspace.open(trained_ws.root)  # its own connections, as a CLI process has
+    run = runs.create_run(other, config)
+    runs.set_status(other, run.id, "running")
+    panel = window.show_panel("runs")
+    panel.refresh()
+    panel.select_run("cli-run")
+
+    def writer():
+        for step in range(1, 31):
+            other.add_metrics(run.id, step, {"loss": 3.0 / step, "lr": 1e-3}, time.time())
+            time.sleep(0.01)
+        other.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join()
+    qtbot.waitUntil(lambda: panel.board.point_count("loss") == 30, timeout=5000)
+    assert panel.model.row(0).status == "running"
+
+
+def test_evaluate_and_export_from_the_runs_panel(qtbot, window, student, tmp_path):
+    train = window.show_panel("train")
+    fill_form(train, student, steps=6, name="small")
+    job = train.start()
+    with qtbot.waitSignal(job.ended, timeout=120_000):
+        pass
+    panel = window.show_panel("runs")
+    panel.refresh()
+    panel.select_run("small")
+    panel.eval_limit.setValue(2)
+    job = panel.evaluate_selected()
+    with qtbot.waitSignal(job.ended, timeout=120_000):
+        pass
+    assert job.outcome == "succeeded", job.error
+    assert panel.items_model.rowCount() == 2
+    assert "student after" in panel.summary_view.toHtml()
+    assert panel.side["teacher"].toPlainText()
+    job = panel.export_selected(tmp_path / "exported")
+    with qtbot.waitSignal(job.ended, timeout=120_000):
+        pass
+    assert job.outcome == "succeeded", job.error
+    assert (tmp_path / "exported" / "config.json").exists()
+    assert "Exported" in panel.message.text
