@@ -582,8 +582,8 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
     from kdstudio.distill import runs
 
     run = runs.get_run(ws, config.run)
-    path = ckpt.resolve_checkpoint(ws, run.name, config.checkpoint)
     examples = held_out_examples(ws, run)
+    path = ckpt.resolve_checkpoint(ws, run.name, config.checkpoint)
     device = pick_device(config.device)
     sink.emit(Log(f"evaluating {run.name} at {path.name} on {device.type}: loading the students"))
     students = _Students(ws, run, config.checkpoint, device)

@@ -63,3 +63,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("keyring"):
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory):
+    """A workspace with two tiny trained runs, `demo` (full) and `lo` (LoRA), whose teacher
+    carries a planted key (kdstudio.testing.runs.make_demo_workspace); shared by the eval and
+    export tests, which only add evaluations and exports to it."""
+    from kdstudio.testing.runs import make_demo_workspace
+
+    demo = make_demo_workspace(tmp_path_factory.mktemp("trained"))
+    yield demo
+    demo.ws.close()

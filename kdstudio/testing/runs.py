@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,45 @@ def make_trained_run(
     finally:
         trainer.close()
     return runs.get_run(ws, name)
+
+
+#: A fake API key planted in the demo teacher's URL, query and headers (and environment):
+#: no export may contain it.
+PLANTED_SECRET = "sk-kdstudio-planted-7f3a9c1e5b2d4680"
+
+
+@dataclass
+class DemoWorkspace:
+    """A workspace with trained runs `demo` (full fine-tune) and, optionally, `lo` (LoRA)."""
+
+    root: Path
+    ws: Workspace
+    teacher: TeacherConfig
+    runs: dict[str, Any] = field(default_factory=dict)
+    secret: str = PLANTED_SECRET
+
+
+def planted_teacher() -> TeacherConfig:
+    """An OpenAI-compatible teacher whose URL, query and headers carry `PLANTED_SECRET`."""
+    return TeacherConfig(
+        name="big-teacher",
+        base_url=f"https://kd-user:{PLANTED_SECRET}@api.example.com:8443/v1?api-key={PLANTED_SECRET}",
+        model="big-model-1",
+        headers={"Authorization": f"Bearer {PLANTED_SECRET}", "X-Api-Key": PLANTED_SECRET},
+        key_source="env",
+        key_env="KD_PLANTED_KEY",
+    )
+
+
+def make_demo_workspace(root: Path, *, lora: bool = True) -> DemoWorkspace:
+    """Train `demo` (20 steps) and, with `lora`, `lo` (10 steps) on the planted teacher's
+    answers to `SUMS`, in a new workspace under `root`."""
+    root = Path(root)
+    ws = Workspace.open(root / "ws")
+    demo = DemoWorkspace(root, ws, planted_teacher())
+    demo.runs["demo"] = make_trained_run(ws, root / "build-demo", name="demo", teacher=demo.teacher)
+    if lora:
+        demo.runs["lo"] = make_trained_run(
+            ws, root / "build-lo", name="lo", teacher=demo.teacher, lora=True, max_steps=10, lr=1e-2
+        )
+    return demo

@@ -1,0 +1,173 @@
+"""Evaluation of trained tiny runs: stored side by side, consistent with training, stoppable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kdstudio.distill import checkpoint as ckpt
+from kdstudio.distill import runs
+from kdstudio.distill.config import TrainConfig
+from kdstudio.errors import Cancelled, NotFound, UserError
+from kdstudio.evaluate import (
+    EvalConfig,
+    eval_items,
+    evaluate,
+    get_evaluation,
+    latest_evaluation,
+    list_evaluations,
+    text_scores,
+)
+from kdstudio.events import CancelToken, ListSink, Progress, RowDone
+from kdstudio.outputs import iter_examples
+
+
+def _eval(demo, sink=None, cancel=None, **kwargs):
+    kwargs.setdefault("max_new_tokens", 10)
+    kwargs.setdefault("batch_size", 4)
+    config = EvalConfig(run=kwargs.pop("run", "demo"), **kwargs)
+    return evaluate(config, demo.ws, sink or ListSink(), cancel or CancelToken())
+
+
+@pytest.fixture(scope="module")
+def first(trained_runs):
+    """One full evaluation of `demo`, with the events it reported."""
+    sink = ListSink()
+    return _eval(trained_runs, sink), sink
+
+
+def test_after_loglik_is_minus_the_trainers_eval_loss_and_beats_before(trained_runs, first):
+    result, _ = first
+    meta = json.loads((ckpt.resolve_checkpoint(trained_runs.ws, "demo") / "meta.json").read_text())
+    m = result.summary["metrics"]
+    # the same tokens, the same mask: evaluation and training agree on the held-out loss
+    assert m["loglik"]["after"] == pytest.approx(-meta["eval_loss"], rel=1e-4)
+    assert m["loglik"]["before"] < m["loglik"]["after"] - 1.0
+    assert m["rouge_l"]["after"] > m["rouge_l"]["before"]
+    assert m["f1"]["after"] > m["f1"]["before"]
+    assert {m[k]["teacher"] for k in ("exact_match", "f1", "rouge_l")} == {1.0}
+    assert m["loglik"]["teacher"] is None
+
+
+def test_every_held_out_prompt_is_stored_with_three_answers_side_by_side(trained_runs, first):
+    result, _ = first
+    run = runs.get_run(trained_runs.ws, "demo")
+    teacher = {ex.row_id: ex.response for ex in iter_examples(trained_runs.ws, run.collection)}
+    items = eval_items(trained_runs.ws, result.id)
+    assert sorted(it.row_id for it in items) == sorted(run.eval_rows)
+    assert [it.idx for it in items] == list(range(len(items)))
+    assert result.status == "finished" and result.step == 20 and result.summary["n"] == len(items)
+    for it in items:
+        assert it.teacher == teacher[it.row_id]
+        assert it.prompt.startswith("What is ")
+        assert it.student_before != it.student_after
+        # stored scores are those of the stored texts
+        for model, text in (("before", it.student_before), ("after", it.student_after)):
+            assert {k: it.metrics[model][k] for k in ("exact_match", "f1", "rouge_l")} == (
+                text_scores(text, it.teacher)
+            )
+
+
+def test_progress_is_reported_once_per_prompt(first):
+    result, sink = first
+    progress = sink.of(Progress)
+    n = result.summary["n"]
+    assert [p.done for p in progress] == list(range(1, n + 1))
+    assert {(p.total, p.unit) for p in progress} == {(n, "prompt")}
+    assert len([e for e in sink.of(RowDone) if e.status == "done"]) == n
+
+
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(trained_runs, first):
+    result, _ = first
+    one = _eval(trained_runs, batch_size=1)
+    batched = eval_items(trained_runs.ws, result.id)
+    single = eval_items(trained_runs.ws, one.id)
+    assert [it.student_after for it in single] == [it.student_after for it in batched]
+    assert [it.student_before for it in single] == [it.student_before for it in batched]
+    for a, b in zip(single, batched, strict=True):
+        assert a.metrics["after"]["loglik"] == pytest.approx(b.metrics["after"]["loglik"], abs=1e-5)
+
+
+def test_limit_and_checkpoint_choose_what_is_evaluated(trained_runs):
+    result = _eval(trained_runs, limit=2, checkpoint="10")
+    assert result.step == 10 and result.checkpoint == "step-0000010"
+    assert len(eval_items(trained_runs.ws, result.id)) == 2
+    assert latest_evaluation(trained_runs.ws, "demo", step=10).id == result.id
+    assert get_evaluation(trained_runs.ws, result.id).config["limit"] == 2
+
+
+def test_stop_finishes_the_batch_stores_it_and_raises_cancelled(trained_runs):
+    cancel = CancelToken()
+
+    class StopAfterFirstRow(ListSink):
+        def emit(self, event):
+            super().emit(event)
+            if isinstance(event, RowDone):
+                cancel.cancel()
+
+    with pytest.raises(Cancelled, match="stopped after 2 of 6 prompts"):
+        _eval(trained_runs, StopAfterFirstRow(), cancel, batch_size=2)
+    stopped = list_evaluations(trained_runs.ws, "demo")[-1]
+    assert stopped.status == "stopped" and stopped.summary["n"] == 2
+    assert len(eval_items(trained_runs.ws, stopped.id)) == 2
+    assert stopped.summary["metrics"]["rouge_l"]["after"] is not None
+
+
+def test_a_lora_run_is_compared_with_its_base_weights(trained_runs):
+    from kdstudio.distill.batches import encode_example
+    from kdstudio.evaluate import response_logliks
+
+    result = _eval(trained_runs, run="lo", limit=3)
+    items = eval_items(trained_runs.ws, result.id)
+    base, tok = ckpt.load_student(trained_runs.ws, "lo", "base")
+    encoded = [
+        encode_example(tok, [{"role": "user", "content": it.prompt}], it.teacher, 64)
+        for it in items
+    ]
+    # "before" ran with the adapter disabled: the same numbers as the base model alone
+    expected = response_logliks(base, encoded, tok.pad_token_id, base.device)
+    assert [it.metrics["before"]["loglik"] for it in items] == pytest.approx(expected, abs=1e-5)
+    m = result.summary["metrics"]["loglik"]
+    assert m["after"] > m["before"]
+
+
+def _new_run(ws, name, eval_rows=None):
+    demo = runs.get_run(ws, "demo")
+    data = json.loads(json.dumps(demo.config))
+    data["run"]["name"] = name
+    run = runs.create_run(ws, TrainConfig.from_dict(data))
+    if eval_rows is not None:
+        runs.update_run(ws, run.id, eval_rows=eval_rows)
+    return run
+
+
+def test_clear_errors_for_runs_that_cannot_be_evaluated(trained_runs):
+    ws = trained_runs.ws
+    with pytest.raises(NotFound, match="no run named 'nope'.*demo"):
+        _eval(trained_runs, run="nope")
+    _new_run(ws, "never-started")
+    with pytest.raises(UserError, match="has not started yet"):
+        _eval(trained_runs, run="never-started")
+    _new_run(ws, "no-holdout", eval_rows=[])
+    with pytest.raises(UserError, match="held out no prompts.*eval_fraction"):
+        _eval(trained_runs, run="no-holdout")
+    _new_run(ws, "no-checkpoint", eval_rows=runs.get_run(ws, "demo").eval_rows)
+    with pytest.raises(UserError, match="no checkpoint yet"):
+        _eval(trained_runs, run="no-checkpoint")
+    with pytest.raises(NotFound, match="step.*'999'"):
+        _eval(trained_runs, checkpoint="999")
+    assert not [e for e in list_evaluations(ws) if e.run != "demo" and e.run != "lo"]
+
+
+def test_cli_eval_prints_the_table_and_json(trained_runs, run_cli):
+    proc = run_cli("eval", "demo", "--limit", "2", "--max-new-tokens", "8", "--json",
+                   workspace=trained_runs.ws.root)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "finished" and len(doc["items"]) == 2
+    assert set(doc["summary"]["metrics"]) == {"loglik", "exact_match", "f1", "rouge_l"}
+    assert {"teacher", "student_before", "student_after"} <= set(doc["items"][0])
+
+    proc = run_cli("eval", "missing-run", workspace=trained_runs.ws.root)
+    assert proc.returncode == 2 and "no run named 'missing-run'" in proc.stderr
