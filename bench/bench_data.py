@@ -24,11 +24,48 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-WORDS = (
-    "model teacher student token loss gradient batch layer attention distill prompt answer "
-    "explain why how what when where data train learn small large fast slow python code "
-    "write story poem list summary table number value error result method paper idea"
-).split()
+WORDS = [
+    "model",
+    "teacher",
+    "student",
+    "token",
+    "loss",
+    "gradient",
+    "batch",
+    "layer",
+    "attention",
+    "distill",
+    "prompt",
+    "answer",
+    "explain",
+    "why",
+    "how",
+    "what",
+    "when",
+    "where",
+    "data",
+    "train",
+    "learn",
+    "small",
+    "large",
+    "fast",
+    "slow",
+    "python",
+    "code",
+    "write",
+    "story",
+    "poem",
+    "list",
+    "summary",
+    "table",
+    "number",
+    "value",
+    "error",
+    "result",
+    "method",
+    "paper",
+    "idea",
+]
 
 IMPORT_CHILD = """
 import json, resource, sys, time
@@ -93,7 +130,9 @@ def timed(fn, repeat: int = 5) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the generated file and workspace")
@@ -114,7 +153,9 @@ def main() -> int:
     print("importing ...", file=sys.stderr)
     ws_dir = work / "ws"
     shutil.rmtree(ws_dir, ignore_errors=True)
-    imp_small = child(IMPORT_CHILD.format(root=str(ROOT), ws=str(ws_dir), path=str(small), name="small"))
+    imp_small = child(
+        IMPORT_CHILD.format(root=str(ROOT), ws=str(ws_dir), path=str(small), name="small")
+    )
     imp = child(IMPORT_CHILD.format(root=str(ROOT), ws=str(ws_dir), path=str(big), name="big"))
     assert imp["rows"] == args.rows, imp
 

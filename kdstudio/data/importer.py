@@ -422,9 +422,7 @@ def _bad(reader, line: int, bad: Bad, skip_bad: bool, result: ImportResult, sink
         )
 
 
-def _import_answers(
-    ws, con, did: int, name: str, collection: str, result: ImportResult, cancel
-) -> None:
+def _import_answers(ws, con, did: int, name: str, collection: str, result: ImportResult) -> None:
     """Store each row's reference answer as a done item of a new collection (source 'import')."""
     from kdstudio.outputs import add_imported_response, create_collection
 

@@ -126,12 +126,22 @@ def parse_map_args(items: Iterable[str]) -> dict[str, str]:
     return normalize_mapping(out)
 
 
+_EXACT = {c for cands in CANDIDATES.values() for c in cands}
+
+
 def _find(columns: dict[str, str], fld: str, taken: set[str]) -> str | None:
-    """The first column (original spelling) that matches a candidate name for `fld`."""
+    """The column (original spelling) that holds `fld`: an exact candidate name first, else a
+    name ending in one ('Gold Answer', 'user_prompt'), never a name another field owns."""
     for cand in CANDIDATES[fld]:
         col = columns.get(cand)
         if col is not None and col not in taken:
             return col
+    if fld in ("messages", "conversations", "instruction", "input", "history", "meta"):
+        return None
+    for cand in CANDIDATES[fld]:
+        for norm, col in columns.items():
+            if col not in taken and norm not in _EXACT and norm.rsplit("_", 1)[-1] == cand:
+                return col
     return None
 
 
@@ -422,11 +432,15 @@ def converter(schema: Schema) -> Converter:
         return reference, system, key
 
     if "messages" in cols:
-        chat_col = cols["messages"]
+        chat_col, p_col = cols["messages"], cols.get("prompt")
 
         def convert(rec: dict) -> tuple:
             reference, system, key = common(rec)
-            turns = _turns(rec.get(chat_col), chat_col)
+            value = rec.get(chat_col)
+            if value is None and p_col is not None and rec.get(p_col):
+                # a row of a mixed file with a plain prompt instead of turns
+                value = [{"role": "user", "content": _text(rec[p_col], p_col)}]
+            turns = _turns(value, chat_col)
             msgs, prompt, system, reference = _finish(turns, system, reference)
             return msgs, prompt, system, reference, key, extras(rec)
 
