@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_import(args: argparse.Namespace, ctx) -> int:
     from kdstudio.data import import_dataset
-    from kdstudio.data.importer import skipped_summary
+    from kdstudio.data.importer import plural, skipped_summary
     from kdstudio.data.schema import parse_map_args
     from kdstudio.errors import UserError
     from kdstudio.events import ConsoleSink
@@ -117,9 +117,9 @@ def cmd_import(args: argparse.Namespace, ctx) -> int:
         return 0
     if result.skipped:
         unit = "row" if result.file_format == "parquet" else "line"
-        print(
-            f"skipped {len(result.skipped):,} bad {unit}s: {skipped_summary(result.skipped, unit)}"
-        )
+        summary = skipped_summary(result.skipped, unit)
+        print(f"skipped {plural(len(result.skipped), 'bad ' + unit)}: {summary}")
+    print(f"see it with: kdstudio data show {result.name}")
     return 0
 
 
@@ -152,6 +152,7 @@ def cmd_list(args: argparse.Namespace, ctx) -> int:
 
 def cmd_show(args: argparse.Namespace, ctx) -> int:
     from kdstudio.data import store
+    from kdstudio.data.importer import plural
 
     info = store.get_dataset(ctx.ws, args.name)
     rows = store.page(ctx.ws, info, args.offset, max(args.limit, 0), search=args.search)
@@ -164,7 +165,8 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
     for line in describe(info):
         print(line)
     if args.search:
-        print(f"{store.count(ctx.ws, info, search=args.search):,} rows match {args.search!r}")
+        n = store.count(ctx.ws, info, search=args.search)
+        print(f"{plural(n, 'row')} {'matches' if n == 1 else 'match'} {args.search!r}")
     for r in rows:
         print()
         print(f"#{r.idx}" + (f"  id {r.row_key}" if r.row_key else ""))
@@ -185,17 +187,20 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
 
 def describe(info) -> list[str]:
     """A few lines that summarise a dataset and its stats for a person."""
+    from kdstudio.data.importer import plural
+
     s = info.stats
     origin = f"derived from {info.parent!r}" if info.parent else f"from {info.source}"
     lines = [
-        f"dataset {info.name!r}: {info.n_rows:,} rows ({info.format}), {origin}, created {_when(info.created_at)}"
+        f"dataset {info.name!r}: {plural(info.n_rows, 'row')} ({info.format}), {origin}, "
+        f"created {_when(info.created_at)}"
     ]
     if not s:
         return lines
     roles = ", ".join(f"{k} {v:,}" for k, v in s.get("roles", {}).items())
     lines.append(
         f"  {s.get('with_system', 0):,} with a system prompt, {s.get('with_reference', 0):,} with a "
-        f"reference answer, {s.get('multi_turn', 0):,} multi-turn; rows with each role: {roles}"
+        f"reference answer, {s.get('multi_turn', 0):,} multi-turn; rows containing each role: {roles}"
     )
     c = s.get("chars", {})
     lines.append(
@@ -205,7 +210,7 @@ def describe(info) -> list[str]:
     )
     dup = s.get("duplicates", 0)
     lines.append(
-        f"  {dup:,} duplicate rows" + (" (re-import with --dedupe to drop them)" if dup else "")
+        f"  {plural(dup, 'duplicate row')}" + (" (re-import with --dedupe to drop them)" if dup else "")
         + (f"; {s['skipped']:,} bad lines were skipped at import" if s.get("skipped") else "")
     )  # fmt: skip
     if info.mapping:

@@ -68,15 +68,20 @@ class ImportResult:
     def describe(self) -> str:
         """One line a person reads after the import."""
         text = (
-            f"imported {self.n_rows:,} rows into dataset {self.name!r} "
+            f"imported {plural(self.n_rows, 'row')} into dataset {self.name!r} "
             f"({self.file_format.upper()}, {SCHEMA_WORDS.get(self.detected_format, self.detected_format)}"
             f"; {self.n_references:,} with a reference answer) in {self.seconds:.1f} s"
         )
         if self.removed_duplicates:
-            text += f"; removed {self.removed_duplicates:,} duplicate rows"
+            text += f"; removed {plural(self.removed_duplicates, 'duplicate row')}"
         if self.collection:
             text += f"; answers stored in collection {self.collection!r}"
         return text
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 row', '2 rows', '1,000 rows'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def default_name(path: Path) -> str:
@@ -147,7 +152,10 @@ def import_dataset(
     if not records:
         line, bad = head[0]
         raise DataError(path, line, bad.reason, bad.excerpt, unit=reader.unit)
-    schema = detect(records, columns_map, forced)
+    try:
+        schema = detect(records, columns_map, forced)
+    except UserError as exc:
+        raise UserError(f"{path.name}: {exc}") from None
     del records
     sink.emit(Log(f"{path.name}: {reader.kind.upper()}, {SCHEMA_WORDS[schema.name]}; "
                   f"columns: {', '.join(f'{f}={c!r}' for f, c in schema.columns.items())}"))  # fmt: skip
@@ -172,7 +180,7 @@ def import_dataset(
             raise DataError(
                 path, None, f"no row could be imported ({len(result.skipped)} bad lines skipped)"
             )
-        sink.emit(Log(f"read {result.n_rows:,} rows; finishing the search index and stats"))
+        sink.emit(Log(f"read {plural(result.n_rows, 'row')}; finishing the search index and stats"))
         writer.finish(acc, result)
     except BaseException:
         writer.abort()

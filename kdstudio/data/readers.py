@@ -63,7 +63,14 @@ def _around(text: str, pos: int, width: int = EXCERPT) -> str:
 
 
 def _json_reason(exc: json.JSONDecodeError) -> str:
-    return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    """The json module's message, in words a person fixing the file can act on."""
+    msg = exc.msg.removesuffix(" starting at").removesuffix(" at")
+    rest = exc.doc[exc.pos :] if isinstance(exc.doc, str) else ""
+    if msg.startswith("Unterminated string") or (
+        msg.startswith("Invalid control character") and rest[:1] in ("\n", "\r")
+    ):
+        msg = "a string is not closed (a '\"' is missing)"
+    return f"not valid JSON: {msg} at column {exc.colno}"
 
 
 def _utf8_reason(exc: UnicodeDecodeError) -> str:

@@ -179,7 +179,7 @@ def detect(records: list[dict], mapping: dict[str, str] | None, forced: str | No
     for fld, col in mapping.items():
         if col not in originals:
             raise UserError(
-                f"--map {fld}={col}: there is no column {col!r} (columns: {_list(originals)})"
+                f"--map {fld}={col}: there is no column {col!r} (columns: {_list(seen.values())})"
             )
     taken = set(mapping.values())
 
@@ -217,7 +217,7 @@ def detect(records: list[dict], mapping: dict[str, str] | None, forced: str | No
             want = "messages" if name == "openai-chat" else "conversations"
             raise UserError(
                 f"--format {name}: no column holds a list of turns (expected {want!r}; "
-                f"columns: {_list(originals)}); use --map {want}=COLUMN"
+                f"columns: {_list(seen.values())}); use --map {want}=COLUMN"
             )
         taken.add(chat_col)
         columns["messages"] = chat_col
@@ -230,7 +230,7 @@ def detect(records: list[dict], mapping: dict[str, str] | None, forced: str | No
         col = pick("instruction")
         if col is None:
             raise UserError(
-                f"--format alpaca: no 'instruction' column (columns: {_list(originals)}); "
+                f"--format alpaca: no 'instruction' column (columns: {_list(seen.values())}); "
                 "use --map instruction=COLUMN"
             )
         columns["instruction"] = col
@@ -242,8 +242,8 @@ def detect(records: list[dict], mapping: dict[str, str] | None, forced: str | No
         col = pick("prompt")
         if col is None:
             raise UserError(
-                f"no prompt column found (columns: {_list(originals)}); "
-                "say which column holds the prompt with --map prompt=COLUMN"
+                f"no prompt column found (columns: {_list(seen.values())}); say which column "
+                f"holds the prompt with --map prompt=COLUMN, e.g. --map prompt={next(iter(seen.values()), 'text')}"
             )
         columns["prompt"] = col
         col = pick("history")
@@ -257,7 +257,7 @@ def detect(records: list[dict], mapping: dict[str, str] | None, forced: str | No
 
 
 def _list(names: Iterable[str]) -> str:
-    names = sorted(names, key=str)
+    names = list(names)
     return ", ".join(repr(n) for n in names) if names else "none"
 
 

@@ -418,7 +418,10 @@ def check_new_name(con: sqlite3.Connection, name: str) -> None:
 
     check_name("dataset", name)
     if con.execute("SELECT 1 FROM datasets WHERE name=?", (name,)).fetchone():
-        raise UserError(f"a dataset named {name!r} already exists (choose another name)")
+        raise UserError(
+            f"a dataset named {name!r} already exists (choose another name, e.g. --name {name}-2, "
+            f"or remove it first with `kdstudio data remove {name}`)"
+        )
 
 
 def apply_edit(row: DatasetRow, edit: dict[str, Any]) -> tuple:
