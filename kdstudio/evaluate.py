@@ -585,6 +585,9 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
     examples = held_out_examples(ws, run)
     path = ckpt.resolve_checkpoint(ws, run.name, config.checkpoint)
     device = pick_device(config.device)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard loading bars would flood the console
     sink.emit(Log(f"evaluating {run.name} at {path.name} on {device.type}: loading the students"))
     students = _Students(ws, run, config.checkpoint, device)
     pairs, dropped = _encode_all(students.tok, examples, int(run.config["data"]["max_length"]))

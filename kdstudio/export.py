@@ -455,9 +455,6 @@ def _kind(run: Any, checkpoint: Path, merge: bool, sink: Sink) -> str:
 
 def export(config: ExportConfig, ws: Workspace, sink: Sink, cancel: CancelToken) -> ExportResult:
     """Write a run's checkpoint as a model folder with its model card (see the module doc)."""
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     from kdstudio.distill import checkpoint as ckpt
     from kdstudio.distill import runs
 
@@ -465,7 +462,11 @@ def export(config: ExportConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
     out = config.out.resolve()
     run = runs.get_run(ws, config.run)
     checkpoint = ckpt.resolve_checkpoint(ws, run.name, config.checkpoint)
-    _check_target(out)
+    _check_target(out)  # before the heavy imports: bad input is refused at once
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     sink = FanoutSink([sink, StoreSink(ws, "export", run.id)])
     kind = _kind(run, checkpoint, config.merge_lora, sink)
     hf_logging.disable_progress_bar()

@@ -81,13 +81,6 @@ def _stop_on_ctrl_c(cancel: Any, what: str) -> Any:
             signal.signal(s, h)
 
 
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -109,7 +102,6 @@ def cmd_eval(args: argparse.Namespace, ctx) -> int:
         batch_size=args.batch_size,
         device=args.device,
     )
-    _quiet_transformers()
     cancel = CancelToken()
     with _stop_on_ctrl_c(cancel, "after this batch (what is done is saved)"):
         result = evaluate(config, ctx.ws, ConsoleSink(quiet=args.json), cancel)
@@ -143,7 +135,6 @@ def cmd_export(args: argparse.Namespace, ctx) -> int:
     config = ExportConfig(
         run=args.run, out=args.out, checkpoint=args.checkpoint, merge_lora=args.merge_lora
     )
-    _quiet_transformers()
     cancel = CancelToken()
     with _stop_on_ctrl_c(cancel, "the export (nothing will be left half-written)"):
         result = export(config, ctx.ws, ConsoleSink(quiet=args.json), cancel)
