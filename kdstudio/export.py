@@ -293,9 +293,9 @@ def model_card(doc: dict[str, Any]) -> str:
     front.append("---")
     out = [*front, "", f"# {run['name']}", ""]
     out.append(
-        f"A student model distilled with kdstudio {doc['kdstudio']} by `{run['method']}` from "
-        f"the teachers below. This folder holds {kind_words[doc['format']]}, from checkpoint "
-        f"`{ckpt['name']}` (step {ckpt['step']})."
+        f"A student model distilled with kdstudio {doc['kdstudio']} by `{run['method']}` on "
+        f"the teacher answers described below. This folder holds {kind_words[doc['format']]}, "
+        f"from checkpoint `{ckpt['name']}` (step {ckpt['step']})."
     )
     out += ["", "## Base student", ""]
     base_line = f"- Folder: `{base['path']}`"
@@ -316,7 +316,17 @@ def model_card(doc: dict[str, Any]) -> str:
         out.append("No teacher is recorded: the answers were imported from a file.")
     out += ["", "## Data", ""]
     out += _table(
-        ["collection", "source", "dataset", "answers", "accepted", "rejected", "edited", "request"],
+        [
+            "collection",
+            "source",
+            "dataset",
+            "answers",
+            "accepted",
+            "rejected",
+            "edited",
+            "request",
+            "collected",
+        ],
         [
             [
                 c["name"],
@@ -327,6 +337,7 @@ def model_card(doc: dict[str, Any]) -> str:
                 c["reviews"].get("rejected"),
                 c["reviews"].get("edited"),
                 ", ".join(f"{k}={v}" for k, v in c["params"].items()) or None,
+                c["updated"],
             ]
             for c in doc["collections"]
         ],
@@ -470,10 +481,13 @@ def export(config: ExportConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
     sink = FanoutSink([sink, StoreSink(ws, "export", run.id)])
     kind = _kind(run, checkpoint, config.merge_lora, sink)
     hf_logging.disable_progress_bar()
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.kdstudio-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write in {out.parent} ({exc.strerror})") from None
     steps = ["weights", "tokenizer", "model card"]
     try:
         sink.emit(Log(f"exporting {run.name} {checkpoint.name} as {kind} to {out}"))
