@@ -109,6 +109,25 @@ class MetricPlot(pg.PlotWidget):
         item.getViewBox().sigResized.connect(self._place_empty)
         self._place_empty()
 
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Follow the system palette when it switches between light and dark."""
+        from PySide6.QtCore import QEvent
+
+        kinds = (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange)
+        if event.type() in kinds and hasattr(self, "series"):  # not during construction
+            self.apply_theme()
+        super().changeEvent(event)
+
+    def apply_theme(self) -> None:
+        background, foreground = _theme_colours()
+        self.setBackground(background)
+        item = self.getPlotItem()
+        item.setTitle(self.title, color=foreground, size="10pt")
+        for axis in ("left", "bottom"):
+            ax = item.getAxis(axis)
+            ax.setPen(pg.mkPen(foreground))
+            ax.setTextPen(pg.mkPen(foreground))
+
     def _place_empty(self) -> None:
         rect = self.getPlotItem().getViewBox().boundingRect()
         self.empty.setPos(rect.center())

@@ -159,6 +159,8 @@ def fmt_count(n: int | float | None) -> str:
 def fmt_usd(x: float | None) -> str:
     if x is None:
         return "–"
+    if 0 < x < 0.001:
+        return f"${x:.6f}"
     return f"${x:,.4f}" if x < 1 else f"${x:,.2f}"
 
 

@@ -192,6 +192,7 @@ class CollectPanel(Panel):
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m requests (%p%)")
         self.rate_label = QLabel("")
+        self.rate_label.setWordWrap(True)
         self.spend_label = QLabel("")
         self.spend_bar = QProgressBar()
         self.spend_bar.setFormat("spend vs budget %p%")
@@ -559,12 +560,17 @@ class CollectPanel(Panel):
 
     @Slot(object)
     def on_finished_event(self, event: Finished) -> None:
-        self.rate_label.setText(event.message)
+        pass  # the summary arrives with `succeeded` (on_collected)
 
     @Slot(object)
     def on_collected(self, summary: Any) -> None:
-        level = "success" if summary.status == "done" else "warning"
-        self.message.show_message(summary.message, level)
+        self.message.show_message(
+            outcome_text(summary), "success" if summary.status == "done" else "warning"
+        )
+        self.rate_label.setText(
+            f"Finished in {fmt_duration(summary.elapsed)}: {summary.requests:,} requests, "
+            f"{summary.retries:,} retries, {summary.cached:,} answers reused from the cache."
+        )
         self.collection_finished.emit(summary.collection)
 
     @Slot(str)
@@ -579,6 +585,8 @@ class CollectPanel(Panel):
 
     @Slot()
     def on_ended(self) -> None:
+        if self.config is not None:
+            self.status_changed.emit(f"collection {self.config.collection_name()} ended")
         self.counts_timer.stop()
         self.update_counts()
         self.estimate = None
@@ -607,6 +615,21 @@ class CollectPanel(Panel):
 
     def show_error(self, info: ErrorInfo) -> None:
         super().show_error(info)
+
+
+def outcome_text(summary: Any) -> str:
+    """How a collection ended, in the window's words (the core's message names CLI commands)."""
+    c = summary.counts
+    done, total, failed = c.get("done", 0), c.get("total", 0), c.get("failed", 0)
+    text = f"Collection {summary.collection!r}: {done:,} of {total:,} answers stored"
+    text += f", spent {fmt_usd(summary.spent)}." if summary.spent else "."
+    if summary.status == "stopped":
+        text += f" Stopped by the budget ({summary.message.split(';')[0]}); raise the budget and press Start to continue."
+    elif failed:
+        text += f" {failed:,} failed (listed below; filter Outputs by state “failed”); press Start to retry them."
+    elif c.get("queued"):
+        text += " Some are still queued: press Start to continue."
+    return text
 
 
 def _usd(value: Any) -> float | None:

@@ -144,7 +144,7 @@ class OutputsPanel(Panel):
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        for i, w in enumerate((44, 60, 80, 220, 300, 70, 76, 64)):
+        for i, w in enumerate((44, 60, 80, 220, 300, 84, 84, 76)):
             self.table.setColumnWidth(i, w)
         header.setStretchLastSection(False)
         header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)

@@ -169,7 +169,7 @@ class RunsPanel(Panel):
         self.eval_box = QComboBox()
         self.eval_box.currentIndexChanged.connect(self.show_evaluation)
         self.summary_view = QTextBrowser()
-        self.summary_view.setMaximumHeight(150)
+        self.summary_view.setMinimumHeight(170)
         self.items_model = ListTableModel(EVAL_COLUMNS)
         self.items_table = QTableView()
         self.items_table.setModel(self.items_model)
@@ -203,7 +203,8 @@ class RunsPanel(Panel):
         tl = QHBoxLayout(top)
         tl.setContentsMargins(0, 0, 0, 0)
         tl.addWidget(self.summary_view, 2)
-        tl.addWidget(self.items_table, 5)
+        tl.addWidget(self.items_table, 3)
+        self.summary_view.setMinimumWidth(430)
         esplit.addWidget(top)
         sw = QWidget()
         sw.setLayout(side)
@@ -284,10 +285,14 @@ class RunsPanel(Panel):
         if ids != self._shown:
             self._shown = ids
             self.board.clear()
+            self.board.overlay = len(chosen) > 1  # one run: a colour per metric
             self._tail = {}
             for r in chosen:
                 self.board.set_run_label(str(r.id), r.name if len(chosen) > 1 else "")
             self.tail()
+            gpu = self.board.plot_for("gpu_mem_gb")
+            if gpu is not None and chosen and self.board.point_count("gpu_mem_gb") == 0:
+                gpu.set_empty_text("no GPU memory reported (CPU runs)")
         self.fill_evaluations()
         self.update_buttons()
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
@@ -290,6 +290,7 @@ class TeachersPanel(Panel):
 
         self.detail = QPlainTextEdit()
         self.detail.setReadOnly(True)
+        self.detail.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.detail.setPlaceholderText("Select a teacher to see its settings and capabilities.")
         detail_box = QWidget()
         dl = QVBoxLayout(detail_box)
@@ -369,9 +370,7 @@ class TeachersPanel(Panel):
             f"prices:      {_price_text(t)}",
             "",
             "capabilities:",
-            json.dumps(t.capabilities, indent=2)
-            if t.capabilities
-            else "  not probed yet — click Probe",
+            _caps_lines(t.capabilities),
         ]
         self.detail.setPlainText("\n".join(lines))
 

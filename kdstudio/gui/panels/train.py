@@ -276,6 +276,7 @@ class TrainPanel(Panel):
         vsplit.addWidget(self.tabs)
         vsplit.setStretchFactor(0, 3)
         vsplit.setStretchFactor(1, 2)
+        vsplit.setSizes([480, 300])
         rl.addWidget(vsplit, 1)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(scroll)
@@ -455,6 +456,13 @@ class TrainPanel(Panel):
             )
         self.preview_info.setText(" · ".join(notes))
         self.preview_view.setHtml(student_sees_html(preview, is_dark(self)))
+        first = next((i for i, t in enumerate(preview.tokens) if t["loss"]), None)
+        if first is not None:
+            pos = sum(len(t["text"]) + t["text"].count("\n") for t in preview.tokens[:first])
+            cursor = self.preview_view.textCursor()
+            cursor.setPosition(min(pos, len(self.preview_view.toPlainText())))
+            self.preview_view.setTextCursor(cursor)
+            self.preview_view.ensureCursorVisible()
         self.tabs.setCurrentIndex(0)
 
     @Slot(object)
@@ -589,6 +597,7 @@ class TrainPanel(Panel):
         self.progress_label.setText(
             f"Run {name}: {run.status} at step {run.step:,} of {int(total or 0):,}."
         )
+        self.note_missing_gpu()
 
     def load_history(self, name: str) -> None:
         run = runs.get_run(self.ws, name)
@@ -697,9 +706,15 @@ class TrainPanel(Panel):
     def on_training_cancelled(self, reason: str) -> None:
         self.message.show_message(f"Training stopped ({reason}).", "info")
 
+    def note_missing_gpu(self) -> None:
+        plot = self.board.plot_for("gpu_mem_gb")
+        if plot is not None and self.board.point_count("gpu_mem_gb") == 0:
+            plot.set_empty_text("no GPU memory reported (this run trained on the CPU)")
+
     @Slot()
     def on_training_ended(self) -> None:
         self.board.refresh()
+        self.note_missing_gpu()
         self.refresh()
         self.workspace_changed.emit()
         self.status_changed.emit(f"run {self.run_name} ended")
