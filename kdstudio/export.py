@@ -403,6 +403,8 @@ def model_card(doc: dict[str, Any]) -> str:
             "",
             f'base = AutoModelForCausalLM.from_pretrained("{base["hub_id"] if base.get("hub_id") else base["path"]}")',
             'model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER")',
+            "# with peft installed and the base folder in place, this loads both in one go:",
+            '# model = AutoModelForCausalLM.from_pretrained("PATH/TO/THIS/FOLDER")',
         ]
     else:
         out += [

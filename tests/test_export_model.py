@@ -126,6 +126,8 @@ def test_lora_run_exports_the_adapter_by_default(trained_runs, tmp_path):
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), result.path)
     reference, _ = ckpt.load_student(trained_runs.ws, "lo", "last")
     torch.testing.assert_close(_logits(loaded.eval()), _logits(reference), rtol=0, atol=1e-6)
+    # transformers' peft integration follows adapter_config.json to the base student
+    torch.testing.assert_close(_logits(_load(result.path)), _logits(reference), rtol=0, atol=1e-6)
     card = (result.path / "README.md").read_text()
     assert "library_name: peft" in card and "PeftModel.from_pretrained" in card
 
