@@ -25,6 +25,7 @@ What it guarantees:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -552,39 +553,55 @@ class LiveRunner:
         queue = self.col.iter_queued()
         pending: deque[Item] = deque()
         exhausted = False
-        tasks: dict[asyncio.Task, Item] = {}
+        in_flight = 0
+        finished: list[tuple[Item, Any]] = []
+        loop = asyncio.get_running_loop()
+        wake: list[asyncio.Future] = []
+
+        def wake_up() -> None:
+            if wake and not wake[0].done():
+                wake[0].set_result(None)
+
+        def on_done(item: Item, task: asyncio.Task) -> None:
+            finished.append((item, task.result()))
+            wake_up()
+
         last_beat = time.monotonic()
         while True:
             now = time.monotonic()
             if self.cancel.cancelled and not self.stop_reason:
                 self.stop_reason = self.cancel.reason or "cancelled"
+            if finished:
+                done, finished[:] = list(finished), []
+                in_flight -= len(done)
+                self._handle(done)
             if not pending and not exhausted:
                 pending.extend(next(queue, None) for _ in range(256))
                 while pending and pending[-1] is None:
                     pending.pop()
                     exhausted = True
-            launch = self._launchable(pending, tasks, now)
+            launch = self._launchable(pending, in_flight, now)
             if launch:
                 with self.col.ws.tx() as con:
                     self.col.mark(con, launch, "in_flight", bump=True)
                 for item in launch:
                     item.attempts += 1
                     self.stats.requests += 1
-                    tasks[asyncio.ensure_future(self._attempt(client, item))] = item
-            if not tasks:
-                if self.stop_reason or self.fatal or (not pending and exhausted and not self.retry):
-                    break
-                await asyncio.sleep(self._idle_wait(now))
-                continue
-            done, _ = await asyncio.wait(
-                tasks, timeout=self._idle_wait(now), return_when=asyncio.FIRST_COMPLETED
-            )
-            if done:
-                self._handle([(tasks.pop(t), t.result()) for t in done])
+                    in_flight += 1
+                    task = loop.create_task(self._attempt(client, item))
+                    task.add_done_callback(functools.partial(on_done, item))
+            nothing_left = not pending and exhausted and not self.retry
+            if not in_flight and (self.stop_reason or self.fatal or nothing_left):
+                break
             if now - last_beat > HEARTBEAT_S:
                 last_beat = now
                 self.col.heartbeat()
             self._progress()
+            if not finished:  # sleep until a request ends, a retry is due, or 0.1 s (cancel)
+                wake[:] = [loop.create_future()]
+                timer = loop.call_later(self._idle_wait(now), wake_up)
+                await wake[0]
+                timer.cancel()
         self._requeue(list(pending) + self.retry)
 
     def _idle_wait(self, now: float) -> float:
@@ -595,11 +612,11 @@ class LiveRunner:
             waits.append(max(0.001, min(it.ready_at for it in self.retry) - now))
         return max(0.001, min(waits))
 
-    def _launchable(self, pending: deque[Item], tasks: dict, now: float) -> list[Item]:
+    def _launchable(self, pending: deque[Item], in_flight: int, now: float) -> list[Item]:
         if self.stop_reason or self.fatal or now < self.pause_until:
             return []
         out: list[Item] = []
-        room = self.limit.limit - len(tasks)
+        room = self.limit.limit - in_flight
         while room > 0:
             item = self._next_ready(pending, now)
             if item is None:
