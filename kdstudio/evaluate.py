@@ -604,6 +604,7 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
     if dropped:
         sink.emit(Log(f"{dropped} held-out prompts are longer than data.max_length: skipped"))
     done: list[EvalItem] = []
+    sink.emit(Progress(0, len(pairs), unit="prompt"))  # the clock starts before the first batch
     try:
         for start, batch in _chunks(pairs, config.batch_size):
             if cancel.cancelled:

@@ -171,3 +171,5 @@ def test_cli_eval_prints_the_table_and_json(trained_runs, run_cli):
 
     proc = run_cli("eval", "missing-run", workspace=trained_runs.ws.root)
     assert proc.returncode == 2 and "no run named 'missing-run'" in proc.stderr
+    proc = run_cli("eval", "demo", "--max-new-tokens", "0", workspace=trained_runs.ws.root)
+    assert proc.returncode == 2 and "--max-new-tokens must be >= 1" in proc.stderr

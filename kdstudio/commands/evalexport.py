@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -81,6 +82,20 @@ def _stop_on_ctrl_c(cancel: Any, what: str) -> Any:
             signal.signal(s, h)
 
 
+@contextmanager
+def _flags_in_messages(section: str) -> Any:
+    """Config errors name the command-line flag (`--max-new-tokens`), not `eval.max_new_tokens`."""
+    from kdstudio.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        text = re.sub(
+            rf"\b{section}\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc)
+        )
+        raise ConfigError(text) from None
+
+
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -94,14 +109,15 @@ def cmd_eval(args: argparse.Namespace, ctx) -> int:
     from kdstudio.evaluate import METRICS, EvalConfig, eval_items, evaluate
     from kdstudio.events import CancelToken, ConsoleSink
 
-    config = EvalConfig(
-        run=args.run,
-        limit=args.limit,
-        checkpoint=args.checkpoint,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    with _flags_in_messages("eval"):
+        config = EvalConfig(
+            run=args.run,
+            limit=args.limit,
+            checkpoint=args.checkpoint,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
     cancel = CancelToken()
     with _stop_on_ctrl_c(cancel, "after this batch (what is done is saved)"):
         result = evaluate(config, ctx.ws, ConsoleSink(quiet=args.json), cancel)
@@ -132,9 +148,10 @@ def cmd_export(args: argparse.Namespace, ctx) -> int:
     from kdstudio.events import CancelToken, ConsoleSink
     from kdstudio.export import ExportConfig, export
 
-    config = ExportConfig(
-        run=args.run, out=args.out, checkpoint=args.checkpoint, merge_lora=args.merge_lora
-    )
+    with _flags_in_messages("export"):
+        config = ExportConfig(
+            run=args.run, out=args.out, checkpoint=args.checkpoint, merge_lora=args.merge_lora
+        )
     cancel = CancelToken()
     with _stop_on_ctrl_c(cancel, "the export (nothing will be left half-written)"):
         result = export(config, ctx.ws, ConsoleSink(quiet=args.json), cancel)
