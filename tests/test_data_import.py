@@ -334,3 +334,21 @@ def test_as_collection_without_answers_is_refused_and_imports_nothing(ws, tmp_pa
     with pytest.raises(UserError, match="nothing to store"):
         import_dataset(ws, path, as_collection="c1")
     assert ws.query("SELECT count(*) FROM datasets")[0][0] == 0
+
+
+def test_json_array_is_streamed_across_chunk_boundaries(ws, tmp_path, monkeypatch):
+    from kdstudio.data.readers import JsonReader
+
+    monkeypatch.setattr(JsonReader, "CHUNK", 7)  # every item, and one é, straddles a chunk edge
+    items = [{"prompt": f"café {i}", "response": "ünïcödé " * (i % 4)} for i in range(50)]
+    (tmp_path / "arr.json").write_text(
+        json.dumps(items, indent=1, ensure_ascii=False), encoding="utf-8"
+    )
+    result = import_dataset(ws, tmp_path / "arr.json")
+    assert result.n_rows == 50
+    assert [r.prompt for r in rows(ws, "arr")] == [f"café {i}" for i in range(50)]
+    lines = (json.dumps(items[:3], indent=1) + "\n").count("\n")
+    broken = json.dumps(items[:3], indent=1)[:-2] + ",\n {oops}\n]"
+    (tmp_path / "bad.json").write_text(broken)
+    with pytest.raises(DataError, match=f"bad.json, line {lines}: not valid JSON"):
+        import_dataset(ws, tmp_path / "bad.json")

@@ -108,6 +108,8 @@ def test_derive_refuses_an_existing_name_and_unknown_edits(ws, numbers):
         store.derive(ws, numbers, numbers)
     with pytest.raises(UserError, match="cannot edit"):
         store.derive(ws, numbers, "x", edits={0: {"colour": "red"}})
+    with pytest.raises(UserError, match="no row of 'numbers' is left"):
+        store.derive(ws, numbers, "x", search="zebras")
     assert "x" not in store.dataset_names(ws)
 
 
@@ -133,3 +135,43 @@ def test_dataset_used_by_a_collection_cannot_be_removed(ws, tmp_path):
     import_dataset(ws, path, as_collection="qa-answers")
     with pytest.raises(UserError, match="used by collection"):
         store.delete_dataset(ws, "qa")
+
+
+def test_search_with_odd_input_never_raises(ws, tmp_path):
+    path = tmp_path / "odd.jsonl"
+    texts = [
+        "foo_bar baz",
+        "don't stop",
+        "café au lait",
+        "日本語 テキスト",
+        "C++ templates",
+        "e\u0301te",
+    ]
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts), encoding="utf-8")
+    import_dataset(ws, path)
+    assert store.count(ws, "odd", search="foo_bar") == 1
+    assert store.count(ws, "odd", search="don't") == 1
+    assert store.count(ws, "odd", search="CAFE") == 1  # diacritics folded
+    assert store.count(ws, "odd", search="日本語") == 1
+    assert store.count(ws, "odd", search="templ*") == 1
+    for text in ['"', "AND", "OR NOT", "(", "*", "NEAR(a b)", "a:b", "^x", "e\u0301te", "-x"]:
+        store.count(ws, "odd", search=text)
+        store.page(ws, "odd", 0, 10, search=text)
+
+
+def test_search_index_built_in_several_pieces_covers_every_row(ws, tmp_path, monkeypatch):
+    from kdstudio.data import importer
+
+    monkeypatch.setattr(importer, "BATCH", 70)
+    monkeypatch.setattr(importer, "FTS_EVERY", 250)
+    path = tmp_path / "pieces.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"row {i} {'odd' if i % 2 else 'even'}"}) + "\n"
+            for i in range(1000)
+        )
+    )
+    import_dataset(ws, path)
+    assert store.count(ws, "pieces", search="odd") == 500
+    assert [r.idx for r in store.page(ws, "pieces", 0, 3, search="999")] == [999]
+    ws.db.execute("INSERT INTO dataset_fts(dataset_fts, rank) VALUES ('integrity-check', 1)")

@@ -32,6 +32,7 @@ from kdstudio.workspace import Workspace
 FORMATS = ("auto", *CONTAINERS, *SCHEMAS[:3])
 BATCH = 10_000  # rows per executemany
 QUEUE = 3  # batches converted ahead of the writer (bounds memory)
+FTS_EVERY = 100_000  # rows added to the search index at once (bigger = less merging)
 CACHE_KB = 16384  # the writer's page cache: bounded memory, fewer spills
 PEEK = 200  # records looked at to detect the schema
 SHOWN_SKIPS = 20  # skipped lines reported one by one; the rest are summed up
@@ -134,6 +135,8 @@ def import_dataset(
     t0 = time.time()
     sink = sink or NullSink()
     cancel = cancel or CancelToken()
+    if ws.db.in_transaction:
+        raise RuntimeError("import_dataset commits on its own: do not call it inside ws.tx()")
     path = Path(path).expanduser()
     container, forced = _split_format(fmt)
     _check_file(path)
@@ -151,6 +154,11 @@ def import_dataset(
         raise DataError(path, None, "has no rows (only blank lines or a header)")
     if not records:
         line, bad = head[0]
+        if skip_bad:
+            raise DataError(
+                path, None, f"has no good row in its first {plural(len(head), reader.unit)} "
+                f"({reader.unit} {line}: {bad.reason}); is it the right file and format?",
+            )  # fmt: skip
         raise DataError(path, line, bad.reason, bad.excerpt, unit=reader.unit)
     try:
         schema = detect(records, columns_map, forced)
@@ -276,23 +284,35 @@ class _Writer(threading.Thread):
             self.ws.close()  # this thread's connection
 
     def _write(self, con: sqlite3.Connection) -> bool:
-        """Insert and index batches until done (True) or aborted (False)."""
+        """Insert batches, indexing every FTS_EVERY rows, until done (True) or aborted (False)."""
         did = self.dataset_id
+        unindexed_from, unindexed = None, 0  # first idx not yet in the index, and how many
         while True:
             batch = self.queue.get()
             if batch is _ABORT:
                 return False
             if batch is _DONE:
+                if unindexed:
+                    self._index(con, did, unindexed_from)
                 return True
             con.executemany(store.INSERT_ROW, batch)
-            first = con.execute(
-                "SELECT id FROM dataset_rows WHERE dataset_id=? AND idx=?", (did, batch[0][1])
-            ).fetchone()[0]
-            con.execute(
-                "INSERT INTO dataset_fts(rowid, prompt, reference)"
-                " SELECT id, prompt, reference FROM dataset_rows WHERE id>=? ORDER BY id",
-                (first,),
-            )
+            if not unindexed:
+                unindexed_from = batch[0][1]
+            unindexed += len(batch)
+            if unindexed >= FTS_EVERY:
+                self._index(con, did, unindexed_from)
+                unindexed = 0
+
+    @staticmethod
+    def _index(con: sqlite3.Connection, did: int, from_idx: int) -> None:
+        first = con.execute(
+            "SELECT id FROM dataset_rows WHERE dataset_id=? AND idx=?", (did, from_idx)
+        ).fetchone()[0]
+        con.execute(
+            "INSERT INTO dataset_fts(rowid, prompt, reference)"
+            " SELECT id, prompt, reference FROM dataset_rows WHERE id>=? ORDER BY id",
+            (first,),
+        )
 
     def _complete(self, con: sqlite3.Connection) -> None:
         acc, result = self.final

@@ -177,7 +177,9 @@ def id_range(con: sqlite3.Connection, dataset_id: int) -> tuple[int, int] | None
 def fts_query(text: str) -> str | None:
     """A safe FTS5 query from what a person typed: every word must occur (AND); a word ending
     in '*' matches as a prefix. None when `text` has no words."""
-    words = re.findall(r"\w+\*?", text or "")
+    # runs of letters/digits, split as the unicode61 tokenizer splits them (the index keeps
+    # no positions, so a quoted string must be one token)
+    words = re.findall(r"[^\W_]+\*?", text or "")
     if not words:
         return None
     return " ".join(f'"{w[:-1]}"*' if w.endswith("*") else f'"{w}"' for w in words)
@@ -528,6 +530,8 @@ def derive(
             remove_duplicates(con, did)
         duplicates = count_duplicates(con, did)
         doc = scan_stats(con, did, duplicates)
+        if doc["rows"] == 0:
+            raise UserError(f"no row of {src.name!r} is left by this filter; nothing was made")
         con.execute(
             "UPDATE datasets SET n_rows=?, stats=? WHERE id=?", (doc["rows"], json.dumps(doc), did)
         )
