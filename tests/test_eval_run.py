@@ -73,7 +73,7 @@ def test_progress_is_reported_once_per_prompt(first):
     result, sink = first
     progress = sink.of(Progress)
     n = result.summary["n"]
-    assert [p.done for p in progress] == list(range(1, n + 1))
+    assert [p.done for p in progress] == list(range(0, n + 1))  # 0: before the first batch
     assert {(p.total, p.unit) for p in progress} == {(n, "prompt")}
     assert len([e for e in sink.of(RowDone) if e.status == "done"]) == n
 
