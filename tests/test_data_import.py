@@ -352,3 +352,26 @@ def test_json_array_is_streamed_across_chunk_boundaries(ws, tmp_path, monkeypatc
     (tmp_path / "bad.json").write_text(broken)
     with pytest.raises(DataError, match=f"bad.json, line {lines}: not valid JSON"):
         import_dataset(ws, tmp_path / "bad.json")
+
+
+def test_cancel_midway_rolls_back_rows_the_writer_already_inserted(ws, tmp_path, monkeypatch):
+    from kdstudio.data import importer
+
+    monkeypatch.setattr(importer, "BATCH", 100)
+
+    class CancelOnThirdCheck(CancelToken):
+        checks = 0
+
+        def raise_if_cancelled(self):
+            self.checks += 1
+            if self.checks == 3:
+                self.cancel("stop")
+            super().raise_if_cancelled()
+
+    path = write_jsonl(tmp_path / "mid.jsonl", [{"prompt": f"p{i}"} for i in range(1000)])
+    token = CancelOnThirdCheck()
+    with pytest.raises(Cancelled):
+        import_dataset(ws, path, cancel=token)
+    assert token.checks == 3
+    assert ws.query("SELECT count(*) FROM dataset_rows")[0][0] == 0
+    assert import_dataset(ws, path).n_rows == 1000  # the write lock was released

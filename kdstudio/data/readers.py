@@ -330,7 +330,7 @@ class CsvReader(Reader):
                 yield raw.decode("utf-8", errors="replace")
 
     def __iter__(self) -> Iterator[tuple[int, dict | Bad]]:
-        csv.field_size_limit(min(sys.maxsize, 1 << 31 - 1))
+        csv.field_size_limit(min(sys.maxsize, (1 << 31) - 1))
         bad_lines: set[int] = set()
         self._utf8_error = None
         with open(self.path, "rb") as f:

@@ -203,7 +203,9 @@ def detect(records: list[dict], mapping: dict[str, str] | None, forced: str | No
         if chat_col is not None:
             style = _turn_style(records, chat_col)
             name = "sharegpt" if style == "from" else "openai-chat"
-        elif "prompt" not in mapping and ("instruction" in mapping or "instruction" in seen):
+        elif "prompt" not in mapping and (
+            "instruction" in mapping or ("instruction" in seen and "prompt" not in seen)
+        ):
             name = "alpaca"
         else:
             name = "table"
