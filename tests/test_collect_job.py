@@ -269,3 +269,12 @@ def test_exhausted_quota_stops_the_job_instead_of_retrying(ws, server):
     with pytest.raises(JobFailed, match="no quota left"):
         collect(cfg(concurrency=1), ws)
     assert server.stats()["status"]["429"] == 1
+
+
+def test_a_later_probe_does_not_change_a_running_collections_settings(ws, server):
+    make_prompts(ws, n=4)
+    add_teacher(ws, server)
+    collect(cfg(top_logprobs=2, limit=2), ws)
+    ws.set_teacher_capabilities("t", {"token_ids": True, "logprobs": True})
+    summary = collect(cfg(top_logprobs=2), ws)  # same command: resumes
+    assert summary.counts["done"] == 4 and summary.requests == 2
