@@ -268,7 +268,8 @@ def eval_items(
 
 
 def summarize(items: Sequence[EvalItem]) -> dict[str, Any]:
-    """Before / after / teacher figures over stored items (see the module docstring).
+    """Before / after / teacher figures over stored items (see the module docstring), and
+    for the text metrics the share of the gap to the teacher that training closed.
 
     `loglik` is pooled over tokens (sum of log-probabilities / number of tokens); the text
     metrics are means over prompts.
@@ -291,6 +292,7 @@ def summarize(items: Sequence[EvalItem]) -> dict[str, Any]:
             else:
                 row[model] = sum(values) / len(values)
         row["teacher"] = None if name == "loglik" or not items else 1.0
+        row["gap_closed"] = _gap_closed(row)
         metrics[name] = row
     return {
         "n": len(items),
@@ -299,6 +301,15 @@ def summarize(items: Sequence[EvalItem]) -> dict[str, Any]:
         "metrics": metrics,
         "note": TEACHER_NOTE,
     }
+
+
+def _gap_closed(row: dict[str, float | None]) -> float | None:
+    """Share of the distance from the starting weights to the teacher that training closed:
+    (after - before) / (teacher - before); None without a teacher figure or a gap."""
+    before, after, teacher = row["before"], row["after"], row["teacher"]
+    if before is None or after is None or teacher is None or teacher - before <= 0:
+        return None
+    return (after - before) / (teacher - before)
 
 
 # -- held-out prompts --------------------------------------------------------------------------

@@ -381,15 +381,22 @@ def model_card(doc: dict[str, Any]) -> str:
         )
         out.append("")
         out += _table(
-            ["metric", "before", "after", "teacher"],
+            ["metric", "before", "after", "teacher", "gap closed"],
             [
-                [name, row.get("before"), row.get("after"), row.get("teacher")]
+                [
+                    name,
+                    row.get("before"),
+                    row.get("after"),
+                    row.get("teacher"),
+                    None if row.get("gap_closed") is None else f"{row['gap_closed']:.0%}",
+                ]
                 for name, row in ev["metrics"].items()
             ],
         )
         out += [
             "",
-            f"`loglik` is the mean log-likelihood per token of the teacher's answers; {ev['note']}.",
+            "`loglik` is the mean log-likelihood per token of the teacher's answers; "
+            f"{ev['note']}. `gap closed` is (after - before) / (teacher - before).",
         ]
         if ev["step"] != ckpt["step"]:
             out.append(f"(This evaluation is of step {ev['step']}, not of the exported step.)")

@@ -122,8 +122,17 @@ def test_summary_pools_loglik_over_tokens_and_averages_text_metrics_over_prompts
     items = [_item(0, 2, -4.0, -1.0), _item(1, 6, -2.0, -0.5)]
     s = summarize(items)
     # pooled: (2 * -4 + 6 * -2) / 8 = -2.5 ; (2 * -1 + 6 * -0.5) / 8 = -0.625
-    assert s["metrics"]["loglik"] == {"before": -2.5, "after": -0.625, "teacher": None}
-    assert s["metrics"]["rouge_l"] == {"before": 0.25, "after": 0.75, "teacher": 1.0}
+    assert s["metrics"]["loglik"]["before"] == -2.5
+    assert s["metrics"]["loglik"]["after"] == -0.625
+    assert s["metrics"]["loglik"]["teacher"] is None
+    # gap closed: (0.75 - 0.25) / (1 - 0.25) = 2/3 of the way to the teacher
+    assert s["metrics"]["rouge_l"] == {
+        "before": 0.25,
+        "after": 0.75,
+        "teacher": 1.0,
+        "gap_closed": pytest.approx(2 / 3),
+    }
+    assert s["metrics"]["loglik"]["gap_closed"] is None
     assert s["metrics"]["exact_match"]["teacher"] == 1.0
     assert s["n"] == 2 and s["n_tokens"] == 8
     assert "reference" in s["note"] and "1 by definition" in s["note"]

@@ -98,7 +98,11 @@ def test_model_card_tells_where_the_model_comes_from(trained_runs, exported):
     assert "Exported: 20" in card and "Run started: 20" in card  # dates
     assert doc["train_metrics"]["eval_loss"]["step"] == 20 and "| eval_loss | 20 |" in card
     ev = doc["evaluation"]
-    assert ev["step"] == 20 and "| rouge_l |" in card and "| before | after | teacher |" in card
+    assert (
+        ev["step"] == 20
+        and "| rouge_l |" in card
+        and "| before | after | teacher | gap closed |" in card
+    )
     assert "1 by definition" in card
     terms = card.split("## Terms of the teachers' outputs")[1]
     assert "restrict" in terms and "compete" in terms

@@ -130,11 +130,15 @@ def cmd_eval(args: argparse.Namespace, ctx) -> int:
         f"evaluation {result.id} of {result.run} at {result.checkpoint}: "
         f"{summary['n']} held-out prompts ({summary['n_tokens']} teacher tokens scored)"
     )
-    rows = [
-        [name, *(_fmt(summary["metrics"][name][m]) for m in ("before", "after", "teacher"))]
-        for name in METRICS
-    ]
-    ctx.print_table(["METRIC", "BEFORE", "AFTER", "TEACHER"], rows)
+    rows = []
+    for name in METRICS:
+        row = summary["metrics"][name]
+        gap = row.get("gap_closed")
+        rows.append(
+            [name, *(_fmt(row[m]) for m in ("before", "after", "teacher"))]
+            + ["n/a" if gap is None else f"{gap:.0%}"]
+        )
+    ctx.print_table(["METRIC", "BEFORE", "AFTER", "TEACHER", "GAP CLOSED"], rows)
     print(f"(before = the starting weights, after = {result.checkpoint}; {summary['note']})")
     for it in items[: max(args.show, 0)]:
         print(f"\n[{it.idx}] {_one_line(it.prompt)}")
