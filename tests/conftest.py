@@ -75,3 +75,11 @@ def trained_runs(tmp_path_factory):
     demo = make_demo_workspace(tmp_path_factory.mktemp("trained"))
     yield demo
     demo.ws.close()
+
+
+@pytest.fixture(scope="session")
+def kd_models(tmp_path_factory):
+    """Tiny KD students and teachers with related tokenizers (tests/kd_support.py)."""
+    from kd_support import make_kd_models
+
+    return make_kd_models(tmp_path_factory.mktemp("kd_models"))

@@ -105,7 +105,10 @@ class DistillConfig(Section):
         "(else renormalise over the top-k).",
     )
     chunk_size: int = setting(
-        1024, "Positions per chunk when computing KD losses (bounds peak memory).", min=1
+        512,
+        "Positions per chunk when computing KD losses (bounds peak memory; 512 keeps the loss "
+        "under 0.35x the memory of full logits).",
+        min=1,
     )
 
     def check(self) -> None:
@@ -113,6 +116,11 @@ class DistillConfig(Section):
             raise ConfigError(
                 "distill.teacher must name a local teacher for method dense_kd "
                 "(add one with `kdstudio teacher add-local NAME --path DIR`)"
+            )
+        if self.method == "sparse_kd" and self.tail and self.temperature != 1.0:
+            raise ConfigError(
+                "distill.temperature must be 1.0 for sparse_kd with distill.tail = true (the "
+                "teacher's tail mass at another temperature is unknown); set tail = false"
             )
 
 

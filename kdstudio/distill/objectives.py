@@ -115,6 +115,8 @@ class SFT(Objective):
 
 def make_objective(config: TrainConfig) -> Objective:
     """The objective for `config.distill.method`."""
+    import kdstudio.distill.kd  # noqa: F401 - registers sparse_kd and dense_kd
+
     method = config.distill.method
     cls = OBJECTIVES.get(method)
     if cls is None:

@@ -231,6 +231,7 @@ class Trainer:
                 autocast_dtype=self.amp_dtype,
                 sink=self.sink,
                 student_config=getattr(self._unwrapped(), "config", None),
+                extra={"train": self.data.train},
             )
         )
         self.optimizer = self._make_optimizer()
