@@ -75,3 +75,18 @@ def test_cli_probe_stores_capabilities_and_a_wrong_key_fails_without_leaking(
     assert "rejected" in bad.stdout
     assert wrong not in bad.stdout + bad.stderr and wrong[:8] not in bad.stdout
     assert files_containing(ws.root, wrong) == [] and files_containing(ws.root, KEY) == []
+
+
+def test_probe_notices_models_that_want_max_completion_tokens_and_collect_uses_it(ws):
+    from collect_support import make_prompts
+
+    from kdstudio.collect import CollectConfig, collect
+
+    with OpenAIServer(api_key=KEY, reject_max_tokens=True) as server:
+        teacher = add_teacher(ws, server)
+        caps = probe(teacher, KEY)
+        assert caps["max_tokens_param"] == "max_completion_tokens" and caps["logprobs"] is True
+        ws.set_teacher_capabilities("t", caps)
+        make_prompts(ws, n=3)
+        summary = collect(CollectConfig(teacher="t", dataset="prompts", max_tokens=5), ws)
+    assert summary.counts["done"] == 3

@@ -73,7 +73,9 @@ def request_body(
     """
     body: dict[str, Any] = {"model": teacher.model, "messages": messages}
     if params.get("max_tokens") is not None:
-        body["max_tokens"] = params["max_tokens"]
+        # Newer OpenAI models refuse `max_tokens`; the probe notes when they want the new name.
+        name = (teacher.capabilities or {}).get("max_tokens_param", "max_tokens")
+        body[name] = params["max_tokens"]
     for name in ("temperature", "top_p"):
         if params.get(name) is not None:
             body[name] = params[name]

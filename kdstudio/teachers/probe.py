@@ -86,8 +86,9 @@ class _OpenAIProbe:
         return outcome
 
     def _chat(self, **kw: Any) -> Any:
+        limit = {self.caps.get("max_tokens_param", "max_tokens"): 8}
         return self.client.chat.completions.create(
-            model=self.teacher.model, messages=PING, max_tokens=8, **kw
+            model=self.teacher.model, messages=PING, **limit, **kw
         )
 
     def run(self) -> dict[str, Any]:
@@ -126,6 +127,14 @@ class _OpenAIProbe:
             try:
                 self._chat()
             except openai.APIStatusError as exc:
+                if (
+                    exc.status_code == 400
+                    and "max_completion_tokens" in str(exc)
+                    and "max_tokens_param" not in self.caps
+                ):
+                    # Newer OpenAI models take max_completion_tokens only: use it from now on.
+                    self.caps["max_tokens_param"] = "max_completion_tokens"
+                    continue
                 self._error("ask the model", exc)
                 if exc.status_code == 404:
                     self.caps["model_exists"] = False

@@ -152,12 +152,14 @@ class OpenAIServer:
         port: int = 0,
         host: str = "127.0.0.1",
         echo_key_in_errors: bool = True,
+        reject_max_tokens: bool = False,
     ) -> None:
         self.models, self.api_key, self.latency = list(models), api_key, latency
         self.max_logprobs, self.logprobs_ok, self.token_ids = max_logprobs, logprobs, token_ids
         self.batch_delay, self.min_tokens, self.max_tokens = batch_delay, min_tokens, max_tokens
         self.host, self.port = host, port
         self.echo_key_in_errors = echo_key_in_errors
+        self.reject_max_tokens = reject_max_tokens  # like newer OpenAI models
         self.faults: list[Fault] = []
         self.billed: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
@@ -400,6 +402,13 @@ class OpenAIServer:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _HttpError(400, "'messages' must be a non-empty array", "invalid_request_error")
+        if self.reject_max_tokens and "max_tokens" in body:
+            raise _HttpError(
+                400,
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "unsupported_parameter",
+            )
         want_lp = bool(body.get("logprobs"))
         top_k = body.get("top_logprobs")
         if top_k is not None and not want_lp:
