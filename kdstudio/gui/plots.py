@@ -1,9 +1,12 @@
 """Live metric plots (pyqtgraph) that stay smooth with the whole run visible.
 
 Each curve is created once. Points go into a numpy buffer that grows by doubling; the
-curve gets `setData` on a view of it only when it changed, from one ~50 ms timer per
-board, never per incoming point. Downsampling (`peak`) and clip-to-view keep a curve of
-a million points cheap to draw, so nothing is ever dropped: no sliding window.
+curve gets `setData` only when it changed, from one ~50 ms timer per board, never per
+incoming point. Nothing is ever dropped (no sliding window): a long curve is drawn through
+a peak-preserving level-of-detail pyramid (each bucket's min and max, kept up to date
+incrementally), so a million-point run costs a few thousand drawn points per frame, and
+zooming in brings back full detail. Antialiasing is used only for curves short enough to
+afford it.
 """
 
 from __future__ import annotations
@@ -30,41 +33,100 @@ PALETTE = [
 ]
 
 
-class SeriesBuffer:
-    """x/y float64 arrays that grow by doubling; `view()` returns the filled part."""
+MAX_DRAWN = 1500  # at most about this many buckets (2 points each): ~1 per pixel column
+LEVELS = (4, 16, 64, 256, 1024, 4096, 16384, 65536)  # bucket sizes of the pyramid
+ANTIALIAS_BELOW = 2000  # drawn points; antialiased zig-zags cost far more to rasterise
+
+
+class _Grow:
+    """A float64 array that grows by doubling."""
 
     def __init__(self, capacity: int = 256) -> None:
-        self.x = np.empty(capacity)
-        self.y = np.empty(capacity)
+        self.a = np.empty(capacity)
         self.n = 0
 
-    def append(self, x: float, y: float) -> None:
-        if self.n == len(self.x):
-            self._grow(self.n * 2)
-        self.x[self.n] = x
-        self.y[self.n] = y
-        self.n += 1
-
-    def extend(self, xs: np.ndarray, ys: np.ndarray) -> None:
-        need = self.n + len(xs)
-        if need > len(self.x):
-            self._grow(max(need, len(self.x) * 2))
-        self.x[self.n : need] = xs
-        self.y[self.n : need] = ys
+    def extend(self, values: np.ndarray) -> None:
+        need = self.n + len(values)
+        if need > len(self.a):
+            new = np.empty(max(need, 2 * len(self.a)))
+            new[: self.n] = self.a[: self.n]
+            self.a = new
+        self.a[self.n : need] = values
         self.n = need
 
-    def _grow(self, capacity: int) -> None:
-        for name in ("x", "y"):
-            old = getattr(self, name)
-            new = np.empty(capacity)
-            new[: self.n] = old[: self.n]
-            setattr(self, name, new)
+    def view(self) -> np.ndarray:
+        return self.a[: self.n]
+
+
+class SeriesBuffer:
+    """A curve's points (x/y arrays that grow by doubling) and its level-of-detail pyramid.
+
+    `display(x0, x1)` returns what to draw for the x range [x0, x1]: the points themselves
+    when there are few, else the min and max of each bucket of the finest level that keeps
+    the count under MAX_DRAWN (peak decimation: spikes are never lost).
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._x, self._y = _Grow(capacity), _Grow(capacity)
+        self._levels: dict[int, tuple[_Grow, _Grow, _Grow]] = {}
+        self.sorted = True
+
+    @property
+    def n(self) -> int:
+        return self._x.n
+
+    def append(self, x: float, y: float) -> None:
+        self.extend(np.array([x], dtype=float), np.array([y], dtype=float))
+
+    def extend(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+        if not len(xs):
+            return
+        if self.sorted and (
+            (self.n and xs[0] < self._x.a[self.n - 1]) or (len(xs) > 1 and np.any(np.diff(xs) < 0))
+        ):
+            self.sorted = False
+        self._x.extend(xs)
+        self._y.extend(ys)
 
     def view(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.x[: self.n], self.y[: self.n]
+        return self._x.view(), self._y.view()
 
     def clear(self) -> None:
-        self.n = 0
+        self._x.n = self._y.n = 0
+        self._levels.clear()
+        self.sorted = True
+
+    def _level(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x of each bucket's first point, bucket min, bucket max) of complete buckets."""
+        bx, lo, hi = self._levels.setdefault(size, (_Grow(), _Grow(), _Grow()))
+        done, complete = bx.n, self.n // size
+        if complete > done:
+            x, y = self.view()
+            block = y[done * size : complete * size].reshape(-1, size)
+            bx.extend(x[done * size : complete * size : size])
+            lo.extend(block.min(axis=1))
+            hi.extend(block.max(axis=1))
+        return bx.view(), lo.view(), hi.view()
+
+    def display(
+        self, x0: float | None = None, x1: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.view()
+        i0, i1 = 0, self.n
+        if self.sorted and x0 is not None and x1 is not None and self.n:
+            i0 = max(0, int(np.searchsorted(x, x0, "left")) - 1)
+            i1 = min(self.n, int(np.searchsorted(x, x1, "right")) + 1)
+        count = i1 - i0
+        if count <= 2 * MAX_DRAWN or not self.sorted:
+            return x[i0:i1], y[i0:i1]
+        size = next((s for s in LEVELS if count / s <= MAX_DRAWN), LEVELS[-1])
+        bx, lo, hi = self._level(size)
+        b0, b1 = i0 // size, min(i1 // size, len(bx))
+        tail = max(b1 * size, i0)  # raw points after the last complete bucket
+        xs = np.concatenate([np.repeat(bx[b0:b1], 2), x[tail:i1]])
+        ys = np.concatenate([np.column_stack([lo[b0:b1], hi[b0:b1]]).ravel(), y[tail:i1]])
+        return xs, ys
 
 
 @dataclass
@@ -72,6 +134,7 @@ class _Series:
     curve: pg.PlotDataItem
     buffer: SeriesBuffer = field(default_factory=SeriesBuffer)
     dirty: bool = False
+    dense: bool = False
 
 
 def _theme_colours() -> tuple[str, str]:
@@ -99,15 +162,21 @@ class MetricPlot(pg.PlotWidget):
             ax = item.getAxis(axis)
             ax.setPen(pg.mkPen(foreground))
             ax.setTextPen(pg.mkPen(foreground))
-        item.setDownsampling(auto=True, mode="peak")
-        item.setClipToView(True)
+            # Major ticks only: minor grid lines cost most of a frame to rasterise.
+            ax.setStyle(maxTickLevel=0)
         self.legend = item.addLegend(offset=(-8, 8), labelTextColor=foreground)
         self.series: dict[str, _Series] = {}
         self.setMinimumHeight(150)
         self.empty = pg.TextItem("no data yet", color="#888888", anchor=(0.5, 0.5))
         self.empty.setParentItem(item.getViewBox())
         item.getViewBox().sigResized.connect(self._place_empty)
+        item.getViewBox().sigXRangeChanged.connect(self._on_range_changed)
         self._place_empty()
+        self._range_dirty = False
+
+    def _on_range_changed(self) -> None:
+        if not self.getPlotItem().getViewBox().state["autoRange"][0]:
+            self._range_dirty = True  # zoomed or panned: redraw the visible part in detail
 
     def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         """Follow the system palette when it switches between light and dark."""
@@ -145,8 +214,6 @@ class MetricPlot(pg.PlotWidget):
             elif style == "dot":
                 pen.setStyle(pg.QtCore.Qt.PenStyle.DotLine)
             curve = self.getPlotItem().plot(name=label, pen=pen)
-            curve.setDownsampling(auto=True, method="peak")
-            curve.setClipToView(True)
             series = self.series[key] = _Series(curve)
         return series
 
@@ -164,14 +231,24 @@ class MetricPlot(pg.PlotWidget):
         series.dirty = True
 
     def refresh(self) -> int:
-        """setData on the curves that changed; returns how many were redrawn."""
+        """setData on the curves that changed (or all, after a zoom); how many were redrawn."""
+        vb = self.getPlotItem().getViewBox()
+        whole = bool(vb.state["autoRange"][0])
+        x0, x1 = (None, None) if whole else vb.viewRange()[0]
         redrawn = 0
         for series in self.series.values():
-            if series.dirty:
-                x, y = series.buffer.view()
-                series.curve.setData(x, y)
+            if series.dirty or self._range_dirty:
+                x, y = series.buffer.display(x0, x1)
+                dense = len(x) >= ANTIALIAS_BELOW
+                if dense != series.dense:  # a hairline without antialiasing for dense curves
+                    series.dense = dense
+                    pen = pg.mkPen(series.curve.opts["pen"])
+                    pen.setWidthF(1.0 if dense else 1.6)
+                    series.curve.setPen(pen)
+                series.curve.setData(x, y, antialias=not dense, skipFiniteCheck=True)
                 series.dirty = False
                 redrawn += 1
+        self._range_dirty = False
         if redrawn:
             self.empty.setVisible(self.point_count() == 0)
         return redrawn

@@ -1,0 +1,391 @@
+"""Benchmark: does the window stay smooth while it trains and collects, and cost nothing?
+
+    python bench/bench_gui.py                 # the full set (a few minutes on a CPU)
+    python bench/bench_gui.py --quick         # smaller everything
+
+1. UI lateness: a 10 ms QTimer on the GUI thread, while (a) a student trains in the window
+   (Train panel, QThread) and (b) a collection runs at concurrency 64 (Collect panel) against
+   the loopback OpenAI-protocol server in another process. Lateness = interval - 10 ms.
+   Target: p99 < 50 ms.
+2. Throughput: the same training config run from the window and from `kdstudio train`
+   (a subprocess), steps/s as the trainer measures it. Target: window / CLI >= 0.95.
+3. Plotting: a curve of 1,000,000 points getting 1,000 more at 10 Hz; time per frame
+   (setData + a full repaint). Target: < 16 ms.
+
+Runs offscreen unless a display is set (use `xvfb-run -a` for a real X server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+KEY_ENV = "KDSTUDIO_BENCH_KEY"
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class LatenessProbe:
+    """A 10 ms QTimer on the GUI thread recording how late each tick fires (seconds)."""
+
+    def __init__(self, interval_ms: int = 10) -> None:
+        from PySide6.QtCore import Qt, QTimer
+
+        self.interval = interval_ms / 1000
+        self.samples: list[float] = []
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self.tick)
+        self.last = 0.0
+        self.recording = False
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+        self.recording = True
+        self.timer.start()
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self.recording:
+            self.samples.append(max(0.0, now - self.last - self.interval))
+        self.last = now
+
+    def stop(self) -> list[float]:
+        self.timer.stop()
+        self.recording = False
+        return self.samples
+
+    def figures(self) -> tuple[float, float, float, int]:
+        ms = [s * 1000 for s in self.samples]
+        return percentile(ms, 0.5), percentile(ms, 0.99), max(ms) if ms else float("nan"), len(ms)
+
+
+def wait(app, predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        app.processEvents()
+        if predicate():
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def build(root: Path, rows: int, hidden: int, layers: int):
+    from kdstudio.data import import_dataset
+    from kdstudio.gui.testing import write_prompts
+    from kdstudio.testing.tiny import make_model, make_tokenizer
+    from kdstudio.workspace import Workspace
+
+    ws = Workspace.open(root / "ws")
+    import_dataset(
+        ws, write_prompts(root / "prompts.jsonl", rows), name="prompts", as_collection="answers"
+    )
+    texts = [f"What is {a} + {b}? The answer is {a + b}." for a in range(10) for b in range(10)]
+    tok = make_tokenizer(root / "tok", texts, vocab_size=512)
+    student = make_model(root / "student", tok, layers=layers, hidden=hidden)
+    return ws, student
+
+
+def train_config(student: Path, steps: int, name: str, device: str) -> dict:
+    return {
+        "student": {"path": str(student)},
+        "data": {"collection": "answers", "eval_fraction": 0.0},
+        "optim": {"max_steps": steps, "batch_size": 16, "lr": 1e-3},
+        "run": {
+            "name": name,
+            "log_every": 5,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "device": device,
+        },
+    }
+
+
+def steps_per_s(ws, name: str) -> float:
+    from kdstudio.distill import runs
+
+    run = runs.get_run(ws, name)
+    return run.summary["steps"] / run.summary["elapsed"]
+
+
+def bench_training(app, window, ws, student, steps: int, device: str) -> dict:
+    import torch  # noqa: F401 - imported before measuring, as a warm window has it
+    import transformers  # noqa: F401
+
+    from kdstudio.config import dumps_toml
+    from kdstudio.distill.config import TrainConfig
+
+    panel = window.show_panel("train")
+    panel.set_config(TrainConfig.from_dict(train_config(student, steps, "window-run", device)))
+    probe = LatenessProbe()
+    job = panel.start()
+    assert job is not None, panel.message.text
+    wait(app, lambda: panel.progress.value() > 0, 300)  # set-up (model load) is not the loop
+    probe.start()
+    wait(app, lambda: not job.running, 3600)
+    probe.stop()
+    assert job.outcome == "succeeded", job.error
+    window_rate = steps_per_s(ws, "window-run")
+
+    cfg = ROOT / "bench" / ".bench_gui_train.toml"
+    cfg.write_text(dumps_toml(train_config(student, steps, "cli-run", device)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdstudio",
+            "--workspace",
+            str(ws.root),
+            "train",
+            "--config",
+            str(cfg),
+            "--quiet",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    cfg.unlink()
+    cli_rate = steps_per_s(ws, "cli-run")
+    p50, p99, worst, n = probe.figures()
+    return {
+        "p50": p50,
+        "p99": p99,
+        "max": worst,
+        "ticks": n,
+        "window": window_rate,
+        "cli": cli_rate,
+    }
+
+
+def bench_collecting(app, window, ws, rows: int) -> dict:
+    from kdstudio.collect import CollectConfig
+    from kdstudio.config import TeacherConfig
+
+    os.environ[KEY_ENV] = "sk-bench"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kdstudio.testing.openai_server",
+            "--latency",
+            "0.05",
+            "--api-key",
+            "sk-bench",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        url = server.stdout.readline().strip()
+        ws.add_teacher(
+            TeacherConfig(
+                name="loop",
+                base_url=url,
+                model="teacher-1",
+                key_source="env",
+                key_env=KEY_ENV,
+                price_in=1,
+                price_out=2,
+            ),
+            replace=True,
+        )
+        panel = window.show_panel("collect")
+        panel.refresh()
+        probe = LatenessProbe()
+        t0 = time.perf_counter()
+        job = panel.launch(
+            CollectConfig(
+                teacher="loop",
+                dataset="prompts",
+                concurrency=64,
+                top_logprobs=5,
+                max_tokens=24,
+                limit=rows,
+            )
+        )
+        probe.start()
+        wait(app, lambda: not job.running, 3600)
+        probe.stop()
+        elapsed = time.perf_counter() - t0
+        assert job.outcome == "succeeded", job.error
+    finally:
+        server.terminate()
+        server.wait(10)
+    p50, p99, worst, n = probe.figures()
+    return {"p50": p50, "p99": p99, "max": worst, "ticks": n, "rate": rows / elapsed}
+
+
+def bench_plot(app, points: int, frames: int) -> dict:
+    import numpy as np
+
+    from kdstudio.gui.plots import MetricPlot
+
+    plot = MetricPlot("1M points")
+    plot.resize(900, 500)
+    plot.show()
+    plot.ensure_series("loss", "loss", "#4c8bf5")
+    xs = np.arange(points, dtype=float)
+    plot.extend("loss", xs, np.sin(xs / 5000) + np.random.default_rng(0).normal(0, 0.1, points))
+    plot.refresh()
+    plot.repaint()
+    app.processEvents()
+    times, cpu = [], []
+    step = points
+    for _ in range(frames):
+        new = np.arange(step, step + 1000, dtype=float)
+        plot.extend("loss", new, np.sin(new / 5000))
+        step += 1000
+        t0, c0 = time.perf_counter(), time.thread_time()
+        plot.refresh()  # the view follows the data (auto range): the whole run stays visible
+        plot.repaint()
+        app.processEvents()
+        times.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.thread_time() - c0) * 1000)
+        time.sleep(max(0.0, 0.1 - times[-1] / 1000))  # 10 Hz
+    plot.close()
+    return {
+        "mean": statistics.mean(times),
+        "p99": percentile(times, 0.99),
+        "max": max(times),
+        "cpu_mean": statistics.mean(cpu),
+        "cpu_p99": percentile(cpu, 0.99),
+        "points": plot.point_count(),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="smaller model, fewer steps and rows")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--rows", type=int, default=None, help="prompts collected at concurrency 64")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--hidden", type=int, default=None)
+    args = p.parse_args()
+    steps = args.steps or (60 if args.quick else 300)
+    rows = args.rows or (500 if args.quick else 3000)
+    hidden = args.hidden or (64 if args.quick else 256)
+
+    from kdstudio.gui.main_window import MainWindow
+    from kdstudio.gui.testing import prepare_app
+
+    with tempfile.TemporaryDirectory(prefix="kdstudio-bench-gui-") as tmp:
+        root = Path(tmp)
+        app = prepare_app(root / "settings")
+        ws, student = build(root, max(rows, 200), hidden, 4)
+        window = MainWindow(ws)
+        window.resize(1400, 900)
+        window.show()
+        app.processEvents()
+        print(
+            f"training {steps} steps (hidden {hidden}, 4 layers, device {args.device}) ...",
+            file=sys.stderr,
+        )
+        tr = bench_training(app, window, ws, student, steps, args.device)
+        print(f"collecting {rows} prompts at concurrency 64 ...", file=sys.stderr)
+        co = bench_collecting(app, window, ws, rows)
+        print("plotting 1,000,000 points at 10 Hz ...", file=sys.stderr)
+        pl = bench_plot(app, 1_000_000, 30 if args.quick else 60)
+        window.close()
+        ws.close()
+
+    ratio = tr["window"] / tr["cli"]
+    rows_out = [
+        ["UI lateness while training, p50", f"{tr['p50']:.1f} ms", "", "", ""],
+        [
+            "UI lateness while training, p99",
+            f"{tr['p99']:.1f} ms",
+            "< 50 ms",
+            f"{tr['p99'] / 50:.2f}x",
+            "ok" if tr["p99"] < 50 else "MISSED",
+        ],
+        ["UI lateness while training, max", f"{tr['max']:.1f} ms", "", "", f"{tr['ticks']} ticks"],
+        [
+            "UI lateness while collecting (c=64), p50",
+            f"{co['p50']:.1f} ms",
+            "",
+            "",
+            f"{co['rate']:.0f} req/s",
+        ],
+        [
+            "UI lateness while collecting (c=64), p99",
+            f"{co['p99']:.1f} ms",
+            "< 50 ms",
+            f"{co['p99'] / 50:.2f}x",
+            "ok" if co["p99"] < 50 else "MISSED",
+        ],
+        [
+            "UI lateness while collecting (c=64), max",
+            f"{co['max']:.1f} ms",
+            "",
+            "",
+            f"{co['ticks']} ticks",
+        ],
+        ["training steps/s: window", f"{tr['window']:.2f}", "", "", ""],
+        ["training steps/s: CLI", f"{tr['cli']:.2f}", "", "", ""],
+        [
+            "window / CLI throughput",
+            f"{ratio:.3f}",
+            ">= 0.95",
+            f"{ratio / 0.95:.2f}x",
+            "ok" if ratio >= 0.95 else "MISSED",
+        ],
+        ["1M-point plot frame, mean", f"{pl['mean']:.1f} ms", "", "", f"{pl['points']:,} points"],
+        [
+            "1M-point plot frame, p99",
+            f"{pl['p99']:.1f} ms",
+            "< 16 ms",
+            f"{pl['p99'] / 16:.2f}x",
+            "ok" if pl["p99"] < 16 else "MISSED",
+        ],
+        ["1M-point plot frame, max", f"{pl['max']:.1f} ms", "", "", ""],
+        [
+            "1M-point plot frame, GUI-thread CPU p99",
+            f"{pl['cpu_p99']:.1f} ms",
+            "< 16 ms",
+            f"{pl['cpu_p99'] / 16:.2f}x",
+            "ok" if pl["cpu_p99"] < 16 else "MISSED",
+        ],
+    ]
+    print(table(["measure", "kdstudio", "target", "vs target", ""], rows_out))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"(machine: {os.cpu_count()} CPUs, load average {load:.1f} at the end; wall times include waiting for a CPU)"
+    )
+    print(json.dumps({"training": tr, "collecting": co, "plot": pl}, indent=None))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
