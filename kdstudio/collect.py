@@ -33,6 +33,7 @@ import random
 import socket
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -415,6 +416,11 @@ class Collection:
         return cost
 
     def spent(self) -> float:
+        if self.id is None:
+            row = self.ws.query_one("SELECT id FROM collections WHERE name=?", (self.name,))
+            if row is None:
+                return 0.0
+            self.id = int(row[0])
         return float(
             self.ws.query_one(
                 "SELECT COALESCE(SUM(cost), 0) FROM collection_items WHERE collection_id=?",
@@ -427,11 +433,30 @@ class Collection:
 
         return collection_status_counts(self.ws, self.id)
 
-    def estimate(self) -> CostEstimate:
+    def uncached_prompt_tokens(self) -> Iterator[int]:
+        """Approximate prompt tokens of each request not answered yet (reads only)."""
+        reader = self.ws.connect()
+        try:
+            for row in self._rows(reader):
+                messages = prompt_messages(row["messages"], row["prompt"], row["system"])
+                for sample in range(self.config.samples):
+                    hash_ = self.item_hash(self.body(messages, sample), sample)
+                    if (
+                        reader.execute("SELECT 1 FROM responses WHERE hash=?", (hash_,)).fetchone()
+                        is None
+                    ):
+                        yield approx_prompt_tokens(messages)
+        finally:
+            reader.close()
+
+    def estimate(self, prompt_tokens_each: Iterable[int] | None = None) -> CostEstimate:
+        """What the queued requests (or those given) could cost."""
+        if prompt_tokens_each is None:
+            prompt_tokens_each = (item.prompt_tokens for item in self.iter_queued())
         prompt_tokens = requests = 0
-        for item in self.iter_queued():
+        for n in prompt_tokens_each:
             requests += 1
-            prompt_tokens += item.prompt_tokens
+            prompt_tokens += n
         t = self.teacher
         batch = self.config.batch_api
         usd = (prompt_tokens * t.price_in + requests * self.config.max_tokens * t.price_out) / 1e6
@@ -465,10 +490,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def estimate_cost(config: CollectConfig, ws: Workspace) -> CostEstimate:
-    """The cost of what is left to collect (creates the collection's items, sends nothing)."""
+    """The cost of what is left to collect; writes nothing and sends nothing (the GUI shows
+    it before the Start button)."""
     col = Collection(config, ws)
-    col.open()
-    return col.estimate()
+    return col.estimate(col.uncached_prompt_tokens())
 
 
 # -- adaptive concurrency ---------------------------------------------------------------------

@@ -180,6 +180,10 @@ def test_cost_estimate_counts_prompt_tokens_and_max_output(ws, server):
     assert est.requests == 20 and est.max_completion_tokens == 20 * 16
     assert est.usd == pytest.approx((est.prompt_tokens * 1.0 + 20 * 16 * 2.0) / 1e6)
     assert server.stats()["requests"] == {}  # nothing was sent
+    assert ws.query_one("SELECT COUNT(*) FROM collections")[0] == 0  # nothing was written
+    collect(cfg(samples=2, limit=4), ws)
+    left = estimate_cost(cfg(samples=2), ws)
+    assert left.requests == 12 and left.spent > 0
 
 
 def test_cancel_lets_in_flight_requests_finish_and_stores_them(ws, monkeypatch):
