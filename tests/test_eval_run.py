@@ -160,15 +160,22 @@ def test_clear_errors_for_runs_that_cannot_be_evaluated(trained_runs):
     assert not [e for e in list_evaluations(ws) if e.run != "demo" and e.run != "lo"]
 
 
-def test_cli_eval_prints_the_table_and_json(trained_runs, run_cli):
-    proc = run_cli("eval", "demo", "--limit", "2", "--max-new-tokens", "8", "--json",
-                   workspace=trained_runs.ws.root)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+def test_cli_eval_prints_the_table_and_json(trained_runs, run_cli, capsys):
+    from kdstudio.cli import main
+
+    root = str(trained_runs.ws.root)
+    # in process: the heavy imports are paid once per session
+    assert main(["--workspace", root, "eval", "demo", "--limit", "2", "--max-new-tokens", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "METRIC" in table and "GAP CLOSED" in table and "1 by definition" in table
+    assert "[0] What is " in table and "  teacher: The answer is" in table
+    assert main(["--workspace", root, "eval", "demo", "--limit", "2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
     assert doc["status"] == "finished" and len(doc["items"]) == 2
     assert set(doc["summary"]["metrics"]) == {"loglik", "exact_match", "f1", "rouge_l"}
     assert {"teacher", "student_before", "student_after"} <= set(doc["items"][0])
 
+    # the real entry point; bad input is refused before torch is even imported
     proc = run_cli("eval", "missing-run", workspace=trained_runs.ws.root)
     assert proc.returncode == 2 and "no run named 'missing-run'" in proc.stderr
     proc = run_cli("eval", "demo", "--max-new-tokens", "0", workspace=trained_runs.ws.root)

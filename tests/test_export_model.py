@@ -202,11 +202,13 @@ def test_endpoint_host_keeps_only_host_and_port(url, host):
     assert endpoint_host(url) == host
 
 
-def test_cli_export_writes_once_then_refuses(trained_runs, run_cli, tmp_path):
+def test_cli_export_writes_once_then_refuses(trained_runs, run_cli, tmp_path, capsys):
+    from kdstudio.cli import main
+
     out = tmp_path / "cli-model"
-    proc = run_cli("export", "demo", "--out", str(out), "--json", workspace=trained_runs.ws.root)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["kind"] == "model"
+    args = ["--workspace", str(trained_runs.ws.root), "export", "demo", "--out", str(out)]
+    assert main([*args, "--json"]) == 0  # in process: the heavy imports are paid once
+    assert json.loads(capsys.readouterr().out)["kind"] == "model"
     assert (out / "model.safetensors").is_file()
     proc = run_cli("export", "demo", "--out", str(out), workspace=trained_runs.ws.root)
     assert proc.returncode == 2
