@@ -505,22 +505,26 @@ def _store_items(ws: Workspace, eval_id: int, items: Sequence[EvalItem]) -> None
         )
 
 
-def _chunks(seq: Sequence[Any], size: int) -> Iterator[tuple[int, Sequence[Any]]]:
-    for start in range(0, len(seq), size):
-        yield start, seq[start : start + size]
+def _batches(
+    pairs: Sequence[tuple[Example, Any]], size: int
+) -> Iterator[list[tuple[int, Any, Any]]]:
+    """Batches of (idx, example, encoded), longest first: similar lengths share a batch (less
+    padding, and generation ends together), and a batch too big for memory fails at once."""
+    order = sorted(range(len(pairs)), key=lambda i: (-len(pairs[i][1]), i))
+    for start in range(0, len(order), size):
+        yield [(i, *pairs[i]) for i in order[start : start + size]]
 
 
 def _score_batch(
     students: _Students,
-    batch: Sequence[tuple[Example, Any]],
-    start: int,
+    batch: Sequence[tuple[int, Example, Any]],
     config: EvalConfig,
     stop_ids: Sequence[int],
     device: Any,
 ) -> list[EvalItem]:
     tok = students.tok
-    prompts = [ex.messages for ex, _ in batch]
-    encoded = [enc for _, enc in batch]
+    prompts = [ex.messages for _, ex, _ in batch]
+    encoded = [enc for _, _, enc in batch]
     answers: dict[str, list[str]] = {}
     logliks: dict[str, list[float]] = {}
     for which in ("after", "before"):
@@ -535,7 +539,7 @@ def _score_batch(
             )
             logliks[which] = response_logliks(model, encoded, tok.pad_token_id, device)
     items = []
-    for j, (ex, enc) in enumerate(batch):
+    for j, (idx, ex, enc) in enumerate(batch):
         metrics: dict[str, Any] = {"n_tokens": enc.n_target, "truncated": enc.truncated}
         for which in ("before", "after"):
             metrics[which] = {
@@ -544,7 +548,7 @@ def _score_batch(
             }
         items.append(
             EvalItem(
-                idx=start + j,
+                idx=idx,
                 row_id=ex.row_id,
                 prompt=prompt_text(ex.messages),
                 teacher=ex.response,
@@ -617,10 +621,10 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
     done: list[EvalItem] = []
     sink.emit(Progress(0, len(pairs), unit="prompt"))  # the clock starts before the first batch
     try:
-        for start, batch in _chunks(pairs, config.batch_size):
+        for batch in _batches(pairs, config.batch_size):
             if cancel.cancelled:
                 break
-            items = _score_batch(students, batch, start, config, stop_ids, device)
+            items = _score_batch(students, batch, config, stop_ids, device)
             _store_items(ws, eval_id, items)
             for it in items:
                 done.append(it)
