@@ -205,3 +205,47 @@ def test_expected_worker_error_is_shown_inline_not_in_a_dialog(qtbot, window):
     assert not [
         w for w in QApplication.topLevelWidgets() if isinstance(w, ErrorDialog) and w.isVisible()
     ]
+
+
+def test_closing_with_a_running_job_asks_then_stops_it_within_the_bound(qtbot, window, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    panel = window.panels["teachers"]
+    saved = []
+
+    def fn(sink, cancel):
+        while not cancel.wait(0.01):
+            pass
+        saved.append("checkpoint")  # what a core job does on cancel: finish, save, return
+
+    job = panel.start_job("long job", fn)
+    job.start()
+    answers = iter([QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes])
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: next(answers))
+    window.close()
+    assert window.isVisible() and job.running  # "No": nothing stopped
+    window.close()
+    assert not window.isVisible()
+    assert not job.running and saved == ["checkpoint"]
+
+
+def test_plot_keeps_every_peak_of_a_million_points_while_drawing_few(qtbot):
+    import numpy as np
+
+    from kdstudio.gui.plots import MAX_DRAWN, MetricPlot
+
+    plot = MetricPlot("loss")
+    qtbot.addWidget(plot)
+    plot.ensure_series("k", "loss", "#4c8bf5")
+    xs = np.arange(1_000_000, dtype=float)
+    ys = np.zeros_like(xs)
+    ys[123_457] = 9.0  # one spike
+    plot.extend("k", xs, ys)
+    plot.refresh()
+    curve = plot.series["k"].curve
+    assert plot.point_count() == 1_000_000
+    assert len(curve.xData) <= 2 * MAX_DRAWN + 4096
+    assert curve.yData.max() == 9.0 and curve.xData.max() >= 999_000  # the whole run, spike kept
+    plot.getPlotItem().getViewBox().setXRange(123_000, 124_000, padding=0)
+    plot.refresh()
+    assert 1000 <= len(curve.xData) <= 1010  # zoomed in: every point

@@ -105,6 +105,8 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self.fill_recent_menu)
         if "datasets" in self.panels:
             file_menu.addAction(self.action("&Import dataset…", "Ctrl+I", self.import_dataset))
+            self.recent_files_menu = file_menu.addMenu("Import a recent file")
+            self.recent_files_menu.aboutToShow.connect(self.fill_recent_files_menu)
         file_menu.addSeparator()
         file_menu.addAction(self.action("&Quit", QKeySequence.StandardKey.Quit, self.close))
 
@@ -138,6 +140,21 @@ class MainWindow(QMainWindow):
             act = self.recent_menu.addAction(path)
             act.setData(path)
             act.triggered.connect(self.open_recent)
+
+    @Slot()
+    def fill_recent_files_menu(self) -> None:
+        self.recent_files_menu.clear()
+        paths = [p for p in gui_settings.recent("files") if Path(p).is_file()]
+        if not paths:
+            self.recent_files_menu.addAction("(none yet)").setEnabled(False)
+        for path in paths:
+            act = self.recent_files_menu.addAction(path)
+            act.setData(path)
+            act.triggered.connect(self.import_recent_file)
+
+    @Slot()
+    def import_recent_file(self) -> None:
+        self.show_panel("datasets").import_files([self.sender().data()])
 
     @Slot()
     def open_recent(self) -> None:
