@@ -169,7 +169,7 @@ class CostEstimate:
 # -- the job --------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Item:
     row_id: int
     sample: int
@@ -415,6 +415,14 @@ class Collection:
         )
         return cost
 
+    def mark_cached(self, con: Any, items: list[Item]) -> None:
+        """Items whose answer is already stored (a duplicate prompt answered meanwhile)."""
+        con.executemany(
+            "UPDATE collection_items SET status='done', error=NULL, cost=0, cached=1, updated_at=?"
+            " WHERE collection_id=? AND row_id=? AND sample=?",
+            [(time.time(), self.id, it.row_id, it.sample) for it in items],
+        )
+
     def spent(self) -> float:
         if self.id is None:
             row = self.ws.query_one("SELECT id FROM collections WHERE name=?", (self.name,))
@@ -562,6 +570,9 @@ class LiveRunner:
         self.stop_reason: str | None = None
         self.fatal: str | None = None
         self.stats = _Stats(0, 0.0)
+        # Identical requests (duplicate prompts) are sent once: the others follow the leader.
+        self.leader_of: dict[str, Item] = {}
+        self.followers: dict[str, list[Item]] = {}
 
     def run(self) -> None:
         asyncio.run(self._main())
@@ -651,10 +662,16 @@ class LiveRunner:
             item = self._next_ready(pending, now)
             if item is None:
                 break
+            leader = self.leader_of.get(item.hash)
+            if leader is not None and leader is not item:
+                self.followers[item.hash].append(item)
+                continue
             if not self._affordable(item):
                 self._put_back(item, pending)
                 break
             out.append(item)
+            self.leader_of[item.hash] = item
+            self.followers.setdefault(item.hash, [])
             room -= 1
         return out
 
@@ -706,17 +723,43 @@ class LiveRunner:
 
     def _handle(self, results: list[tuple[Item, Any]]) -> None:
         now = time.monotonic()
-        events = []
+        events: list[RowDone] = []
         with self.col.ws.tx() as con:
             for item, outcome in results:
                 self.reserved -= item.reserved
                 item.reserved = 0.0
-                events.append(self._apply(con, item, outcome, now))
+                event, final = self._apply(con, item, outcome, now)
+                if final:
+                    events += self._settle_followers(con, item, event)
+                if event is not None:
+                    events.append(event)
         for event in events:
-            if event is not None:
-                self.sink.emit(event)
+            self.sink.emit(event)
 
-    def _apply(self, con: Any, item: Item, outcome: Any, now: float) -> RowDone | None:
+    def _settle_followers(self, con: Any, leader: Item, event: RowDone | None) -> list[RowDone]:
+        """The leader of a request reached a final state: its duplicates share it."""
+        self.leader_of.pop(leader.hash, None)
+        followers = self.followers.pop(leader.hash, [])
+        if not followers or event is None:
+            return []  # stopped: followers are still queued in the workspace
+        if event.status == "done":
+            self.col.mark_cached(con, followers)
+            self.stats.done += len(followers)
+        else:
+            self.col.mark(con, followers, "failed", event.detail)
+            self.stats.failed += len(followers)
+        return [
+            RowDone(
+                row=f.idx,
+                status=event.status,
+                detail=event.detail,
+                extra={"row_id": f.row_id, "sample": f.sample},
+            )
+            for f in followers
+        ]
+
+    def _apply(self, con: Any, item: Item, outcome: Any, now: float) -> tuple[RowDone | None, bool]:
+        """Store one outcome; (the row's event, whether the row reached a final state)."""
         if outcome.kind == "ok":
             resp = outcome.response
             if resp.prompt_tokens and item.prompt_tokens:
@@ -728,20 +771,20 @@ class LiveRunner:
             self.limit.on_success()
             extra = {"cost": resp.cost, "tokens": resp.completion_tokens}
             ids = {"row_id": item.row_id, "sample": item.sample}
-            return RowDone(row=item.idx, status="done", extra={**ids, **extra})
+            return RowDone(row=item.idx, status="done", extra={**ids, **extra}), True
         if outcome.kind == "fatal":
             from kdstudio.teachers.openai_api import fatal_message
 
             self.fatal = self.fatal or fatal_message(self.col.teacher, outcome)
             self.col.mark(con, [item], "queued", outcome.message)
-            return None
+            return None, True
         if outcome.rate_limited:
             item.rate_limited += 1
         retries_left = item.attempts - item.rate_limited <= self.cfg.max_retries
         if outcome.kind == "transient" and retries_left and item.rate_limited <= MAX_RATE_LIMITED:
             if self.stop_reason:
                 self.col.mark(con, [item], "queued", outcome.message)
-                return None
+                return None, True
             delay = backoff(item.attempts, outcome.retry_after, self.rng)
             if outcome.rate_limited:
                 self.limit.on_rate_limited(now)
@@ -750,14 +793,14 @@ class LiveRunner:
             self.retry.append(item)
             self.stats.retries += 1
             self.col.mark(con, [item], "retrying", outcome.message)
-            return None
+            return None, False
         reason = outcome.message
         if outcome.kind == "transient":
             reason = f"gave up after {item.attempts} attempts: {reason}"
         self.col.mark(con, [item], "failed", reason)
         self.stats.failed += 1
         ids = {"row_id": item.row_id, "sample": item.sample}
-        return RowDone(row=item.idx, status="failed", detail=reason, extra=ids)
+        return RowDone(row=item.idx, status="failed", detail=reason, extra=ids), True
 
     def _requeue(self, items: list[Item]) -> None:
         with self.col.ws.tx() as con:

@@ -120,3 +120,18 @@ def test_batch_budget_submits_only_what_fits(ws, server):
     summary = collect(cfg(budget=0.03), ws)
     assert summary.status == "stopped"
     assert summary.counts["done"] == 3 and summary.spent <= 0.03
+
+
+def test_duplicate_prompts_go_into_the_batch_once(ws, server):
+    import json as _json
+
+    did = make_prompts(ws, n=3)
+    ws.db.execute(
+        "INSERT INTO dataset_rows(dataset_id, idx, messages, prompt, n_chars, row_hash) VALUES (?,?,?,?,?,?)",
+        (did, 3, _json.dumps([{"role": "user", "content": "prompt 1"}]), "prompt 1", 8, "dup"),
+    )
+    ws.db.execute("UPDATE datasets SET n_rows=4 WHERE id=?", (did,))
+    add_teacher(ws, server)
+    summary = collect(cfg(), ws)
+    assert summary.counts["done"] == 4 and summary.cached == 1
+    assert set(billed_per_prompt(server).values()) == {1} and len(billed_per_prompt(server)) == 3

@@ -282,3 +282,36 @@ def test_a_later_probe_does_not_change_a_running_collections_settings(ws, server
     ws.set_teacher_capabilities("t", {"token_ids": True, "logprobs": True})
     summary = collect(cfg(top_logprobs=2), ws)  # same command: resumes
     assert summary.counts["done"] == 4 and summary.requests == 2
+
+
+def _with_duplicates(ws, n, copies):
+    import json as _json
+
+    did = make_prompts(ws, n=n)
+    rows = [
+        (
+            did,
+            n + k,
+            _json.dumps([{"role": "user", "content": "prompt 0"}]),
+            "prompt 0",
+            8,
+            f"dup{k}",
+        )
+        for k in range(copies)
+    ]
+    ws.db.executemany(
+        "INSERT INTO dataset_rows(dataset_id, idx, messages, prompt, n_chars, row_hash) VALUES (?,?,?,?,?,?)",
+        rows,
+    )
+    ws.db.execute("UPDATE datasets SET n_rows=? WHERE id=?", (n + copies, did))
+
+
+def test_duplicate_prompts_in_one_collection_are_requested_once(ws, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with OpenAIServer(api_key=KEY, latency=0.05) as server:
+        _with_duplicates(ws, 4, copies=5)
+        add_teacher(ws, server)
+        summary = collect(cfg(concurrency=8), ws)
+        assert summary.counts["done"] == 9 and summary.requests == 4
+        assert set(billed_per_prompt(server).values()) == {1}
+    assert summary.cached == 5 and summary.spent == outputs.get_collection(ws, "prompts.t").spend

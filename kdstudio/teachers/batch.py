@@ -135,6 +135,8 @@ class BatchRunner:
         return out
 
     def _submit(self, client: Any, items: list[Item]) -> list[dict[str, Any]]:
+        seen: set[str] = set()
+        items = [i for i in items if not (i.hash in seen or seen.add(i.hash))]  # duplicates once
         out = []
         for start in range(0, len(items), MAX_LINES):
             chunk = items[start : start + MAX_LINES]
@@ -255,8 +257,19 @@ class BatchRunner:
             raise JobFailed(f"Batch API job {failed[0].id} failed: {detail}")
         events = []
         with self.col.ws.tx() as con:
-            for item in self._waiting():
-                events.append(self._apply(con, item, results.get(custom_id(item))))
+            waiting = self._waiting()
+            answered = [i for i in waiting if custom_id(i) in results]
+            for item in answered:
+                events.append(self._apply(con, item, results[custom_id(item)]))
+            for item in waiting:
+                if custom_id(item) in results:
+                    continue
+                # A duplicate of a request answered above shares its answer; others wait.
+                if con.execute("SELECT 1 FROM responses WHERE hash=?", (item.hash,)).fetchone():
+                    self.col.mark_cached(con, [item])
+                    self.stats.done += 1
+                else:
+                    self.col.mark(con, [item], "queued")
             self._mark_processed(con, active)
         for e in events:
             if e is not None:
@@ -274,10 +287,7 @@ class BatchRunner:
             Item(r["row_id"], r["sample"], r["hash"], {}, 0, r["idx"], r["attempts"]) for r in rows
         ]
 
-    def _apply(self, con: Any, item: Item, doc: dict[str, Any] | None) -> RowDone | None:
-        if doc is None:
-            self.col.mark(con, [item], "queued")  # not in this batch, or it expired first
-            return None
+    def _apply(self, con: Any, item: Item, doc: dict[str, Any]) -> RowDone | None:
         response = doc.get("response") or {}
         status = response.get("status_code")
         body = response.get("body") or {}
