@@ -166,7 +166,7 @@ def _common_prefix(a: bytes, b: bytes) -> int:
     return lo
 
 
-def _teacher_pieces(tl: TokenLogprobs, vocab: VocabBytes) -> tuple[list[bytes], bool]:
+def _teacher_pieces(tl: TokenLogprobs, vocab: VocabBytes, resp: bytes) -> tuple[list[bytes], bool]:
     """(teacher token bytes, ids usable as student ids). Ids count as the student's when every
     sampled id's student bytes equal the stored bytes (vLLM's id-only tokens have none: they
     get the student's bytes, which the byte-span alignment then checks against the text)."""
@@ -179,6 +179,8 @@ def _teacher_pieces(tl: TokenLogprobs, vocab: VocabBytes) -> tuple[list[bytes], 
         if mine is None or (stored and stored != mine):
             return pieces, False
         filled.append(mine)
+    if not all(tl.tokens) and not b"".join(filled).startswith(resp):
+        return pieces, False  # id-only tokens that do not spell the text: another tokenizer
     return filled, True
 
 
@@ -196,8 +198,8 @@ def align_example(
     if tl is None or len(tl) == 0:
         empty.fallback["no_logprobs"] = n_target
         return empty
-    pieces, by_ids = _teacher_pieces(tl, vocab)
     resp = response.encode("utf-8")
+    pieces, by_ids = _teacher_pieces(tl, vocab, resp)
     t_bytes = b"".join(pieces)
     agree = _common_prefix(t_bytes, resp)
     t_index: dict[tuple[int, int], int] = {}

@@ -96,7 +96,7 @@ def check_teacher(
         student_rows=s_rows,
         teacher_rows=t_rows,
         student_name=f"student {student_path}",
-        teacher_name=f"teacher {name!r} ({path})",
+        teacher_name=f"teacher {name!r} at {path}",
     )
     notes = []
     if (getattr(s_tok, "chat_template", None) or "") != (
@@ -139,22 +139,24 @@ def check_tokenizers(
     shared = min(student_rows, teacher_rows)
     problem = None
     n_s, n_t = len(student), len(teacher)
-    if max(n_s, n_t) > shared:
-        who, n = (student_name, n_s) if n_s > shared else (teacher_name, n_t)
-        problem = f"the {who} has {n:,} tokens but the other model has only {shared:,} rows"
-    else:
-        s_ids, t_ids = _id_table(student, shared), _id_table(teacher, shared)
-        diff = [i for i in range(shared) if s_ids[i] != t_ids[i]]
-        if diff:
-            i = diff[0]
-            problem = (
-                f"{len(diff):,} of {shared:,} ids differ (id {i} is {s_ids[i]!r} for the student, "
-                f"{t_ids[i]!r} for the teacher)"
-            )
-        elif student.encode(PROBE_TEXT, add_special_tokens=False) != teacher.encode(
-            PROBE_TEXT, add_special_tokens=False
-        ):
-            problem = "the vocabularies match but a probe text tokenizes differently"
+    common = min(n_s, n_t, shared)
+    s_ids, t_ids = _id_table(student, common), _id_table(teacher, common)
+    diff = [i for i in range(common) if s_ids[i] != t_ids[i]]
+    if diff:
+        i = diff[0]
+        problem = (
+            f"{len(diff):,} of the first {common:,} ids differ (id {i} is {s_ids[i]!r} for the "
+            f"student, {t_ids[i]!r} for the teacher)"
+        )
+    elif n_s != n_t:
+        who = "student" if n_s > n_t else "teacher"
+        problem = f"the {who}'s tokenizer has {abs(n_s - n_t):,} more tokens (ids {common:,}+)"
+    elif n_s > shared:
+        problem = f"the tokenizers have {n_s:,} tokens but one model has only {shared:,} rows"
+    elif student.encode(PROBE_TEXT, add_special_tokens=False) != teacher.encode(
+        PROBE_TEXT, add_special_tokens=False
+    ):
+        problem = "the vocabularies match but a probe text tokenizes differently"
     if problem:
         raise UserError(
             f"dense_kd needs the teacher and the student to share a tokenizer, but the "
