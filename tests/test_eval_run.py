@@ -61,7 +61,7 @@ def test_every_held_out_prompt_is_stored_with_three_answers_side_by_side(trained
     assert result.status == "finished" and result.step == 20 and result.summary["n"] == len(items)
     for it in items:
         assert it.teacher == teacher[it.row_id]
-        assert it.prompt.startswith("What is ")
+        assert "what is " in it.prompt
         assert it.student_before != it.student_after
         # stored scores are those of the stored texts
         for model, text in (("before", it.student_before), ("after", it.student_after)):
@@ -84,6 +84,7 @@ def test_batched_left_padded_generation_equals_one_prompt_at_a_time(trained_runs
     one = _eval(trained_runs, batch_size=1)
     batched = eval_items(trained_runs.ws, result.id)
     single = eval_items(trained_runs.ws, one.id)
+    assert len({len(it.prompt) for it in batched}) > 1  # so the batches were padded
     assert [it.student_after for it in single] == [it.student_after for it in batched]
     assert [it.student_before for it in single] == [it.student_before for it in batched]
     for a, b in zip(single, batched, strict=True):
@@ -169,7 +170,7 @@ def test_cli_eval_prints_the_table_and_json(trained_runs, run_cli, capsys):
     assert main(["--workspace", root, "eval", "demo", "--limit", "2", "--max-new-tokens", "8"]) == 0
     table = capsys.readouterr().out
     assert "METRIC" in table and "GAP CLOSED" in table and "1 by definition" in table
-    assert "[0] What is " in table and "  teacher: The answer is" in table
+    assert "[0] " in table and "what is " in table and "  teacher: The answer is" in table
     assert main(["--workspace", root, "eval", "demo", "--limit", "2", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["status"] == "finished" and len(doc["items"]) == 2

@@ -3,7 +3,7 @@
     run = make_trained_run(ws, tmp / "build", name="demo")              # full fine-tune
     run = make_trained_run(ws, tmp / "build", name="lo", lora=True)     # a LoRA adapter
 
-The prompts are sums ("What is 2 + 3?" -> "The answer is 5."); a teacher answers them over
+The prompts are sums ("Quickly, what is 2 + 3?" -> "The answer is 5."); a teacher answers them over
 an OpenAI-compatible endpoint whose record is stored exactly as `collect` stores it (the
 endpoint URL in `responses.endpoint`, the model name), without any network. The student is
 a tiny Llama trained by the real `Trainer`, so checkpoints have the real layout.
@@ -20,7 +20,12 @@ from typing import Any
 from kdstudio.config import TeacherConfig
 from kdstudio.workspace import Workspace
 
-SUMS = [(f"What is {a} + {b}?", f"The answer is {a + b}.") for a in range(6) for b in range(4)]
+#: Prompts of different lengths (so batches need padding) with one-line answers.
+SUMS = [
+    (f"{'Quickly, ' * ((a + b) % 3)}what is {a} + {b}?", f"The answer is {a + b}.")
+    for a in range(6)
+    for b in range(4)
+]
 
 
 def import_prompts(ws: Workspace, folder: Path, name: str, pairs: list[tuple[str, str]]) -> int:
