@@ -850,6 +850,12 @@ def collect(
         sink.emit(Progress(done=0, total=estimate.requests, unit="request"))
         runner.run()
         status, message = _outcome(col, runner)
+    except KeyboardInterrupt:
+        status, message = "cancelled", "interrupted; re-run the same command to resume"
+        raise
+    except Exception as exc:
+        message = str(exc) or type(exc).__name__
+        raise
     finally:
         col.release(status, message)
     summary = _summary(col, runner, status, message, time.monotonic() - start)
