@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 
 from kdstudio import __version__
 from kdstudio.config import Section, dumps_toml, setting
-from kdstudio.errors import Cancelled, ConfigError, UserError
+from kdstudio.errors import Cancelled, ConfigError, NotFound, UserError
 from kdstudio.events import FanoutSink, Finished, Log, Progress, Sink, StoreSink, Warning
 
 if TYPE_CHECKING:
@@ -179,6 +179,20 @@ def _collection_record(ws: Workspace, name: str) -> tuple[dict, list[dict], dict
     return collection, teachers, dataset
 
 
+def _missing_collection(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "source": "removed from the workspace since training",
+        "teacher": None,
+        "dataset": None,
+        "answers": None,
+        "reviews": {},
+        "params": {},
+        "created": None,
+        "updated": None,
+    }
+
+
 def _base_student(path: str) -> dict[str, Any]:
     info: dict[str, Any] = {"path": path, "name": Path(path).name}
     try:
@@ -218,7 +232,10 @@ def provenance(ws: Workspace, run: Any, checkpoint: Path, kind: str) -> dict[str
     collections, teachers, datasets = [], [], []
     names = run.config["data"]["collection"]
     for name in [names] if isinstance(names, str) else list(names):
-        collection, used, dataset = _collection_record(ws, name)
+        try:
+            collection, used, dataset = _collection_record(ws, name)
+        except NotFound:  # removed since training: say so rather than refuse to export
+            collection, used, dataset = _missing_collection(name), [], None
         collections.append(collection)
         teachers += [t for t in used if t not in teachers]
         if dataset and dataset not in datasets:
@@ -313,7 +330,8 @@ def model_card(doc: dict[str, Any]) -> str:
             [[t["name"], t["model"], t["host"]] for t in doc["teachers"]],
         )
     else:
-        out.append("No teacher is recorded: the answers were imported from a file.")
+        out.append("No teacher is recorded: the answers were imported from a file, or their")
+        out.append("collection has been removed from the workspace since training.")
     out += ["", "## Data", ""]
     out += _table(
         [

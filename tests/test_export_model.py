@@ -213,3 +213,19 @@ def test_cli_export_writes_once_then_refuses(trained_runs, run_cli, tmp_path, ca
     proc = run_cli("export", "demo", "--out", str(out), workspace=trained_runs.ws.root)
     assert proc.returncode == 2
     assert "is not empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_collection_removed_since_training_is_named_not_fatal(
+    trained_runs, tmp_path, monkeypatch
+):
+    import kdstudio.export as mod
+    from kdstudio.errors import NotFound
+
+    def gone(ws, name):
+        raise NotFound("collection", name, [])
+
+    monkeypatch.setattr(mod, "_collection_record", gone)
+    result = _export(trained_runs, tmp_path / "orphan")
+    card = (result.path / "README.md").read_text()
+    assert "| demo-prompts.big-teacher | removed from the workspace since training |" in card
+    assert "No teacher is recorded" in card
