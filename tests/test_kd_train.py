@@ -1,0 +1,117 @@
+"""End to end: sparse_kd from a collection the real collection job gathered from the loopback
+teacher, dense_kd with a tiny local teacher; both lower the KD term and report their metrics."""
+
+from __future__ import annotations
+
+import re
+import statistics
+
+import pytest
+from kd_support import add_local_teacher, collect_from_loopback, config, metric_series, train
+
+from kdstudio.events import ListSink, Log
+from kdstudio.outputs import iter_examples
+from kdstudio.testing.openai_server import OpenAIServer
+
+KD_METRICS = ("loss", "ce", "kd", "kd_share", "top1_agree", "student_entropy")
+
+
+@pytest.fixture
+def server():
+    with OpenAIServer() as s:
+        yield s
+
+
+def _lowered(values: list[float]) -> bool:
+    return statistics.mean(values[-3:]) < 0.85 * statistics.mean(values[:3])
+
+
+def _kd_log(sink) -> tuple[int, int]:
+    for e in sink.events:
+        if isinstance(e, Log) and e.message.startswith("sparse_kd:"):
+            m = re.match(r"sparse_kd: ([\d,]+) of ([\d,]+) response tokens", e.message)
+            return int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
+    raise AssertionError("no sparse_kd summary logged")
+
+
+def test_sparse_kd_from_loopback_logprobs_lowers_the_kd_term(ws, kd_models, server):
+    name = collect_from_loopback(ws, server, n=24)
+    examples = list(iter_examples(ws, name))
+    assert all(e.logprobs is not None and e.logprobs.k == 5 for e in examples)
+    cfg = config(
+        kd_models.student,
+        name,
+        distill={"method": "sparse_kd", "kd_weight": 0.8},
+        data={"eval_fraction": 0.0},
+        optim={"max_steps": 14, "lr": 5e-3},
+    )
+    sink = ListSink()
+    result = train(ws, cfg, sink)
+    assert result.status == "finished"
+    series = {k: metric_series(ws, "kd", k) for k in KD_METRICS}
+    assert all(len(v) == 14 for v in series.values())
+    assert _lowered(series["kd"]), series["kd"]
+    # the student's tokenizer covers every teacher token: each response token uses KD; only
+    # the end-of-turn token (the API teacher sent no eos) trains with CE
+    n_kd, n_target = _kd_log(sink)
+    assert n_kd == sum(len(e.logprobs) for e in examples)
+    assert n_target == n_kd + len(examples)
+    assert all(0.7 < s < 1.0 for s in series["kd_share"])
+    assert all(0.0 <= a <= 1.0 for a in series["top1_agree"])
+    # loss = (1 - w) CE + w KD at KD positions, CE elsewhere: between the two per-token terms
+    assert series["loss"][-1] < series["ce"][-1]
+
+
+def test_ce_fallback_positions_are_counted(ws, kd_models, server):
+    """A student whose tokenizer lacks two of the teacher's tokens: every position where
+    one of them is a candidate (or the sampled token) trains with CE, and is counted."""
+    from kd_support import MISSING
+    from transformers import AutoTokenizer
+
+    name = collect_from_loopback(ws, server, n=16)
+    tok = AutoTokenizer.from_pretrained(kd_models.partial)
+    assert all(len(tok.encode(w, add_special_tokens=False)) > 1 for w in MISSING)
+
+    def one_token(b: bytes) -> bool:
+        return len(tok.encode(b.decode(), add_special_tokens=False)) == 1
+
+    expected = 0
+    for e in iter_examples(ws, name):
+        tl = e.logprobs
+        for i in range(len(tl)):
+            cands = [tl.tokens[i]] + [
+                b for b, lp in zip(tl.top_tokens[i], tl.top_logprobs[i], strict=False) if lp > -1e30
+            ]
+            expected += all(one_token(b) for b in cands)
+    cfg = config(
+        kd_models.partial,
+        name,
+        distill={"method": "sparse_kd"},
+        data={"eval_fraction": 0.0},
+        optim={"max_steps": 2},
+    )
+    sink = ListSink()
+    train(ws, cfg, sink)
+    n_kd, n_target = _kd_log(sink)
+    assert 0 < n_kd == expected < n_target
+    shares = metric_series(ws, "kd", "kd_share")
+    assert all(0 < s < 1 for s in shares)
+
+
+def test_dense_kd_with_a_local_teacher_lowers_the_kd_term(ws, kd_models):
+    from kdstudio.testing.train_data import make_collection, memorisable_pairs
+
+    make_collection(ws, "tiny", memorisable_pairs(24))
+    add_local_teacher(ws, "local", kd_models.teacher)
+    cfg = config(
+        kd_models.student,
+        "tiny",
+        distill={"method": "dense_kd", "teacher": "local", "kd_weight": 0.9, "temperature": 2.0},
+        optim={"max_steps": 14, "lr": 5e-3},
+    )
+    result = train(ws, cfg)
+    assert result.status == "finished"
+    series = {k: metric_series(ws, "kd", k) for k in KD_METRICS}
+    assert _lowered(series["kd"]), series["kd"]
+    assert all(s == 1.0 for s in series["kd_share"])
+    assert statistics.mean(series["top1_agree"][-3:]) > statistics.mean(series["top1_agree"][:3])
