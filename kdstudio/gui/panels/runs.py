@@ -292,7 +292,7 @@ class RunsPanel(Panel):
             self.tail()
             gpu = self.board.plot_for("gpu_mem_gb")
             if gpu is not None and chosen and self.board.point_count("gpu_mem_gb") == 0:
-                gpu.set_empty_text("no GPU memory reported (CPU runs)")
+                gpu.set_empty_text("no GPU: CPU runs")
         self.fill_evaluations()
         self.update_buttons()
 

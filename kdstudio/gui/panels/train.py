@@ -709,7 +709,7 @@ class TrainPanel(Panel):
     def note_missing_gpu(self) -> None:
         plot = self.board.plot_for("gpu_mem_gb")
         if plot is not None and self.board.point_count("gpu_mem_gb") == 0:
-            plot.set_empty_text("no GPU memory reported (this run trained on the CPU)")
+            plot.set_empty_text("no GPU: a CPU run")
 
     @Slot()
     def on_training_ended(self) -> None:
