@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "table with a prompt column) is detected from the content and reported; --map overrides "
         "which column holds what. The import is all or nothing.",
     )
-    imp.add_argument("file")
+    imp.add_argument("file", help="a .jsonl, .json, .csv, .tsv or .parquet file")
     imp.add_argument("--name", help="dataset name (default: from the file name)")
     imp.add_argument(
         "--format",
