@@ -9,8 +9,10 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import sys
 import tomllib
 import xml.etree.ElementTree as ET
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -135,6 +137,39 @@ def test_pyproject_ships_resources_as_package_data():
     patterns = config["package-data"]["kdstudio"]
     assert "resources/**/*" in patterns
     assert "kdstudio*" in config["packages"]["find"]["include"]  # kdstudio.migrations too
+
+
+def test_the_wheel_carries_the_icons_the_migrations_and_the_command(tmp_path):
+    # Build from a copy so the shared checkout gets no build/ or egg-info; call the backend
+    # directly (what `python -m build` does in its isolated env) to stay offline and fast.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(
+        ROOT / "kdstudio", src / "kdstudio", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    build = "import setuptools.build_meta as b, sys; print(b.build_wheel(sys.argv[1]))"
+    out = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path)],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    with zipfile.ZipFile(tmp_path / out.stdout.strip().splitlines()[-1]) as wheel:
+        names = set(wheel.namelist())
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        assert "kdstudio = kdstudio.cli:main" in wheel.read(entry_points).decode()
+    icons = {f"kdstudio/resources/icons/{p.name}" for p in resources.icon_path().parent.iterdir()}
+    migrations = {
+        f"kdstudio/migrations/{p.name}" for p in (ROOT / "kdstudio/migrations").glob("*.py")
+    }
+    assert {"kdstudio/resources/__init__.py", "kdstudio/migrations/__init__.py"} <= names
+    assert icons - names == set(), "icons missing from the wheel"
+    assert migrations - names == set(), "migrations missing from the wheel"
+    assert len(migrations) > 1
 
 
 def test_desktop_entry_names_the_installed_icon_and_command():
