@@ -92,7 +92,8 @@ def default_name(path: Path) -> str:
     return (name or "dataset")[:64]
 
 
-def _split_format(fmt: str) -> tuple[str | None, str | None]:
+def split_format(fmt: str) -> tuple[str | None, str | None]:
+    """(file format or None, row schema or None) from an import's `fmt` ('auto', 'csv', 'alpaca' ...)."""
     fmt = (fmt or "auto").strip().lower()
     if fmt == "auto":
         return None, None
@@ -138,7 +139,7 @@ def import_dataset(
     if ws.db.in_transaction:
         raise RuntimeError("import_dataset commits on its own: do not call it inside ws.tx()")
     path = Path(path).expanduser()
-    container, forced = _split_format(fmt)
+    container, forced = split_format(fmt)
     _check_file(path)
     name = name or default_name(path)
     store.check_new_name(ws.db, name)
@@ -197,6 +198,8 @@ def import_dataset(
     _report(result, sink)
     return result
 
+
+_split_format = split_format  # the name the import panel's preview uses
 
 _DONE, _ABORT = object(), object()
 
