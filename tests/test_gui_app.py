@@ -249,3 +249,31 @@ def test_plot_keeps_every_peak_of_a_million_points_while_drawing_few(qtbot):
     plot.getPlotItem().getViewBox().setXRange(123_000, 124_000, padding=0)
     plot.refresh()
     assert 1000 <= len(curve.xData) <= 1010  # zoomed in: every point
+
+
+def test_an_exception_in_a_plain_background_thread_reaches_the_error_dialog(qtbot, window):
+    from PySide6.QtWidgets import QApplication
+
+    from kdstudio.gui.widgets import ErrorDialog
+
+    def boom():
+        raise ValueError("checksum mismatch in a helper thread")
+
+    thread = threading.Thread(target=boom, name="helper")
+    thread.start()
+    thread.join()
+
+    def dialog():
+        found = [
+            w
+            for w in QApplication.topLevelWidgets()
+            if isinstance(w, ErrorDialog) and w.isVisible()
+        ]
+        return found[0] if found else None
+
+    qtbot.waitUntil(lambda: dialog() is not None, timeout=3000)
+    assert (
+        "checksum mismatch" in dialog().details
+        and "helper" in dialog().windowTitle() + dialog().details
+    )
+    dialog().close()

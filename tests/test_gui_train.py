@@ -184,3 +184,20 @@ def test_evaluate_and_export_from_the_runs_panel(qtbot, window, student, tmp_pat
     assert job.outcome == "succeeded", job.error
     assert (tmp_path / "exported" / "config.json").exists()
     assert "Exported" in panel.message.text
+
+
+def test_preflight_checks_the_run_and_leaves_nothing_behind(qtbot, window, student):
+    from kdstudio.distill import runs
+
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=5, name="pf")
+    panel.preflight()
+    qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=120_000)
+    assert "pre-flight passed" in panel.log.toPlainText()
+    assert "train /" in panel.log.toPlainText()  # the trainer's own description of the run
+    assert runs.list_runs(panel.ws) == []
+    panel.student_path.set_value(str(student.parent / "missing"))
+    panel.preflight()
+    qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=120_000)
+    assert panel.message.level == "error" and "missing" in panel.message.text
+    assert runs.list_runs(panel.ws) == []

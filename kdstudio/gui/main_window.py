@@ -187,7 +187,10 @@ class MainWindow(QMainWindow):
             "About kdstudio",
             f"<b>kdstudio {__version__}</b><p>A desktop studio for knowledge distillation of "
             "language models: teachers, prompts, outputs, training and evaluation, in one "
-            "workspace.</p>",
+            "workspace.</p><p><b>Keyboard</b><br>"
+            "Ctrl+1…6 panels · Ctrl+O open workspace · Ctrl+I import a dataset · F5 refresh<br>"
+            "Ctrl+N add a teacher · Ctrl+Enter start (Collect, Train) · Ctrl+. stop training<br>"
+            "Outputs: Ctrl+F search · A accept · R reject · E edit</p>",
         )
 
     # -- workspace -----------------------------------------------------------------------

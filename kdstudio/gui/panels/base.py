@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from kdstudio.gui.errors import report_unexpected
@@ -35,6 +36,13 @@ class Panel(QWidget):
         self.body = QVBoxLayout()
         self.body.setSpacing(8)
         outer.addLayout(self.body, 1)
+
+    def add_shortcut(self, keys: str, slot) -> QShortcut:
+        """A shortcut active while focus is in this panel (panels may share keys)."""
+        shortcut = QShortcut(QKeySequence(keys), self)
+        shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        shortcut.activated.connect(slot)
+        return shortcut
 
     def set_workspace(self, ws: Workspace | None) -> None:
         self.ws = ws

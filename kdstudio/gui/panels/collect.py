@@ -171,7 +171,7 @@ class CollectPanel(Panel):
         self.estimate_button = QPushButton("Estimate cost")
         self.start_button = QPushButton("Start")
         self.start_button.setToolTip("Estimate, then start collecting (Ctrl+Enter)")
-        self.start_button.setShortcut("Ctrl+Return")
+        self.add_shortcut("Ctrl+Return", self.start)
         self.pause_button = QPushButton("Pause")
         self.pause_button.setToolTip(
             "Stop launching requests; in-flight answers are kept. Resume any time."

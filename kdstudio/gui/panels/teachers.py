@@ -271,7 +271,7 @@ class TeachersPanel(Panel):
         self.table.selectionModel().selectionChanged.connect(self.show_selected)
 
         self.add_button = QPushButton("Add teacher…")
-        self.add_button.setShortcut("Ctrl+N")
+        self.add_shortcut("Ctrl+N", self.add_teacher)
         self.add_button.setToolTip("Add a teacher (Ctrl+N)")
         self.edit_button = QPushButton("Edit…")
         self.remove_button = QPushButton("Remove")
