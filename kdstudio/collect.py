@@ -643,6 +643,7 @@ class LiveRunner:
                 timer = loop.call_later(self._idle_wait(now), wake_up)
                 await wake[0]
                 timer.cancel()
+        self._progress(force=True)
         self._requeue(list(pending) + self.retry)
 
     def _idle_wait(self, now: float) -> float:
