@@ -160,7 +160,8 @@ class Trainer:
     ) -> Trainer:
         """A trainer that continues run `name` from its last checkpoint."""
         run = runs.get_run(ws, name)
-        if run.status == "running":
+        main = int(os.environ.get("RANK", "0")) == 0  # other ranks may see rank 0's own update
+        if main and run.status == "running" and run.pid != os.getpid():
             raise UserError(
                 f"run {name!r} is running now (pid {run.pid} on {run.host}); stop it first"
             )
@@ -638,6 +639,7 @@ class Trainer:
                 )
         if path is None and self.is_main:
             path = ckpt.resolve_checkpoint(self.ws, self.run.name, "last")
+        self._barrier()  # every rank returns after rank 0 has recorded how the run ended
         self._outcome = status
         return TrainResult(
             self.run.name, status, self.step, self.total_steps, loss, eval_loss, path

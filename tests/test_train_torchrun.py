@@ -1,0 +1,103 @@
+"""`torchrun --nproc-per-node 2` on CPU (gloo): DDP and FSDP (`fully_shard`) give the same
+losses as one process with the same global batch; stop and resume work across the same
+world size; rank 0 alone writes metrics and checkpoints; the CLI runs unchanged."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from train_support import ROOT, env, losses, make_config, student, train, workspace_with_collection
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch.distributed as dist
+from train_support import make_config, train
+from kdstudio.events import CancelToken, Metrics
+from kdstudio.workspace import Workspace
+
+ws_path, student = sys.argv[1:3]
+ws = Workspace.open(ws_path)
+
+class StopAt2:
+    def __init__(self, cancel):
+        self.cancel = cancel
+    def emit(self, event):
+        if isinstance(event, Metrics) and event.step == 2 and "loss" in event.values:
+            self.cancel.cancel("test")
+
+dist.init_process_group("gloo")
+for name, parallel in (("ddp", "ddp"), ("fsdp", "fsdp")):
+    config = make_config(student, optim={{"max_steps": 4, "batch_size": 2}},
+                         run={{"name": name, "parallel": parallel}})
+    cancel = CancelToken()
+    assert train(ws, config, StopAt2(cancel), cancel).status == "stopped"
+    assert train(ws, config, resume=True).status == "finished"
+dist.destroy_process_group()
+"""
+
+
+def test_two_processes_match_one_and_resume(tmp_path):
+    from train_support import config_dict, write_toml
+
+    from kdstudio.distill.checkpoint import list_checkpoints
+    from kdstudio.distill.runs import get_run
+
+    path = student(tmp_path)
+    ws = workspace_with_collection(tmp_path / "ws")
+    train(ws, make_config(path, optim={"max_steps": 4, "batch_size": 4}, run={"name": "one"}))
+    conf = write_toml(
+        tmp_path / "c.toml",
+        config_dict(path, optim={"max_steps": 2, "batch_size": 2}, run={"name": "cli"}),
+    )
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(tests=str(ROOT / "tests")))
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+    ]
+    proc = subprocess.run(
+        [*torchrun, str(driver), str(tmp_path / "ws"), str(path)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli = [
+        *torchrun,
+        "-m",
+        "kdstudio",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "train",
+        "--config",
+        str(conf),
+        "--quiet",
+    ]
+    proc = subprocess.run(cli, env=env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = losses(ws, "one")
+    for name in ("ddp", "fsdp"):
+        run = get_run(ws, name)
+        assert run.status == "finished" and run.world_size == 2
+        curve = losses(ws, name)
+        assert curve.keys() == one.keys()
+        for step in one:
+            assert curve[step] == pytest.approx(one[step], rel=1e-5), (name, step)
+        assert [c.step for c in list_checkpoints(ws, name)] == [2, 4]
+        starts = [e for e in ws.events("train", str(run.id)) if "starting" in e.get("message", "")]
+        assert len(starts) == 1  # rank 0 alone reports
+    assert get_run(ws, "cli").status == "finished"
+    assert losses(ws, "cli")[2] == pytest.approx(losses(ws, "ddp")[2], rel=1e-5)
+    assert not any(p.name.startswith(".") for p in (ws.checkpoints_dir / "cli").iterdir())
+    ws.close()
+    shutil.rmtree(tmp_path / "ws", ignore_errors=True)
