@@ -130,6 +130,8 @@ def parse_completion(
         refusal = get(message, "refusal") if message is not None else None
         if refusal:
             raise RowError(f"the teacher refused: {refusal}")
+        if get(choice, "finish_reason") == "content_filter":
+            raise RowError("the provider's content filter withheld the answer")
         raise EmptyAnswer("the teacher's answer has no text")
     lp = get(choice, "logprobs")
     content = get(lp, "content") if lp is not None else None
