@@ -315,3 +315,18 @@ def test_duplicate_prompts_in_one_collection_are_requested_once(ws, monkeypatch)
         assert summary.counts["done"] == 9 and summary.requests == 4
         assert set(billed_per_prompt(server).values()) == {1}
     assert summary.cached == 5 and summary.spent == outputs.get_collection(ws, "prompts.t").spend
+
+
+def test_retry_after_reads_ms_seconds_http_dates_and_reset_durations():
+    import email.utils
+    import time as _time
+
+    from kdstudio.teachers.openai_api import retry_after
+
+    assert retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after({"retry-after": "3"}) == 3.0
+    date = email.utils.formatdate(_time.time() + 30, usegmt=True)
+    assert 25 <= retry_after({"retry-after": date}) <= 31
+    assert retry_after({"x-ratelimit-reset-requests": "1m6.5s"}) == pytest.approx(66.5)
+    assert retry_after({"x-ratelimit-reset-requests": "20ms"}) == pytest.approx(0.02)
+    assert retry_after({}) is None
