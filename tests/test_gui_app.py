@@ -20,9 +20,10 @@ def window(qtbot, ws, tmp_path):
     qtbot.addWidget(win)
     win.show()
     yield win
-    from kdstudio.gui import workers
+    from kdstudio.gui import errors, workers
 
     workers.stop_all(10)
+    errors.uninstall()
 
 
 def test_window_opens_every_panel_on_the_workspace(window, ws):

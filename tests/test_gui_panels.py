@@ -15,7 +15,7 @@ KEY_ENV = "KDSTUDIO_GUI_TEST_KEY"
 
 @pytest.fixture
 def window(qtbot, ws, tmp_path):
-    from kdstudio.gui import workers
+    from kdstudio.gui import errors, workers
     from kdstudio.gui.main_window import MainWindow
     from kdstudio.gui.testing import prepare_app
 
@@ -26,6 +26,7 @@ def window(qtbot, ws, tmp_path):
     win.show()
     yield win
     workers.stop_all(30)
+    errors.uninstall()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def panel(qtbot, ws, tmp_path):
-    from kdstudio.gui import workers
+    from kdstudio.gui import errors, workers
     from kdstudio.gui.panels.teachers import TeachersPanel
     from kdstudio.gui.testing import prepare_app
 
@@ -22,6 +22,7 @@ def panel(qtbot, ws, tmp_path):
     qtbot.waitUntil(lambda: not p.running_jobs(), timeout=10000)  # the keyring probe
     yield p
     workers.stop_all(10)
+    errors.uninstall()
 
 
 def fill(dialog, *, name, url, model, key=None, env=None):

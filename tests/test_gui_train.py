@@ -46,7 +46,7 @@ def trained_ws(ws, tmp_path):
 
 @pytest.fixture
 def window(qtbot, trained_ws, tmp_path):
-    from kdstudio.gui import workers
+    from kdstudio.gui import errors, workers
     from kdstudio.gui.main_window import MainWindow
     from kdstudio.gui.testing import prepare_app
 
@@ -56,6 +56,7 @@ def window(qtbot, trained_ws, tmp_path):
     win.show()
     yield win
     workers.stop_all(60)
+    errors.uninstall()
 
 
 def fill_form(panel, student, *, steps, name):

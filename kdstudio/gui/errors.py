@@ -78,8 +78,22 @@ def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
     report_unexpected(f"{args.exc_type.__name__} in {where}: {args.exc_value}", details)
 
 
+_previous: tuple | None = None
+
+
 def install() -> None:
     """Route uncaught exceptions (GUI thread and other threads) to the error dialog."""
+    global _previous
     relay()  # created on the GUI thread
+    if _previous is None:
+        _previous = (sys.excepthook, threading.excepthook)
     sys.excepthook = _excepthook
     threading.excepthook = _thread_excepthook
+
+
+def uninstall() -> None:
+    """Put back the hooks `install` replaced (tests, and embedding the window elsewhere)."""
+    global _previous
+    if _previous is not None:
+        sys.excepthook, threading.excepthook = _previous
+        _previous = None

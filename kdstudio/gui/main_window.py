@@ -65,6 +65,7 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.panels: dict[str, Panel] = {}
+        self._stale: set[str] = set()  # panels to re-read when shown (another panel wrote)
         for cls in panel_classes():
             panel = cls(self)
             self.panels[panel.key] = panel
@@ -233,16 +234,14 @@ class MainWindow(QMainWindow):
     @Slot()
     def on_workspace_changed(self) -> None:
         """A panel wrote something (a teacher, a dataset, a run): others re-read lazily."""
-        self._stale = set(self.panels) - {
-            self.sender().key if isinstance(self.sender(), Panel) else ""
-        }
+        writer = self.sender().key if isinstance(self.sender(), Panel) else ""
+        self._stale |= set(self.panels) - {writer}
 
     @Slot(int)
     def on_tab_changed(self, index: int) -> None:
         panel = self.tabs.widget(index)
-        stale = getattr(self, "_stale", set())
-        if isinstance(panel, Panel) and panel.key in stale and self.ws is not None:
-            stale.discard(panel.key)
+        if isinstance(panel, Panel) and panel.key in self._stale and self.ws is not None:
+            self._stale.discard(panel.key)
             panel.refresh()
 
     @Slot(str)

@@ -126,6 +126,7 @@ class DatasetsPanel(Panel):
         split.setSizes([200, 900, 280])
         self.body.addWidget(split, 1)
         self.importer = None
+        self.message.action_triggered.connect(self.choose_file)  # "Import file…" on the empty hint
 
     # -- the list ------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -153,9 +154,6 @@ class DatasetsPanel(Panel):
                 "No datasets yet: import a JSONL, JSON, CSV or Parquet file of prompts.",
                 "info",
                 action="Import file…",
-            )
-            self.message.action_triggered.connect(
-                self.choose_file, Qt.ConnectionType.UniqueConnection
             )
             return
         if self.message.text.startswith("No datasets"):
