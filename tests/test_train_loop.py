@@ -5,12 +5,24 @@ from __future__ import annotations
 import sys
 
 import pytest
-from train_support import losses, make_config, student, train, workspace_with_collection
+from train_support import (
+    losses,
+    make_config,
+    single_thread,
+    student,
+    train,
+    workspace_with_collection,
+)
 
 from kdstudio.events import CancelToken, ListSink, Metrics
 
 # Loss of steps 1-3 of `make_config(...)` (lr 3e-3, batch 4, seed 0) on the memorisable pairs.
 GOLDEN = {1: 6.04959, 2: 5.88774, 3: 5.48715}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from single_thread()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,16 @@ import subprocess
 import sys
 
 import pytest
-from train_support import ROOT, env, losses, make_config, student, train, workspace_with_collection
+from train_support import (
+    ROOT,
+    env,
+    losses,
+    make_config,
+    single_thread,
+    student,
+    train,
+    workspace_with_collection,
+)
 
 DRIVER = """
 import sys
@@ -38,6 +47,11 @@ for name, parallel in (("ddp", "ddp"), ("fsdp", "fsdp")):
     assert train(ws, config, resume=True).status == "finished"
 dist.destroy_process_group()
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from single_thread()
 
 
 def test_two_processes_match_one_and_resume(tmp_path):

@@ -12,6 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 _STUDENT: dict[str, Path] = {}
 
 
+def single_thread():
+    """Fixture body: torch on one thread for a module (steady and fast on a busy machine;
+    subprocesses get OMP_NUM_THREADS=1 too, so results compare across processes)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def student(tmp_root: Path) -> Path:
     """A 2-layer, hidden-64 Llama with a tokenizer trained on the memorisable pairs (cached)."""
     from kdstudio.testing.train_data import make_student, memorisable_pairs, texts_of
@@ -88,6 +99,7 @@ def env() -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
     }
 
 

@@ -194,9 +194,10 @@ class Trainer:
         import torch
 
         cfg = self.config
+        self.metrics_writer = MetricsWriter(self.ws, self.run.id) if self.is_main else None
         self.sink = (
             FanoutSink(
-                [StoreSink(self.ws, "train", self.run.id, run_id=self.run.id), self.user_sink]
+                [StoreSink(self.ws, "train", self.run.id), self.metrics_writer, self.user_sink]
             )
             if self.is_main
             else NullSink()
@@ -468,7 +469,7 @@ class Trainer:
             {"params": no_decay, "weight_decay": 0.0},
         ]
         o = self.config.optim
-        fused = self.device.type == "cuda"
+        fused = self.device.type in ("cuda", "cpu")  # fused AdamW: one kernel for all tensors
         return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), fused=fused)
 
     def _total_steps(self) -> int:
@@ -529,6 +530,7 @@ class Trainer:
             raise
         except BaseException as exc:
             self._outcome = "failed"
+            self._flush_metrics()
             if self.is_main and self.run is not None:
                 runs.set_status(
                     self.ws, self.run.id, "failed", error=f"{type(exc).__name__}: {exc}"
@@ -598,6 +600,7 @@ class Trainer:
         return self._finish(stopped)
 
     def _finish(self, stopped: bool) -> TrainResult:
+        self._flush_metrics()
         if (
             not stopped
             and self.data.eval
@@ -696,6 +699,11 @@ class Trainer:
         )
 
     # -- metrics ----------------------------------------------------------------------------
+    def _flush_metrics(self) -> None:
+        writer = getattr(self, "metrics_writer", None)
+        if writer is not None:
+            writer.flush()
+
     def _new_interval(self) -> _Interval:
         return _Interval(self.device, time.perf_counter())
 
@@ -815,6 +823,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 writes; every rank takes part)."""
+        self._flush_metrics()
         model_state, optim_state = self._gather_state()
         path = None
         if self.is_main:
@@ -883,6 +892,7 @@ class Trainer:
     # -- close ------------------------------------------------------------------------------
     def close(self) -> None:
         """Release the objective, the model and the process group (when this trainer made it)."""
+        self._flush_metrics()
         objective = getattr(self, "objective", None)
         if objective is not None:
             objective.close()
@@ -895,6 +905,32 @@ class Trainer:
             if dist.is_initialized():
                 dist.destroy_process_group()
             self._owns_pg = False
+
+
+class MetricsWriter:
+    """Stores Metrics in `run_metrics`, one transaction per `every_s` seconds (the window tails
+    the table); flushed at every checkpoint and when the run ends, so a crash loses at most
+    the figures of steps that a resume repeats anyway."""
+
+    def __init__(self, ws: Workspace, run_id: int, every_s: float = 1.0) -> None:
+        self.ws, self.run_id, self.every_s = ws, run_id, every_s
+        self._buffer: list[Metrics] = []
+        self._last = time.monotonic()
+
+    def emit(self, event: Any) -> None:
+        if isinstance(event, Metrics):
+            self._buffer.append(event)
+            if time.monotonic() - self._last >= self.every_s:
+                self.flush()
+
+    def flush(self) -> None:
+        self._last = time.monotonic()
+        if not self._buffer:
+            return
+        with self.ws.tx():
+            for m in self._buffer:
+                self.ws.add_metrics(self.run_id, m.step, m.values, m.t)
+        self._buffer.clear()
 
 
 class _Interval:
