@@ -111,6 +111,7 @@ def _run(obj, model, batch):
         ("srkl", 1.0, True),
         ("tvd", 1.0, True),
         ("fkl", 2.0, False),
+        ("fkl", 2.0, True),
     ],
 )
 def test_dense_kd_equals_full_logits_reference(ws, kd_models, divergence, temperature, fused):

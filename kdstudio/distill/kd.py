@@ -290,7 +290,9 @@ class _FusedHead(torch.autograd.Function):
     gradient computed in the forward pass (no recomputation, no full logits kept).
 
     Returns (loss sum, stats [S]) where stats are no-grad sums the chunk function reports. With
-    weight None, x already holds logits.
+    weight None, x already holds logits. A chunk function with `analytic = True` returns
+    `(loss, stats, d loss / d logits)` itself (no autograd graph per chunk: fewer passes
+    over the [n, V] logits); any other is differentiated by autograd.
     """
 
     @staticmethod
@@ -305,22 +307,29 @@ class _FusedHead(torch.autograd.Function):
             t.detach().requires_grad_(t.requires_grad) if t is not None else None
             for t in (weight, bias)
         ]
+        analytic = getattr(chunk_loss, "analytic", False)
         for start in range(0, x.shape[0], chunk_size):
             rows = slice(start, min(start + chunk_size, x.shape[0]))
-            xc = x[rows].detach().requires_grad_(x.requires_grad)
-            with torch.enable_grad():
-                logits = xc if weight is None else F.linear(xc, leaves[0], leaves[1])
-                loss, chunk_stats = chunk_loss(logits, rows)
-            inputs = [
-                (k, t) for k, t in enumerate((xc, *leaves)) if t is not None and t.requires_grad
-            ]
-            if inputs:
-                got = torch.autograd.grad(loss, [t for _, t in inputs])
-                for (k, _), g in zip(inputs, got, strict=True):
-                    if k == 0:
-                        grads[0][rows] = g
-                    else:
-                        grads[k] += g
+            if analytic:
+                xc = x[rows].detach()
+                logits = xc if weight is None else F.linear(xc, weight, bias)
+                loss, chunk_stats, g = chunk_loss(logits, rows)
+                _accumulate_linear(grads, rows, xc, weight, g)
+            else:
+                xc = x[rows].detach().requires_grad_(x.requires_grad)
+                with torch.enable_grad():
+                    logits = xc if weight is None else F.linear(xc, leaves[0], leaves[1])
+                    loss, chunk_stats = chunk_loss(logits, rows)
+                inputs = [
+                    (k, t) for k, t in enumerate((xc, *leaves)) if t is not None and t.requires_grad
+                ]
+                if inputs:
+                    got = torch.autograd.grad(loss, [t for _, t in inputs])
+                    for (k, _), g in zip(inputs, got, strict=True):
+                        if k == 0:
+                            grads[0][rows] = g
+                        else:
+                            grads[k] += g
             total += loss.detach().float()
             stats += chunk_stats
         ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
@@ -335,6 +344,23 @@ class _FusedHead(torch.autograd.Function):
             s * g_total.to(s.dtype) if has else None for s, has in zip(saved, ctx.has, strict=True)
         ]
         return (*out, None, None, None)
+
+
+def _accumulate_linear(
+    grads: list[Tensor | None], rows: slice, x: Tensor, weight: Tensor | None, g: Tensor
+) -> None:
+    """Add the gradients of `F.linear(x, weight, bias)` given `g = d loss / d logits`."""
+    gx, gw, gb = grads
+    if weight is None:
+        if gx is not None:
+            gx[rows] = g.to(gx.dtype)
+        return
+    if gx is not None:
+        gx[rows] = (g.to(weight.dtype) @ weight).to(gx.dtype)
+    if gw is not None:
+        gw += (g.t().to(x.dtype) @ x).to(gw.dtype)
+    if gb is not None:
+        gb += g.sum(0).to(gb.dtype)
 
 
 def fused_head_loss(
@@ -499,6 +525,46 @@ def _chunk_terms(
     return loss, stats
 
 
+def _dense_fkl_chunk(labels: Tensor, teacher: Any, *, vocab: int, w: float, tau: float) -> Any:
+    """Chunk function of CE + forward KL with its gradient in closed form:
+
+        d/dz [(1 - w) CE + w tau^2 KL(p_tau || q_tau)] = (1 - w)(q - onehot) + w tau (q_tau - p_tau)
+
+    over the first `vocab` logits for the KD term (padding rows beyond it get CE only).
+    `teacher(rows)` gives the teacher's logits of those rows."""
+
+    def chunk(logits: Tensor, rows: slice) -> tuple[Tensor, Tensor, Tensor]:
+        z = logits.float()
+        y = labels[rows]
+        lse = torch.logsumexp(z, dim=-1)
+        q = torch.exp(z - lse.unsqueeze(-1))
+        ce = lse - z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        entropy = lse - L._rowdot(q, z)
+        t = teacher(rows)[:, :vocab].float()
+        zk = z[:, :vocab]
+        if tau != 1.0:
+            zk, t = zk / tau, t / tau
+        if tau == 1.0 and vocab == z.shape[-1]:
+            lse_k, q_k = lse, q
+        else:
+            lse_k = torch.logsumexp(zk, dim=-1)
+            q_k = torch.exp(zk - lse_k.unsqueeze(-1))
+        log_p = torch.log_softmax(t, dim=-1)
+        p = log_p.exp()
+        kd = (L._rowdot(p, log_p) - L._rowdot(p, zk) + lse_k).clamp_min(0.0)
+        grad = q.mul_(1.0 - w) if q is not q_k else q * (1.0 - w)
+        grad.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(ce, -(1.0 - w)).unsqueeze(-1))
+        grad[:, :vocab].add_(q_k - p, alpha=w * tau)
+        loss = ((1.0 - w) * ce + w * tau**2 * kd).sum()
+        agree = (z.argmax(-1) == t.argmax(-1)).sum()
+        ones = torch.tensor(float(z.shape[0]), device=z.device)
+        stats = torch.stack([ce.sum(), kd.sum(), ones, agree.float(), entropy.sum()])
+        return loss, stats, grad
+
+    chunk.analytic = True
+    return chunk
+
+
 @register("sparse_kd")
 class SparseKD(_KDObjective):
     """KD from the teacher logprobs stored with the collection (top-k + sampled + tail)."""
@@ -652,6 +718,17 @@ class DenseKD(_KDObjective):
         x, weight, bias = self._student_rows(model, batch, rows)
         v = self.shared
         per_token = partial(self.per_token, **self.options)
+
+        def teacher_logits(r: slice) -> Tensor:
+            with torch.no_grad():
+                return tx[r] if tw is None else F.linear(tx[r], tw, tb)
+
+        if d.divergence == "fkl":
+            fn = _dense_fkl_chunk(labels, teacher_logits, vocab=v, w=d.kd_weight, tau=d.temperature)
+            total, stats = fused_head_loss(
+                fn, x, weight, bias, chunk_size=self.chunk_size, n_stats=self.N_STATS
+            )
+            return self._output(total, stats, batch.n_target)
 
         def chunk_loss(logits: Tensor, r: slice) -> tuple[Tensor, Tensor]:
             with torch.no_grad():
