@@ -35,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from kdstudio.config import Section, TeacherConfig, setting
@@ -223,9 +224,10 @@ class Collection:
             # "auto" token ids keep what the collection started with, so a later probe does
             # not turn re-running the same command into "different settings".
             self.params["token_ids"] = bool(json.loads(existing[0]).get("token_ids"))
-        self.endpoint = (
-            self.teacher.base_url if self.teacher.kind == "openai" else f"local:{self.teacher.path}"
-        )
+        if self.teacher.kind == "openai":
+            self.endpoint = self.teacher.base_url
+        else:
+            self.endpoint = f"local:{self.teacher.path}:{_folder_fingerprint(self.teacher.path)}"
         self.id: int | None = None
 
     # -- requests and hashes ----------------------------------------------------------------
@@ -255,6 +257,13 @@ class Collection:
     # -- setup --------------------------------------------------------------------------------
     def open(self) -> None:
         """Create or reopen the collection, add missing items, reuse cached answers."""
+        if (
+            self.ws.query_one(
+                "SELECT 1 FROM dataset_rows WHERE dataset_id=? LIMIT 1", (self.dataset["id"],)
+            )
+            is None
+        ):
+            raise UserError(f"dataset {self.config.dataset!r} has no rows to collect")
         self.id = create_collection(
             self.ws,
             self.name,
@@ -277,13 +286,6 @@ class Collection:
                 " WHERE collection_id=? AND status!='done' AND hash IN (SELECT hash FROM responses)",
                 (time.time(), self.id),
             )
-        if (
-            self.ws.query_one(
-                "SELECT COUNT(*) FROM collection_items WHERE collection_id=?", (self.id,)
-            )[0]
-            == 0
-        ):
-            raise UserError(f"dataset {self.config.dataset!r} has no rows to collect")
 
     def _add_items(self) -> None:
         now = time.time()
@@ -485,6 +487,22 @@ class Collection:
             item.prompt_tokens * prompt_ratio * t.price_in + self.config.max_tokens * t.price_out
         ) / 1e6
         return usd * (0.5 if self.config.batch_api else 1.0)
+
+
+def _folder_fingerprint(path: str | None) -> str:
+    """Names, sizes and times of a local model folder's files: a changed model (new weights
+    in the same folder) asks again instead of reusing the old model's answers."""
+    import hashlib
+
+    folder = Path(path or "")
+    if not folder.is_dir():
+        return "missing"
+    parts = sorted(
+        f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}"
+        for f in folder.iterdir()
+        if f.is_file()
+    )
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _pid_alive(pid: int) -> bool:
