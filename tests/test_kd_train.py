@@ -115,3 +115,67 @@ def test_dense_kd_with_a_local_teacher_lowers_the_kd_term(ws, kd_models):
     assert _lowered(series["kd"]), series["kd"]
     assert all(s == 1.0 for s in series["kd_share"])
     assert statistics.mean(series["top1_agree"][-3:]) > statistics.mean(series["top1_agree"][:3])
+
+
+def test_on_policy_batches_score_what_the_student_writes(ws, kd_models):
+    from kdstudio.testing.train_data import make_collection, memorisable_pairs
+
+    make_collection(ws, "tiny", memorisable_pairs(16))
+    add_local_teacher(ws, "local", kd_models.teacher)
+    cfg = config(
+        kd_models.student,
+        "tiny",
+        distill={"method": "dense_kd", "teacher": "local", "on_policy": 1.0},
+        optim={"max_steps": 3},
+    )
+    assert train(ws, cfg).status == "finished"
+    series = {k: metric_series(ws, "kd", k) for k in ("loss", "kd", "on_policy", "ce")}
+    assert series["on_policy"] == [1.0, 1.0, 1.0]
+    assert series["ce"] == [0.0, 0.0, 0.0]  # no collected response was trained on
+    # divergence alone (kd_weight does not apply), weighed like the replaced batch
+    assert series["loss"] == pytest.approx(series["kd"], rel=1e-4)
+
+    mixed = config(
+        kd_models.student,
+        "tiny",
+        distill={"method": "dense_kd", "teacher": "local", "on_policy": 0.5},
+        optim={"max_steps": 8},
+        run={"name": "mixed"},
+    )
+    assert train(ws, mixed).status == "finished"
+    shares = metric_series(ws, "mixed", "on_policy")
+    assert set(shares) == {0.0, 1.0}
+    ce = metric_series(ws, "mixed", "ce")
+    assert all((c == 0.0) == (s == 1.0) for c, s in zip(ce, shares, strict=True))
+
+
+def test_generated_batches_keep_the_prompt_and_mask_only_the_new_tokens(ws, kd_models):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kdstudio.distill.batches import build_dataset, collate, load_student_tokenizer
+    from kdstudio.distill.kd import DenseKD
+    from kdstudio.distill.objectives import ObjectiveContext
+    from kdstudio.events import NullSink
+    from kdstudio.testing.train_data import make_collection, memorisable_pairs
+
+    make_collection(ws, "tiny", memorisable_pairs(4))
+    add_local_teacher(ws, "local", kd_models.teacher)
+    cfg = config(kd_models.student, "tiny", distill={"method": "dense_kd", "teacher": "local"})
+    tok, _ = load_student_tokenizer(str(kd_models.student))
+    data = build_dataset(tok, iter_examples(ws, "tiny"), max_length=64, eval_fraction=0.0)
+    model = AutoModelForCausalLM.from_pretrained(kd_models.student)
+    obj = DenseKD(cfg)
+    obj.setup(ObjectiveContext(cfg, ws, tok, torch.device("cpu"), None, NullSink(), model.config))
+    batch = collate(data.train, tok.pad_token_id)
+    model.train()
+    torch.manual_seed(0)
+    gen = obj._generate(model, batch)
+    assert model.training  # restored after sampling
+    budget = max(e.n_target for e in batch.items)
+    for old, new in zip(batch.items, gen.items, strict=True):
+        p = old.prompt_len
+        assert new.input_ids[:p] == old.input_ids[:p] and new.prompt_len == p
+        assert new.labels[:p] == [-100] * p and new.labels[p:] == new.input_ids[p:]
+        assert 1 <= len(new) - p <= budget
+    assert [e.input_ids for e in gen.items] != [e.input_ids for e in batch.items]

@@ -110,12 +110,24 @@ class DistillConfig(Section):
         "under 0.35x the memory of full logits).",
         min=1,
     )
+    on_policy: float = setting(
+        0.0,
+        "`dense_kd`: GKD's lambda, the share of micro-batches where the student writes the "
+        "response (sampling) and the teacher scores it; those train on the divergence alone.",
+        min=0.0,
+        max=1.0,
+    )
 
     def check(self) -> None:
         if self.method == "dense_kd" and not self.teacher:
             raise ConfigError(
                 "distill.teacher must name a local teacher for method dense_kd "
                 "(add one with `kdstudio teacher add-local NAME --path DIR`)"
+            )
+        if self.on_policy and self.method != "dense_kd":
+            raise ConfigError(
+                "distill.on_policy needs method dense_kd (a local teacher scores what the "
+                "student writes); set it to 0 for other methods"
             )
         if self.method == "sparse_kd" and self.tail and self.temperature != 1.0:
             raise ConfigError(

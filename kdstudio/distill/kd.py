@@ -41,6 +41,7 @@ vocabulary, or padding rows that are truncated to the shared size) before any st
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -696,6 +697,7 @@ class DenseKD(_KDObjective):
         elif d.divergence in ("skl", "srkl"):
             self.options["alpha"] = SKEW_ALPHA
         self.per_token = L.PER_TOKEN[d.divergence]
+        self.tokenizer = ctx.tokenizer
 
     def _teacher_rows(
         self, batch: Batch, rows: Tensor
@@ -712,10 +714,14 @@ class DenseKD(_KDObjective):
 
     def loss(self, model: Any, batch: Batch) -> ObjectiveOutput:
         d = self.config.distill
-        rows = _target_rows(batch.labels)
-        labels = batch.labels[:, 1:].reshape(-1).index_select(0, rows)
-        tx, tw, tb = self._teacher_rows(batch, rows)
-        x, weight, bias = self._student_rows(model, batch, rows)
+        # the trainer seeds and checkpoints Python's RNG, so a resumed run draws the same
+        on_policy = d.on_policy > 0 and random.random() < d.on_policy
+        scored = self._generate(model, batch) if on_policy else batch
+        w = 1.0 if on_policy else d.kd_weight
+        rows = _target_rows(scored.labels)
+        labels = scored.labels[:, 1:].reshape(-1).index_select(0, rows)
+        tx, tw, tb = self._teacher_rows(scored, rows)
+        x, weight, bias = self._student_rows(model, scored, rows)
         v = self.shared
         per_token = partial(self.per_token, **self.options)
 
@@ -723,27 +729,80 @@ class DenseKD(_KDObjective):
             with torch.no_grad():
                 return tx[r] if tw is None else F.linear(tx[r], tw, tb)
 
-        if d.divergence == "fkl":
-            fn = _dense_fkl_chunk(labels, teacher_logits, vocab=v, w=d.kd_weight, tau=d.temperature)
-            total, stats = fused_head_loss(
-                fn, x, weight, bias, chunk_size=self.chunk_size, n_stats=self.N_STATS
-            )
-            return self._output(total, stats, batch.n_target)
-
         def chunk_loss(logits: Tensor, r: slice) -> tuple[Tensor, Tensor]:
-            with torch.no_grad():
-                t = tx[r] if tw is None else F.linear(tx[r], tw, tb)
-                t = t[:, :v]
+            t = teacher_logits(r)[:, :v]
             kd = per_token(logits[:, :v], t)
             is_kd = torch.ones_like(labels[r], dtype=torch.bool)
-            return _chunk_terms(
-                logits, labels[r], kd, is_kd, t.argmax(-1), d.kd_weight, d.temperature
-            )
+            return _chunk_terms(logits, labels[r], kd, is_kd, t.argmax(-1), w, d.temperature)
 
+        if d.divergence == "fkl":
+            chunk_loss = _dense_fkl_chunk(labels, teacher_logits, vocab=v, w=w, tau=d.temperature)
         total, stats = fused_head_loss(
             chunk_loss, x, weight, bias, chunk_size=self.chunk_size, n_stats=self.N_STATS
         )
-        return self._output(total, stats, batch.n_target)
+        out = self._output(total, stats, scored.n_target)
+        if d.on_policy > 0:
+            # CE of the student's own samples trains nothing: report CE of the collected
+            # responses only, and weigh a generated batch like the batch it replaced
+            ce = out.sums.pop("ce")
+            n = torch.tensor(float(batch.n_target), device=total.device)
+            out.counts["ce"] = (ce * 0, n * 0) if on_policy else (ce, n)
+            out.counts["on_policy"] = (n * 0 + float(on_policy), n * 0 + 1)
+            if on_policy:
+                out.loss_sum = out.loss_sum * (batch.n_target / max(scored.n_target, 1))
+        return out
+
+    def _generate(self, model: Any, batch: Batch) -> Batch:
+        """The batch's prompts with responses the student samples (temperature 1), masked
+        for loss on the generated tokens, at most as long as the longest collected one."""
+        from kdstudio.distill.batches import Encoded, collate, special_ids
+
+        tok = self.tokenizer
+        hf = _hf(model)
+        specials = special_ids(tok)
+        stops = {tok.eos_token_id}
+        for enc in batch.items:
+            last = next((x for x in reversed(enc.labels) if x != IGNORE), None)
+            if last in specials:
+                stops.add(last)  # the template's end-of-turn token
+        prompts = [enc.input_ids[: enc.prompt_len] for enc in batch.items]
+        width = max(len(p) for p in prompts)
+        pad = tok.pad_token_id
+        dev = batch.input_ids.device
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+        was_training = hf.training
+        hf.eval()
+        try:
+            with torch.no_grad():
+                out = hf.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=max(enc.n_target for enc in batch.items),
+                    pad_token_id=pad,
+                    eos_token_id=sorted(stops),
+                    use_cache=True,
+                )
+        finally:
+            hf.train(was_training)
+        items = []
+        for enc, prompt, seq in zip(batch.items, prompts, out[:, width:].tolist(), strict=True):
+            cut = next((i + 1 for i, t in enumerate(seq) if t in stops), len(seq))
+            seq = seq[:cut]
+            items.append(
+                Encoded(
+                    [*prompt, *seq],
+                    [IGNORE] * len(prompt) + seq,
+                    len(prompt),
+                    [],
+                    example=enc.example,
+                )
+            )
+        return collate(items, pad).to(dev)
 
     def close(self) -> None:
         self.teacher = None
