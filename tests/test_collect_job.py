@@ -330,3 +330,11 @@ def test_retry_after_reads_ms_seconds_http_dates_and_reset_durations():
     assert retry_after({"x-ratelimit-reset-requests": "1m6.5s"}) == pytest.approx(66.5)
     assert retry_after({"x-ratelimit-reset-requests": "20ms"}) == pytest.approx(0.02)
     assert retry_after({}) is None
+
+
+def test_an_empty_dataset_is_a_clear_error_and_creates_nothing(ws, server):
+    make_prompts(ws, n=0)
+    add_teacher(ws, server)
+    with pytest.raises(UserError, match="has no rows"):
+        collect(cfg(), ws)
+    assert ws.query_one("SELECT COUNT(*) FROM collections")[0] == 0

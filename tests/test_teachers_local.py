@@ -71,3 +71,18 @@ def test_cli_add_local_checks_the_folder_and_probe_finds_ids(ws, run_cli, tiny_t
     assert probed.returncode == 0, probed.stderr
     caps = json.loads(probed.stdout)
     assert caps["token_ids"] is True and caps["logprobs"] is True and caps["device"] == "cpu"
+
+
+def test_a_changed_model_folder_is_asked_again(ws, tiny_teacher, tmp_path):
+    import os
+    import shutil
+
+    folder = shutil.copytree(tiny_teacher, tmp_path / "teacher")
+    make_prompts(ws, n=2)
+    ws.add_teacher(TeacherConfig(name="loc", kind="local", path=str(folder)))
+    config = CollectConfig(teacher="loc", dataset="prompts", max_tokens=4, temperature=0.0)
+    collect(config, ws)
+    weights = next(folder.glob("*.safetensors"))
+    os.utime(weights, (1, 1))  # new weights in the same folder
+    again = collect(CollectConfig(**{**config.to_dict(), "name": "after-update"}), ws)
+    assert again.requests == 2 and again.cached == 0
