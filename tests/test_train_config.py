@@ -101,3 +101,15 @@ def test_lora_is_off_unless_its_table_is_given_and_round_trips(tmp_path):
     assert again == config
     named = TrainConfig.from_dict({**config_dict(tmp_path), "run": {}}).resolved()
     assert named.run.name.startswith("tiny-")
+
+
+def test_the_readme_reference_is_generated_from_the_settings():
+    from train_support import ROOT
+
+    from kdstudio.distill.config import REFERENCE_END, REFERENCE_START, reference_markdown
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    if REFERENCE_START not in text:
+        pytest.skip("README has no training config reference")
+    table = text.split(REFERENCE_START, 1)[1].split(REFERENCE_END, 1)[0].strip()
+    assert table == reference_markdown(), "regenerate: python -m kdstudio.distill.config"

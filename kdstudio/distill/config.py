@@ -287,3 +287,22 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return config.resolved(base=path.resolve().parent)
+
+
+REFERENCE_START = "<!-- train-config-reference:start -->"
+REFERENCE_END = "<!-- train-config-reference:end -->"
+
+
+def reference_markdown() -> str:
+    """The README's config reference table, generated from the settings' help text."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, help_text in TrainConfig.help_rows():
+        if key.startswith("lora."):
+            help_text = f"(only with a [lora] table) {help_text}"
+        default = "(required)" if default == "(required)" else f"`{default}`"
+        lines.append(f"| `{key}` | {default} | {help_text.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m kdstudio.distill.config > table.md
+    print(reference_markdown())
