@@ -367,8 +367,8 @@ class Collection:
         rows = self.ws.query(
             "SELECT ci.row_id, ci.sample, ci.hash, ci.attempts, d.idx, d.messages, d.prompt, d.system"
             " FROM collection_items ci JOIN dataset_rows d ON d.id = ci.row_id"
-            " WHERE ci.collection_id=? AND ci.status='queued' AND (d.idx, ci.sample) > (?, ?)"
-            " ORDER BY d.idx, ci.sample LIMIT ?",
+            " WHERE ci.collection_id=? AND ci.status='queued' AND (ci.row_id, ci.sample) > (?, ?)"
+            " ORDER BY ci.row_id, ci.sample LIMIT ?",  # an index range (rows in dataset order)
             (self.id, after[0], after[1], limit),
         )
         items = []
@@ -395,7 +395,7 @@ class Collection:
             yield from items
             if len(items) < page:
                 return
-            after = (items[-1].idx, items[-1].sample)
+            after = (items[-1].row_id, items[-1].sample)
 
     def mark(
         self, con: Any, items: list[Item], status: str, error: str | None = None, bump: bool = False

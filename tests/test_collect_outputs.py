@@ -128,3 +128,24 @@ def test_bad_review_and_unknown_collection_are_clear_errors(ws):
         outputs.set_review(ws, "qa.import", ids[0], 0, "maybe")
     with pytest.raises(NotFound, match="qa.import"):
         outputs.iter_examples(ws, "nope").__next__()
+
+
+def test_bulk_import_matches_one_by_one_and_is_idempotent(ws):
+    did = make_prompts(ws, "bulk", 5)
+    outputs.create_collection(
+        ws, "bulk.import", dataset_id=did, teacher_name=None, params={}, source="import"
+    )
+    rows = [
+        (r["id"], r["idx"], f"answer {r['idx']}")
+        for r in ws.query("SELECT id, idx FROM dataset_rows")
+    ]
+    assert (
+        outputs.add_imported_responses(ws, "bulk.import", dataset_name="bulk", rows=rows, page=2)
+        == 5
+    )
+    outputs.add_imported_responses(ws, "bulk.import", dataset_name="bulk", rows=rows)
+    assert ws.query_one("SELECT COUNT(*) FROM responses")[0] == 5
+    assert [e.response for e in outputs.iter_examples(ws, "bulk.import")] == [
+        f"answer {i}" for i in range(5)
+    ]
+    assert outputs.count_items(ws, "bulk.import", outputs.ItemFilter(search="answer")) == 5

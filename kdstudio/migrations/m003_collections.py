@@ -63,7 +63,7 @@ CREATE TABLE collection_items (
     updated_at REAL,
     PRIMARY KEY (collection_id, row_id, sample)
 );
-CREATE INDEX collection_items_by_status ON collection_items (collection_id, status);
+CREATE INDEX collection_items_by_status ON collection_items (collection_id, status, row_id, sample);
 CREATE INDEX collection_items_by_hash ON collection_items (hash);
 
 CREATE TABLE collection_batches (
