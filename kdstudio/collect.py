@@ -5,14 +5,16 @@
 What it guarantees:
 - Every answer is committed as it arrives, keyed by a content hash of (endpoint, model,
   parameters, messages, sample). Re-running resumes; answers another collection already
-  paid for are reused (`cached`), so no request is paid twice. After a kill -9 the only
-  requests repeated are those that were in flight.
+  paid for are reused (`cached`), and duplicate prompts within a collection are sent once,
+  so no request is paid twice. After a kill -9 the only requests repeated are those that
+  were in flight.
 - Each (row, sample) has a state: queued, in_flight, retrying, done, failed + reason.
 - Concurrency starts at `concurrency` and adapts: a 429 pauses launches for its
   `retry-after` and lowers the limit (at most once per second); a window of successes
   raises it again, up to the setting.
-- Transient errors retry with jittered exponential backoff up to `max_retries`; 400/404
-  fail the row with the server's message; 401/403 stop the job with one clear message.
+- Transient errors retry with jittered exponential backoff up to `max_retries` (429s do
+  not count: the server said "later", not "no"); 400/404 fail the row with the server's
+  message; 401/403 and an exhausted quota stop the job with one clear message.
 - Before starting, `estimate_cost` counts prompt tokens (an approximation: ceil(chars / 4)
   + 3 per message, no tokenizer download; real usage is stored per row as it arrives).
   `budget` stops launching when the next request could exceed it (worst case: its prompt
