@@ -70,9 +70,16 @@ def trained_runs(tmp_path_factory):
     """A workspace with two tiny trained runs, `demo` (full) and `lo` (LoRA), whose teacher
     carries a planted key (kdstudio.testing.runs.make_demo_workspace); shared by the eval and
     export tests, which only add evaluations and exports to it."""
+    import torch
+
     from kdstudio.testing.runs import make_demo_workspace
 
-    demo = make_demo_workspace(tmp_path_factory.mktemp("trained"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: extra threads only contend on a busy machine
+    try:
+        demo = make_demo_workspace(tmp_path_factory.mktemp("trained"))
+    finally:
+        torch.set_num_threads(threads)
     yield demo
     demo.ws.close()
 

@@ -18,6 +18,17 @@ from kdstudio.export import ExportConfig, endpoint_host, export
 IDS = torch.tensor([[1, 4, 40, 41, 42, 43, 2, 5, 44, 45]])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: intra-op threads only add overhead on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _export(demo, out, sink=None, cancel=None, **kwargs):
     config = ExportConfig(run=kwargs.pop("run", "demo"), out=out, **kwargs)
     return export(config, demo.ws, sink or ListSink(), cancel or CancelToken())
