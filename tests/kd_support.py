@@ -43,15 +43,15 @@ def make_kd_models(root: Path) -> SimpleNamespace:
     tok = make_tokenizer(root / "tok", texts, vocab_size=420)
     ns = SimpleNamespace(root=root, tok=tok)
     ns.student = make_model(root / "student", tok, seed=0)
-    ns.teacher = sharpen_head(make_model(root / "teacher", tok, seed=1, hidden=96), 12.0)
+    ns.teacher = sharpen_head(make_model(root / "teacher", tok, seed=1), 12.0)
     n = len(__import__("transformers").AutoTokenizer.from_pretrained(tok))
-    ns.padded = make_model(root / "padded", tok, seed=2, vocab_size=n + 16)
+    ns.padded = make_model(root / "padded", tok, seed=2, vocab_size=n + 16, layers=1, hidden=32)
     foreign_tok = make_tokenizer(
         root / "foreign-tok", ["something else entirely"] * 5, vocab_size=300
     )
-    ns.foreign = make_model(root / "foreign", foreign_tok, seed=3)
+    ns.foreign = make_model(root / "foreign", foreign_tok, seed=3, layers=1, hidden=32)
     partial_tok = make_tokenizer(root / "partial-tok", PARTIAL_TEXTS, vocab_size=380)
-    ns.partial = make_model(root / "partial", partial_tok, seed=4)
+    ns.partial = make_model(root / "partial", partial_tok, seed=4, layers=1, hidden=32)
     return ns
 
 

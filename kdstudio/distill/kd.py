@@ -35,7 +35,12 @@ to the student's tokens of the response once, before training (`align_example`):
 
 Dense KD (`DenseKD`). A local teacher (`[distill] teacher`) runs forward in eval mode under
 no_grad on the same batch; `kdstudio.distill.preflight` checks the tokenizers (same
-vocabulary, or padding rows that are truncated to the shared size) before any step.
+vocabulary, or padding rows that are truncated to the shared size) before any step. With
+forward KL (the default) the chunk's gradient is written in closed form; the other
+divergences go through autograd per chunk. `distill.on_policy` (GKD's lambda) is the share
+of micro-batches where the student samples responses to the batch's prompts and the
+teacher scores them: those train on the divergence alone (CE of the student's own samples
+teaches nothing) and count as much as the batch they replace.
 """
 
 from __future__ import annotations
