@@ -240,3 +240,15 @@ def test_checkpoint_rows_match_the_folders_and_the_contract(env, ws):
     assert meta["step"] == 6 and meta["eval_loss"] is not None and meta["time"] > 0
     assert base_student_path(ws, "ck") == path.resolve()
     assert get_run(ws, "ck").eval_rows
+
+
+def test_gradient_checkpointing_trains_to_the_same_loss(env, ws):
+    path, _ = env
+    train(ws, make_config(path, optim={"max_steps": 3}, run={"name": "plain"}))
+    train(
+        ws,
+        make_config(
+            path, optim={"max_steps": 3}, run={"name": "gc", "gradient_checkpointing": True}
+        ),
+    )
+    assert losses(ws, "gc")[3] == pytest.approx(losses(ws, "plain")[3], rel=1e-5)

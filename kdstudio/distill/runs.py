@@ -1,8 +1,9 @@
 """Training runs in the workspace: create, look up, list, and track status.
 
 Status: `created`, `running`, `finished`, `stopped` (by the user, after a checkpoint),
-`failed`. A run stored as `running` whose process is gone (its pid is dead on this host, or
-its heartbeat is older than `STALE_AFTER_S`) reads as `interrupted`; `--resume` continues it.
+`failed`. A run stored as `running` whose process is gone (its pid is dead, when it ran on
+this host; else its heartbeat is older than `STALE_AFTER_S`) reads as `interrupted`;
+`--resume` continues it.
 No torch here: the GUI and `runs list` use this module cheaply.
 """
 
@@ -72,9 +73,9 @@ def effective_status(row: dict[str, Any], now: float | None = None) -> str:
     if status != "running":
         return status
     now = time.time() if now is None else now
-    same_host = row.get("host") == socket.gethostname()
-    if same_host and row.get("pid") and not _process_alive(int(row["pid"])):
-        return "interrupted"
+    if row.get("host") == socket.gethostname() and row.get("pid"):
+        # on this machine the process itself answers (a long save may pause the heartbeat)
+        return status if _process_alive(int(row["pid"])) else "interrupted"
     if row.get("heartbeat") is not None and now - row["heartbeat"] > STALE_AFTER_S:
         return "interrupted"
     return status

@@ -398,9 +398,13 @@ class Trainer:
             raise UserError(f"cannot load the student from {source}: {exc}") from None
         model.config.use_cache = False
         if cfg.run.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:  # transformers >= 5
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
         if cfg.lora is not None:
             model = self._apply_lora(model, state)
         model.to(self.device)
