@@ -113,3 +113,15 @@ def test_the_readme_reference_is_generated_from_the_settings():
         pytest.skip("README has no training config reference")
     table = text.split(REFERENCE_START, 1)[1].split(REFERENCE_END, 1)[0].strip()
     assert table == reference_markdown(), "regenerate: python -m kdstudio.distill.config"
+
+
+def test_the_cli_refuses_a_bad_config_with_exit_2_and_one_line(tmp_path, capsys):
+    from kdstudio.cli import main
+
+    path = write_toml(tmp_path / "c.toml", config_dict(tmp_path, optim={"lr": -1.0}))
+    code = main(["--workspace", str(tmp_path / "ws"), "train", "--config", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "optim.lr must be >= 0.0" in err and str(path) in err
+    code = main(["--workspace", str(tmp_path / "ws"), "train", "--resume", "x", "--set", "a=1"])
+    assert code == 2 and "--set cannot change a run being resumed" in capsys.readouterr().err
