@@ -190,6 +190,12 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
     if run.error:
         print(f"error: {run.error}")
     print(f"method {run.method}, collection {run.collection}, processes {run.world_size}")
+    if "train_examples" in run.summary:
+        sm = run.summary
+        print(
+            f"examples: {sm['train_examples']} train, {sm['eval_examples']} held out, "
+            f"{sm['dropped_too_long']} dropped (too long), skipped {sm.get('skipped', {})}"
+        )
     if latest:
         print("\nlatest metrics:")
         ctx.print_table(

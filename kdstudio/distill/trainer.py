@@ -266,7 +266,8 @@ class Trainer:
             self._load_state(state)
         if self.is_main:
             runs.set_status(self.ws, self.run.id, "running")
-            runs.update_run(self.ws, self.run.id, world_size=self.world)
+            summary = {**self.run.summary, **self._data_summary(), "total_steps": self.total_steps}
+            runs.update_run(self.ws, self.run.id, world_size=self.world, summary=summary)
             self.sink.emit(Log(self._describe()))
 
     def _setup_distributed(self) -> None:
@@ -342,7 +343,7 @@ class Trainer:
         cfg = self.config.data
         data = build_dataset(
             self.tokenizer,
-            iter_examples(self.ws, cfg.collection),
+            iter_examples(self.ws, cfg.collection, include_rejected=True),
             max_length=cfg.max_length,
             eval_fraction=cfg.eval_fraction,
         )
@@ -510,6 +511,15 @@ class Trainer:
         self._elapsed_before = float(state.get("elapsed", 0.0))
         _set_rng_state(state["rng"])
 
+    def _data_summary(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "train_examples": len(d.train),
+            "eval_examples": len(d.eval),
+            "dropped_too_long": d.dropped,
+            "skipped": dict(d.skipped),
+        }
+
     def _describe(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -621,6 +631,7 @@ class Trainer:
                 self.run.id,
                 step=self.step,
                 summary={
+                    **self._data_summary(),
                     "loss": loss,
                     "eval_loss": eval_loss,
                     "steps": self.step,
