@@ -252,3 +252,18 @@ def test_gradient_checkpointing_trains_to_the_same_loss(env, ws):
         ),
     )
     assert losses(ws, "gc")[3] == pytest.approx(losses(ws, "plain")[3], rel=1e-5)
+
+
+def test_resuming_after_the_collection_changed_warns(env, ws):
+    from kdstudio.events import Warning as KdWarning
+    from kdstudio.outputs import set_review
+
+    path, _ = env
+    cancel = CancelToken()
+    config = make_config(path, optim={"max_steps": 3}, run={"name": "changed"})
+    train(ws, config, StopAt(cancel, 1), cancel)
+    row = ws.query_one("SELECT id FROM dataset_rows ORDER BY idx LIMIT 1")[0]
+    set_review(ws, "tiny", row, 0, "accepted", edited_text="A different answer.")
+    sink = ListSink()
+    assert train(ws, config, sink, resume=True).status == "finished"
+    assert any("changed since this checkpoint" in w.message for w in sink.of(KdWarning))

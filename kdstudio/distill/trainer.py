@@ -22,6 +22,7 @@ returns status `stopped`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -355,6 +356,10 @@ class Trainer:
             )
         if cfg.eval_max_examples:
             data.eval = data.eval[: cfg.eval_max_examples]
+        digest = hashlib.sha256()
+        for e in data.train:
+            digest.update(repr((e.example.row_id, e.example.sample, e.input_ids)).encode())
+        self._fingerprint = digest.hexdigest()
         if self.is_main:
             runs.update_run(self.ws, self.run.id, eval_rows=data.eval_rows)
             if data.dropped:
@@ -507,6 +512,15 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.stream.load_state_dict(state["data"])
+        if self.is_main and state.get("data_fingerprint") not in (None, self._fingerprint):
+            self.sink.emit(
+                Warning(
+                    "the collection's training examples changed since this checkpoint (outputs "
+                    "added, edited or rejected): training continues on the current examples, so "
+                    "it will not match an uninterrupted run",
+                    where=f"data.collection {self.config.data.collection!r}",
+                )
+            )
         self.step = self._last_saved_step = int(state["step"])
         self._elapsed_before = float(state.get("elapsed", 0.0))
         _set_rng_state(state["rng"])
@@ -854,6 +868,7 @@ class Trainer:
                 "rng": _rng_state(),
                 "elapsed": self._elapsed(),
                 "world_size": self.world,
+                "data_fingerprint": self._fingerprint,
             }
             meta = {
                 "eval_loss": eval_loss,
