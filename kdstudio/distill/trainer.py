@@ -582,6 +582,8 @@ class Trainer:
         while self.step < self.total_steps:
             if self._stop_requested():
                 stopped = True
+                if interval.steps:  # the figures since the last report
+                    self._report(interval)
                 break
             window = [self._next_batch() for _ in range(o.grad_accum)]
             n_target = self._global_sum(sum(b.n_target for b in window))
