@@ -154,7 +154,7 @@ def bench_training(app, window, ws, student, steps: int, device: str) -> dict:
     assert job.outcome == "succeeded", job.error
     window_rate = steps_per_s(ws, "window-run")
 
-    cfg = ROOT / "bench" / ".bench_gui_train.toml"
+    cfg = ws.root.parent / "cli-run.toml"
     cfg.write_text(dumps_toml(train_config(student, steps, "cli-run", device)))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(
@@ -173,7 +173,6 @@ def bench_training(app, window, ws, student, steps: int, device: str) -> dict:
         env=env,
         capture_output=True,
     )
-    cfg.unlink()
     cli_rate = steps_per_s(ws, "cli-run")
     p50, p99, worst, n = probe.figures()
     return {

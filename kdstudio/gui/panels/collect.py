@@ -79,7 +79,7 @@ def interrupted_collections(ws) -> list[outputs.CollectionInfo]:
             dead = row["host"] == socket.gethostname() and row["pid"] and not _alive(row["pid"])
             if not (stale or dead or not row["pid"]):
                 continue
-        elif status not in ("cancelled", "incomplete", "stopped"):
+        elif status not in ("cancelled", "incomplete", "stopped", "failed"):
             continue
         info = outputs.get_collection(ws, row["name"])
         if info.counts.get("done", 0) < info.counts.get("total", 0):

@@ -74,7 +74,7 @@ class DatasetsPanel(Panel):
         self._debounce.setInterval(250)
         self._debounce.timeout.connect(self.apply_search)
         self.search.textChanged.connect(self._debounce.start)
-        self.model = LazyTableModel(ROW_COLUMNS, page_size=500)
+        self.model = LazyTableModel(ROW_COLUMNS, page_size=200)
         self.table = QTableView()
         self.table.setModel(self.model)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
