@@ -212,6 +212,9 @@ class ConsoleSink:
         self._start: float | None = None
         self._bar_shown = False
         self._last_line = 0.0
+        self._row_problems: dict[str, int] = {}
+
+    SAME_PROBLEM_SHOWN = 3
 
     def _clear_bar(self) -> None:
         if self._bar_shown:
@@ -268,11 +271,28 @@ class ConsoleSink:
             self._line(f"warning: {event.message}" + (f" ({event.where})" if event.where else ""))
         elif isinstance(event, RowDone):
             if event.status != "done":
-                self._line(f"row {event.row}: {event.status}: {event.detail}")
+                self._row_problem(event)
         elif isinstance(event, Finished):
+            self._problem_summary()
             self._line(event.message or "done")
         elif isinstance(event, Failed):
+            self._problem_summary()
             self._line(("stopped: " if event.cancelled else "error: ") + event.message)
+
+    def _row_problem(self, event: RowDone) -> None:
+        """Print a failing row; the same problem on many rows is shown a few times, then counted."""
+        key = f"{event.status}: {event.detail}"
+        seen = self._row_problems[key] = self._row_problems.get(key, 0) + 1
+        if seen <= self.SAME_PROBLEM_SHOWN:
+            self._line(f"row {event.row}: {key}")
+        if seen == self.SAME_PROBLEM_SHOWN:
+            self._line("(more rows with this same problem are counted, not shown)")
+
+    def _problem_summary(self) -> None:
+        for key, count in self._row_problems.items():
+            if count > self.SAME_PROBLEM_SHOWN:
+                self._line(f"{count} rows in all: {key}")
+        self._row_problems.clear()
 
 
 def event_from_dict(kind: str, payload: dict[str, Any], t: float) -> Event:

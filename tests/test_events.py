@@ -55,3 +55,17 @@ def test_console_sink_shows_rate_eta_and_extra_figures():
     assert "0.5/s" in text
     sink.emit(ev.Failed("401 from the teacher"))
     assert out.getvalue().rstrip().endswith("error: 401 from the teacher")
+
+
+def test_console_sink_counts_a_problem_repeated_on_many_rows_instead_of_flooding():
+    out = io.StringIO()
+    sink = ev.ConsoleSink(out)
+    for row in range(60):
+        sink.emit(ev.RowDone(row=row, status="failed", detail="HTTP 404: no such model"))
+    sink.emit(ev.RowDone(row=61, status="failed", detail="HTTP 400: context too long"))
+    sink.emit(ev.Finished("collection done"))
+    lines = out.getvalue().splitlines()
+    assert sum("no such model" in line for line in lines) == 4  # 3 rows + the summary
+    assert "60 rows in all: failed: HTTP 404: no such model" in lines
+    assert "row 61: failed: HTTP 400: context too long" in lines
+    assert lines[-1] == "collection done"
