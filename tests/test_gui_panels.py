@@ -179,7 +179,7 @@ def test_collect_estimates_then_runs_to_100_percent_with_failures_listed(
     qtbot.waitUntil(lambda: panel.progress.value() == panel.progress.maximum() == 30, timeout=5000)
     assert panel.failures.rowCount() == 2
     assert "context too long" in panel.failures.row(0).detail
-    assert panel.state_labels["done"].text() == "done: 28"
+    qtbot.waitUntil(lambda: panel.state_labels["done"].text() == "done: 28", timeout=5000)
     assert "Spent $" in panel.spend_label.text() and "budget" in panel.spend_label.text()
 
 
