@@ -338,3 +338,25 @@ def test_an_empty_dataset_is_a_clear_error_and_creates_nothing(ws, server):
     with pytest.raises(UserError, match="has no rows"):
         collect(cfg(), ws)
     assert ws.query_one("SELECT COUNT(*) FROM collections")[0] == 0
+
+
+def test_a_model_the_endpoint_does_not_serve_stops_the_job_once_with_the_fix(ws, server):
+    make_prompts(ws, n=20)
+    add_teacher(ws, server, model="no-such-model")
+    with pytest.raises(JobFailed) as caught:
+        collect(cfg(concurrency=2), ws)
+    message = str(caught.value)
+    assert "has no model 'no-such-model'" in message and "teacher probe t" in message
+    assert KEY not in message
+    counts = outputs.collection_status_counts(ws, "prompts.t")
+    assert counts.get("failed", 0) == 0, "the rows stay queued for a re-run with the right model"
+    assert counts.get("done", 0) == 0
+
+
+def test_probe_names_the_models_an_endpoint_serves_when_the_model_is_wrong(ws, server):
+    from kdstudio.teachers.probe import probe, summary_lines
+
+    teacher = add_teacher(ws, server, model="no-such-model")
+    rows = dict(summary_lines(probe(teacher, KEY)))
+    assert rows["model exists"] == "no"
+    assert rows["models served"].startswith("teacher-1")

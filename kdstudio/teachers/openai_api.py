@@ -214,6 +214,11 @@ def retry_after(headers: Any) -> float | None:
     return None
 
 
+_MODEL_MISSING_RE = re.compile(
+    r"model\b.*\b(does not exist|not found|not exist|unknown)|(unknown|no such) model", re.I
+)
+
+
 def classify(exc: BaseException, key: str | None) -> Outcome:
     """Turn an exception from one request into an Outcome (messages redacted)."""
     import openai
@@ -223,6 +228,9 @@ def classify(exc: BaseException, key: str | None) -> Outcome:
         message = redact(server_message(exc), key)
         headers = getattr(exc.response, "headers", None)
         if status in (401, 403):
+            return Outcome("fatal", message=message, status=status)
+        if status == 404 and _MODEL_MISSING_RE.search(message):
+            # Every row would fail the same way: stop once instead of paying for nothing.
             return Outcome("fatal", message=message, status=status)
         if status == 429 and _error_code(exc) == "insufficient_quota":
             return Outcome("fatal", message=message, status=status)
@@ -282,6 +290,12 @@ def fatal_message(teacher: TeacherConfig, outcome: Outcome) -> str:
         return (
             f"teacher {teacher.name!r} has no quota left (HTTP 429: {outcome.message}); add credit "
             "or raise the limit with the provider, then re-run the same command to resume"
+        )
+    if outcome.status == 404:
+        return (
+            f"teacher {teacher.name!r} has no model {teacher.model!r} at {teacher.base_url} "
+            f"(HTTP 404: {outcome.message}); `kdstudio teacher probe {teacher.name}` lists the "
+            "models it serves: change the teacher's --model, then re-run the same command"
         )
     hint = ""
     if "logprob" in outcome.message.lower():

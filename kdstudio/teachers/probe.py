@@ -209,6 +209,11 @@ def summary_lines(caps: dict[str, Any]) -> list[tuple[str, str]]:
         ("reachable", yn(caps.get("reachable"))),
         ("authentication", str(caps.get("auth"))),
         ("model exists", yn(caps.get("model_exists"))),
+    ]
+    if caps.get("model_exists") is False and caps.get("models"):
+        served = ", ".join(caps["models"][:10]) + (" ..." if len(caps["models"]) > 10 else "")
+        rows.append(("models served", f"{served} (change the teacher's --model)"))
+    rows += [
         ("logprobs", yn(caps.get("logprobs"))),
         ("top logprobs", str(caps.get("top_logprobs", 0))),
         ("token ids", yn(caps.get("token_ids"))),
