@@ -202,3 +202,56 @@ def test_preflight_checks_the_run_and_leaves_nothing_behind(qtbot, window, stude
     qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=120_000)
     assert panel.message.level == "error" and "missing" in panel.message.text
     assert runs.list_runs(panel.ws) == []
+
+
+def test_a_run_started_from_the_cli_appears_in_runs_and_its_curves_grow(
+    qtbot, window, student, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from kdstudio.config import dumps_toml
+    from kdstudio.gui.testing import ROOT
+
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        dumps_toml(
+            {
+                "student": {"path": str(student)},
+                "data": {"collection": "answers"},
+                "optim": {"max_steps": 5000, "batch_size": 4},
+                "run": {"name": "from-cli", "log_every": 1, "eval_every": 0, "checkpoint_every": 0},
+            }
+        )
+    )
+    panel = window.show_panel("runs")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kdstudio",
+            "--workspace",
+            str(panel.ws.root),
+            "train",
+            "--config",
+            str(config),
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        qtbot.waitUntil(lambda: any(r.name == "from-cli" for r in panel.model.rows), timeout=90_000)
+        panel.select_run("from-cli")
+        qtbot.waitUntil(lambda: panel.board.point_count("loss") >= 3, timeout=90_000)
+        first = panel.board.point_count("loss")
+        qtbot.waitUntil(lambda: panel.board.point_count("loss") > first, timeout=30_000)  # live
+        assert panel.model.row(0).status == "running"
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI checkpoints and exits 130
+        assert proc.wait(60) == 130, proc.stderr.read().decode()[-2000:]
+    qtbot.waitUntil(lambda: panel.model.row(0).status == "stopped", timeout=10_000)

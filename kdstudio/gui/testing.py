@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings
 
+ROOT = Path(__file__).resolve().parents[2]  # the source tree (for subprocesses in tests)
+
 
 def prepare_app(settings_dir: str | Path):
     """The application with QSettings kept in `settings_dir` (never the user's own)."""

@@ -326,8 +326,8 @@ class RunsPanel(Panel):
             for name, points in by_name.items():
                 arr = np.asarray(points, dtype=float)
                 self.board.add_history(str(run_id), name, arr[:, 0], arr[:, 1])
-        if any(r.status == "running" for r in self.model.rows) or not self.model.rows:
-            self.refresh()
+        if self.isVisible():
+            self.refresh()  # statuses and steps of runs other processes write
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().showEvent(event)
