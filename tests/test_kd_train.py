@@ -179,3 +179,54 @@ def test_generated_batches_keep_the_prompt_and_mask_only_the_new_tokens(ws, kd_m
         assert new.labels[:p] == [-100] * p and new.labels[p:] == new.input_ids[p:]
         assert 1 <= len(new) - p <= budget
     assert [e.input_ids for e in gen.items] != [e.input_ids for e in batch.items]
+
+
+def test_sparse_kd_from_a_local_teacher_of_the_same_tokenizer_maps_by_token_id(ws, kd_models):
+    import torch
+    from collect_support import make_prompts
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdstudio.collect import CollectConfig, collect
+    from kdstudio.distill.batches import load_student_tokenizer
+    from kdstudio.distill.kd import VocabBytes
+
+    # a random teacher would write bytes that are not UTF-8 (decoded to U+FFFD, so its text
+    # no longer spells its tokens, and nothing aligns): keep its answers to ASCII tokens
+    tok = load_student_tokenizer(str(kd_models.student))[0]
+    vocab = VocabBytes(tok)
+    teacher = AutoModelForCausalLM.from_pretrained(kd_models.teacher)
+    with torch.no_grad():  # logit 0 for these; the peaked head scores some token far above
+        for i, b in enumerate(vocab.bytes):
+            if i in vocab.specials or not b or not b.isascii():
+                teacher.lm_head.weight[i] = 0.0
+    folder = ws.folder("ascii-teacher")
+    teacher.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(kd_models.teacher).save_pretrained(folder)
+    make_prompts(ws, n=8)
+    add_local_teacher(ws, "local", folder)
+    collect(
+        CollectConfig(
+            teacher="local", dataset="prompts", max_tokens=8, temperature=0.0, top_logprobs=4
+        ),
+        ws,
+    )
+    cfg = config(
+        kd_models.student,
+        "prompts.local",
+        distill={"method": "sparse_kd"},
+        data={"eval_fraction": 0.0},
+        optim={"max_steps": 2},
+    )
+    sink = ListSink()
+    assert train(ws, cfg, sink).status == "finished"
+    summary = next(
+        e.message for e in sink.events if isinstance(e, Log) and "sparse_kd:" in e.message
+    )
+    mapped, examples = map(
+        int, re.search(r"(\d+) of (\d+) examples mapped by token id", summary).groups()
+    )
+    assert mapped == examples > 0
+    # the teacher's ids are the student's own: every response token aligns; only the
+    # end-of-turn token falls back (it stopped at max_tokens, not on its eos)
+    n_kd, n_target = _kd_log(sink)
+    assert n_kd == n_target - examples > 0
