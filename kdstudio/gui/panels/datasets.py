@@ -237,7 +237,7 @@ class DatasetsPanel(Panel):
         rows = [
             ("Rows", fmt_count(info.n_rows)),
             ("Format", info.format or "?"),
-            ("Source", Path(info.source).name if info.source else "?"),
+            ("Source", Path(info.source).name if info.source else "?"),  # full path: tooltip
             ("With system prompt", fmt_count(s.get("with_system"))),
             ("With reference", fmt_count(s.get("with_reference"))),
             ("Multi-turn", fmt_count(s.get("multi_turn"))),
@@ -255,6 +255,7 @@ class DatasetsPanel(Panel):
         for label, value in rows:
             v = QLabel(str(value))
             v.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            v.setWordWrap(True)
             self.stats_form.addRow(label, v)
         hist = s.get("length_histogram") or []
         if hist:
