@@ -114,6 +114,7 @@ class RunsPanel(Panel):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(22)
         self.table.setWordWrap(False)
         self.table.setAlternatingRowColors(True)
         self.table.horizontalHeader().setStretchLastSection(True)
@@ -174,6 +175,7 @@ class RunsPanel(Panel):
         self.items_table = QTableView()
         self.items_table.setModel(self.items_model)
         self.items_table.verticalHeader().hide()
+        self.items_table.verticalHeader().setDefaultSectionSize(22)
         self.items_table.setWordWrap(False)
         self.items_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.items_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -485,7 +487,7 @@ class RunsPanel(Panel):
         e = ev.get_evaluation(self.ws, eval_id)
         self.summary_view.setHtml(summary_html(e))
         self.items_model.set_rows(ev.eval_items(self.ws, eval_id))
-        for i, w in enumerate((36, 220, 160, 160, 160, 100)):
+        for i, w in enumerate((32, 180, 130, 130, 130, 100)):
             self.items_table.setColumnWidth(i, w)
         if self.items_model.rowCount():
             self.items_table.selectRow(0)
