@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "kdstudio.commands.train",
     "kdstudio.commands.collect",
     "kdstudio.commands.evalexport",
+    "kdstudio.commands.demo",
 ]
 
 
