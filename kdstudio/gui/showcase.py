@@ -115,6 +115,7 @@ def take_screenshots(out: Path, root: Path, *, log=print) -> list[Path]:
 
     def grab(name: str) -> None:
         _settle(app, 0.4)
+        window.update_jobs_label()  # the status bar polls every 500 ms; show the current state
         path = out / f"{len(shots) + 1:02d}-{name}.png"
         window.grab().save(str(path))
         shots.append(path)
