@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from kdstudio import outputs
 from kdstudio.config import Section, TeacherConfig, setting
 from kdstudio.errors import Cancelled, JobFailed, NotFound, UserError
 from kdstudio.events import CancelToken, Finished, Log, NullSink, Progress, RowDone, Sink
@@ -515,6 +516,30 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def interrupted_collections(ws: Workspace) -> list[outputs.CollectionInfo]:
+    """Collections a run left unfinished, to offer for resume when a workspace opens.
+
+    Cancelled, stopped, incomplete or failed ones with rows left, and ones marked running
+    whose process is gone (dead pid on this host, or no heartbeat for STALE_AFTER_S).
+    """
+    found = []
+    for row in ws.query(
+        "SELECT name, status, pid, host, heartbeat FROM collections WHERE source='teacher'"
+    ):
+        if row["status"] == "running":
+            stale = (row["heartbeat"] or 0) < time.time() - STALE_AFTER_S
+            here = row["host"] == socket.gethostname()
+            dead = here and row["pid"] and not _pid_alive(row["pid"])
+            if row["pid"] and not (stale or dead):
+                continue
+        elif row["status"] not in ("cancelled", "incomplete", "stopped", "failed"):
+            continue
+        info = outputs.get_collection(ws, row["name"])
+        if info.counts.get("done", 0) < info.counts.get("total", 0):
+            found.append(info)
+    return found
 
 
 def estimate_cost(config: CollectConfig, ws: Workspace) -> CostEstimate:

@@ -14,6 +14,7 @@ Readers:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kdstudio.errors import NotFound, UserError
@@ -637,3 +639,76 @@ def get_item(ws: Workspace, collection: str | int, row_id: int, sample: int = 0)
         logprobs=decode(r["logprobs"]) if r["logprobs"] is not None else None,
         latency=r["latency"],
     )
+
+
+# -- curation from the CLI, and export ------------------------------------------------------
+
+
+def row_id_for_index(ws: Workspace, collection: str | int, idx: int) -> int:
+    """The dataset row id behind the `#` (row index) that `outputs list` and the window show."""
+    info = get_collection(ws, collection)
+    row = ws.query_one(
+        "SELECT id FROM dataset_rows WHERE dataset_id=? AND idx=?", (info.dataset_id, idx)
+    )
+    if row is None:
+        n = ws.query_one(
+            "SELECT count(*) FROM dataset_rows WHERE dataset_id=?", (info.dataset_id,)
+        )[0]
+        raise UserError(f"collection {info.name!r} has no row #{idx} (its rows are #0 to #{n - 1})")
+    return int(row[0])
+
+
+def export_items(
+    ws: Workspace,
+    collection: str | int,
+    path: str | Path,
+    *,
+    keys: list[tuple[int, int]] | None = None,
+    filt: ItemFilter | None = None,
+) -> int:
+    """Write finished items as chat JSONL (prompt turns + the answer, edits applied).
+
+    `keys` picks items by (row_id, sample) (the window's selection); otherwise every item
+    matching `filt` is written. The file appears complete or not at all. Returns the count.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    done_filter = filt or ItemFilter()
+    if done_filter.status not in (None, "done"):
+        raise UserError("only finished answers (status done) can be exported")
+    done_filter = dataclasses.replace(done_filter, status="done")
+
+    def chosen() -> Iterator[Item]:
+        if keys is not None:
+            for row_id, sample in keys:
+                item = get_item(ws, collection, row_id, sample).item
+                if item.status == "done":
+                    yield item
+            return
+        offset = 0
+        while page := list_items(ws, collection, done_filter, offset=offset, limit=PAGE):
+            yield from page
+            offset += len(page)
+
+    count = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for item in chosen():
+                detail = get_item(ws, collection, item.row_id, item.sample)
+                record = {
+                    "messages": [
+                        *detail.messages,
+                        {"role": "assistant", "content": item.response or ""},
+                    ],
+                    "review": item.review,
+                    "edited": item.edited,
+                    "row": item.idx,
+                    "sample": item.sample,
+                }
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from kdstudio.errors import UserError
@@ -136,6 +137,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--offset", type=int, default=0, metavar="N")
     ls.add_argument("--json", action="store_true", help="print one JSON document")
     ls.set_defaults(func=cmd_outputs_list)
+
+    rv = osub.add_parser("review", help="accept, reject or reset items (as the window's A/R keys)")
+    rv.add_argument("collection")
+    rv.add_argument("verdict", choices=("accept", "reject", "pending"))
+    rv.add_argument(
+        "rows", nargs="+", type=int, metavar="ROW", help="row numbers (# in `outputs list`)"
+    )
+    rv.add_argument("--sample", type=int, default=0, metavar="N")
+    rv.set_defaults(func=cmd_outputs_review)
+
+    ed = osub.add_parser(
+        "edit", help="replace an answer's text, read from stdin (the original is kept)"
+    )
+    ed.add_argument("collection")
+    ed.add_argument("row", type=int, metavar="ROW")
+    ed.add_argument("--sample", type=int, default=0, metavar="N")
+    ed.add_argument("--revert", action="store_true", help="go back to the teacher's original text")
+    ed.set_defaults(func=cmd_outputs_edit)
+
+    ex = osub.add_parser("export", help="write finished answers as chat JSONL (edits applied)")
+    ex.add_argument("collection")
+    ex.add_argument("--out", required=True, type=Path, metavar="FILE")
+    ex.add_argument("--review", choices=("pending", "accepted", "rejected"))
+    ex.add_argument("--search", metavar="TEXT")
+    ex.set_defaults(func=cmd_outputs_export)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -305,4 +331,43 @@ def _list_collections(args: argparse.Namespace, ctx) -> int:
             ]
         )
     ctx.print_table(["NAME", "TEACHER", "DATASET", "STATUS", "DONE", "FAILED", "SPENT"], rows)
+    return 0
+
+
+def cmd_outputs_review(args: argparse.Namespace, ctx) -> int:
+    from kdstudio import outputs
+
+    review = {"accept": "accepted", "reject": "rejected", "pending": "pending"}[args.verdict]
+    ids = [outputs.row_id_for_index(ctx.ws, args.collection, idx) for idx in args.rows]
+    for row_id in ids:
+        outputs.set_review(ctx.ws, args.collection, row_id, args.sample, review)
+    print(f"{review}: {len(ids)} item(s) of {args.collection!r}")
+    return 0
+
+
+def cmd_outputs_edit(args: argparse.Namespace, ctx) -> int:
+    import sys
+
+    from kdstudio import outputs
+
+    row_id = outputs.row_id_for_index(ctx.ws, args.collection, args.row)
+    if args.revert:
+        outputs.clear_edit(ctx.ws, args.collection, row_id, args.sample)
+        print(f"row {args.row}: back to the teacher's original answer")
+        return 0
+    text = sys.stdin.read()
+    if not text.strip():
+        raise UserError("outputs edit reads the new answer from standard input, which was empty")
+    item = outputs.get_item(ctx.ws, args.collection, row_id, args.sample).item
+    outputs.set_review(ctx.ws, args.collection, row_id, args.sample, item.review, text.rstrip("\n"))
+    print(f"row {args.row}: answer edited (the original is kept; --revert restores it)")
+    return 0
+
+
+def cmd_outputs_export(args: argparse.Namespace, ctx) -> int:
+    from kdstudio import outputs
+
+    filt = outputs.ItemFilter(review=args.review, search=args.search)
+    n = outputs.export_items(ctx.ws, args.collection, args.out, filt=filt)
+    print(f"wrote {n} answer(s) of {args.collection!r} to {args.out}")
     return 0

@@ -7,7 +7,6 @@ them); a paused collection resumes with the same settings, and re-running never 
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
@@ -29,7 +28,13 @@ from PySide6.QtWidgets import (
 )
 
 from kdstudio import outputs
-from kdstudio.collect import STALE_AFTER_S, CollectConfig, CostEstimate, collect, estimate_cost
+from kdstudio.collect import (
+    CollectConfig,
+    CostEstimate,
+    collect,
+    estimate_cost,
+    interrupted_collections,
+)
 from kdstudio.data import store
 from kdstudio.errors import UserError
 from kdstudio.events import Finished, Log, Progress, RowDone
@@ -65,38 +70,6 @@ FAILURE_COLUMNS = [
     Column("Reason", lambda e: e.detail, tooltip=True, max_chars=300),
 ]
 MAX_FAILURES_SHOWN = 2000
-
-
-def interrupted_collections(ws) -> list[outputs.CollectionInfo]:
-    """Collections a run left unfinished: cancelled, incomplete, or 'running' with no live process."""
-    out = []
-    for row in ws.query(
-        "SELECT name, status, pid, host, heartbeat FROM collections WHERE source='teacher'"
-    ):
-        status = row["status"]
-        if status == "running":
-            stale = (row["heartbeat"] or 0) < time.time() - STALE_AFTER_S
-            dead = row["host"] == socket.gethostname() and row["pid"] and not _alive(row["pid"])
-            if not (stale or dead or not row["pid"]):
-                continue
-        elif status not in ("cancelled", "incomplete", "stopped", "failed"):
-            continue
-        info = outputs.get_collection(ws, row["name"])
-        if info.counts.get("done", 0) < info.counts.get("total", 0):
-            out.append(info)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def config_for(info: outputs.CollectionInfo, **settings: Any) -> CollectConfig:

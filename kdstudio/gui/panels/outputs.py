@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
@@ -480,28 +479,9 @@ class OutputsPanel(Panel):
             self.export_selection(path)
 
     def export_selection(self, path: str | Path) -> int:
-        """Write the selected outputs as chat JSONL (prompt messages + the response)."""
-        items = [it for it in self.selected_items() if it.status == "done"]
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".part")
-        with tmp.open("w", encoding="utf-8") as f:
-            for it in items:
-                d = outputs.get_item(self.ws, self.collection, it.row_id, it.sample)
-                messages = [*d.messages, {"role": "assistant", "content": it.response or ""}]
-                f.write(
-                    json.dumps(
-                        {
-                            "messages": messages,
-                            "review": it.review,
-                            "edited": it.edited,
-                            "row": it.idx,
-                            "sample": it.sample,
-                        },
-                        ensure_ascii=False,
-                    )
-                    + "\n"
-                )
-        tmp.replace(path)
-        self.message.show_message(f"Exported {len(items)} output(s) to {path}.", "success")
+        """Write the selected finished outputs as chat JSONL (prompt turns + the answer)."""
+        keys = [(it.row_id, it.sample) for it in self.selected_items() if it.status == "done"]
+        n = outputs.export_items(self.ws, self.collection, path, keys=keys)
+        self.message.show_message(f"Exported {n} output(s) to {path}.", "success")
         self.selection_exported.emit(str(path))
-        return len(items)
+        return n
