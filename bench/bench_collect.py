@@ -189,6 +189,7 @@ def main() -> int:
         default="50,150",
         help="comma-separated requests/s the rate-limited server allows (default 50,150)",
     )
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON (scripts/bench)")
     args = p.parse_args()
     scale = 0.5 if args.quick else 1.0
     root = Path(tempfile.mkdtemp(prefix="kd-bench-collect-"))
@@ -315,7 +316,35 @@ def main() -> int:
         )
     )
     print(f"\noverall: {'all targets met' if ok else 'some targets missed'}")
+    write_json(args.json, rows, cpu_rows, rate_rows)
     return 0
+
+
+def write_json(path: str | None, rows: list, cpu_rows: list, rate_rows: list) -> None:
+    """The three tables as one list of figures (see bench/_results.py)."""
+    from _results import Row, write_results
+
+    out = []
+    for conc, n, rate, _ideal, _of_ideal, bare, of_bare, target, mark in rows:
+        out.append(
+            Row(f"requests/s at concurrency {conc} ({n} requests, {LATENCY * 1e3:.0f} ms latency)",
+                rate, f"{bare} (bare openai loop)", f"{of_bare}x", f">= {target}", mark)
+        )  # fmt: skip
+    for conc, kd_ms, bare_ms, ratio, target, _server in cpu_rows:
+        ok = float(ratio.rstrip("x")) <= 1.3
+        out.append(
+            Row(f"CPU ms per request at concurrency {conc}", kd_ms, f"{bare_ms} (bare openai loop)",
+                ratio, target, "ok" if ok else "MISSED")
+        )  # fmt: skip
+    for limit, n, achieved, of_n, _ceiling, n429, lost, target, mark in rate_rows:
+        out.append(
+            Row(f"req/s against a {limit} req/s rate limit ({n} requests, {n429} 429s, {lost} lost)",
+                achieved, f"{limit} (the server's limit)", f"{of_n}x", target, mark)
+        )  # fmt: skip
+    write_results(
+        path, "collect", "Collection: throughput, CPU per request, rate limits", out,
+        reference="a bare asyncio loop of the openai client against the same server",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

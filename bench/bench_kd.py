@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="naive", help=argparse.SUPPRESS)
     parser.add_argument("--positions", type=int, default=2048, help=argparse.SUPPRESS)
     parser.add_argument("--vocab", type=int, default=32000, help=argparse.SUPPRESS)
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.memory_child:
@@ -263,7 +264,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'SFT step + teacher forward':<34}{base:>10.3f}{1.0:>8.2f}x")
     mark = "ok" if ratio <= TIME_TARGET else "MISSED"
     print(f"{'dense KD step':<34}{t['dense_kd']:>10.3f}{ratio:>8.2f}x{TIME_TARGET:>8.2f}x  {mark}")
+    from _results import Row, write_results
+
+    results = [
+        Row("dense KD step (s)", f"{t['dense_kd']:.3f} s",
+            f"{base:.3f} s (SFT step {t['sft']:.3f} + teacher forward {t['teacher']:.3f})",
+            f"{ratio:.2f}x", f"<= {TIME_TARGET:.2f}x", mark)
+    ]  # fmt: skip
+    what = "Dense KD: step time and loss memory (student H256x4, teacher H512x4, V=32000)"
+    reference = "the student's plain SFT step plus the teacher's forward; naive full logits"
     if args.skip_memory:
+        write_results(args.json, "kd", what, results, reference=reference)
         return
     m = bench_memory(args)
     naive = m["naive"]["peak_mb"]
@@ -284,6 +295,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{'trainer: fused head + loss, chunk 512':<44}{fused:>9.0f}{r:>8.2f}x"
         f"{MEMORY_TARGET:>8.2f}x{m['fused']['loss']:>14.3f}  {mark}"
     )
+    results.append(
+        Row("dense KD loss peak memory, fwd+bwd, N=2x1024", f"{fused:.0f} MB",
+            f"{naive:.0f} MB (naive: full logits of both models)", f"{r:.2f}x",
+            f"<= {MEMORY_TARGET:.2f}x", mark)
+    )  # fmt: skip
+    write_results(args.json, "kd", what, results, reference=reference)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="naive", help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=1024, help=argparse.SUPPRESS)
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.child:
         child(args)
@@ -158,6 +159,22 @@ def main(argv: list[str] | None = None) -> None:
             f"{name:<24}{size:>7}{res['peak_mb']:>10.0f}{ratio:>7.2f}x"
             f"{res['seconds']:>8.2f}{res['loss']:>12.6f}{mark}"
         )
+    if args.json:
+        from _results import Row, write_results
+
+        write_results(
+            args.json, "loss_memory",
+            f"KD loss peak memory, forward KL fwd+bwd, N={args.positions} V={args.vocab} "
+            f"H={args.hidden} {args.dtype} on {args.device}",
+            [
+                Row(f"{name}, chunk {size}", f"{res['peak_mb']:.0f} MB",
+                    f"{naive['peak_mb']:.0f} MB (naive full logits)",
+                    f"{res['peak_mb'] / naive['peak_mb']:.2f}x",
+                    f"<= {TARGET_RATIO:.2f}x" if name.startswith("fused") else "")
+                for name, size, res in rows[1:]
+            ],
+            reference="the naive loss over full fp32 logits, measured in the same run",
+        )  # fmt: skip
 
 
 if __name__ == "__main__":
