@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)",
     )
     p.add_argument("--quiet", action="store_true", help="print no per-step metrics")
+    p.add_argument(
+        "--preflight",
+        action="store_true",
+        help="only check the config (student, data, method, memory) and print the report; "
+        "creates no run; exit 2 when it finds problems",
+    )
+    p.add_argument("--json", action="store_true", help="with --preflight: print JSON")
     p.set_defaults(func=cmd_train)
 
     r = sub.add_parser("runs", help="list, inspect and preview training runs")
@@ -88,6 +95,8 @@ def cmd_train(args: argparse.Namespace, ctx) -> int:
     from kdstudio.distill.trainer import Trainer
     from kdstudio.events import CancelToken, ConsoleSink
 
+    if args.preflight:
+        return _preflight(args, ctx)
     rank = int(os.environ.get("RANK", "0"))
     sink = ConsoleSink(quiet=args.quiet) if rank == 0 else None
     cancel = CancelToken()
@@ -108,6 +117,20 @@ def cmd_train(args: argparse.Namespace, ctx) -> int:
             f"run {result.run} stopped at step {result.step}; checkpoint {result.checkpoint}"
         )
     return 0
+
+
+def _preflight(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.distill.config import load_config
+    from kdstudio.distill.preflight import preflight
+
+    if args.resume:
+        raise UserError("--preflight checks a new config: use it with --config FILE")
+    report = preflight(load_config(args.config, args.set), ctx.ws)
+    if args.json:
+        ctx.print_json(report.to_dict())
+    else:
+        print(report.describe())
+    return 0 if report.ok else 2
 
 
 def _run_row(run: Any, ws: Any) -> list[Any]:

@@ -1,8 +1,18 @@
 """Pre-flight checks of a distillation run, before any step: the teacher's tokenizer, memory.
 
+    report = preflight(config, ws)             # every check below, no run created
+    print(report.describe()); report.ok        # errors (problems) and notes (warnings)
     check = check_teacher(config, ws)          # dense_kd: TeacherCheck or UserError
     est = memory_estimate(config, ws)          # dict of byte counts (the GUI shows it)
     print(describe_memory(est))
+
+The whole pre-flight (`preflight`). What `Trainer.setup()` would refuse, found without
+creating a run, loading weights or building an optimizer: the student folder (its config
+and tokenizer), the device and precision, the collection and the examples it gives (train,
+held out, dropped as too long, skipped), the steps the run would take, the method's own
+checks (dense_kd: the teacher and the tokenizers; sparse_kd: the share of response tokens
+the stored logprobs cover, computed by the objective's own setup), and the memory estimate.
+`kdstudio train --config F --preflight` prints it; the window's Pre-flight button shows it.
 
 Tokenizers (`check_tokenizers`). Dense KD compares the two models' distributions id by id,
 so the tokenizers must be the same: the same token for every id, and the same ids for a
@@ -22,6 +32,7 @@ the fused KD losses. It is an estimate (±30%), meant to catch runs that cannot 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,3 +309,255 @@ def describe_memory(est: dict[str, Any]) -> str:
     body = " + ".join(f"{label} {_gib(est[key])}" for label, key in parts if est[key])
     of = f" of {_gib(est['available'])}" if est.get("available") else ""
     return f"memory estimate: {body} = {_gib(est['total'])}{of} on {est['device']}"
+
+
+# -- the whole pre-flight -----------------------------------------------------------------------
+
+
+@dataclass
+class PreflightReport:
+    """What a run would start with, in plain values; `errors` would stop it, `notes` would
+    not. Values stay None when a check could not get that far (see `errors`)."""
+
+    method: str
+    student: str
+    collection: str
+    template: str | None = None  # "the tokenizer's" or "kdstudio's fallback"
+    vocab: int | None = None  # tokens in the student's tokenizer
+    device: str | None = None
+    precision: str | None = None
+    train_examples: int | None = None
+    eval_examples: int | None = None
+    dropped: int | None = None  # truncation to data.max_length would remove the response
+    skipped: dict[str, int] = field(default_factory=dict)  # rejected, empty response
+    target_tokens: int | None = None  # loss-carrying tokens of the training examples
+    total_steps: int | None = None
+    teacher: dict[str, Any] | None = None  # dense_kd: name, path, shared_rows, message
+    kd: dict[str, Any] | None = None  # sparse_kd: kdstudio.distill.kd.summarize_targets
+    memory: dict[str, Any] | None = None  # memory_estimate
+    checks: list[str] = field(default_factory=list)  # what passed, one line each
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {**asdict(self), "ok": self.ok}
+
+    def describe(self) -> str:
+        """The report as text: a verdict line, then ✓ checks, ⚠ notes and ✗ errors."""
+        verdict = (
+            "pre-flight passed: the run can start"
+            if self.ok
+            else f"pre-flight found {len(self.errors)} problem{'s' * (len(self.errors) > 1)}: "
+            "the run would not start"
+        )
+        lines = [verdict]
+        lines += [f"  ✓ {c}" for c in self.checks]
+        lines += [f"  ⚠ {n}" for n in self.notes]
+        lines += [f"  ✗ {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> PreflightReport:
+    """Every check `Trainer.setup()` makes before the first step, without creating a run,
+    loading weights or building an optimizer (see the module docstring). Never raises for
+    bad input: problems go to `report.errors`."""
+    from kdstudio.distill.batches import DataStream, build_dataset, load_student_tokenizer
+    from kdstudio.outputs import collection_id, iter_examples
+
+    cfg = config
+    report = PreflightReport(cfg.distill.method, cfg.student.path, cfg.data.collection)
+
+    # the student: its config and its tokenizer
+    tok = None
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(cfg.student.path)
+    except (OSError, ValueError) as exc:
+        report.errors.append(
+            f"student.path {cfg.student.path!r}: cannot load a model config there ({exc}); it "
+            "must be a Hugging Face model folder"
+        )
+    else:
+        try:
+            tok, fallback = load_student_tokenizer(cfg.student.path, cfg.student.template)
+        except UserError as exc:
+            report.errors.append(str(exc))
+        else:
+            report.vocab = len(tok)
+            report.template = "kdstudio's fallback" if fallback else "the tokenizer's"
+            report.checks.append(
+                f"student {cfg.student.path}: {len(tok):,} tokens, {report.template} chat template"
+            )
+            if fallback:
+                report.notes.append(
+                    "the student's tokenizer has no chat template: kdstudio's plain template is "
+                    "used (and saved with the checkpoints) [student.template]"
+                )
+
+    # the device and precision, by the trainer's own rules (no run, no process group)
+    amp_dtype = None
+    try:
+        from kdstudio.distill.trainer import Trainer
+
+        probe = Trainer(cfg, ws)
+        if device is not None:
+            import torch
+
+            probe.device = torch.device(device)
+        else:
+            probe.device = probe._pick_device()
+        amp_dtype, _ = probe._pick_precision()
+        report.device = str(probe.device)
+        report.precision = str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32"
+        report.checks.append(f"device {report.device}, precision {report.precision}")
+    except UserError as exc:
+        report.errors.append(str(exc))
+
+    # the collection and the examples it gives
+    data = None
+    try:
+        collection_id(ws, cfg.data.collection)
+    except UserError as exc:
+        report.errors.append(f"data.collection: {exc}")
+    else:
+        if tok is not None:
+            data = build_dataset(
+                tok,
+                iter_examples(ws, cfg.data.collection, include_rejected=True),
+                max_length=cfg.data.max_length,
+                eval_fraction=cfg.data.eval_fraction,
+            )
+            if cfg.data.eval_max_examples:
+                data.eval = data.eval[: cfg.data.eval_max_examples]
+            report.train_examples, report.eval_examples = len(data.train), len(data.eval)
+            report.dropped, report.skipped = data.dropped, dict(data.skipped)
+            report.target_tokens = sum(e.n_target for e in data.train)
+            if not data.train:
+                report.errors.append(
+                    f"collection {cfg.data.collection!r} gives no training examples "
+                    f"({data.n_examples} usable, {data.dropped} too long for data.max_length="
+                    f"{cfg.data.max_length}, skipped {report.skipped}); collect outputs or lower "
+                    "data.eval_fraction"
+                )
+            else:
+                o = cfg.optim
+                stream = DataStream([len(e) for e in data.train], o.batch_size, seed=cfg.run.seed)
+                report.total_steps = o.max_steps or max(
+                    1, math.ceil(o.epochs * stream.batches_per_epoch / o.grad_accum)
+                )
+                accum = f" x {o.grad_accum} accumulated" if o.grad_accum > 1 else ""
+                report.checks.append(
+                    f"collection {cfg.data.collection!r}: {len(data.train):,} train / "
+                    f"{len(data.eval):,} eval examples ({report.target_tokens:,} response tokens "
+                    f"to learn); {report.total_steps:,} steps of batch {o.batch_size}{accum}"
+                )
+            if data.dropped:
+                report.notes.append(
+                    f"{data.dropped} examples dropped: truncating them to {cfg.data.max_length} "
+                    "tokens would cut away the whole response [data.max_length]"
+                )
+            if data.skipped.get("empty"):
+                report.notes.append(
+                    f"{data.skipped['empty']} examples with an empty response skipped"
+                )
+            if data.skipped.get("rejected"):
+                report.notes.append(f"{data.skipped['rejected']} rejected examples skipped")
+
+    # the method's own checks
+    memory = None
+    if cfg.distill.method == "dense_kd" and tok is not None:
+        try:
+            check = check_teacher(cfg, ws, student_tokenizer=tok)
+        except (UserError, OSError, ValueError) as exc:
+            report.errors.append(str(exc))
+        else:
+            report.teacher = {
+                "name": check.teacher,
+                "path": check.teacher_path,
+                "shared_rows": check.shared_rows,
+                "student_rows": check.student_rows,
+                "teacher_rows": check.teacher_rows,
+                "message": check.message,
+            }
+            report.checks.append(check.message)
+            report.notes += [f"{n} [distill.teacher]" for n in check.notes]
+    elif cfg.distill.method == "sparse_kd" and data is not None and data.train:
+        memory = _sparse_checks(cfg, ws, tok, data, report, amp_dtype)
+
+    # memory
+    if memory is None and tok is not None:
+        try:
+            memory = memory_estimate(cfg, ws, device=report.device)
+        except (OSError, ValueError, UserError) as exc:
+            report.notes.append(f"memory estimate unavailable: {exc}")
+    if memory is not None:
+        report.memory = memory
+        line = describe_memory(memory)
+        avail = memory.get("available")
+        if avail and memory["total"] > avail:
+            report.errors.append(
+                f"{line}: the run would not fit; lower optim.batch_size or data.max_length, "
+                "turn on run.gradient_checkpointing, or train LoRA adapters"
+            )
+        elif avail and memory["total"] > 0.9 * avail:
+            report.notes.append(
+                f"{line}: over 90% of what the device has; lower optim.batch_size or "
+                "data.max_length, or turn on run.gradient_checkpointing [memory]"
+            )
+        else:
+            report.checks.append(line)
+    return report
+
+
+def _sparse_checks(
+    cfg: TrainConfig,
+    ws: Workspace,
+    tok: Any,
+    data: Any,
+    report: PreflightReport,
+    amp_dtype: Any,
+) -> dict[str, Any] | None:
+    """sparse_kd: the objective's own setup (alignment of the stored logprobs to the
+    student's tokens) on the training examples; its log lines and warnings go to the report.
+    Returns the memory estimate it made."""
+    import torch
+
+    from kdstudio.distill.kd import summarize_targets
+    from kdstudio.distill.objectives import ObjectiveContext, make_objective
+    from kdstudio.events import ListSink, Log
+    from kdstudio.events import Warning as WarningEvent
+
+    objective = make_objective(cfg)
+    sink = ListSink()
+    try:
+        objective.setup(
+            ObjectiveContext(
+                config=cfg,
+                ws=ws,
+                tokenizer=tok,
+                device=torch.device(report.device or "cpu"),
+                autocast_dtype=amp_dtype,
+                sink=sink,
+                extra={"train": data.train},
+            )
+        )
+    except UserError as exc:
+        report.errors.append(str(exc))
+        return None
+    finally:
+        objective.close()
+    report.kd = summarize_targets(objective.targets.values())
+    for event in sink.events:
+        if isinstance(event, WarningEvent) and event.where != "memory":
+            where = f" [{event.where}]" if event.where else ""
+            report.notes.append(f"{event.message}{where}")
+        elif isinstance(event, Log) and event.message.startswith("sparse_kd:"):
+            report.checks.append(event.message)
+    return getattr(objective, "memory", None)
