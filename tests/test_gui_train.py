@@ -187,20 +187,27 @@ def test_evaluate_and_export_from_the_runs_panel(qtbot, window, student, tmp_pat
     assert "Exported" in panel.message.text
 
 
-def test_preflight_checks_the_run_and_leaves_nothing_behind(qtbot, window, student):
+def test_preflight_shows_the_core_report_and_leaves_nothing_behind(qtbot, window, student):
     from kdstudio.distill import runs
 
     panel = window.show_panel("train")
     fill_form(panel, student, steps=5, name="pf")
     panel.preflight()
+    assert panel.running_jobs()  # a worker: the window stays responsive while tokenizers load
     qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=120_000)
-    assert "pre-flight passed" in panel.log.toPlainText()
-    assert "train /" in panel.log.toPlainText()  # the trainer's own description of the run
+    report = panel.last_preflight
+    assert report is not None and report.ok, report.errors
+    assert report.train_examples + report.eval_examples == 40 and report.total_steps == 5
+    log = panel.log.toPlainText()
+    assert "pre-flight passed" in log and "memory estimate:" in log
+    assert panel.message.level == "success" and "5 steps" in panel.message.text
     assert runs.list_runs(panel.ws) == []
     panel.student_path.set_value(str(student.parent / "missing"))
+    panel.collection_box.setCurrentText("nope")
     panel.preflight()
     qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=120_000)
     assert panel.message.level == "error" and "missing" in panel.message.text
+    assert "1 more" in panel.message.text and "'nope'" in panel.log.toPlainText()
     assert runs.list_runs(panel.ws) == []
 
 

@@ -246,7 +246,7 @@ class RunsPanel(Panel):
         if self.ws is None:
             return
         selected = {r.name for r in self.selected_runs()}
-        all_runs = [r for r in runs.list_runs(self.ws) if not r.name.startswith("preflight-")]
+        all_runs = runs.list_runs(self.ws)
         old = [r.name for r in self.model.rows]
         if old == [r.name for r in all_runs]:
             for i, r in enumerate(all_runs):

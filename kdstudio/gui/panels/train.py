@@ -113,6 +113,7 @@ class TrainPanel(Panel):
         super().__init__(parent)
         self.job: Job | None = None
         self.run_name: str | None = None
+        self.last_preflight: Any = None  # the last PreflightReport shown
         self._t0 = 0.0
         self._step0 = 0
 
@@ -179,7 +180,7 @@ class TrainPanel(Panel):
         # -- controls and progress -----------------------------------------------------
         self.preflight_button = QPushButton("Pre-flight")
         self.preflight_button.setToolTip(
-            "Load the data, student and objective and check them, without training"
+            "Check the student, the data, the method and the memory without starting a run"
         )
         self.start_button = QPushButton("Start training")
         self.add_shortcut("Ctrl+Return", self.start)
@@ -472,44 +473,55 @@ class TrainPanel(Panel):
     # -- pre-flight ----------------------------------------------------------------------
     @Slot()
     def preflight(self) -> None:
+        """The core pre-flight (kdstudio.distill.preflight) in a worker: loading tokenizers
+        and reading the collection take seconds. No run is created."""
         config = self._checked_config()
         if config is None:
             return
         ws = self.ws
-        data = config.to_dict()
-        data["run"]["name"] = f"preflight-{int(time.time())}"
-        probe = TrainConfig.from_dict(data)
 
         def check(sink, cancel):
-            from kdstudio.distill.trainer import Trainer
+            from kdstudio.distill.preflight import preflight
 
-            trainer = Trainer(probe, ws, sink, cancel)
-            try:
-                trainer.setup()
-                return trainer._describe()
-            finally:
-                trainer.close()
-                run = ws.query_one("SELECT id FROM runs WHERE name=?", (probe.run.name,))
-                if run is not None:
-                    runs.delete_run(ws, run[0])
+            return preflight(config, ws)
 
         self.log.clear()
-        self.log.appendPlainText("Pre-flight: loading the data, the student and the objective…")
+        self.message.clear()
+        self.log.appendPlainText(
+            "Pre-flight: checking the student, the data, the method and the memory…"
+        )
         self.tabs.setCurrentIndex(1)
         job = self.start_job("pre-flight", check)
-        self._connect_events(job, plots=False)
-        job.succeeded.connect(self.on_preflight_passed)
+        job.succeeded.connect(self.on_preflight_report)
         job.ended.connect(self.update_buttons)
         job.start()
         self.update_buttons()
 
     @Slot(object)
-    def on_preflight_passed(self, description: str) -> None:
-        self.log.appendPlainText(
-            "✓ pre-flight passed: "
-            + description.replace("run preflight-", "run ").split(": ", 1)[-1]
-        )
-        self.message.show_message("Pre-flight passed: the run can start.", "success")
+    def on_preflight_report(self, report: Any) -> None:
+        self.log.appendPlainText(report.describe())
+        self.last_preflight = report
+        if not report.ok:
+            more = len(report.errors) - 1
+            tail = f" (and {more} more: see Pre-flight and log)" if more else ""
+            self.message.show_message(f"Pre-flight: {report.errors[0]}{tail}", "error")
+            return
+        facts = [f"{report.train_examples:,} train / {report.eval_examples:,} eval examples"]
+        if report.total_steps:
+            facts.append(f"{report.total_steps:,} steps")
+        if report.kd:
+            facts.append(f"{report.kd['kd_share']:.0%} of response tokens use KD")
+        if report.memory:
+            facts.append(f"~{report.memory['total'] / 2**30:.2f} GiB")
+        summary = "Pre-flight passed (" + ", ".join(facts) + ")"
+        if report.notes:
+            self.message.show_message(
+                f"{summary} with {len(report.notes)} warning"
+                f"{'s' * (len(report.notes) > 1)}: {report.notes[0]}",
+                "warning",
+            )
+        else:
+            self.message.show_message(f"{summary}: the run can start.", "success")
 
     # -- start / stop / resume -----------------------------------------------------------
     @Slot()
