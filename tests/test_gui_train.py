@@ -262,3 +262,47 @@ def test_a_run_started_from_the_cli_appears_in_runs_and_its_curves_grow(
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI checkpoints and exits 130
         assert proc.wait(60) == 130, proc.stderr.read().decode()[-2000:]
     qtbot.waitUntil(lambda: panel.model.row(0).status == "stopped", timeout=10_000)
+
+
+def test_method_fields_show_only_what_applies_and_hidden_ones_stay_default(window, student):
+    panel = window.show_panel("train")
+    form = panel.forms["distill"]
+
+    def shown():
+        return {n for n, w in form.widgets.items() if form.layout_.isRowVisible(w)}
+
+    kd = {"temperature", "kd_weight", "chunk_size"}
+    form.set_values({"method": "sft"})
+    assert shown() == {"method"} and not panel.jsd_hint.isVisibleTo(panel)
+    form.set_values({"method": "sparse_kd"})
+    assert shown() == {"method", "tail"} | kd
+    form.set_values({"method": "dense_kd", "divergence": "fkl"})
+    assert shown() == {"method", "teacher", "divergence", "on_policy"} | kd
+    form.set_values({"divergence": "jsd"})
+    assert "beta" in shown() and panel.jsd_hint.isVisibleTo(panel)
+    fill_form(panel, student, steps=2, name="m")
+    panel.teacher_box.setCurrentText("t")
+    form.set_values({"on_policy": 0.5, "kd_weight": 0.9})
+    assert panel.build_config().distill.on_policy == 0.5
+    form.set_values({"method": "sft"})  # on_policy would be refused for sft: it is not sent
+    config = panel.build_config()
+    assert config.distill.method == "sft" and config.distill.on_policy == 0.0
+    assert "on_policy" not in panel.config_dict()["distill"]
+
+
+def test_sft_loss_plot_draws_ce_once_kd_methods_draw_all_three(qtbot):
+    from kdstudio.gui.plots import PlotBoard
+
+    board = PlotBoard(overlay=True)
+    qtbot.addWidget(board)
+    board.set_run_method("a", "sft")
+    board.set_run_method("b", "sparse_kd")
+    board.set_run_label("a", "a")
+    board.set_run_label("b", "b")
+    for step in range(3):
+        board.add_metrics(step, {"loss": 1.0, "ce": 1.0}, run="a")
+        board.add_metrics(step, {"loss": 1.0, "ce": 0.8, "kd": 1.2}, run="b")
+    loss = board.plot_for("loss")
+    labels = sorted(item.opts["name"] for item in (s.curve for s in loss.series.values()))
+    assert labels == ["a total (= CE)", "b CE", "b KD", "b total"]
+    assert board.point_count("ce") == 3  # only run b's

@@ -284,6 +284,9 @@ TRAIN_PLOTS = (
     PlotSpec("GPU memory", (("gpu_mem_gb", "GiB"),), "GiB"),
 )
 STYLES = ("solid", "dash", "dot")
+# Metrics that equal another for a method, drawn once: with SFT the loss is the CE, and a CE
+# curve would hide exactly under the total. The total's legend says so instead.
+SAME_CURVE = {"sft": {"ce": "loss"}}
 
 
 class PlotBoard(QWidget):
@@ -319,6 +322,7 @@ class PlotBoard(QWidget):
                 self._route[name] = (plot, j, label)
         self._runs: dict[str, int] = {}
         self._run_labels: dict[str, str] = {}
+        self._methods: dict[str, str] = {}
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_MS)
         self.timer.timeout.connect(self.refresh)
@@ -335,8 +339,14 @@ class PlotBoard(QWidget):
         if route is None:
             return None
         plot, j, label = route
+        same = SAME_CURVE.get(self._methods.get(run, ""), {})
+        if name in same:
+            return None
         key = f"{run}\x00{name}"
         if key not in plot.series:
+            merged = [self._route[m][2] for m, into in same.items() if into == name]
+            if merged:
+                label = f"{label} (= {', '.join(merged)})"
             if self.overlay:
                 colour, style = self.run_colour(run), STYLES[j % len(STYLES)]
                 text = f"{self._run_labels.get(run, run)} {label}".strip()
@@ -348,6 +358,11 @@ class PlotBoard(QWidget):
     def set_run_label(self, run: str, label: str) -> None:
         """Label a run's curves (used when several runs overlay)."""
         self._run_labels[run] = label
+
+    def set_run_method(self, run: str, method: str) -> None:
+        """The run's `distill.method`: metrics that equal another for it are drawn once
+        (SAME_CURVE). Call before its metrics arrive."""
+        self._methods[run] = method
 
     def add_metrics(self, step: int, values: dict[str, float], run: str = "") -> None:
         for name, value in values.items():
@@ -375,6 +390,7 @@ class PlotBoard(QWidget):
             plot.clear_series()
         self._runs.clear()
         self._run_labels.clear()
+        self._methods.clear()
 
     def plot_for(self, name: str) -> MetricPlot | None:
         route = self._route.get(name)

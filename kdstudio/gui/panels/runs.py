@@ -291,6 +291,7 @@ class RunsPanel(Panel):
             self._tail = {}
             for r in chosen:
                 self.board.set_run_label(str(r.id), r.name if len(chosen) > 1 else "")
+                self.board.set_run_method(str(r.id), r.method)
             self.tail()
             gpu = self.board.plot_for("gpu_mem_gb")
             if gpu is not None and chosen and self.board.point_count("gpu_mem_gb") == 0:

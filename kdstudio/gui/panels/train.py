@@ -143,9 +143,10 @@ class TrainPanel(Panel):
         self.forms["lora"].setEnabled(False)
         for form in self.forms.values():
             form.changed.connect(self.on_form_changed)
-        self.forms["distill"].widgets["method"].currentIndexChanged.connect(
-            self.update_method_fields
-        )
+        for name in ("method", "divergence"):
+            self.forms["distill"].widgets[name].currentIndexChanged.connect(
+                self.update_method_fields
+            )
 
         form_box = QWidget()
         fl = QVBoxLayout(form_box)
@@ -326,7 +327,8 @@ class TrainPanel(Panel):
         if self.use_lora.isChecked():
             data["lora"] = self.forms["lora"].values()
         data["run"] = {k: v for k, v in data["run"].items() if v is not None}
-        data["distill"] = {k: v for k, v in data["distill"].items() if v is not None}
+        shown = self.distill_fields()
+        data["distill"] = {k: v for k, v in data["distill"].items() if v is not None and k in shown}
         return data
 
     def build_config(self) -> TrainConfig:
@@ -345,17 +347,30 @@ class TrainPanel(Panel):
     def on_form_changed(self) -> None:
         self._cli_timer.start()
 
+    def distill_fields(self) -> set[str]:
+        """The [distill] keys that apply to the method (and divergence) the form shows."""
+        form = self.forms["distill"]
+        method = form.value("method")
+        fields = {"method"}
+        if method in ("sparse_kd", "dense_kd"):
+            fields |= {"temperature", "kd_weight", "chunk_size"}
+        if method == "sparse_kd":
+            fields.add("tail")
+        if method == "dense_kd":
+            fields |= {"teacher", "divergence", "on_policy"}
+            if form.value("divergence") == "jsd":
+                fields.add("beta")
+        return fields
+
     @Slot()
     def update_method_fields(self) -> None:
-        method = self.forms["distill"].value("method")
-        dense = method == "dense_kd"
+        """Show only the fields that apply; hidden ones keep their defaults in the config."""
         form = self.forms["distill"]
-        for name in ("teacher", "divergence", "beta"):
-            form.layout_.setRowVisible(form.widgets[name], dense)
-        form.layout_.setRowVisible(form.widgets["tail"], method == "sparse_kd")
-        for name in ("temperature", "kd_weight", "chunk_size"):
-            form.layout_.setRowVisible(form.widgets[name], method != "sft")
-        self.jsd_hint.setVisible(dense)
+        shown = self.distill_fields()
+        for name, widget in form.widgets.items():
+            if name != "method":
+                form.layout_.setRowVisible(widget, name in shown)
+        self.jsd_hint.setVisible("beta" in shown)
 
     def toml_text(self, config: TrainConfig) -> str:
         return dumps_toml(config.to_dict())
@@ -546,7 +561,7 @@ class TrainPanel(Panel):
             finally:
                 trainer.close()
 
-        return self._launch(config.run.name, train, history=False)
+        return self._launch(config.run.name, train, history=False, method=config.distill.method)
 
     def resume_run(self, name: str) -> Job | None:
         if self.running_training() or self.ws is None:
@@ -565,7 +580,7 @@ class TrainPanel(Panel):
             finally:
                 trainer.close()
 
-        return self._launch(name, train, history=True)
+        return self._launch(name, train, history=True, method=run.method)
 
     @Slot()
     def resume_selected(self) -> None:
@@ -573,9 +588,10 @@ class TrainPanel(Panel):
         if name:
             self.resume_run(name)
 
-    def _launch(self, name: str, fn, *, history: bool) -> Job:
+    def _launch(self, name: str, fn, *, history: bool, method: str) -> Job:
         self.run_name = name
         self.board.clear()
+        self.board.set_run_method("", method)
         if history and self.ws is not None:
             self.load_history(name)
         self.log.clear()
@@ -602,6 +618,7 @@ class TrainPanel(Panel):
         self.set_config(run.config)
         self.run_name = name
         self.board.clear()
+        self.board.set_run_method("", run.method)
         self.load_history(name)
         total = run.summary.get("total_steps") or run.step
         self.progress.setMaximum(max(int(total or 1), 1))
