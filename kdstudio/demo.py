@@ -50,6 +50,7 @@ from kdstudio.events import (
     Log,
     Metrics,
     NullSink,
+    Progress,
     RowDone,
     Sink,
 )
@@ -282,12 +283,26 @@ def _duration(seconds: float) -> str:
 
 
 class _Console:
-    """Passes a job's progress and messages on, without its per-step metrics or rows."""
+    """Passes the jobs' progress and messages on, without their per-step metrics or rows.
+
+    One console sink shows every job of the demo in turn, so its progress clock (rate, ETA)
+    restarts when another job begins: a new step, another unit, or a count going back.
+    """
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+        self._last: tuple[str, int] | None = None
+
+    def new_job(self) -> None:
+        self._last = None
+        if hasattr(self.sink, "_start"):  # ConsoleSink times progress from its first event
+            self.sink._start = None
 
     def emit(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            if self._last and (event.unit != self._last[0] or event.done < self._last[1]):
+                self.new_job()
+            self._last = (event.unit, event.done)
         if not isinstance(event, (Metrics, RowDone, Finished)):
             self.sink.emit(event)
 
@@ -351,12 +366,14 @@ class Demo:
         ]
         for i, (key, what, step) in enumerate(steps, start=1):
             self.cancel.raise_if_cancelled()
+            self.job_sink.new_job()
             self.sink.emit(Log(f"[{i}/{len(STEPS)}] {what}"))
             with self._timed(key):
                 if not step():
                     self.reused.append(key)
                     self.sink.emit(Log("  already done: reusing it"))
         self.sink.emit(Log(f"[{len(STEPS)}/{len(STEPS)}] scoring answers on held-out prompts"))
+        self.job_sink.new_job()
         with self._timed("score"):
             scores, examples = self.score()
             self.evaluate_student()
@@ -472,6 +489,7 @@ class Demo:
         steps = p.teacher_steps if name == TEACHER else p.student_steps
         lr = p.teacher_lr if name == TEACHER else p.student_lr
         every = max(steps // 4, 1)
+        eval_every = max(steps // 10, 1)
         return TrainConfig.from_dict(
             {
                 "student": {"path": str(student)},
@@ -489,7 +507,7 @@ class Demo:
                     "name": name,
                     "seed": p.seed,
                     "checkpoint_every": every,
-                    "eval_every": every,
+                    "eval_every": eval_every,
                     "log_every": max(steps // 60, 1),
                     "keep_last": 1,
                     "device": "auto",

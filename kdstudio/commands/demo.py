@@ -140,16 +140,23 @@ def child_command(args: argparse.Namespace, path: Path) -> list[str]:
 
 def open_studio(args: argparse.Namespace, path: Path) -> int:
     """Open the window on the demo workspace; finish the demo beside it when needed."""
-    from kdstudio.demo import is_complete
+    from kdstudio.demo import is_complete, stored_result
     from kdstudio.workspace import Workspace
 
     ws = Workspace.open(path)
     try:
-        done = is_complete(ws)
+        stored = stored_result(ws) if is_complete(ws) else None
     finally:
         ws.close()
     child = None
-    if not done:
+    if stored:
+        acc = {s["model"]: s["accuracy"] for s in stored["scores"]}
+        print(
+            f"kdstudio demo: opening {path} (held-out accuracy: teacher {acc['teacher']:.0%}, "
+            f"student {acc['before']:.0%} before and {acc['after']:.0%} after distillation)",
+            file=sys.stderr,
+        )
+    else:
         print(
             "kdstudio demo: building the demo in this terminal while the studio opens on "
             f"{path}; its runs and collection appear in the window as they are made.",
