@@ -278,3 +278,37 @@ def test_an_exception_in_a_plain_background_thread_reaches_the_error_dialog(qtbo
         and "helper" in dialog().windowTitle() + dialog().details
     )
     dialog().close()
+
+
+def test_plot_x_range_follows_a_growing_run_in_steps_until_the_user_zooms(qtbot):
+    import numpy as np
+
+    from kdstudio.gui.plots import MetricPlot
+
+    plot = MetricPlot("loss")
+    qtbot.addWidget(plot)
+    plot.show()
+    qtbot.waitExposed(plot)
+    plot.ensure_series("k", "loss", "#4c8bf5")
+    vb = plot.getPlotItem().getViewBox()
+    changes = []
+    vb.sigXRangeChanged.connect(lambda *_: changes.append(tuple(vb.viewRange()[0])))
+    plot.extend("k", np.arange(1000.0), np.zeros(1000))
+    plot.refresh()
+    x0, x1 = vb.viewRange()[0]
+    assert x0 <= 0 and 999 <= x1 < 1100  # a stored run: fitted to the data
+    for start in range(1000, 1500, 10):  # growing 10 points a frame
+        plot.extend("k", np.arange(start, start + 10.0), np.zeros(10))
+        plot.refresh()
+        assert vb.viewRange()[0][1] >= start + 9  # the newest point is always in view
+    assert 1 <= len(changes) <= 6  # extended by a tenth at a time, not on every frame
+    vb.setXRange(200, 300, padding=0)  # the user zooms: the view stays put
+    plot.extend("k", np.arange(1500, 1600.0), np.zeros(100))
+    plot.refresh()
+    assert vb.viewRange()[0] == [200, 300] and len(plot.series["k"].curve.xData) <= 110
+    vb.enableAutoRange()  # the "A" button: follow again
+    plot.refresh()
+    assert vb.viewRange()[0][1] >= 1599
+    plot.extend("k", np.arange(1600, 1610.0), np.zeros(10))
+    plot.refresh()
+    assert vb.viewRange()[0][1] >= 1609

@@ -169,14 +169,55 @@ class MetricPlot(pg.PlotWidget):
         self.setMinimumHeight(150)
         self.empty = pg.TextItem("no data yet", color="#888888", anchor=(0.5, 0.5))
         self.empty.setParentItem(item.getViewBox())
-        item.getViewBox().sigResized.connect(self._place_empty)
-        item.getViewBox().sigXRangeChanged.connect(self._on_range_changed)
+        vb = item.getViewBox()
+        vb.sigResized.connect(self._place_empty)
+        vb.sigXRangeChanged.connect(self._on_range_changed)
+        # x follows the data here (`_follow_x`), not through pyqtgraph's auto range, which
+        # refits (and re-lays out the axis and grid) on every frame of a growing run.
+        vb.enableAutoRange(x=False)
+        self._follow = True
+        self._fitted: tuple[float, float] | None = None  # the x range set while following
+        self._setting_range = False
         self._place_empty()
         self._range_dirty = False
 
     def _on_range_changed(self) -> None:
-        if not self.getPlotItem().getViewBox().state["autoRange"][0]:
-            self._range_dirty = True  # zoomed or panned: redraw the visible part in detail
+        if not self._setting_range:  # zoomed or panned (not by _follow_x): stop following,
+            self._follow = False  # and redraw the visible part in detail
+            self._range_dirty = True
+
+    def _data_x(self) -> tuple[float, float] | None:
+        lo = hi = None
+        for series in self.series.values():
+            b = series.buffer
+            if not b.n:
+                continue
+            x = b.view()[0]
+            a, z = (x[0], x[-1]) if b.sorted else (x.min(), x.max())
+            lo, hi = (a, z) if lo is None else (min(lo, a), max(hi, z))
+        return None if lo is None else (float(lo), float(hi))
+
+    def _follow_x(self) -> None:
+        """Keep the whole run in view. A growing run extends the range by a tenth of its
+        span at a time, so the axis and grid are laid out again every few dozen frames
+        rather than on every one."""
+        extent = self._data_x()
+        if extent is None:
+            return
+        lo, hi = extent
+        fitted = self._fitted
+        if fitted is not None and fitted[0] == lo and hi <= fitted[1]:
+            return
+        if fitted is not None and fitted[0] == lo and hi > fitted[1]:
+            hi = hi + 0.1 * (hi - lo)  # growing: leave room for what comes next
+        if hi <= lo:
+            hi = lo + 1.0
+        self._fitted = (lo, hi)
+        self._setting_range = True
+        try:
+            self.getPlotItem().getViewBox().setXRange(lo, hi, padding=0.02)
+        finally:
+            self._setting_range = False
 
     def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         """Follow the system palette when it switches between light and dark."""
@@ -215,6 +256,7 @@ class MetricPlot(pg.PlotWidget):
                 pen.setStyle(pg.QtCore.Qt.PenStyle.DotLine)
             curve = self.getPlotItem().plot(name=label, pen=pen)
             series = self.series[key] = _Series(curve)
+            self.legend.setVisible(len(self.series) > 1)  # one curve: the title says it
         return series
 
     def append(self, key: str, x: float, y: float) -> None:
@@ -233,8 +275,10 @@ class MetricPlot(pg.PlotWidget):
     def refresh(self) -> int:
         """setData on the curves that changed (or all, after a zoom); how many were redrawn."""
         vb = self.getPlotItem().getViewBox()
-        whole = bool(vb.state["autoRange"][0])
-        x0, x1 = (None, None) if whole else vb.viewRange()[0]
+        if vb.state["autoRange"][0]:  # the "A" button or View All: follow the data again
+            vb.enableAutoRange(x=False)
+            self._follow, self._fitted, self._range_dirty = True, None, True
+        x0, x1 = (None, None) if self._follow else vb.viewRange()[0]
         redrawn = 0
         for series in self.series.values():
             if series.dirty or self._range_dirty:
@@ -250,6 +294,8 @@ class MetricPlot(pg.PlotWidget):
                 redrawn += 1
         self._range_dirty = False
         if redrawn:
+            if self._follow:
+                self._follow_x()
             self.empty.setVisible(self.point_count() == 0)
         return redrawn
 
@@ -261,6 +307,8 @@ class MetricPlot(pg.PlotWidget):
             self.getPlotItem().removeItem(series.curve)
         self.series.clear()
         self.legend.clear()
+        self.legend.setVisible(False)
+        self._follow, self._fitted = True, None
         self.empty.setVisible(True)
 
 

@@ -179,8 +179,16 @@ class RunsPanel(Panel):
         self.items_table.setWordWrap(False)
         self.items_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.items_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.items_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.items_table.horizontalHeader().setStretchLastSection(True)
+        # Texts share the width (they elide; the panes below show them whole); numbers and
+        # their headers ("ROUGE-L before") always fit.
+        header = self.items_table.horizontalHeader()
+        for i, column in enumerate(EVAL_COLUMNS):
+            mode = (
+                QHeaderView.ResizeMode.Stretch
+                if column.tooltip
+                else QHeaderView.ResizeMode.ResizeToContents
+            )
+            header.setSectionResizeMode(i, mode)
         self.items_table.selectionModel().currentRowChanged.connect(self.show_eval_item)
         self.side = {k: QTextBrowser() for k in ("prompt", "teacher", "before", "after")}
         side = QGridLayout()
@@ -488,8 +496,6 @@ class RunsPanel(Panel):
         e = ev.get_evaluation(self.ws, eval_id)
         self.summary_view.setHtml(summary_html(e))
         self.items_model.set_rows(ev.eval_items(self.ws, eval_id))
-        for i, w in enumerate((32, 180, 130, 130, 130, 100)):
-            self.items_table.setColumnWidth(i, w)
         if self.items_model.rowCount():
             self.items_table.selectRow(0)
 
