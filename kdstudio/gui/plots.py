@@ -172,6 +172,7 @@ class MetricPlot(pg.PlotWidget):
         vb = item.getViewBox()
         vb.sigResized.connect(self._place_empty)
         vb.sigXRangeChanged.connect(self._on_range_changed)
+        vb.sigResized.connect(self._on_resized)
         # x follows the data here (`_follow_x`), not through pyqtgraph's auto range, which
         # refits (and re-lays out the axis and grid) on every frame of a growing run.
         vb.enableAutoRange(x=False)
@@ -185,6 +186,17 @@ class MetricPlot(pg.PlotWidget):
         if not self._setting_range:  # zoomed or panned (not by _follow_x): stop following,
             self._follow = False  # and redraw the visible part in detail
             self._range_dirty = True
+
+    def _on_resized(self) -> None:
+        if self._follow and self._fitted is not None:
+            self._set_x(*self._fitted)  # the padding depends on the view's size
+
+    def _set_x(self, lo: float, hi: float) -> None:
+        self._setting_range = True
+        try:
+            self.getPlotItem().getViewBox().setXRange(lo, hi)  # padding by size, as auto does
+        finally:
+            self._setting_range = False
 
     def _data_x(self) -> tuple[float, float] | None:
         lo = hi = None
@@ -213,11 +225,7 @@ class MetricPlot(pg.PlotWidget):
         if hi <= lo:
             hi = lo + 1.0
         self._fitted = (lo, hi)
-        self._setting_range = True
-        try:
-            self.getPlotItem().getViewBox().setXRange(lo, hi, padding=0.02)
-        finally:
-            self._setting_range = False
+        self._set_x(lo, hi)
 
     def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         """Follow the system palette when it switches between light and dark."""

@@ -144,6 +144,8 @@ def escape(text: str) -> str:
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "--:--"
+    if seconds < 60:  # "00:00" for a quick job reads as "nothing happened"
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)

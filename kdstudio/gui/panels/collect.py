@@ -194,6 +194,7 @@ class CollectPanel(Panel):
         self.failure_table = QTableView()
         self.failure_table.setModel(self.failures)
         self.failure_table.verticalHeader().hide()
+        self.failure_table.verticalHeader().setDefaultSectionSize(22)
         self.failure_table.setWordWrap(False)
         self.failure_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.failure_table.horizontalHeader().setStretchLastSection(True)
