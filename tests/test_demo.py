@@ -281,3 +281,14 @@ def _has_run(path: Path, name: str) -> bool:
         return False
     finally:
         con.close()
+
+
+def test_without_a_display_the_demo_says_to_use_headless(monkeypatch, tmp_path):
+    from kdstudio.commands import demo as cmd
+
+    monkeypatch.setattr(cmd.sys, "platform", "linux")
+    for var in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UserError, match="--headless"):
+        cmd.open_studio(_args(), tmp_path / "demo")
+    assert not (tmp_path / "demo").exists()

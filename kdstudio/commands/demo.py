@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kdstudio.errors import Cancelled
+from kdstudio.errors import Cancelled, UserError
 
 CHILD_STOP_TIMEOUT_S = 60.0
 
@@ -82,8 +82,6 @@ def make_plan(args: argparse.Namespace) -> Any:
 
 
 def cmd_demo(args: argparse.Namespace, ctx: Any) -> int:
-    from kdstudio.errors import UserError
-
     if args.threads < 0:
         raise UserError("--threads must be 0 (torch's choice) or a positive number")
     path = demo_workspace(args, ctx)
@@ -138,8 +136,20 @@ def child_command(args: argparse.Namespace, path: Path) -> list[str]:
     return cmd
 
 
+def check_display() -> None:
+    """On Linux without a display, Qt would abort: say so before starting anything."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UserError(
+            "no display to open the studio on (neither DISPLAY nor WAYLAND_DISPLAY is set): "
+            "run `kdstudio demo --headless` for the terminal version"
+        )
+
+
 def open_studio(args: argparse.Namespace, path: Path) -> int:
     """Open the window on the demo workspace; finish the demo beside it when needed."""
+    check_display()
     from kdstudio.demo import is_complete, stored_result
     from kdstudio.workspace import Workspace
 
