@@ -60,44 +60,50 @@ def test_a_plan_with_an_unknown_method_is_refused():
 # -- the pipeline ----------------------------------------------------------------------------
 
 
-class StopDuringStudent:
-    """Cancels the demo once the student run has made `after` steps."""
+class StopDuring:
+    """Cancels the demo in step `step` once a job there reports `after` units done."""
 
-    def __init__(self, cancel: CancelToken, after: int) -> None:
-        self.cancel, self.after, self.in_student = cancel, after, False
+    def __init__(self, cancel: CancelToken, step: str, unit: str, after: int) -> None:
+        self.cancel, self.step, self.unit, self.after = cancel, step, unit, after
+        self.inside = False
 
     def emit(self, event) -> None:
         text = getattr(event, "message", "") or ""
-        if "distilling the student" in text:
-            self.in_student = True
-        if (
-            self.in_student
-            and isinstance(event, Progress)
-            and event.unit == "step"
-            and event.done >= self.after
-        ):
+        if text.startswith("["):
+            self.inside = self.step in text
+        hit = isinstance(event, Progress) and event.unit == self.unit and event.done >= self.after
+        if self.inside and hit:
             self.cancel.cancel("test stop")
 
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    """The quick demo stopped during the student run, then run to the end, then once more."""
+    """The quick demo stopped while collecting, then while distilling, then run to the end,
+    then once more."""
     from kdstudio.demo import Demo
+    from kdstudio.outputs import collection_status_counts
     from kdstudio.workspace import Workspace
 
     root = tmp_path_factory.mktemp("demo")
     ws = Workspace.open(root / "ws")
     plan = DemoPlan.quick()
-    cancel = CancelToken()
     t0 = time.perf_counter()
+    cancel = CancelToken()
+    with pytest.raises(Cancelled, match="resume"):
+        Demo(ws, plan, StopDuring(cancel, "collecting", "request", 1), cancel).run()
+    collected = collection_status_counts(ws, f"{TRAIN_DATASET}.{TEACHER}")
+    cancel = CancelToken()
+    stopping = Demo(ws, plan, StopDuring(cancel, "distilling", "step", 50), cancel)
     with pytest.raises(Cancelled, match="again to resume"):
-        Demo(ws, plan, StopDuringStudent(cancel, after=50), cancel).run()
+        stopping.run()
     stopped_at = _run(ws, STUDENT)
     first = Demo(ws, plan).run()
     seconds = time.perf_counter() - t0
     again = Demo(ws, plan).run()
     yield {
         "ws": ws,
+        "collected": collected,
+        "resumed": stopping.reused,
         "stopped_at": stopped_at,
         "first": first,
         "again": again,
@@ -161,6 +167,12 @@ def test_demo_workspace_holds_datasets_runs_collection_and_local_teacher(demo_ru
     )
     assert held_out and not seen & {json.dumps(json.loads(r[0])) for r in held_out}
     assert [e.status for e in list_evaluations(ws, STUDENT)] == ["finished"]
+
+
+def test_stopped_collection_keeps_its_answers_and_the_next_run_completes_it(demo_runs):
+    collected = demo_runs["collected"]
+    assert 0 < collected["done"] < collected["total"] == DemoPlan.quick().n_train
+    assert demo_runs["resumed"] == ["task", "models", "teacher"]  # collect ran again
 
 
 def test_stopped_demo_resumes_the_student_run_from_its_checkpoint(demo_runs):
