@@ -306,3 +306,20 @@ def test_sft_loss_plot_draws_ce_once_kd_methods_draw_all_three(qtbot):
     labels = sorted(item.opts["name"] for item in (s.curve for s in loss.series.values()))
     assert labels == ["a total (= CE)", "b CE", "b KD", "b total"]
     assert board.point_count("ce") == 3  # only run b's
+
+
+def test_loss_legend_lists_total_ce_kd_whatever_order_the_history_loads_in(qtbot):
+    import numpy as np
+
+    from kdstudio.gui.plots import PlotBoard
+
+    board = PlotBoard()
+    qtbot.addWidget(board)
+    board.set_run_method("", "dense_kd")
+    steps = np.arange(5.0)
+    for name in ("kd", "ce", "loss"):  # metric_series returns names alphabetically
+        board.add_history("", name, steps, steps)
+    board.add_history("", "lr", steps, steps)
+    loss = board.plot_for("loss")
+    assert [label.text for _, label in loss.legend.items] == ["total", "CE", "KD"]
+    assert loss.legend.isVisible() and not board.plot_for("lr").legend.isVisible()

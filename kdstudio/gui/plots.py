@@ -132,6 +132,8 @@ class SeriesBuffer:
 @dataclass
 class _Series:
     curve: pg.PlotDataItem
+    label: str = ""
+    order: tuple = ()  # legend position: (run, metric)
     buffer: SeriesBuffer = field(default_factory=SeriesBuffer)
     dirty: bool = False
     dense: bool = False
@@ -143,6 +145,12 @@ def _theme_colours() -> tuple[str, str]:
         pal.color(QPalette.ColorRole.Base).name(),
         pal.color(QPalette.ColorRole.Text).name(),
     )
+
+
+def _legend_brush(background: str) -> QColor:
+    colour = QColor(background)
+    colour.setAlpha(210)  # curves show through faintly; labels stay legible
+    return colour
 
 
 class MetricPlot(pg.PlotWidget):
@@ -164,7 +172,9 @@ class MetricPlot(pg.PlotWidget):
             ax.setTextPen(pg.mkPen(foreground))
             # Major ticks only: minor grid lines cost most of a frame to rasterise.
             ax.setStyle(maxTickLevel=0)
-        self.legend = item.addLegend(offset=(-8, 8), labelTextColor=foreground)
+        self.legend = item.addLegend(
+            offset=(-8, 8), labelTextColor=foreground, brush=_legend_brush(background)
+        )
         self.series: dict[str, _Series] = {}
         self.setMinimumHeight(150)
         self.empty = pg.TextItem("no data yet", color="#888888", anchor=(0.5, 0.5))
@@ -245,6 +255,8 @@ class MetricPlot(pg.PlotWidget):
             ax = item.getAxis(axis)
             ax.setPen(pg.mkPen(foreground))
             ax.setTextPen(pg.mkPen(foreground))
+        self.legend.setBrush(_legend_brush(background))
+        self.legend.setLabelTextColor(foreground)
 
     def _place_empty(self) -> None:
         rect = self.getPlotItem().getViewBox().boundingRect()
@@ -254,7 +266,10 @@ class MetricPlot(pg.PlotWidget):
         """What an empty plot says (e.g. "no GPU: training on the CPU")."""
         self.empty.setText(text)
 
-    def ensure_series(self, key: str, label: str, colour: str, style: str = "solid") -> _Series:
+    def ensure_series(
+        self, key: str, label: str, colour: str, style: str = "solid", order: tuple = ()
+    ) -> _Series:
+        """The curve `key`, created on first use; the legend lists curves by `order`."""
         series = self.series.get(key)
         if series is None:
             pen = pg.mkPen(QColor(colour), width=1.6)
@@ -263,7 +278,12 @@ class MetricPlot(pg.PlotWidget):
             elif style == "dot":
                 pen.setStyle(pg.QtCore.Qt.PenStyle.DotLine)
             curve = self.getPlotItem().plot(name=label, pen=pen)
-            series = self.series[key] = _Series(curve)
+            series = self.series[key] = _Series(curve, label, order)
+            ordered = sorted(self.series.values(), key=lambda s: s.order)
+            if ordered[-1] is not series:  # it belongs before others: rebuild the legend
+                self.legend.clear()
+                for s in ordered:
+                    self.legend.addItem(s.curve, s.label)
             self.legend.setVisible(len(self.series) > 1)  # one curve: the title says it
         return series
 
@@ -408,7 +428,8 @@ class PlotBoard(QWidget):
                 text = f"{self._run_labels.get(run, run)} {label}".strip()
             else:
                 colour, style, text = PALETTE[j % len(PALETTE)], STYLES[j % len(STYLES)], label
-            plot.ensure_series(key, text, colour, style)
+            self.run_colour(run)  # registers the run's position
+            plot.ensure_series(key, text, colour, style, order=(self._runs[run], j))
         return plot, key
 
     def set_run_label(self, run: str, label: str) -> None:

@@ -2,7 +2,9 @@
 
 Everything is real and offline: prompts imported by the data core, a loopback
 OpenAI-protocol teacher probed and collected from (with logprobs and a few failures),
-a tiny Llama student trained by the real Trainer (so the run has curves) and evaluated.
+a tiny Llama student trained by the real Trainer (so the run has curves) and evaluated,
+then exported as a local teacher and distilled into a fresh student with dense_kd (so the
+loss plot has total, CE and KD curves, and Runs overlays two runs).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ KEY_ENV = "KDSTUDIO_SHOWCASE_KEY"
 
 def build_workspace(root: Path, *, steps: int = 150, log=print) -> dict:
     """Fill a workspace at root/ws; returns names of what it made. Takes ~1 minute on a CPU."""
+    from kdstudio.config import TeacherConfig
     from kdstudio.data import import_dataset
     from kdstudio.distill.config import TrainConfig
     from kdstudio.distill.trainer import Trainer
     from kdstudio.evaluate import EvalConfig, evaluate
     from kdstudio.events import CancelToken, NullSink
+    from kdstudio.export import ExportConfig, export
     from kdstudio.gui.testing import tiny_student, write_prompts
     from kdstudio.workspace import Workspace
 
@@ -50,6 +54,21 @@ def build_workspace(root: Path, *, steps: int = 150, log=print) -> dict:
         trainer.close()
     log("evaluating it")
     evaluate(EvalConfig(run="tiny-sft", limit=12, max_new_tokens=16), ws, NullSink(), CancelToken())
+    log("exporting it as a local teacher and distilling a fresh student from it (dense_kd)")
+    teacher_dir = root / "models" / "tiny-sft-teacher"
+    export(ExportConfig(run="tiny-sft", out=teacher_dir), ws, NullSink(), CancelToken())
+    ws.add_teacher(
+        TeacherConfig(name="tiny-sft-teacher", kind="local", path=str(teacher_dir)), replace=True
+    )
+    data = config.to_dict()
+    data["distill"] = {"method": "dense_kd", "teacher": "tiny-sft-teacher", "kd_weight": 0.5}
+    data["run"].update({"name": "tiny-kd", "checkpoint_every": 0})
+    trainer = Trainer(TrainConfig.from_dict(data), ws, NullSink(), CancelToken())
+    try:
+        trainer.setup()
+        trainer.train()
+    finally:
+        trainer.close()
     ws.close()
     return {"workspace": root / "ws", "run": "tiny-sft", "dataset": "arithmetic"}
 
@@ -156,7 +175,7 @@ def take_screenshots(out: Path, root: Path, *, log=print) -> list[Path]:
 
     train = window.show_panel("train")
     train.refresh()
-    train.show_run("tiny-sft")
+    train.show_run("tiny-kd")
     train.example_index.setValue(2)
     train.preview()
     _wait(app, lambda: not train.running_jobs(), 60)
@@ -164,9 +183,11 @@ def take_screenshots(out: Path, root: Path, *, log=print) -> list[Path]:
 
     runs = window.show_panel("runs")
     runs.refresh()
-    runs.select_run("tiny-sft")
+    runs.table.selectAll()  # both runs: their curves overlay
     runs.tabs.setCurrentIndex(0)
     grab("runs")
+    runs.table.clearSelection()
+    runs.select_run("tiny-sft")  # the evaluated one
     runs.tabs.setCurrentIndex(1)
     runs.items_table.selectRow(1)
     grab("runs-evaluation")

@@ -76,18 +76,20 @@ RUN_COLUMNS = [
     Column("Error", lambda r: r.error or "", tooltip=True),
 ]
 
+
+def _score(item: Any, side: str) -> str:
+    value = item.metrics.get(side, {}).get("rouge_l")
+    return "" if value is None else f"{value:.3f}"  # as the summary shows them
+
+
 EVAL_COLUMNS = [
     Column("#", lambda it: it.idx, align_right=True),
     Column("Prompt", lambda it: it.prompt, tooltip=True, max_chars=80),
     Column("Teacher", lambda it: it.teacher, tooltip=True, max_chars=60),
     Column("Student before", lambda it: it.student_before, tooltip=True, max_chars=60),
     Column("Student after", lambda it: it.student_after, tooltip=True, max_chars=60),
-    Column(
-        "ROUGE-L before", lambda it: it.metrics.get("before", {}).get("rouge_l"), align_right=True
-    ),
-    Column(
-        "ROUGE-L after", lambda it: it.metrics.get("after", {}).get("rouge_l"), align_right=True
-    ),
+    Column("ROUGE-L before", lambda it: _score(it, "before"), align_right=True),
+    Column("ROUGE-L after", lambda it: _score(it, "after"), align_right=True),
 ]
 METRIC_LABELS = {
     "loglik": "log-likelihood / token",
@@ -212,8 +214,8 @@ class RunsPanel(Panel):
         top = QWidget()
         tl = QHBoxLayout(top)
         tl.setContentsMargins(0, 0, 0, 0)
-        tl.addWidget(self.summary_view, 2)
-        tl.addWidget(self.items_table, 3)
+        tl.addWidget(self.summary_view, 1)
+        tl.addWidget(self.items_table, 2)
         self.summary_view.setMinimumWidth(430)
         esplit.addWidget(top)
         sw = QWidget()
