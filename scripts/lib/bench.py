@@ -137,7 +137,10 @@ def benchmarks(only: list[str] | None) -> list[tuple[str, Path]]:
 def run_one(name: str, path: Path, quick: bool, timeout: float, work: Path) -> Outcome:
     out_json = work / f"{name}.json"
     args = QUICK_ARGS.get(name, []) if quick else FULL_ARGS.get(name, [])
-    command = [sys.executable, str(path), *args, "--json", str(out_json)]
+    takes_json = '"--json"' in path.read_text()  # else it runs as it is; its output is shown
+    command = [sys.executable, str(path), *args]
+    if takes_json:
+        command += ["--json", str(out_json)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     print(f"== {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
@@ -163,8 +166,8 @@ def run_one(name: str, path: Path, quick: bool, timeout: float, work: Path) -> O
     result = None
     if out_json.exists():
         result = json.loads(out_json.read_text())
-    elif error is None:
-        error = "wrote no --json results (does the script take --json OUT?)"
+    elif error is None and takes_json:
+        error = "wrote no --json results"
     outcome = Outcome(
         name,
         command,
@@ -244,7 +247,11 @@ def render(outcomes: list[Outcome], info: dict[str, str], quick: bool, total: fl
             [
                 f"[{o.name}](#{o.name.replace('_', '-')})",
                 (o.result or {}).get("title", ""),
-                "failed: " + o.error if o.error else f"{ok} met, {missed} missed",
+                "failed: " + o.error
+                if o.error
+                else f"{ok} met, {missed} missed"
+                if o.result
+                else "see its output (no --json)",
                 f"{o.seconds:.0f} s",
                 f"{o.others_share:.0%}",
             ]
@@ -256,9 +263,8 @@ def render(outcomes: list[Outcome], info: dict[str, str], quick: bool, total: fl
         lines += [f"## {o.name}", ""]
         if res.get("title"):
             lines += [f"**{res['title']}**", ""]
-        lines += [
-            f"`python {' '.join(Path(c).name if c.endswith('.py') else c for c in o.command[1:-2])}`"
-        ]
+        shown = o.command[1:-2] if "--json" in o.command else o.command[1:]
+        lines += [f"`python {' '.join(Path(c).name if c.endswith('.py') else c for c in shown)}`"]
         lines += ["", f"Ran {o.seconds:.0f} s; {contention_line(o)}.", ""]
         if res.get("reference"):
             lines += [f"Reference: {res['reference']}.", ""]
@@ -279,9 +285,12 @@ def render(outcomes: list[Outcome], info: dict[str, str], quick: bool, total: fl
         if res.get("notes"):
             lines.append("")
         if o.output.strip() and not o.error:
-            lines += ["<details><summary>its own output</summary>", "", "```"]
-            lines += [ln.rstrip() for ln in o.output.strip().splitlines() if "\r" not in ln][-60:]
-            lines += ["```", "", "</details>", ""]
+            printed = [ln.rstrip() for ln in o.output.strip().splitlines() if "\r" not in ln]
+            if o.result:
+                lines += ["<details><summary>its own output</summary>", ""]
+            lines += ["```", *printed[-60:], "```", ""]
+            if o.result:
+                lines += ["</details>", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
