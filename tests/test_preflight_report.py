@@ -56,7 +56,9 @@ def test_too_short_max_length_drops_every_example_and_is_an_error(ws, kd_models)
     cfg = config(kd_models.student, "tiny", data={"max_length": 8})
     report = preflight(cfg, ws)
     assert report.dropped == 6 and report.train_examples == 0
-    assert any("gives no training examples" in e for e in report.errors)
+    assert any(
+        "gives no training examples" in e and "raise data.max_length" in e for e in report.errors
+    )
     assert any("data.max_length" in n for n in report.notes)
 
 

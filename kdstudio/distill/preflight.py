@@ -292,8 +292,15 @@ def memory_estimate(
     return est
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+def fmt_bytes(n: int) -> str:
+    """1.52 GiB, 46 MiB, 1.3 MiB, 420 KiB: tiny students read as more than "0 MiB"."""
+    if n >= 2**28:
+        return f"{n / 2**30:.2f} GiB"
+    if n >= 10 * 2**20:
+        return f"{n / 2**20:.0f} MiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{max(n, 0) / 2**10:.0f} KiB"
 
 
 def describe_memory(est: dict[str, Any]) -> str:
@@ -306,9 +313,9 @@ def describe_memory(est: dict[str, Any]) -> str:
         ("activations", "activations"),
         ("loss", "loss"),
     ]
-    body = " + ".join(f"{label} {_gib(est[key])}" for label, key in parts if est[key])
-    of = f" of {_gib(est['available'])}" if est.get("available") else ""
-    return f"memory estimate: {body} = {_gib(est['total'])}{of} on {est['device']}"
+    body = " + ".join(f"{label} {fmt_bytes(est[key])}" for label, key in parts if est[key])
+    of = f" of {fmt_bytes(est['available'])}" if est.get("available") else ""
+    return f"memory estimate: {body} = {fmt_bytes(est['total'])}{of} on {est['device']}"
 
 
 # -- the whole pre-flight -----------------------------------------------------------------------
@@ -440,12 +447,7 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
             report.dropped, report.skipped = data.dropped, dict(data.skipped)
             report.target_tokens = sum(e.n_target for e in data.train)
             if not data.train:
-                report.errors.append(
-                    f"collection {cfg.data.collection!r} gives no training examples "
-                    f"({data.n_examples} usable, {data.dropped} too long for data.max_length="
-                    f"{cfg.data.max_length}, skipped {report.skipped}); collect outputs or lower "
-                    "data.eval_fraction"
-                )
+                report.errors.append(_no_train_examples(cfg, data))
             else:
                 o = cfg.optim
                 stream = DataStream([len(e) for e in data.train], o.batch_size, seed=cfg.run.seed)
@@ -514,6 +516,26 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
         else:
             report.checks.append(line)
     return report
+
+
+def _no_train_examples(cfg: TrainConfig, data: Any) -> str:
+    """Why a collection gives no training examples, and what to change."""
+    where = f"collection {cfg.data.collection!r} gives no training examples"
+    if data.n_examples:
+        return (
+            f"{where}: its {data.n_examples} usable examples are all held out; lower "
+            "data.eval_fraction"
+        )
+    if data.dropped:
+        return (
+            f"{where}: all {data.dropped} are longer than data.max_length = "
+            f"{cfg.data.max_length} tokens up to their response; raise data.max_length"
+        )
+    skipped = ", ".join(f"{n} {why}" for why, n in data.skipped.items() if n)
+    return (
+        f"{where}: it has no done outputs{f' ({skipped} skipped)' if skipped else ''}; "
+        "collect (or accept) some first"
+    )
 
 
 def _sparse_checks(

@@ -527,7 +527,9 @@ class TrainPanel(Panel):
         if report.kd:
             facts.append(f"{report.kd['kd_share']:.0%} of response tokens use KD")
         if report.memory:
-            facts.append(f"~{report.memory['total'] / 2**30:.2f} GiB")
+            from kdstudio.distill.preflight import fmt_bytes
+
+            facts.append(f"~{fmt_bytes(report.memory['total'])} estimated memory")
         summary = "Pre-flight passed (" + ", ".join(facts) + ")"
         if report.notes:
             self.message.show_message(
