@@ -3,6 +3,8 @@ for each method; `kdstudio train --config F --preflight` prints it and exits 2 o
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from kd_support import add_local_teacher, collect_from_loopback, config
 
@@ -107,4 +109,7 @@ def test_cli_preflight_prints_the_report_and_exits_2_on_problems(
     out = run_cli("train", "--config", str(path), "--preflight", workspace=ws.root)
     assert out.returncode == (0 if good else 2), out.stderr
     assert ("pre-flight passed" if good else "pre-flight found 1 problem") in out.stdout
+    as_json = run_cli("train", "--config", str(path), "--preflight", "--json", workspace=ws.root)
+    doc = json.loads(as_json.stdout)
+    assert doc["ok"] is good and (doc["train_examples"] == 8 if good else doc["errors"])
     assert ws.query("SELECT * FROM runs") == []
