@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 def read_secret_from_stdin(what: str = "API key") -> str:
     """Read a secret from stdin (never argv): the first line, stripped."""
     if sys.stdin is None or sys.stdin.closed:
-        raise UserError(f"--api-key-stdin was given but there is no standard input to read the {what} from")
+        raise UserError(
+            f"--api-key-stdin was given but there is no standard input to read the {what} from"
+        )
     if sys.stdin.isatty():
         import getpass
 

@@ -89,8 +89,10 @@ class Section:
             return list(value)
         if origin is dict and isinstance(value, dict):
             return value
-        if isinstance(origin, type) and not isinstance(value, origin) or (
-            origin is int and isinstance(value, bool)
+        if (
+            isinstance(origin, type)
+            and not isinstance(value, origin)
+            or (origin is int and isinstance(value, bool))
         ):
             name = getattr(origin, "__name__", str(origin))
             raise ConfigError(f"{key} must be a {name}, got {value!r}")
@@ -112,7 +114,9 @@ class Section:
         for key in data:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names)})"
+                hint = (
+                    f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names)})"
+                )
                 raise ConfigError(f"unknown key {cls._key(key)!r}{hint}")
         return cls(**data)
 
@@ -148,7 +152,9 @@ class Section:
             help_text = f.metadata.get("help", "")
             if f.metadata.get("choices"):
                 help_text += f" One of: {', '.join(map(str, f.metadata['choices']))}."
-            rows.append((key, json.dumps(default) if default != "(required)" else default, help_text))
+            rows.append(
+                (key, json.dumps(default) if default != "(required)" else default, help_text)
+            )
         return rows
 
 
@@ -247,7 +253,9 @@ class TeacherConfig(Section):
 
     name: str = setting(help="A short name to refer to this teacher by.")
     kind: str = setting("openai", "Where the teacher runs.", choices=("openai", "local"))
-    base_url: str | None = setting(None, "OpenAI-compatible base URL, e.g. https://api.openai.com/v1.")
+    base_url: str | None = setting(
+        None, "OpenAI-compatible base URL, e.g. https://api.openai.com/v1."
+    )
     model: str | None = setting(None, "Model name at the endpoint (or a label for a local model).")
     path: str | None = setting(None, "Hugging Face model folder of a local teacher.")
     key_source: str = setting(
@@ -267,7 +275,9 @@ class TeacherConfig(Section):
                 raise ConfigError("--model is required for an OpenAI-compatible teacher")
         else:
             if not self.path:
-                raise ConfigError("--path (a Hugging Face model folder) is required for a local teacher")
+                raise ConfigError(
+                    "--path (a Hugging Face model folder) is required for a local teacher"
+                )
         if self.key_source == "env" and not (
             self.key_env and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.key_env)
         ):
@@ -284,5 +294,7 @@ class TeacherConfig(Section):
         names = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in row.items() if k in names}
         data["headers"] = json.loads(data.get("headers") or "{}")
-        data["capabilities"] = json.loads(data["capabilities"]) if data.get("capabilities") else None
+        data["capabilities"] = (
+            json.loads(data["capabilities"]) if data.get("capabilities") else None
+        )
         return cls(**data)

@@ -118,7 +118,9 @@ def store_key(teacher: str, key: str, *, timeout: float = TIMEOUT_S) -> None:
     # Read back: some backends accept writes into a locked collection that never lands.
     stored = _call(lambda: backend.get_password(SERVICE, teacher), "read the key back", timeout)
     if stored != key.strip():
-        raise KeyringUnavailable(f"the OS keyring did not keep the key for {teacher!r}; {HOW_TO_FIX}")
+        raise KeyringUnavailable(
+            f"the OS keyring did not keep the key for {teacher!r}; {HOW_TO_FIX}"
+        )
 
 
 def read_key(teacher: str, *, timeout: float = TIMEOUT_S) -> str | None:

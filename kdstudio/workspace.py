@@ -46,7 +46,13 @@ def migrations() -> list[tuple[int, str, Any]]:
     found = []
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name.startswith("m") and info.name[1:4].isdigit():
-            found.append((int(info.name[1:4]), info.name, importlib.import_module(f"{pkg.__name__}.{info.name}")))
+            found.append(
+                (
+                    int(info.name[1:4]),
+                    info.name,
+                    importlib.import_module(f"{pkg.__name__}.{info.name}"),
+                )
+            )
     found.sort()
     for expected, (version, name, _) in enumerate(found, start=1):
         if version != expected:
@@ -195,7 +201,10 @@ class Workspace:
                 )
             if exists:
                 sets = ", ".join(f"{k}=:{k}" for k in row)
-                con.execute(f"UPDATE teachers SET {sets}, updated_at=:now WHERE name=:name", {**row, "now": now})
+                con.execute(
+                    f"UPDATE teachers SET {sets}, updated_at=:now WHERE name=:name",
+                    {**row, "now": now},
+                )
             else:
                 cols = ", ".join(row)
                 vals = ", ".join(f":{k}" for k in row)
@@ -220,7 +229,10 @@ class Workspace:
         return row[0]
 
     def list_teachers(self) -> list[TeacherConfig]:
-        return [TeacherConfig.from_row(dict(r)) for r in self.query("SELECT * FROM teachers ORDER BY name")]
+        return [
+            TeacherConfig.from_row(dict(r))
+            for r in self.query("SELECT * FROM teachers ORDER BY name")
+        ]
 
     def remove_teacher(self, name: str) -> None:
         with self.tx() as con:
@@ -246,7 +258,9 @@ class Workspace:
             "SELECT t, type, payload FROM events WHERE job_kind=? AND job_id=? ORDER BY id DESC LIMIT ?",
             (job_kind, str(job_id), limit),
         )
-        return [{"t": r["t"], "type": r["type"], **json.loads(r["payload"])} for r in reversed(rows)]
+        return [
+            {"t": r["t"], "type": r["type"], **json.loads(r["payload"])} for r in reversed(rows)
+        ]
 
     def add_metrics(self, run_id: int, step: int, values: dict[str, float], t: float) -> None:
         self.db.executemany(

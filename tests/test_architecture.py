@@ -43,6 +43,8 @@ def test_front_end_files_import_heavy_libraries_only_inside_functions():
     files += list((ROOT / "kdstudio" / "commands").rglob("*.py"))
     for path in files:
         for line in path.read_text().splitlines():
-            if line.startswith(("import torch", "from torch", "import transformers", "from transformers")):
+            if line.startswith(
+                ("import torch", "from torch", "import transformers", "from transformers")
+            ):
                 offenders.append(f"{path.relative_to(ROOT)}: {line}")
     assert offenders == []

@@ -32,7 +32,9 @@ def test_version(run_cli):
 
 
 def test_python_m_kdstudio_is_the_same_command():
-    out = subprocess.run([sys.executable, "-m", "kdstudio", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "kdstudio", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "teacher" in out.stdout
 
 
@@ -54,17 +56,37 @@ def test_malformed_url_exits_2(run_cli):
 
 
 def test_missing_key_on_stdin_exits_2(run_cli):
-    out = run_cli("teacher", "add", "t", "--base-url", "http://localhost/v1", "--model", "m",
-                  "--api-key-stdin", input="")
+    out = run_cli(
+        "teacher",
+        "add",
+        "t",
+        "--base-url",
+        "http://localhost/v1",
+        "--model",
+        "m",
+        "--api-key-stdin",
+        input="",
+    )
     one_line_error(out, "standard input held no API key")
 
 
 def test_duplicate_teacher_exits_2_and_keeps_the_first(run_cli):
-    args = ("teacher", "add", "t", "--base-url", "http://localhost/v1", "--model", "m1",
-            "--api-key-env", "T_KEY")
+    args = (
+        "teacher",
+        "add",
+        "t",
+        "--base-url",
+        "http://localhost/v1",
+        "--model",
+        "m1",
+        "--api-key-env",
+        "T_KEY",
+    )
     assert run_cli(*args).returncode == 0
-    one_line_error(run_cli("teacher", "add", "t", "--base-url", "http://h/v1", "--model", "m2"),
-                   "already exists")
+    one_line_error(
+        run_cli("teacher", "add", "t", "--base-url", "http://h/v1", "--model", "m2"),
+        "already exists",
+    )
     listed = run_cli("teacher", "list")
     assert "m1" in listed.stdout and "$T_KEY" in listed.stdout
 
@@ -78,6 +100,10 @@ def test_workspace_env_var_is_honoured(tmp_path):
     import os
 
     env = {**os.environ, "KDSTUDIO_WORKSPACE": str(tmp_path / "envws")}
-    subprocess.run([sys.executable, "-m", "kdstudio", "teacher", "list"], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "kdstudio", "teacher", "list"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     assert (tmp_path / "envws" / "kdstudio.sqlite").exists()

@@ -42,7 +42,9 @@ def test_ints_are_accepted_for_floats_and_toml_round_trips(tmp_path):
 
 
 def test_overrides_parse_toml_values_and_fall_back_to_text():
-    out = apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr=3e-4", "run.name=my run", "run.compile=true"])
+    out = apply_overrides(
+        {"optim": {"lr": 1.0}}, ["optim.lr=3e-4", "run.name=my run", "run.compile=true"]
+    )
     assert out == {"optim": {"lr": 3e-4}, "run": {"name": "my run", "compile": True}}
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_overrides({}, ["optim.lr"])

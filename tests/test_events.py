@@ -40,7 +40,11 @@ def test_store_sink_persists_metrics_and_events_for_reopening(ws):
     stored = ws.events("train", "r")
     assert [e["type"] for e in stored] == ["Warning"]
     assert stored[0]["message"] == "tokenizer has no chat template"
-    rebuilt = ev.event_from_dict(stored[0]["type"], {k: v for k, v in stored[0].items() if k not in ("t", "type")}, stored[0]["t"])
+    rebuilt = ev.event_from_dict(
+        stored[0]["type"],
+        {k: v for k, v in stored[0].items() if k not in ("t", "type")},
+        stored[0]["t"],
+    )
     assert isinstance(rebuilt, ev.Warning)
 
 

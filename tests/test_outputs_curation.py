@@ -16,7 +16,10 @@ def imported_collection(tmp_path, n=4):
     src = tmp_path / "answers.jsonl"
     with src.open("w") as f:
         for i in range(n):
-            f.write(json.dumps({"prompt": f"What is {i} + 1?", "response": f"The answer is {i + 1}."}) + "\n")
+            f.write(
+                json.dumps({"prompt": f"What is {i} + 1?", "response": f"The answer is {i + 1}."})
+                + "\n"
+            )
     ws = Workspace.open(tmp_path / "ws")
     import_dataset(ws, src, name="sums", as_collection="sums.ref")
     return ws
@@ -58,7 +61,9 @@ def test_a_collection_whose_process_died_is_offered_for_resume(tmp_path):
     cid = outputs.create_collection(
         ws, "sums.t", dataset_id=info.dataset_id, teacher_name="t", params={"max_tokens": 8}
     )
-    row_ids = [r[0] for r in ws.query("SELECT id FROM dataset_rows WHERE dataset_id=?", (info.dataset_id,))]
+    row_ids = [
+        r[0] for r in ws.query("SELECT id FROM dataset_rows WHERE dataset_id=?", (info.dataset_id,))
+    ]
     with ws.tx() as con:
         con.executemany(
             "INSERT INTO collection_items(collection_id, row_id, sample, hash, status) VALUES (?,?,0,?,?)",

@@ -42,7 +42,9 @@ def test_a_key_round_trips_through_the_real_keyring(teacher_name):
     assert secrets.probe_backend().ok
     secrets.store_key(teacher_name, PLANTED)
     assert secrets.read_key(teacher_name) == PLANTED
-    teacher = TeacherConfig(name=teacher_name, base_url="http://x/v1", model="m", key_source="keyring")
+    teacher = TeacherConfig(
+        name=teacher_name, base_url="http://x/v1", model="m", key_source="keyring"
+    )
     assert secrets.resolve_key(teacher) == PLANTED
     assert secrets.delete_key(teacher_name) is True
     assert secrets.read_key(teacher_name) is None
@@ -73,8 +75,17 @@ def test_a_hanging_keyring_read_times_out_and_keeps_the_stored_key(teacher_name,
 @pytest.mark.keyring
 def test_cli_keeps_the_key_out_of_every_file_and_output(run_cli, tmp_path):
     name = f"cli-{os.getpid()}"
-    add = run_cli("teacher", "add", name, "--base-url", "https://api.example.com/v1",
-                  "--model", "gpt-x", "--api-key-stdin", input=PLANTED + "\n")
+    add = run_cli(
+        "teacher",
+        "add",
+        name,
+        "--base-url",
+        "https://api.example.com/v1",
+        "--model",
+        "gpt-x",
+        "--api-key-stdin",
+        input=PLANTED + "\n",
+    )
     try:
         assert add.returncode == 0, add.stderr
         listed = run_cli("teacher", "list", "--json")
@@ -96,8 +107,18 @@ def test_cli_keeps_the_key_out_of_every_file_and_output(run_cli, tmp_path):
 
 def test_without_a_keyring_backend_the_message_says_how_to_fix_it(run_cli, tmp_path):
     env = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
-    out = run_cli("teacher", "add", "t", "--base-url", "http://localhost:8000/v1", "--model", "m",
-                  "--api-key-stdin", input=PLANTED + "\n", env=env)
+    out = run_cli(
+        "teacher",
+        "add",
+        "t",
+        "--base-url",
+        "http://localhost:8000/v1",
+        "--model",
+        "m",
+        "--api-key-stdin",
+        input=PLANTED + "\n",
+        env=env,
+    )
     assert out.returncode == 2
     assert "no usable OS keyring backend" in out.stderr
     assert "--api-key-env" in out.stderr
@@ -107,7 +128,9 @@ def test_without_a_keyring_backend_the_message_says_how_to_fix_it(run_cli, tmp_p
 
 
 def test_a_key_from_an_environment_variable_is_read_at_run_time(monkeypatch):
-    teacher = TeacherConfig(name="envt", base_url="http://x/v1", model="m", key_source="env", key_env="KD_TEST_KEY")
+    teacher = TeacherConfig(
+        name="envt", base_url="http://x/v1", model="m", key_source="env", key_env="KD_TEST_KEY"
+    )
     monkeypatch.delenv("KD_TEST_KEY", raising=False)
     with pytest.raises(secrets.KeyMissing, match="KD_TEST_KEY, which is not set"):
         secrets.resolve_key(teacher)

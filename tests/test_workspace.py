@@ -72,7 +72,10 @@ def test_readers_are_not_blocked_while_a_job_writes(ws):
     def writer():
         with ws.tx() as con:
             for i in range(100):
-                con.execute("INSERT INTO events(job_kind, job_id, t, type, payload) VALUES ('j','1',?,?,'{}')", (i, "Log"))
+                con.execute(
+                    "INSERT INTO events(job_kind, job_id, t, type, payload) VALUES ('j','1',?,?,'{}')",
+                    (i, "Log"),
+                )
             started.set()
             release.wait(10)
 
@@ -124,8 +127,14 @@ def test_a_killed_writer_leaves_an_intact_database_with_every_commit(tmp_path):
 
 def test_teachers_round_trip_without_secrets(ws):
     t = TeacherConfig(
-        name="local-vllm", base_url="http://127.0.0.1:8000/v1/", model="qwen", key_source="env",
-        key_env="VLLM_KEY", headers={"X-Org": "a"}, price_in=0.5, price_out=1.5,
+        name="local-vllm",
+        base_url="http://127.0.0.1:8000/v1/",
+        model="qwen",
+        key_source="env",
+        key_env="VLLM_KEY",
+        headers={"X-Org": "a"},
+        price_in=0.5,
+        price_out=1.5,
     )
     ws.add_teacher(t)
     back = ws.get_teacher("local-vllm")
@@ -139,9 +148,7 @@ def test_teachers_round_trip_without_secrets(ws):
 
 
 def test_metrics_can_be_tailed_by_rowid(ws):
-    ws.db.execute(
-        "INSERT INTO runs(name, config, created_at, updated_at) VALUES ('r', '{}', 0, 0)"
-    )
+    ws.db.execute("INSERT INTO runs(name, config, created_at, updated_at) VALUES ('r', '{}', 0, 0)")
     run_id = ws.query_one("SELECT id FROM runs WHERE name='r'")[0]
     ws.add_metrics(run_id, 1, {"loss": 2.0, "lr": 1e-3}, 1.0)
     first = ws.metrics(run_id)

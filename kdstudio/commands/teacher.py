@@ -8,19 +8,41 @@ from kdstudio.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("teacher", help="manage teachers (OpenAI-compatible endpoints, local models)")
+    p = sub.add_parser(
+        "teacher", help="manage teachers (OpenAI-compatible endpoints, local models)"
+    )
     tsub = p.add_subparsers(dest="teacher_command", metavar="ACTION")
 
     add = tsub.add_parser("add", help="add an OpenAI-compatible teacher")
     add.add_argument("name")
-    add.add_argument("--base-url", required=True, metavar="URL", help="e.g. https://api.openai.com/v1")
+    add.add_argument(
+        "--base-url", required=True, metavar="URL", help="e.g. https://api.openai.com/v1"
+    )
     add.add_argument("--model", required=True)
     key = add.add_mutually_exclusive_group()
-    key.add_argument("--api-key-stdin", action="store_true", help="read the API key from stdin into the OS keyring")
-    key.add_argument("--api-key-env", metavar="VAR", help="read the API key from this environment variable at run time")
-    add.add_argument("--price-in", type=float, default=0.0, metavar="USD", help="USD per million input tokens")
-    add.add_argument("--price-out", type=float, default=0.0, metavar="USD", help="USD per million output tokens")
-    add.add_argument("--header", action="append", default=[], metavar="K=V", help="extra HTTP header (repeatable)")
+    key.add_argument(
+        "--api-key-stdin",
+        action="store_true",
+        help="read the API key from stdin into the OS keyring",
+    )
+    key.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="read the API key from this environment variable at run time",
+    )
+    add.add_argument(
+        "--price-in", type=float, default=0.0, metavar="USD", help="USD per million input tokens"
+    )
+    add.add_argument(
+        "--price-out", type=float, default=0.0, metavar="USD", help="USD per million output tokens"
+    )
+    add.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra HTTP header (repeatable)",
+    )
     add.add_argument("--replace", action="store_true", help="replace a teacher of the same name")
     add.set_defaults(func=cmd_add)
 
@@ -34,11 +56,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     local = tsub.add_parser("add-local", help="add a local Hugging Face model folder as a teacher")
     local.add_argument("name")
-    local.add_argument("--path", required=True, metavar="DIR", help="the model folder (config.json, weights, tokenizer)")
+    local.add_argument(
+        "--path",
+        required=True,
+        metavar="DIR",
+        help="the model folder (config.json, weights, tokenizer)",
+    )
     local.add_argument("--replace", action="store_true", help="replace a teacher of the same name")
     local.set_defaults(func=cmd_add_local)
 
-    pr = tsub.add_parser("probe", help="check a teacher: reachable, key, model, logprobs, token ids, latency")
+    pr = tsub.add_parser(
+        "probe", help="check a teacher: reachable, key, model, logprobs, token ids, latency"
+    )
     pr.add_argument("name")
     pr.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request")
     pr.add_argument("--json", action="store_true", help="print one JSON document")
@@ -76,13 +105,21 @@ def cmd_add(args: argparse.Namespace, ctx) -> int:
     )
     ws = ctx.ws
     if not args.replace and args.name in ws.teacher_names():
-        raise UserError(f"a teacher named {args.name!r} already exists (use --replace to change it)")
+        raise UserError(
+            f"a teacher named {args.name!r} already exists (use --replace to change it)"
+        )
     if args.api_key_stdin:
         # Store the key first: if the keyring fails, nothing is added.
         secrets.store_key(args.name, read_secret_from_stdin())
     ws.add_teacher(teacher, replace=args.replace)
-    where = {"keyring": "key in the OS keyring", "env": f"key from ${args.api_key_env}", "none": "no key"}
-    print(f"added teacher {args.name!r}: {teacher.model} at {teacher.base_url} ({where[key_source]})")
+    where = {
+        "keyring": "key in the OS keyring",
+        "env": f"key from ${args.api_key_env}",
+        "none": "no key",
+    }
+    print(
+        f"added teacher {args.name!r}: {teacher.model} at {teacher.base_url} ({where[key_source]})"
+    )
     return 0
 
 
@@ -92,7 +129,9 @@ def cmd_list(args: argparse.Namespace, ctx) -> int:
         ctx.print_json([t.to_dict() for t in teachers])
         return 0
     if not teachers:
-        print("no teachers yet: add one with `kdstudio teacher add NAME --base-url URL --model MODEL`")
+        print(
+            "no teachers yet: add one with `kdstudio teacher add NAME --base-url URL --model MODEL`"
+        )
         return 0
     rows = []
     for t in teachers:
@@ -124,11 +163,15 @@ def cmd_add_local(args: argparse.Namespace, ctx) -> int:
     if not path.is_dir():
         raise UserError(f"--path {args.path}: no such folder")
     if not (path / "config.json").is_file():
-        raise UserError(f"--path {path}: no config.json there (expected a Hugging Face model folder)")
+        raise UserError(
+            f"--path {path}: no config.json there (expected a Hugging Face model folder)"
+        )
     teacher = TeacherConfig(name=args.name, kind="local", path=str(path), model=path.name)
     ws = ctx.ws
     if not args.replace and args.name in ws.teacher_names():
-        raise UserError(f"a teacher named {args.name!r} already exists (use --replace to change it)")
+        raise UserError(
+            f"a teacher named {args.name!r} already exists (use --replace to change it)"
+        )
     ws.add_teacher(teacher, replace=args.replace)
     print(f"added local teacher {args.name!r}: {path}")
     return 0
@@ -147,5 +190,9 @@ def cmd_probe(args: argparse.Namespace, ctx) -> int:
         ctx.print_json(caps)
     else:
         ctx.print_table(["CHECK", "RESULT"], [list(r) for r in summary_lines(caps)])
-    ok = caps.get("reachable") and caps.get("auth") != "rejected" and caps.get("model_exists") is not False
+    ok = (
+        caps.get("reachable")
+        and caps.get("auth") != "rejected"
+        and caps.get("model_exists") is not False
+    )
     return 0 if ok else 1

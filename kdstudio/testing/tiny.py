@@ -23,7 +23,9 @@ DEFAULT_TEXT = [
 ]
 
 
-def make_tokenizer(out_dir: str | Path, texts: Iterable[str] = (), *, vocab_size: int = 512) -> Path:
+def make_tokenizer(
+    out_dir: str | Path, texts: Iterable[str] = (), *, vocab_size: int = 512
+) -> Path:
     """Train a byte-level BPE tokenizer on `texts` and save it as a transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
