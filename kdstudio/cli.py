@@ -13,14 +13,19 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdstudio import __version__
 from kdstudio.errors import Cancelled, KdError, UserError
+from kdstudio.events import CancelToken
 
 COMMAND_MODULES = [
     "kdstudio.commands.teacher",
@@ -128,6 +133,28 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ctx._ws is not None:
             ctx._ws.close()
+
+
+@contextmanager
+def stop_on_signals(cancel: CancelToken, message: str) -> Iterator[None]:
+    """While a job runs: the first Ctrl-C (or SIGTERM) cancels it cleanly, saying `message`
+    (the job finishes its step, row or batch and saves); a second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if cancel.cancelled and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        cancel.cancel("stopped by Ctrl-C" if signum == signal.SIGINT else "stopped by SIGTERM")
+        print(f"\nkdstudio: stopping: {message}; Ctrl-C again to quit now", file=sys.stderr)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def read_secret_from_stdin(what: str = "API key") -> str:

@@ -52,7 +52,7 @@ from kdstudio.outputs import (
     insert_response,
     prompt_messages,
 )
-from kdstudio.workspace import Workspace
+from kdstudio.workspace import Workspace, pid_alive
 
 MAX_RETRY_AFTER_S = 120.0
 MAX_RATE_LIMITED = 1000  # 429s of one row before it fails (they do not use up max_retries)
@@ -337,7 +337,7 @@ class Collection:
             and row["pid"] != os.getpid()
             and (row["heartbeat"] or 0) > time.time() - STALE_AFTER_S
         ):
-            alive = row["host"] != host or _pid_alive(row["pid"])
+            alive = row["host"] != host or pid_alive(row["pid"])
             if alive:
                 raise UserError(
                     f"collection {self.name!r} is being collected by process {row['pid']} on "
@@ -508,16 +508,6 @@ def _folder_fingerprint(path: str | None) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def interrupted_collections(ws: Workspace) -> list[outputs.CollectionInfo]:
     """Collections a run left unfinished, to offer for resume when a workspace opens.
 
@@ -531,7 +521,7 @@ def interrupted_collections(ws: Workspace) -> list[outputs.CollectionInfo]:
         if row["status"] == "running":
             stale = (row["heartbeat"] or 0) < time.time() - STALE_AFTER_S
             here = row["host"] == socket.gethostname()
-            dead = here and row["pid"] and not _pid_alive(row["pid"])
+            dead = here and row["pid"] and not pid_alive(row["pid"])
             if row["pid"] and not (stale or dead):
                 continue
         elif row["status"] not in ("cancelled", "incomplete", "stopped", "failed"):

@@ -276,6 +276,17 @@ class Workspace:
         )
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine is alive (jobs record pid + host to detect crashes)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
+
+
 def _split_sql(script: str) -> list[str]:
     """Split a migration script into statements (complete_statement keeps triggers whole)."""
     statements, buf = [], ""

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kdstudio.cli import stop_on_signals
 from kdstudio.errors import UserError
 
 
@@ -190,32 +189,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-@contextmanager
-def ctrl_c_cancels(cancel: Any):
-    """First Ctrl-C: cancel (finish what is in flight, store it); second: stop at once."""
-
-    def handler(signum: int, frame: Any) -> None:
-        if cancel.cancelled:
-            raise KeyboardInterrupt
-        cancel.cancel("stopped by Ctrl-C")
-        import sys
-
-        print(
-            "\nstopping: waiting for the requests in flight (Ctrl-C again to quit now)",
-            file=sys.stderr,
-        )
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def cmd_collect(args: argparse.Namespace, ctx) -> int:
     from kdstudio.collect import collect, estimate_cost
     from kdstudio.events import CancelToken, ConsoleSink, FanoutSink, StoreSink
@@ -231,7 +204,7 @@ def cmd_collect(args: argparse.Namespace, ctx) -> int:
         return 0
     cancel = CancelToken()
     sink = FanoutSink([ConsoleSink(), StoreSink(ws, "collect", config.collection_name())])
-    with ctrl_c_cancels(cancel):
+    with stop_on_signals(cancel, "waiting for the requests in flight and storing them"):
         summary = collect(config, ws, sink, cancel)
     if args.json:
         ctx.print_json(summary.to_dict())

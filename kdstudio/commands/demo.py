@@ -93,7 +93,7 @@ def cmd_demo(args: argparse.Namespace, ctx: Any) -> int:
 def run_headless(args: argparse.Namespace, ctx: Any, path: Path) -> int:
     # Before torch loads: idle OpenMP threads sleep instead of spinning on a busy machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from kdstudio.commands.train import _stop_on_signals
+    from kdstudio.cli import stop_on_signals
     from kdstudio.demo import Demo
     from kdstudio.events import CancelToken, ConsoleSink
     from kdstudio.workspace import Workspace
@@ -103,7 +103,7 @@ def run_headless(args: argparse.Namespace, ctx: Any, path: Path) -> int:
     sink = ConsoleSink(quiet=args.json)
     print(f"kdstudio demo: workspace {path}", file=sys.stderr)
     demo = Demo(ws, make_plan(args), sink, cancel, threads=args.threads or None)
-    with _stop_on_signals(cancel):
+    with stop_on_signals(cancel, "after the current step (what is done is kept)"):
         try:
             result = demo.run()
         except Cancelled as exc:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
-import sys
-import threading
 from contextlib import contextmanager
 from typing import Any
+
+from kdstudio.cli import stop_on_signals
 
 SHOW_DEFAULT = 3
 
@@ -62,27 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 @contextmanager
-def _stop_on_ctrl_c(cancel: Any, what: str) -> Any:
-    """First Ctrl-C/SIGTERM: stop after the current batch; a second Ctrl-C: KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if cancel.cancelled and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        cancel.cancel("stopped by Ctrl-C" if signum == signal.SIGINT else "stopped by SIGTERM")
-        print(f"\nkdstudio: stopping {what}; Ctrl-C again to abort", file=sys.stderr)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@contextmanager
 def _flags_in_messages(section: str) -> Any:
     """Config errors name the command-line flag (`--max-new-tokens`), not `eval.max_new_tokens`."""
     from kdstudio.errors import ConfigError
@@ -119,7 +97,7 @@ def cmd_eval(args: argparse.Namespace, ctx) -> int:
             device=args.device,
         )
     cancel = CancelToken()
-    with _stop_on_ctrl_c(cancel, "after this batch (what is done is saved)"):
+    with stop_on_signals(cancel, "after this batch (what is done is saved)"):
         result = evaluate(config, ctx.ws, ConsoleSink(quiet=args.json), cancel)
     items = eval_items(ctx.ws, result.id)
     if args.json:
@@ -157,7 +135,7 @@ def cmd_export(args: argparse.Namespace, ctx) -> int:
             run=args.run, out=args.out, checkpoint=args.checkpoint, merge_lora=args.merge_lora
         )
     cancel = CancelToken()
-    with _stop_on_ctrl_c(cancel, "the export (nothing will be left half-written)"):
+    with stop_on_signals(cancel, "the export (nothing will be left half-written)"):
         result = export(config, ctx.ws, ConsoleSink(quiet=args.json), cancel)
     if args.json:
         ctx.print_json(result.to_dict())

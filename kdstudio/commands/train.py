@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import signal
 import sys
-from contextlib import contextmanager
 from typing import Any
 
+from kdstudio.cli import stop_on_signals
 from kdstudio.errors import Cancelled, UserError
 
 
@@ -64,32 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     pv.set_defaults(func=cmd_preview)
 
 
-@contextmanager
-def _stop_on_signals(cancel: Any) -> Any:
-    """First Ctrl-C/SIGTERM: stop after this step; a second Ctrl-C: KeyboardInterrupt."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if cancel.cancelled and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        cancel.cancel("stopped by Ctrl-C" if signum == signal.SIGINT else "stopped by SIGTERM")
-        print(
-            "\nkdstudio: stopping after this step (saving a checkpoint); Ctrl-C again to abort",
-            file=sys.stderr,
-        )
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def cmd_train(args: argparse.Namespace, ctx) -> int:
     from kdstudio.distill.config import load_config
     from kdstudio.distill.trainer import Trainer
@@ -106,7 +79,7 @@ def cmd_train(args: argparse.Namespace, ctx) -> int:
         trainer = Trainer.for_resume(ctx.ws, args.resume, sink, cancel)
     else:
         trainer = Trainer(load_config(args.config, args.set), ctx.ws, sink, cancel)
-    with _stop_on_signals(cancel):
+    with stop_on_signals(cancel, "after this step (saving a checkpoint)"):
         try:
             trainer.setup()
             result = trainer.train()

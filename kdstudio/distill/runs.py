@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdstudio.errors import NotFound, UserError
+from kdstudio.workspace import pid_alive
 
 if TYPE_CHECKING:
     from kdstudio.distill.config import TrainConfig
@@ -57,16 +58,6 @@ class Run:
         return dict(self.__dict__)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def effective_status(row: dict[str, Any], now: float | None = None) -> str:
     """`running` becomes `interrupted` when its process is dead or silent for too long."""
     status = row["status"]
@@ -75,7 +66,7 @@ def effective_status(row: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     if row.get("host") == socket.gethostname() and row.get("pid"):
         # on this machine the process itself answers (a long save may pause the heartbeat)
-        return status if _process_alive(int(row["pid"])) else "interrupted"
+        return status if pid_alive(int(row["pid"])) else "interrupted"
     if row.get("heartbeat") is not None and now - row["heartbeat"] > STALE_AFTER_S:
         return "interrupted"
     return status
