@@ -182,9 +182,10 @@ def open_studio(args: argparse.Namespace, path: Path) -> int:
 
 
 def _run_app(path: Path) -> int:
+    from kdstudio.demo import STUDENT
     from kdstudio.gui.app import run_app
 
-    return run_app(path)
+    return run_app(path, start_panel="runs", select_run=STUDENT)
 
 
 def stop_child(child: subprocess.Popen, timeout: float = CHILD_STOP_TIMEOUT_S) -> int | None:

@@ -73,8 +73,17 @@ def resolve_workspace(workspace_path: str | Path | None) -> Path:
     return default_path()
 
 
-def run_app(workspace_path: str | Path | None = None) -> int:
-    """Open the studio window on a workspace and run until it closes; the exit code."""
+def run_app(
+    workspace_path: str | Path | None = None,
+    *,
+    start_panel: str | None = None,
+    select_run: str | None = None,
+) -> int:
+    """Open the studio window on a workspace and run until it closes; the exit code.
+
+    `start_panel` ("runs", "train", ...) is shown first; `select_run` is selected in Runs,
+    with its latest evaluation when it has one (the demo opens on its result).
+    """
     app = create_app()
     from kdstudio.errors import UserError
     from kdstudio.gui.main_window import MainWindow
@@ -88,5 +97,11 @@ def run_app(workspace_path: str | Path | None = None) -> int:
         window.message.show_message(
             f"Could not open the workspace: {exc}", "error", action="Open another…"
         )
+    if start_panel in window.panels:
+        panel = window.show_panel(start_panel)
+        if select_run and hasattr(panel, "select_run"):
+            panel.select_run(select_run)
+            if start_panel == "runs" and panel.eval_box.count() and panel.eval_box.currentData():
+                panel.tabs.setCurrentIndex(1)  # the evaluation: before / after / teacher
     window.show()
     return app.exec()
