@@ -481,12 +481,6 @@ _ORDERS = {
 }
 
 
-def _fts_query(text: str) -> str:
-    """User text -> an FTS5 query of quoted terms (all must match), so no syntax errors."""
-    terms = [t.replace('"', '""') for t in text.split() if t.strip()]
-    return " ".join(f'"{t}"' for t in terms)
-
-
 def _where(cid: int, f: ItemFilter) -> tuple[str, list[Any]]:
     clauses, params = ["ci.collection_id = ?"], [cid]
     if f.status:
@@ -511,8 +505,10 @@ def _where(cid: int, f: ItemFilter) -> tuple[str, list[Any]]:
     if f.max_confidence is not None:
         clauses.append("r.mean_logprob <= ?")
         params.append(math.log(max(f.max_confidence, 1e-30)))
-    if f.search and _fts_query(f.search):
-        q = _fts_query(f.search)
+    from kdstudio.data.store import fts_query  # one query syntax for every search box
+
+    q = fts_query(f.search) if f.search else None
+    if q:
         like = f"%{f.search}%"
         clauses.append(
             "(r.id IN (SELECT rowid FROM response_fts WHERE response_fts MATCH ?)"

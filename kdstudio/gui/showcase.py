@@ -98,7 +98,7 @@ def take_screenshots(out: Path, root: Path, *, log=print) -> list[Path]:
     from kdstudio.workspace import Workspace
 
     app = prepare_app(root / "settings")
-    os.environ[KEY_ENV] = "sk-showcase-not-a-real-key"
+    os.environ[KEY_ENV] = "sk-showcase-fake-key-for-screenshots"
     server = OpenAIServer(latency=0.03, api_key=os.environ[KEY_ENV]).start()
     ws = Workspace.open(root / "ws")
     ws.add_teacher(
