@@ -170,10 +170,12 @@ def main(argv: list[str] | None = None) -> None:
                 Row(f"{name}, chunk {size}", f"{res['peak_mb']:.0f} MB",
                     f"{naive['peak_mb']:.0f} MB (naive full logits)",
                     f"{res['peak_mb'] / naive['peak_mb']:.2f}x",
-                    f"<= {TARGET_RATIO:.2f}x" if name.startswith("fused") else "")
+                    f"<= {TARGET_RATIO:.2f}x" if name.startswith("fused") and size == "512" else "")
                 for name, size, res in rows[1:]
             ],
             reference="the naive loss over full fp32 logits, measured in the same run",
+            notes=["the target is for the trainer's default chunk (distill.chunk_size = 512); "
+                   "the other chunk sizes are shown for comparison"],
         )  # fmt: skip
 
 
