@@ -228,8 +228,8 @@ class ConsoleSink:
 
     def progress_text(self, ev: Progress) -> str:
         now = ev.t
-        if self._start is None:
-            self._start = now
+        if self._start is None or (ev.done == 0 and not self._bar_shown):
+            self._start = now  # a new job (or its first event): rate and ETA count from here
         elapsed = max(now - self._start, 1e-9)
         parts = []
         if ev.total:
@@ -273,9 +273,11 @@ class ConsoleSink:
             if event.status != "done":
                 self._row_problem(event)
         elif isinstance(event, Finished):
+            self._start = None  # the next job's progress starts its own clock
             self._problem_summary()
             self._line(event.message or "done")
         elif isinstance(event, Failed):
+            self._start = None
             self._problem_summary()
             self._line(("stopped: " if event.cancelled else "error: ") + event.message)
 

@@ -73,3 +73,14 @@ def test_console_sink_counts_a_problem_repeated_on_many_rows_instead_of_flooding
     assert "60 rows in all: failed: HTTP 404: no such model" in lines
     assert "row 61: failed: HTTP 400: context too long" in lines
     assert lines[-1] == "collection done"
+
+
+def test_console_sink_starts_a_new_clock_for_each_job_it_reports():
+    out = io.StringIO()
+    sink = ev.ConsoleSink(out)
+    sink.emit(ev.Progress(done=0, total=10, unit="step", t=0.0))
+    sink.emit(ev.Progress(done=10, total=10, unit="step", t=10.0))
+    sink.emit(ev.Finished("first job done", t=10.0))
+    sink.emit(ev.Progress(done=0, total=4, unit="row", t=500.0))
+    sink.emit(ev.Progress(done=4, total=4, unit="row", t=502.0))
+    assert "2.0/s" in out.getvalue().splitlines()[-1], "the second job's rate ignores the first"
