@@ -323,3 +323,29 @@ def test_loss_legend_lists_total_ce_kd_whatever_order_the_history_loads_in(qtbot
     loss = board.plot_for("loss")
     assert [label.text for _, label in loss.legend.items] == ["total", "CE", "KD"]
     assert loss.legend.isVisible() and not board.plot_for("lr").legend.isVisible()
+
+
+def test_plot_board_keeps_its_redraws_within_a_share_of_the_gui_thread(qtbot):
+    import time
+
+    from kdstudio.gui import plots
+
+    board = plots.PlotBoard()
+    qtbot.addWidget(board)
+    board.timer.stop()  # drive refresh() by hand
+    board.add_metrics(1, {"loss": 2.0})
+    before = time.perf_counter()
+    board.refresh()
+    cost = board.last_redraw_s
+    assert cost > 0 and board.plot_for("loss").point_count() == 1
+    drawn_at = board._next_redraw
+    assert drawn_at >= before + plots.REDRAW_BUDGET_FACTOR * cost
+    board.add_metrics(2, {"loss": 1.5})
+    board.refresh()  # too soon after an expensive redraw: skipped, the data waits
+    assert board._next_redraw == drawn_at
+    x, _ = board.plot_for("loss").series[next(iter(board.plot_for("loss").series))].curve.getData()
+    assert len(x) == 1
+    time.sleep(max(0.0, drawn_at - time.perf_counter()) + 0.01)
+    board.refresh()
+    x, _ = board.plot_for("loss").series[next(iter(board.plot_for("loss").series))].curve.getData()
+    assert len(x) == 2
