@@ -12,18 +12,9 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def window(qtbot, ws, tmp_path):
-    from kdstudio.gui.main_window import MainWindow
-    from kdstudio.gui.testing import prepare_app
+    from kdstudio.gui.testing import studio_window
 
-    prepare_app(tmp_path / "settings")
-    win = MainWindow(ws)
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    from kdstudio.gui import errors, workers
-
-    workers.stop_all(10)
-    errors.uninstall()
+    yield from studio_window(qtbot, ws, tmp_path / "settings")
 
 
 def test_window_opens_every_panel_on_the_workspace(window, ws):

@@ -15,18 +15,9 @@ KEY_ENV = "KDSTUDIO_GUI_TEST_KEY"
 
 @pytest.fixture
 def window(qtbot, ws, tmp_path):
-    from kdstudio.gui import errors, workers
-    from kdstudio.gui.main_window import MainWindow
-    from kdstudio.gui.testing import prepare_app
+    from kdstudio.gui.testing import studio_window
 
-    prepare_app(tmp_path / "settings")
-    win = MainWindow(ws)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    yield win
-    workers.stop_all(30)
-    errors.uninstall()
+    yield from studio_window(qtbot, ws, tmp_path / "settings", size=(1200, 800))
 
 
 @pytest.fixture

@@ -46,17 +46,9 @@ def trained_ws(ws, tmp_path):
 
 @pytest.fixture
 def window(qtbot, trained_ws, tmp_path):
-    from kdstudio.gui import errors, workers
-    from kdstudio.gui.main_window import MainWindow
-    from kdstudio.gui.testing import prepare_app
+    from kdstudio.gui.testing import studio_window
 
-    prepare_app(tmp_path / "settings")
-    win = MainWindow(trained_ws)
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    workers.stop_all(60)
-    errors.uninstall()
+    yield from studio_window(qtbot, trained_ws, tmp_path / "settings")
 
 
 def fill_form(panel, student, *, steps, name):

@@ -54,3 +54,20 @@ def tiny_student(root: str | Path) -> Path:
     texts = [f"What is {a} + {b}? The answer is {a + b}." for a in range(10) for b in range(10)]
     tok = make_tokenizer(root / "tok", texts, vocab_size=400)
     return make_model(root / "student", tok, layers=2, hidden=32)
+
+
+def studio_window(qtbot, ws, settings_dir: str | Path, *, size: tuple[int, int] | None = None):
+    """Fixture body for GUI tests: a shown MainWindow on `ws`; on teardown its jobs are
+    stopped (bounded) and the error hooks put back. Use with `yield from`."""
+    from kdstudio.gui import errors, workers
+    from kdstudio.gui.main_window import MainWindow
+
+    prepare_app(settings_dir)
+    win = MainWindow(ws)
+    qtbot.addWidget(win)
+    if size:
+        win.resize(*size)
+    win.show()
+    yield win
+    workers.stop_all(60)
+    errors.uninstall()

@@ -9,6 +9,7 @@ import traceback
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QApplication,
     QDialog,
     QDialogButtonBox,
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSizePolicy,
+    QTableView,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -178,6 +180,23 @@ def fmt_number(x: float | None) -> str:
     if isinstance(x, int) or float(x).is_integer() and abs(x) < 1e9:
         return f"{int(x):,}"
     return f"{x:.4g}"
+
+
+Selection = QAbstractItemView.SelectionMode
+
+
+def row_table(
+    model, selection: QAbstractItemView.SelectionMode = Selection.SingleSelection
+) -> QTableView:
+    """A table of records as every panel shows them: whole rows, compact, no row numbers."""
+    table = QTableView()
+    table.setModel(model)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.setSelectionMode(selection)
+    table.verticalHeader().hide()
+    table.verticalHeader().setDefaultSectionSize(22)
+    table.setWordWrap(False)
+    return table
 
 
 def heading(text: str) -> QLabel:

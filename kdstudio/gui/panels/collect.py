@@ -12,7 +12,6 @@ from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QHBoxLayout,
     QHeaderView,
@@ -21,7 +20,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSplitter,
-    QTableView,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -42,7 +40,7 @@ from kdstudio.events import Warning as WarningEvent
 from kdstudio.gui.config_form import SectionForm
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, ListTableModel
-from kdstudio.gui.widgets import Card, fmt_duration, fmt_usd, hint
+from kdstudio.gui.widgets import Card, Selection, fmt_duration, fmt_usd, hint, row_table
 from kdstudio.gui.workers import ErrorInfo, Job
 
 MAIN_FIELDS = (
@@ -191,12 +189,7 @@ class CollectPanel(Panel):
         prog_card.body.addLayout(states)
 
         self.failures = ListTableModel(FAILURE_COLUMNS)
-        self.failure_table = QTableView()
-        self.failure_table.setModel(self.failures)
-        self.failure_table.verticalHeader().hide()
-        self.failure_table.verticalHeader().setDefaultSectionSize(22)
-        self.failure_table.setWordWrap(False)
-        self.failure_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.failure_table = row_table(self.failures, Selection.ExtendedSelection)
         self.failure_table.horizontalHeader().setStretchLastSection(True)
         self.failure_table.horizontalHeader().setSectionResizeMode(
             0, QHeaderView.ResizeMode.ResizeToContents

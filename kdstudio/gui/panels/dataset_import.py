@@ -13,7 +13,6 @@ from typing import Any
 
 from PySide6.QtCore import QTimer, Signal, Slot
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDialog,
@@ -25,7 +24,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QProgressBar,
-    QTableView,
     QVBoxLayout,
 )
 
@@ -36,7 +34,7 @@ from kdstudio.data.schema import RowError, converter, detect, normalize_mapping
 from kdstudio.errors import UserError
 from kdstudio.events import Progress
 from kdstudio.gui.table_models import Column, ListTableModel
-from kdstudio.gui.widgets import MessageBar, hint
+from kdstudio.gui.widgets import MessageBar, Selection, hint, row_table
 from kdstudio.gui.workers import ErrorInfo, Job
 from kdstudio.workspace import Workspace
 
@@ -164,12 +162,7 @@ class ImportDialog(QDialog):
         form.addRow("", self.skip_bad)
         form.addRow("", self.dedupe)
         self.model = ListTableModel(PREVIEW_COLUMNS)
-        self.table = QTableView()
-        self.table.setModel(self.model)
-        self.table.verticalHeader().hide()
-        self.table.verticalHeader().setDefaultSectionSize(22)
-        self.table.setWordWrap(False)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.table = row_table(self.model, Selection.NoSelection)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.table.horizontalHeader().setStretchLastSection(True)
         for i, w in enumerate((50, 120, 420, 50)):

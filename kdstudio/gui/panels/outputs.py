@@ -7,7 +7,6 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -20,7 +19,6 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QSplitter,
     QStackedWidget,
-    QTableView,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -30,7 +28,7 @@ from kdstudio import outputs
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, LazyTableModel
 from kdstudio.gui.tokenview import TokenView
-from kdstudio.gui.widgets import escape, fmt_count, fmt_usd, heading, hint
+from kdstudio.gui.widgets import Selection, escape, fmt_count, fmt_usd, heading, hint, row_table
 
 STATE_COLOURS = {
     "failed": "#d23c3c",
@@ -133,13 +131,7 @@ class OutputsPanel(Panel):
         filters.addStretch(1)
 
         self.model = LazyTableModel(COLUMNS, page_size=200)
-        self.table = QTableView()
-        self.table.setModel(self.model)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.table.verticalHeader().hide()
-        self.table.verticalHeader().setDefaultSectionSize(22)
-        self.table.setWordWrap(False)
+        self.table = row_table(self.model, Selection.ExtendedSelection)
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)

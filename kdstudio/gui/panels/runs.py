@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -24,7 +23,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QSplitter,
-    QTableView,
     QTabWidget,
     QTextBrowser,
     QVBoxLayout,
@@ -38,7 +36,7 @@ from kdstudio.events import Progress
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
 from kdstudio.gui.table_models import Column, ListTableModel
-from kdstudio.gui.widgets import escape, fmt_time, heading, hint
+from kdstudio.gui.widgets import Selection, escape, fmt_time, heading, hint, row_table
 from kdstudio.gui.workers import ErrorInfo, Job
 
 STATUS_COLOURS = {
@@ -111,13 +109,7 @@ class RunsPanel(Panel):
         self.job: Job | None = None
 
         self.model = ListTableModel(RUN_COLUMNS)
-        self.table = QTableView()
-        self.table.setModel(self.model)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.table.verticalHeader().hide()
-        self.table.verticalHeader().setDefaultSectionSize(22)
-        self.table.setWordWrap(False)
+        self.table = row_table(self.model, Selection.ExtendedSelection)
         self.table.setAlternatingRowColors(True)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.selectionModel().selectionChanged.connect(self.on_selection_changed)
@@ -174,13 +166,7 @@ class RunsPanel(Panel):
         self.summary_view = QTextBrowser()
         self.summary_view.setMinimumHeight(170)
         self.items_model = ListTableModel(EVAL_COLUMNS)
-        self.items_table = QTableView()
-        self.items_table.setModel(self.items_model)
-        self.items_table.verticalHeader().hide()
-        self.items_table.verticalHeader().setDefaultSectionSize(22)
-        self.items_table.setWordWrap(False)
-        self.items_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.items_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.items_table = row_table(self.items_model)
         # Texts share the width (they elide; the panes below show them whole); numbers and
         # their headers ("ROUGE-L before") always fit.
         header = self.items_table.horizontalHeader()
