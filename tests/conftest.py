@@ -17,6 +17,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _python_collects_again_after_a_gui_test():
+    """The studio collects garbage on its GUI thread only (kdstudio.gui.collector); after a
+    GUI test, collect now and give collection back to Python for the tests that follow."""
+    yield
+    collector = sys.modules.get("kdstudio.gui.collector")
+    if collector is not None:
+        collector.uninstall()
+
+
 @pytest.fixture
 def ws(tmp_path):
     """A fresh workspace in a temp folder."""

@@ -137,6 +137,74 @@ def test_job_runs_off_the_gui_thread_and_reports_its_result(qtbot):
     qtbot.waitUntil(lambda: not job.running, timeout=3000)
 
 
+def test_garbage_made_in_a_job_is_collected_on_the_gui_thread_only(qtbot, tmp_path):
+    """A collection in a worker thread can free a Qt object's wrapper there and deadlock
+    the window (PySide6 needs the GIL under Qt's connection lock); the studio collects on
+    its GUI thread instead."""
+    import gc
+    import time
+
+    from kdstudio.gui import collector
+    from kdstudio.gui.testing import prepare_app
+    from kdstudio.gui.workers import Job
+
+    prepare_app(tmp_path / "settings")
+    assert collector.installed() is not None and not gc.isenabled()
+    freed: list[int] = []  # the thread each object was freed on
+
+    class Node:
+        def __init__(self):
+            self.me = self  # a cycle: only the cyclic collector frees it
+
+        def __del__(self):
+            freed.append(threading.get_ident())
+
+    def fn(sink, cancel):
+        for _ in range(20):  # 40k objects, paced as a job makes them: far past gen 0's 700
+            for _ in range(2000):
+                Node()
+            time.sleep(0.01)
+        return threading.get_ident()
+
+    job = Job("garbage", fn)
+    with qtbot.waitSignal(job.succeeded, timeout=30_000) as blocker:
+        job.start()
+    worker = blocker.args[0]
+    qtbot.waitUntil(lambda: len(freed) == 40_000, timeout=10_000)
+    assert set(freed) == {threading.main_thread().ident} and worker not in freed
+    collector.uninstall()
+    assert gc.isenabled()
+
+
+def test_a_burst_of_new_objects_is_frozen_then_freed_by_a_deep_collection_when_idle(
+    qtbot, tmp_path, monkeypatch
+):
+    import gc
+
+    from kdstudio.gui import collector
+    from kdstudio.gui.testing import prepare_app
+
+    prepare_app(tmp_path / "settings")
+    gc_collector = collector.installed()
+    freed: list[int] = []
+
+    class Node:
+        def __init__(self):
+            self.me = self
+
+        def __del__(self):
+            freed.append(1)
+
+    burst = [Node() for _ in range(collector.FREEZE_YOUNG + 1000)]
+    del burst  # garbage now, but one look at it all would stall the window
+    gc_collector.check()
+    assert gc_collector.frozen == 1 and gc.get_freeze_count() > collector.FREEZE_YOUNG
+    assert not freed
+    monkeypatch.setattr(collector, "DEEP_EVERY_S", 0.0)
+    gc_collector.check()  # no job runs: thaw everything and collect it all
+    assert len(freed) == collector.FREEZE_YOUNG + 1000
+
+
 def test_job_stop_cancels_cleanly_and_reports_cancelled(qtbot):
     from kdstudio.gui.workers import Job
 
@@ -228,6 +296,7 @@ def test_plot_keeps_every_peak_of_a_million_points_while_drawing_few(qtbot):
 
     plot = MetricPlot("loss")
     qtbot.addWidget(plot)
+    plot.show()  # a hidden plot draws nothing
     plot.ensure_series("k", "loss", "#4c8bf5")
     xs = np.arange(1_000_000, dtype=float)
     ys = np.zeros_like(xs)
@@ -278,6 +347,7 @@ def test_plot_x_range_follows_a_growing_run_in_steps_until_the_user_zooms(qtbot)
 
     plot = MetricPlot("loss")
     qtbot.addWidget(plot)
+    plot.show()  # a hidden plot draws nothing
     plot.show()
     qtbot.waitExposed(plot)
     plot.ensure_series("k", "loss", "#4c8bf5")

@@ -45,9 +45,10 @@ def create_app(argv: list[str] | None = None, *, install_hooks: bool = True) -> 
 
     pg.setConfigOptions(antialias=True, useNumba=False)
 
-    from kdstudio.gui import errors
+    from kdstudio.gui import collector, errors
 
     errors.install()
+    collector.install()  # garbage is collected on this thread only
     app.aboutToQuit.connect(_stop_workers)
     return app
 

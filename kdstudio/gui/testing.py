@@ -59,7 +59,7 @@ def tiny_student(root: str | Path) -> Path:
 def studio_window(qtbot, ws, settings_dir: str | Path, *, size: tuple[int, int] | None = None):
     """Fixture body for GUI tests: a shown MainWindow on `ws`; on teardown its jobs are
     stopped (bounded) and the error hooks put back. Use with `yield from`."""
-    from kdstudio.gui import errors, workers
+    from kdstudio.gui import collector, errors, workers
     from kdstudio.gui.main_window import MainWindow
 
     prepare_app(settings_dir)
@@ -71,3 +71,4 @@ def studio_window(qtbot, ws, settings_dir: str | Path, *, size: tuple[int, int] 
     yield win
     workers.stop_all(60)
     errors.uninstall()
+    collector.uninstall()
