@@ -1,8 +1,9 @@
 """Live metric plots (pyqtgraph) that stay smooth with the whole run visible.
 
 Each curve is created once. Points go into a numpy buffer that grows by doubling; the
-curve gets `setData` only when it changed, from one ~50 ms timer per board, never per
-incoming point. Nothing is ever dropped (no sliding window): a long curve is drawn through
+curve gets `setData` only when it changed, from one timer per board (~50 ms after new data,
+and within a budget of the GUI thread's CPU, see `PlotBoard.refresh`), never per incoming
+point; a board with nothing new, or hidden behind another tab, does not draw at all. Nothing is ever dropped (no sliding window): a long curve is drawn through
 a peak-preserving level-of-detail pyramid (each bucket's min and max, kept up to date
 incrementally), so a million-point run costs a few thousand drawn points per frame, and
 zooming in brings back full detail. Antialiasing is used only for curves short enough to
@@ -12,17 +13,22 @@ afford it.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QTimer, Slot
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QApplication, QGridLayout, QWidget
+from PySide6.QtWidgets import QApplication, QGraphicsItem, QGridLayout, QWidget
 
 REDRAW_MS = 50
-# A board's redraws take at most 1/REDRAW_BUDGET_FACTOR of the GUI thread's time (5%).
-REDRAW_BUDGET_FACTOR = 20.0
+# A board's data redraws (setData, and the scene updates and paints that follow) take at
+# most 1/REDRAW_BUDGET_FACTOR of the GUI thread's CPU (1%): after a redraw that cost c, the
+# next waits REDRAW_BUDGET_FACTOR x c, but never longer than MAX_REDRAW_WAIT_S.
+REDRAW_BUDGET_FACTOR = 100.0
+MAX_REDRAW_WAIT_S = 2.0
 PALETTE = [
     "#4c8bf5",
     "#e8710a",
@@ -174,6 +180,12 @@ class MetricPlot(pg.PlotWidget):
             ax.setTextPen(pg.mkPen(foreground))
             # Major ticks only: minor grid lines cost most of a frame to rasterise.
             ax.setStyle(maxTickLevel=0)
+            # No "(x1e-3)" prefixes: the tick labels say it, and re-rendering the axis label
+            # (rich text) on every range change was a fair share of a redraw's cost.
+            ax.enableAutoSIPrefix(False)
+            # Replay the axis (ticks, labels, grid) from a pixmap unless its range changed:
+            # re-drawing its text was the largest part of a repaint.
+            ax.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.legend = item.addLegend(
             offset=(-8, 8), labelTextColor=foreground, brush=_legend_brush(background)
         )
@@ -193,11 +205,21 @@ class MetricPlot(pg.PlotWidget):
         self._setting_range = False
         self._place_empty()
         self._range_dirty = False
+        self.on_change: Callable[[], None] | None = None  # the board's: wake its timer
 
     def _on_range_changed(self) -> None:
         if not self._setting_range:  # zoomed or panned (not by _follow_x): stop following,
             self._follow = False  # and redraw the visible part in detail
             self._range_dirty = True
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def pending(self) -> bool:
+        """Whether `refresh()` has something to draw."""
+        return self._range_dirty or any(s.dirty for s in self.series.values())
 
     def _on_resized(self) -> None:
         if self._follow and self._fitted is not None:
@@ -295,15 +317,21 @@ class MetricPlot(pg.PlotWidget):
             return
         series.buffer.append(x, y)
         series.dirty = True
+        self._changed()
 
     def extend(self, key: str, xs: np.ndarray, ys: np.ndarray) -> None:
         series = self.series[key]
         keep = np.isfinite(ys)
         series.buffer.extend(xs[keep], ys[keep])
         series.dirty = True
+        self._changed()
 
     def refresh(self) -> int:
-        """setData on the curves that changed (or all, after a zoom); how many were redrawn."""
+        """setData on the curves that changed (or all, after a zoom); how many were redrawn.
+
+        A hidden plot (another tab) draws nothing; its data waits, still marked changed."""
+        if not self.isVisible():
+            return 0
         vb = self.getPlotItem().getViewBox()
         if vb.state["autoRange"][0]:  # the "A" button or View All: follow the data again
             vb.enableAutoRange(x=False)
@@ -394,6 +422,7 @@ class PlotBoard(QWidget):
             plot = MetricPlot(spec.title, spec.y_label)
             if spec.log_y:
                 plot.getPlotItem().setLogMode(y=True)
+            plot.on_change = self._wake
             self.plots.append(plot)
             grid.addWidget(plot, i // columns, i % columns)
             for j, (name, label) in enumerate(spec.metrics):
@@ -401,12 +430,24 @@ class PlotBoard(QWidget):
         self._runs: dict[str, int] = {}
         self._run_labels: dict[str, str] = {}
         self._methods: dict[str, str] = {}
-        self.timer = QTimer(self)
-        self.timer.setInterval(REDRAW_MS)
+        self.timer = QTimer(self)  # single-shot: armed only while there is data to draw
+        self.timer.setSingleShot(True)
         self.timer.timeout.connect(self.refresh)
-        self.timer.start()
-        self.last_redraw_s = 0.0
-        self._next_redraw = 0.0
+        self.last_redraw_s = 0.0  # the last redraw's GUI-thread CPU, paints included
+        self._next_redraw = 0.0  # perf_counter() time before which no data redraw starts
+        self._charging: tuple[float, float] | None = None  # (when, thread CPU) of a redraw
+
+    def _wake(self) -> None:
+        if not self.timer.isActive():
+            self._arm(time.perf_counter())
+
+    def _arm(self, now: float) -> None:
+        wait = max(REDRAW_MS / 1000, self._next_redraw - now)
+        self.timer.start(max(1, round(wait * 1000)))
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        self._wake()  # hidden plots kept their changes: draw them now
 
     def run_colour(self, run: str) -> str:
         if run not in self._runs:
@@ -458,25 +499,47 @@ class PlotBoard(QWidget):
 
     @Slot()
     def refresh(self) -> None:
-        """Redraw the plots whose data changed, within a budget of the GUI thread's time.
+        """Redraw the plots whose data changed, within a budget of the GUI thread's CPU.
 
-        The timer ticks every REDRAW_MS, but after a redraw that cost `c` seconds (setData and
-        the repaint, measured together) the next waits at least REDRAW_BUDGET_FACTOR x c: the
-        plots' Python painting holds the GIL, so a training loop in a worker thread of this
-        process would otherwise lose that time on every tick.
+        New data arms a single-shot timer (REDRAW_MS). A redraw is `setData` now, then scene
+        updates and paints when the event loop gets to them; everything the GUI thread
+        spends from the redraw to the next tick is charged to it, and the next redraw
+        waits REDRAW_BUDGET_FACTOR x that (at most MAX_REDRAW_WAIT_S). Painting holds the
+        GIL, and on a small machine it takes a core from the training loop, so a run in a
+        worker thread of this process would otherwise lose that time on every tick.
+        Zooming and panning repaint at once; only new data waits. With nothing left to
+        draw, the board does not tick at all.
         """
-        import time
+        now, cpu = time.perf_counter(), time.thread_time()
+        self._settle(cpu)
+        if now >= self._next_redraw:
+            changed = [plot for plot in self.plots if plot.refresh()]
+            if changed:
+                self._charging = (now, cpu)
+                self.last_redraw_s = time.thread_time() - cpu  # setData only, until settled
+                self._next_redraw = now + min(
+                    REDRAW_BUDGET_FACTOR * self.last_redraw_s, MAX_REDRAW_WAIT_S
+                )
+                self.timer.start(REDRAW_MS)  # the tick that settles this redraw's cost
+                return
+        if any(plot.pending() and plot.isVisible() for plot in self.plots):
+            self._arm(now)
 
-        t0 = time.perf_counter()
-        if t0 < self._next_redraw:
-            return
-        changed = [plot for plot in self.plots if plot.refresh()]
-        for plot in changed:
-            plot.repaint()  # paint now, so its cost is measured (it would be paid anyway)
-        cost = time.perf_counter() - t0
-        if changed:
-            self.last_redraw_s = cost
-            self._next_redraw = t0 + REDRAW_BUDGET_FACTOR * cost
+    def _settle(self, cpu: float) -> None:
+        """If the previous tick redrew, charge it what the GUI thread spent since."""
+        if self._charging is not None:
+            at, cpu0 = self._charging
+            self._charging = None
+            self.last_redraw_s = cpu - cpu0
+            self._next_redraw = at + min(
+                REDRAW_BUDGET_FACTOR * self.last_redraw_s, MAX_REDRAW_WAIT_S
+            )
+
+    def flush(self) -> None:
+        """Draw whatever is pending now, budget or not (a run's last points)."""
+        self._settle(time.thread_time())
+        self._next_redraw = 0.0
+        self.refresh()
 
     def clear(self) -> None:
         for plot in self.plots:

@@ -157,13 +157,15 @@ class Job(QObject):
     cancelled = Signal(str)
     ended = Signal()
 
-    def __init__(self, name: str, fn: JobFn, *, background: bool = False) -> None:
+    def __init__(
+        self, name: str, fn: JobFn, *, background: bool = False, progress_hz: float = 20.0
+    ) -> None:
         # No Qt parent: a running job keeps itself alive (in _KEEP) until its thread ends,
         # even when the panel that started it goes away.
         super().__init__()
         self.name = name
         self.background = background  # a quick helper (keyring probe): never blocks quitting
-        self.sink = QtSink(self)
+        self.sink = QtSink(self, progress_hz=progress_hz)
         self.cancel_token = CancelToken()
         self.thread = QThread()
         self.thread.setObjectName(f"job-{name}")

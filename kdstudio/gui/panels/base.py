@@ -54,8 +54,10 @@ class Panel(QWidget):
         """Re-read what the panel shows from the workspace (cheap; called on tab switch)."""
 
     # -- jobs ----------------------------------------------------------------------------
-    def start_job(self, name: str, fn: JobFn, *, background: bool = False) -> Job:
-        job = Job(name, fn, background=background)
+    def start_job(
+        self, name: str, fn: JobFn, *, background: bool = False, progress_hz: float = 20.0
+    ) -> Job:
+        job = Job(name, fn, background=background, progress_hz=progress_hz)
         self.jobs = [j for j in self.jobs if j.running]
         self.jobs.append(job)
         job.errored.connect(self.on_job_errored)
