@@ -312,6 +312,22 @@ def test_plot_keeps_every_peak_of_a_million_points_while_drawing_few(qtbot):
     assert 1000 <= len(curve.xData) <= 1010  # zoomed in: every point
 
 
+def test_an_empty_plot_shows_no_made_up_tick_values(qtbot):
+    from kdstudio.gui.plots import MetricPlot
+
+    plot = MetricPlot("GPU memory")
+    qtbot.addWidget(plot)
+    plot.show()
+    left = plot.getPlotItem().getAxis("left")
+    assert plot.empty.isVisible() and not left.style["showValues"]
+    plot.ensure_series("k", "GiB", "#4c8bf5")
+    plot.append("k", 1.0, 2.0)
+    plot.refresh()
+    assert not plot.empty.isVisible() and left.style["showValues"]
+    plot.clear_series()
+    assert plot.empty.isVisible() and not left.style["showValues"]
+
+
 def test_an_exception_in_a_plain_background_thread_reaches_the_error_dialog(qtbot, window):
     from PySide6.QtWidgets import QApplication
 

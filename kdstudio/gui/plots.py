@@ -205,6 +205,7 @@ class MetricPlot(pg.PlotWidget):
         self._setting_range = False
         self._place_empty()
         self._range_dirty = False
+        self._set_empty(True)
         self.on_change: Callable[[], None] | None = None  # the board's: wake its timer
 
     def _on_range_changed(self) -> None:
@@ -282,6 +283,15 @@ class MetricPlot(pg.PlotWidget):
         self.legend.setBrush(_legend_brush(background))
         self.legend.setLabelTextColor(foreground)
 
+    def _set_empty(self, empty: bool) -> None:
+        """An empty plot says so, with no made-up tick values (0.2 ... 0.8) on its axes."""
+        if getattr(self, "_is_empty", None) == empty:
+            return  # restyling an axis re-renders it: only on a change
+        self._is_empty = empty
+        self.empty.setVisible(empty)
+        for axis in ("left", "bottom"):
+            self.getPlotItem().getAxis(axis).setStyle(showValues=not empty)
+
     def _place_empty(self) -> None:
         rect = self.getPlotItem().getViewBox().boundingRect()
         self.empty.setPos(rect.center())
@@ -354,7 +364,7 @@ class MetricPlot(pg.PlotWidget):
         if redrawn:
             if self._follow:
                 self._follow_x()
-            self.empty.setVisible(self.point_count() == 0)
+            self._set_empty(self.point_count() == 0)
         return redrawn
 
     def point_count(self) -> int:
@@ -367,7 +377,7 @@ class MetricPlot(pg.PlotWidget):
         self.legend.clear()
         self.legend.setVisible(False)
         self._follow, self._fitted = True, None
-        self.empty.setVisible(True)
+        self._set_empty(True)
 
 
 @dataclass(frozen=True)
