@@ -410,7 +410,7 @@ def main() -> int:
             f"training {steps} steps (hidden {hidden}, 4 layers, device {args.device}) ...",
             file=sys.stderr,
         )
-        pairs = args.pairs or (1 if args.quick else 3)
+        pairs = args.pairs or (1 if args.quick else 5)
         tr = bench_training(app, window, ws, student, steps, args.device, pairs)
         print(f"collecting {rows} prompts at concurrency 64 ...", file=sys.stderr)
         co = bench_collecting(app, window, ws, rows)
