@@ -33,9 +33,11 @@ import math
 import os
 import random
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -358,6 +360,31 @@ class Collection:
 
     def heartbeat(self) -> None:
         self.ws.db.execute("UPDATE collections SET heartbeat=? WHERE id=?", (time.time(), self.id))
+
+    @contextmanager
+    def beating(self, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+        """Keep the heartbeat fresh from a helper thread (its own connection) while a long
+        call holds this one: a local model's generate can take longer than STALE_AFTER_S,
+        and another process must not take the collection over meanwhile."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            con = self.ws.connect()
+            try:
+                while not stop.wait(every_s):
+                    con.execute(
+                        "UPDATE collections SET heartbeat=? WHERE id=?", (time.time(), self.id)
+                    )
+            finally:
+                con.close()
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{self.name}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def release(self, status: str, message: str | None) -> None:
         self.ws.db.execute(

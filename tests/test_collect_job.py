@@ -360,3 +360,22 @@ def test_probe_names_the_models_an_endpoint_serves_when_the_model_is_wrong(ws, s
     rows = dict(summary_lines(probe(teacher, KEY)))
     assert rows["model exists"] == "no"
     assert rows["models served"].startswith("teacher-1")
+
+
+def test_heartbeat_stays_fresh_while_a_long_call_holds_the_collector(ws, server):
+    """A local model's generate can outlast STALE_AFTER_S; a helper keeps the claim alive."""
+    import time
+
+    from kdstudio.collect import Collection
+
+    make_prompts(ws, n=2)
+    add_teacher(ws, server)
+    collect(cfg(), ws)
+    col = Collection(cfg(), ws)
+    col.id = ws.query_one("SELECT id FROM collections WHERE name=?", (col.name,))[0]
+    ws.db.execute("UPDATE collections SET heartbeat=0 WHERE id=?", (col.id,))
+    with col.beating(every_s=0.05):
+        time.sleep(0.3)  # this thread is busy (a generate call); it writes nothing
+        beat = ws.query_one("SELECT heartbeat FROM collections WHERE id=?", (col.id,))[0]
+    assert beat > time.time() - 5
+    assert not [t for t in threading.enumerate() if t.name.startswith("heartbeat-")]

@@ -60,3 +60,30 @@ def test_missing_prompt_column_and_bad_map_exit_2(run_cli, tmp_path):
     done = run_cli("data", "import", str(src), "--map", "prompt=Frage", "--map", "response=Antwort")
     assert done.returncode == 0, done.stderr
     assert run_cli("data", "show", "missing").returncode == 2
+
+
+def test_derive_a_subset_through_the_cli(run_cli, tmp_path):
+    src = tmp_path / "q.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"prompt": f"{'cats' if i % 2 else 'dogs'} question {i}"}) + "\n"
+            for i in range(10)
+        )
+    )
+    assert run_cli("data", "import", str(src)).returncode == 0
+    done = run_cli("data", "derive", "q", "cats", "--search", "cats", "--drop-rows", "1,7-9")
+    assert done.returncode == 0, done.stderr
+    assert "dataset 'cats': 2 rows derived from 'q'" in done.stdout
+    doc = json.loads(run_cli("data", "show", "cats", "--json").stdout)
+    assert [r["prompt"] for r in doc["rows"]] == ["cats question 3", "cats question 5"]
+    assert doc["dataset"]["parent"] == "q"
+    picked = json.loads(run_cli("data", "derive", "q", "head", "--rows", "0-2", "--json").stdout)
+    assert picked["n_rows"] == 3 and picked["parent"] == "q"
+
+    bad = run_cli("data", "derive", "q", "x", "--rows", "3-a")
+    assert bad.returncode == 2
+    assert "--rows: '3-a' is not a row number or a range like 10-20" in bad.stderr
+    again = run_cli("data", "derive", "q", "cats")
+    assert again.returncode == 2 and "cats" in again.stderr
+    names = {d["name"] for d in json.loads(run_cli("data", "list", "--json").stdout)}
+    assert names == {"q", "cats", "head"}  # nothing half-made by the refused ones

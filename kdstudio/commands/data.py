@@ -86,6 +86,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     exp.set_defaults(func=cmd_export)
 
+    der = dsub.add_parser(
+        "derive",
+        help="a new dataset from some rows of another (which is not changed)",
+        description="A new dataset made from some of PARENT's rows, linked to it. Rows are "
+        "kept when they are in --rows (all when absent), not in --drop-rows, and match "
+        "--search. Row numbers are those `data show` prints, e.g. 0-99,150.",
+    )
+    der.add_argument("parent")
+    der.add_argument("name")
+    der.add_argument("--rows", metavar="SPEC", help="keep only these rows, e.g. 0-99,150")
+    der.add_argument("--drop-rows", metavar="SPEC", help="leave these rows out, e.g. 3,7-9")
+    der.add_argument(
+        "--search", metavar="TEXT", help="only rows whose prompt or reference has these words"
+    )
+    der.add_argument("--dedupe", action="store_true", help="keep the first of identical rows")
+    der.add_argument("--note", metavar="TEXT", help="a note stored with the new dataset")
+    der.add_argument("--json", action="store_true", help="print one JSON document")
+    der.set_defaults(func=cmd_derive)
+
     rm = dsub.add_parser("remove", help="remove a dataset (refused while a collection uses it)")
     rm.add_argument("name")
     rm.set_defaults(func=cmd_remove)
@@ -239,6 +258,48 @@ def cmd_export(args: argparse.Namespace, ctx) -> int:
     from kdstudio.events import ConsoleSink
 
     export_dataset(ctx.ws, args.name, args.out, args.format, sink=ConsoleSink())
+    return 0
+
+
+def parse_rows(spec: str, option: str) -> list[int]:
+    """Row numbers from "0-99,150": a clear error naming the option and the bad part."""
+    from kdstudio.errors import UserError
+
+    rows: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise UserError(
+                f"{option}: {part!r} is not a row number or a range like 10-20"
+            ) from None
+        if a < 0 or b < a:
+            raise UserError(f"{option}: {part!r} is not a range of row numbers (from <= to)")
+        rows.extend(range(a, b + 1))
+    return rows
+
+
+def cmd_derive(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.data import derive
+
+    info = derive(
+        ctx.ws,
+        args.parent,
+        args.name,
+        keep=parse_rows(args.rows, "--rows") if args.rows else None,
+        drop=parse_rows(args.drop_rows, "--drop-rows") if args.drop_rows else None,
+        search=args.search,
+        dedupe=args.dedupe,
+        note=args.note,
+    )
+    if args.json:
+        ctx.print_json(info.to_dict())
+        return 0
+    print(f"dataset {info.name!r}: {info.n_rows:,} rows derived from {args.parent!r}")
+    print(f"see it with: kdstudio data show {info.name}")
     return 0
 
 

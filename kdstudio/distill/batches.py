@@ -240,6 +240,25 @@ class Dataset:
     def n_examples(self) -> int:
         return len(self.train) + len(self.eval)
 
+    def why_no_train(self, collection: str, max_length: int) -> str:
+        """Why there are no training examples, and what to change (pre-flight and trainer)."""
+        where = f"collection {collection!r} gives no training examples"
+        if self.n_examples:
+            return (
+                f"{where}: its {self.n_examples} usable examples are all held out; lower "
+                "data.eval_fraction"
+            )
+        if self.dropped:
+            return (
+                f"{where}: all {self.dropped} are longer than data.max_length = "
+                f"{max_length} tokens up to their response; raise data.max_length"
+            )
+        skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.items() if n)
+        return (
+            f"{where}: it has no done outputs{f' ({skipped} skipped)' if skipped else ''}; "
+            "collect (or accept) some first"
+        )
+
 
 def build_dataset(
     tok: Any, examples: Iterable[Example], *, max_length: int, eval_fraction: float

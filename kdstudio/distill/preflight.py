@@ -447,7 +447,7 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
             report.dropped, report.skipped = data.dropped, dict(data.skipped)
             report.target_tokens = sum(e.n_target for e in data.train)
             if not data.train:
-                report.errors.append(_no_train_examples(cfg, data))
+                report.errors.append(data.why_no_train(cfg.data.collection, cfg.data.max_length))
             else:
                 o = cfg.optim
                 stream = DataStream([len(e) for e in data.train], o.batch_size, seed=cfg.run.seed)
@@ -516,26 +516,6 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
         else:
             report.checks.append(line)
     return report
-
-
-def _no_train_examples(cfg: TrainConfig, data: Any) -> str:
-    """Why a collection gives no training examples, and what to change."""
-    where = f"collection {cfg.data.collection!r} gives no training examples"
-    if data.n_examples:
-        return (
-            f"{where}: its {data.n_examples} usable examples are all held out; lower "
-            "data.eval_fraction"
-        )
-    if data.dropped:
-        return (
-            f"{where}: all {data.dropped} are longer than data.max_length = "
-            f"{cfg.data.max_length} tokens up to their response; raise data.max_length"
-        )
-    skipped = ", ".join(f"{n} {why}" for why, n in data.skipped.items() if n)
-    return (
-        f"{where}: it has no done outputs{f' ({skipped} skipped)' if skipped else ''}; "
-        "collect (or accept) some first"
-    )
 
 
 def _sparse_checks(

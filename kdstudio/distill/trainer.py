@@ -349,11 +349,7 @@ class Trainer:
             eval_fraction=cfg.eval_fraction,
         )
         if not data.train:
-            raise UserError(
-                f"collection {cfg.collection!r} gives no training examples "
-                f"({data.n_examples} usable, {data.dropped} too long for data.max_length="
-                f"{cfg.max_length}, skipped {data.skipped}); collect outputs or lower eval_fraction"
-            )
+            raise UserError(data.why_no_train(cfg.collection, cfg.max_length))
         if cfg.eval_max_examples:
             data.eval = data.eval[: cfg.eval_max_examples]
         digest = hashlib.sha256()
