@@ -280,7 +280,7 @@ def bench_collecting(app, window, ws, rows: int) -> dict:
             )
         )
         probe.start()
-        wait(app, lambda job=job: not job.running, 3600)
+        run_until(app, job.ended, lambda: not job.running)
         probe.stop()
         elapsed = time.perf_counter() - t0
         assert job.outcome == "succeeded", job.error

@@ -358,8 +358,10 @@ class Collection:
                 (self.id,),
             )
 
-    def heartbeat(self) -> None:
-        self.ws.db.execute("UPDATE collections SET heartbeat=? WHERE id=?", (time.time(), self.id))
+    def heartbeat(self, con: Any = None) -> None:
+        (con or self.ws.db).execute(
+            "UPDATE collections SET heartbeat=? WHERE id=?", (time.time(), self.id)
+        )
 
     @contextmanager
     def beating(self, every_s: float = HEARTBEAT_S) -> Iterator[None]:
@@ -372,9 +374,7 @@ class Collection:
             con = self.ws.connect()
             try:
                 while not stop.wait(every_s):
-                    con.execute(
-                        "UPDATE collections SET heartbeat=? WHERE id=?", (time.time(), self.id)
-                    )
+                    self.heartbeat(con)
             finally:
                 con.close()
 

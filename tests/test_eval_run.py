@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_support import single_thread
 
 from kdstudio.distill import checkpoint as ckpt
 from kdstudio.distill import runs
@@ -25,13 +26,7 @@ from kdstudio.outputs import iter_examples
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models: intra-op threads only add overhead on a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from single_thread()  # tiny tensors: intra-op threads only add overhead
 
 
 def _eval(demo, sink=None, cancel=None, **kwargs):

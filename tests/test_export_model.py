@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from train_support import single_thread
 
 from kdstudio.distill import checkpoint as ckpt
 from kdstudio.errors import Cancelled, UserError
@@ -20,13 +21,7 @@ IDS = torch.tensor([[1, 4, 40, 41, 42, 43, 2, 5, 44, 45]])
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models: intra-op threads only add overhead on a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from single_thread()  # tiny tensors: intra-op threads only add overhead
 
 
 def _export(demo, out, sink=None, cancel=None, **kwargs):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from train_support import single_thread
 
 from kdstudio.distill import losses as L
 
@@ -17,11 +18,7 @@ F64 = torch.float64
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tensors here are tiny: intra-op threads only add overhead (gradcheck ran 60x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from single_thread()  # tiny tensors: intra-op threads only add overhead
 
 
 def _logits(*shape: int, seed: int = 0, scale: float = 2.0, dtype=F64) -> torch.Tensor:

@@ -205,6 +205,7 @@ class MetricPlot(pg.PlotWidget):
         self._setting_range = False
         self._place_empty()
         self._range_dirty = False
+        self._is_empty: bool | None = None
         self._set_empty(True)
         self.on_change: Callable[[], None] | None = None  # the board's: wake its timer
 
@@ -285,7 +286,7 @@ class MetricPlot(pg.PlotWidget):
 
     def _set_empty(self, empty: bool) -> None:
         """An empty plot says so, with no made-up tick values (0.2 ... 0.8) on its axes."""
-        if getattr(self, "_is_empty", None) == empty:
+        if self._is_empty == empty:
             return  # restyling an axis re-renders it: only on a change
         self._is_empty = empty
         self.empty.setVisible(empty)

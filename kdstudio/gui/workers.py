@@ -35,6 +35,7 @@ from kdstudio.events import (
 from kdstudio.events import Warning as WarningEvent
 
 JobFn = Callable[[Any, CancelToken], Any]
+PROGRESS_HZ = 20.0  # progress signals a second a job's sink lets through, by default
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class QtSink(QObject):
         self,
         parent: QObject | None = None,
         *,
-        progress_hz: float = 20.0,
+        progress_hz: float = PROGRESS_HZ,
         forward_done_rows: bool = False,
     ) -> None:
         super().__init__(parent)
@@ -158,7 +159,7 @@ class Job(QObject):
     ended = Signal()
 
     def __init__(
-        self, name: str, fn: JobFn, *, background: bool = False, progress_hz: float = 20.0
+        self, name: str, fn: JobFn, *, background: bool = False, progress_hz: float = PROGRESS_HZ
     ) -> None:
         # No Qt parent: a running job keeps itself alive (in _KEEP) until its thread ends,
         # even when the panel that started it goes away.

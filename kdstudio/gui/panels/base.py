@@ -8,7 +8,7 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from kdstudio.gui.errors import report_unexpected
 from kdstudio.gui.widgets import MessageBar
-from kdstudio.gui.workers import ErrorInfo, Job, JobFn
+from kdstudio.gui.workers import PROGRESS_HZ, ErrorInfo, Job, JobFn
 from kdstudio.workspace import Workspace
 
 
@@ -55,7 +55,7 @@ class Panel(QWidget):
 
     # -- jobs ----------------------------------------------------------------------------
     def start_job(
-        self, name: str, fn: JobFn, *, background: bool = False, progress_hz: float = 20.0
+        self, name: str, fn: JobFn, *, background: bool = False, progress_hz: float = PROGRESS_HZ
     ) -> Job:
         job = Job(name, fn, background=background, progress_hz=progress_hz)
         self.jobs = [j for j in self.jobs if j.running]
