@@ -72,7 +72,7 @@ def _build(root: Path, device: str):
     make_collection(ws, "bench", pairs)
     ws.add_teacher(TeacherConfig(name="t", kind="local", path=str(teacher)))
     tok, _ = load_student_tokenizer(str(student))
-    from kdstudio.outputs import iter_examples
+    from kdstudio.collect.store import iter_examples
 
     data = build_dataset(tok, iter_examples(ws, "bench"), max_length=512, eval_fraction=0.0)
     batches = [collate(data.train[i : i + 4], tok.pad_token_id).to(device) for i in range(0, 16, 4)]

@@ -88,8 +88,8 @@ def run_transformers(ws, student, args, out: Path) -> float:
         TrainingArguments,
     )
 
+    from kdstudio.collect.store import iter_examples
     from kdstudio.distill.batches import build_dataset, load_student_tokenizer
-    from kdstudio.outputs import iter_examples
 
     tok, _ = load_student_tokenizer(str(student))
     data = build_dataset(tok, iter_examples(ws, "bench"), max_length=256, eval_fraction=0.0)
@@ -129,8 +129,8 @@ def run_transformers(ws, student, args, out: Path) -> float:
 
 
 def mean_length(ws, student) -> float:
+    from kdstudio.collect.store import iter_examples
     from kdstudio.distill.batches import build_dataset, load_student_tokenizer
-    from kdstudio.outputs import iter_examples
 
     tok, _ = load_student_tokenizer(str(student))
     data = build_dataset(tok, iter_examples(ws, "bench"), max_length=256, eval_fraction=0.0)

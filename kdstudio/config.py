@@ -283,6 +283,16 @@ class TeacherConfig(Section):
         ):
             raise ConfigError(f"--api-key-env {self.key_env!r} is not an environment variable name")
 
+    @property
+    def priced(self) -> bool:
+        """Whether this teacher has prices (without them, cost is unknown, not zero)."""
+        return bool(self.price_in or self.price_out)
+
+    def cost(self, prompt_tokens: float, completion_tokens: float, *, batch: bool = False) -> float:
+        """USD for these tokens at this teacher's prices; the Batch API charges half."""
+        usd = (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
+        return usd * 0.5 if batch else usd
+
     def to_row(self) -> dict[str, Any]:
         row = self.to_dict()
         row["headers"] = json.dumps(row["headers"])

@@ -54,6 +54,7 @@ from kdstudio.events import (
     RowDone,
     Sink,
 )
+from kdstudio.formatting import duration
 from kdstudio.workspace import Workspace
 
 DEMO_FOLDER = "demo"  # in the workspace: task files, tokenizer, initial models, plan, results
@@ -250,10 +251,10 @@ class DemoResult:
 
     def timing_line(self) -> str:
         parts = ", ".join(
-            f"{k} {_duration(v)}" + (" (reused)" if k in self.reused else "")
+            f"{k} {duration(v)}" + (" (reused)" if k in self.reused else "")
             for k, v in self.timings.items()
         )
-        return f"took {_duration(self.seconds)}: {parts}"
+        return f"took {duration(self.seconds)}: {parts}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -272,11 +273,6 @@ MODEL_LABELS = {
     "before": "student before distillation",
     "after": "student after ({method})",
 }
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -582,7 +578,7 @@ class Demo:
 
     def collect(self) -> bool:
         from kdstudio.collect import collect
-        from kdstudio.outputs import collection_status_counts
+        from kdstudio.collect.store import collection_status_counts
 
         if self.collection in _collection_names(self.ws):
             counts = collection_status_counts(self.ws, self.collection)
@@ -754,6 +750,6 @@ def _load(path: Path, device: Any) -> tuple[Any, Any]:
 
 
 def _collection_names(ws: Workspace) -> list[str]:
-    from kdstudio.outputs import collection_names
+    from kdstudio.collect.store import collection_names
 
     return collection_names(ws)

@@ -14,8 +14,9 @@ from collect_support import (
     make_prompts,
 )
 
-from kdstudio import outputs
-from kdstudio.collect import AdaptiveLimit, CollectConfig, backoff, collect, estimate_cost
+from kdstudio.collect import CollectConfig, collect, estimate_cost
+from kdstudio.collect import store as outputs
+from kdstudio.collect.pacing import AdaptiveLimit, backoff
 from kdstudio.errors import Cancelled, JobFailed, UserError
 from kdstudio.events import ListSink, Log, RowDone
 from kdstudio.testing.openai_server import OpenAIServer
@@ -363,10 +364,12 @@ def test_probe_names_the_models_an_endpoint_serves_when_the_model_is_wrong(ws, s
 
 
 def test_heartbeat_stays_fresh_while_a_long_call_holds_the_collector(ws, server):
-    """A local model's generate can outlast STALE_AFTER_S; a helper keeps the claim alive."""
+    """A long call (a local generate, a batch poll) can outlast STALE_AFTER_S; a helper
+    thread keeps the collector's lease alive meanwhile."""
     import time
 
-    from kdstudio.collect import Collection
+    from kdstudio.collect.ledger import Collection
+    from kdstudio.workspace import Lease
 
     make_prompts(ws, n=2)
     add_teacher(ws, server)
@@ -374,7 +377,8 @@ def test_heartbeat_stays_fresh_while_a_long_call_holds_the_collector(ws, server)
     col = Collection(cfg(), ws)
     col.id = ws.query_one("SELECT id FROM collections WHERE name=?", (col.name,))[0]
     ws.db.execute("UPDATE collections SET heartbeat=0 WHERE id=?", (col.id,))
-    with col.beating(every_s=0.05):
+    lease = Lease(ws, "collections", col.id, every_s=0.05, stale_after_s=col.lease.stale_after_s)
+    with lease.beating():
         time.sleep(0.3)  # this thread is busy (a generate call); it writes nothing
         beat = ws.query_one("SELECT heartbeat FROM collections WHERE id=?", (col.id,))[0]
     assert beat > time.time() - 5

@@ -80,8 +80,8 @@ class StopDuring:
 def demo_runs(tmp_path_factory):
     """The quick demo stopped while collecting, then while distilling, then run to the end,
     then once more."""
+    from kdstudio.collect.store import collection_status_counts
     from kdstudio.demo import Demo
-    from kdstudio.outputs import collection_status_counts
     from kdstudio.workspace import Workspace
 
     root = tmp_path_factory.mktemp("demo")
@@ -131,10 +131,10 @@ def test_quick_demo_ranks_teacher_and_distilled_student_above_the_untrained_stud
 
 
 def test_demo_workspace_holds_datasets_runs_collection_and_local_teacher(demo_runs):
+    from kdstudio.collect.store import collection_status_counts, get_collection, iter_examples
     from kdstudio.data import store
     from kdstudio.distill import checkpoint as ckpt
     from kdstudio.evaluate import list_evaluations
-    from kdstudio.outputs import collection_status_counts, get_collection, iter_examples
 
     ws = demo_runs["ws"]
     assert store.exists(ws, TRAIN_DATASET) and store.exists(ws, TEST_DATASET)

@@ -175,8 +175,8 @@ def test_collect_estimates_then_runs_to_100_percent_with_failures_listed(
 
 
 def test_paused_collection_is_offered_for_resume_and_resumes(qtbot, window, ws, prompts, server):
-    from kdstudio import outputs
     from kdstudio.collect import CollectConfig
+    from kdstudio.collect import store as outputs
     from kdstudio.data import import_dataset
 
     import_dataset(ws, prompts, name="arith")
@@ -202,8 +202,8 @@ def test_paused_collection_is_offered_for_resume_and_resumes(qtbot, window, ws, 
 def test_outputs_search_review_edit_keeps_the_original_and_colours_tokens(
     qtbot, window, ws, prompts, server, tmp_path
 ):
-    from kdstudio import outputs
     from kdstudio.collect import CollectConfig, collect
+    from kdstudio.collect import store as outputs
     from kdstudio.data import import_dataset
 
     import_dataset(ws, prompts, name="arith")

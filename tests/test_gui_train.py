@@ -21,10 +21,11 @@ def student(tmp_path_factory):
 @pytest.fixture
 def trained_ws(ws, tmp_path):
     """A workspace with a collection of answers to train on (teacher answers stored as done)."""
+    from kdstudio.collect.store import content_hash, create_collection, insert_response
     from kdstudio.config import TeacherConfig
     from kdstudio.data import import_dataset
     from kdstudio.gui.testing import write_prompts
-    from kdstudio.outputs import Response, content_hash, create_collection, insert_response
+    from kdstudio.teachers import Response
 
     result = import_dataset(ws, write_prompts(tmp_path / "p.jsonl", 40), name="arith")
     ws.add_teacher(TeacherConfig(name="t", base_url="http://127.0.0.1:9/v1", model="m"))

@@ -9,8 +9,8 @@ import statistics
 import pytest
 from kd_support import add_local_teacher, collect_from_loopback, config, metric_series, train
 
+from kdstudio.collect.store import iter_examples
 from kdstudio.events import ListSink, Log
-from kdstudio.outputs import iter_examples
 from kdstudio.testing.openai_server import OpenAIServer
 
 KD_METRICS = ("loss", "ce", "kd", "kd_share", "top1_agree", "student_entropy")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from collect_support import make_prompts
 
-from kdstudio import outputs
 from kdstudio.collect import CollectConfig, collect
+from kdstudio.collect import store as outputs
 from kdstudio.config import TeacherConfig
 
 

@@ -191,7 +191,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_collect(args: argparse.Namespace, ctx) -> int:
     from kdstudio.collect import collect, estimate_cost
-    from kdstudio.events import CancelToken, ConsoleSink, FanoutSink, StoreSink
+    from kdstudio.events import CancelToken, ConsoleSink
 
     config = config_from_args(args)
     ws = ctx.ws
@@ -203,16 +203,15 @@ def cmd_collect(args: argparse.Namespace, ctx) -> int:
             print(estimate.line())
         return 0
     cancel = CancelToken()
-    sink = FanoutSink([ConsoleSink(), StoreSink(ws, "collect", config.collection_name())])
     with stop_on_signals(cancel, "waiting for the requests in flight and storing them"):
-        summary = collect(config, ws, sink, cancel)
+        summary = collect(config, ws, ConsoleSink(), cancel)
     if args.json:
         ctx.print_json(summary.to_dict())
     return 0
 
 
 def _filter(args: argparse.Namespace) -> Any:
-    from kdstudio.outputs import ItemFilter
+    from kdstudio.collect.store import ItemFilter
 
     return ItemFilter(
         status=args.status,
@@ -233,7 +232,7 @@ def _short(text: str | None, width: int) -> str:
 
 
 def cmd_outputs_list(args: argparse.Namespace, ctx) -> int:
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
 
     ws = ctx.ws
     if args.collection is None:
@@ -280,7 +279,7 @@ def cmd_outputs_list(args: argparse.Namespace, ctx) -> int:
 
 
 def _list_collections(args: argparse.Namespace, ctx) -> int:
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
 
     infos = outputs.list_collections(ctx.ws)
     if args.json:
@@ -308,7 +307,7 @@ def _list_collections(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_outputs_review(args: argparse.Namespace, ctx) -> int:
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
 
     review = {"accept": "accepted", "reject": "rejected", "pending": "pending"}[args.verdict]
     ids = [outputs.row_id_for_index(ctx.ws, args.collection, idx) for idx in args.rows]
@@ -321,7 +320,7 @@ def cmd_outputs_review(args: argparse.Namespace, ctx) -> int:
 def cmd_outputs_edit(args: argparse.Namespace, ctx) -> int:
     import sys
 
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
 
     row_id = outputs.row_id_for_index(ctx.ws, args.collection, args.row)
     if args.revert:
@@ -338,7 +337,7 @@ def cmd_outputs_edit(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_outputs_export(args: argparse.Namespace, ctx) -> int:
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
 
     filt = outputs.ItemFilter(review=args.review, search=args.search)
     n = outputs.export_items(ctx.ws, args.collection, args.out, filt=filt)

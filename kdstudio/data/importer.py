@@ -455,7 +455,7 @@ def _bad(reader, line: int, bad: Bad, skip_bad: bool, result: ImportResult, sink
 
 def _import_answers(ws, con, did: int, name: str, collection: str, result: ImportResult) -> None:
     """Store each row's reference answer as a done item of a new collection (source 'import')."""
-    from kdstudio.outputs import add_imported_response, create_collection
+    from kdstudio.collect.store import add_imported_response, create_collection
 
     if result.n_references == 0:
         raise UserError(

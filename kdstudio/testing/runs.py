@@ -50,7 +50,8 @@ def add_teacher_answers(
     params: dict[str, Any] | None = None,
 ) -> int:
     """A done collection of `teacher`'s answers (row i of the dataset gets answers[i])."""
-    from kdstudio.outputs import Response, content_hash, create_collection, insert_response
+    from kdstudio.collect.store import content_hash, create_collection, insert_response
+    from kdstudio.teachers import Response
 
     if teacher.name not in ws.teacher_names():
         ws.add_teacher(teacher)

@@ -59,7 +59,7 @@ def make_collection(
     samples: int = 1,
 ) -> str:
     """A dataset `name` + a collection `name` holding `pairs` as done teacher outputs."""
-    from kdstudio.outputs import add_imported_response, create_collection
+    from kdstudio.collect.store import add_imported_response, create_collection
 
     now = time.time()
     with ws.tx() as con:
