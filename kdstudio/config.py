@@ -47,6 +47,13 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A config field's default value (made fresh from a factory); MISSING when required."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 class Section:
     """Mixin for config dataclasses: validation, dict/TOML conversion, help text."""
 
@@ -143,11 +150,8 @@ class Section:
             if dataclasses.is_dataclass(tp):
                 rows += tp.help_rows(prefix=f"{key}.")
                 continue
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
+            default = field_default(f)
+            if default is dataclasses.MISSING:
                 default = "(required)"
             help_text = f.metadata.get("help", "")
             if f.metadata.get("choices"):

@@ -16,7 +16,26 @@ One concern a module:
 - `job`      collect(): runs a collection from start to outcome and summary
 """
 
-from kdstudio.collect.config import CollectConfig
-from kdstudio.collect.job import collect, estimate_cost
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kdstudio.collect.config import CollectConfig
+    from kdstudio.collect.job import collect, estimate_cost
 
 __all__ = ["CollectConfig", "collect", "estimate_cost"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: the CLI builds its parser from `collect.config` alone, and
+    # `kdstudio --help` should not pay for the job's imports (numpy, the store).
+    if name == "CollectConfig":
+        from kdstudio.collect.config import CollectConfig
+
+        return CollectConfig
+    if name in ("collect", "estimate_cost"):
+        from kdstudio.collect import job
+
+        return getattr(job, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,10 +25,10 @@ class CollectConfig(Section):
         None, "Nucleus sampling mass (unset: the server's default).", min=0.0, max=1.0
     )
     seed: int | None = setting(None, "Seed; sample i uses seed + i (unset: none sent).")
-    stop: list[str] = setting(help="Stop sequences.", default_factory=list)
+    stop: list[str] = setting(help="A stop sequence.", default_factory=list)
     top_logprobs: int | None = setting(
         None,
-        "Ask for logprobs with this many alternatives per token (0-20; unset: text only).",
+        "Ask for logprobs with this many alternatives per token (unset: text only).",
         min=0,
         max=20,
     )
@@ -45,7 +45,7 @@ class CollectConfig(Section):
     )
     timeout: float = setting(300.0, "Seconds before one request times out.", min=1.0)
     budget: float | None = setting(
-        None, "Stop launching requests before spending more than this (USD).", min=0.0
+        None, "Stop launching requests before spending more than this many USD.", min=0.0
     )
     batch_api: bool = setting(False, "Submit through the Batch API (half price, up to 24 h).")
     batch_poll_s: float = setting(15.0, "Seconds between Batch API status checks.", min=0.01)
