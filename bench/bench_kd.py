@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 TIME_TARGET = 1.15
 MEMORY_TARGET = 0.35
 
@@ -43,7 +43,7 @@ MEMORY_TARGET = 0.35
 
 
 def _pairs(n: int) -> list[tuple[str, str]]:
-    from kdstudio.testing.train_data import WORDS
+    from support.train_data import WORDS
 
     out = []
     for i in range(n):
@@ -55,13 +55,13 @@ def _pairs(n: int) -> list[tuple[str, str]]:
 
 def _build(root: Path, device: str):
     import torch
+    from support.train_data import make_collection
     from transformers import AutoModelForCausalLM
 
     from kdstudio.config import TeacherConfig
+    from kdstudio.demo.tiny import make_model, make_tokenizer
     from kdstudio.distill.batches import build_dataset, collate, load_student_tokenizer
     from kdstudio.distill.config import TrainConfig
-    from kdstudio.testing.tiny import make_model, make_tokenizer
-    from kdstudio.testing.train_data import make_collection
     from kdstudio.workspace import Workspace
 
     pairs = _pairs(16)

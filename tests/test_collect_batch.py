@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from collect_support import KEY, KEY_ENV, add_teacher, billed_per_prompt, make_prompts
+from support.openai_server import OpenAIServer
 
 from kdstudio.collect import CollectConfig, collect
 from kdstudio.collect import store as outputs
 from kdstudio.errors import Cancelled, UserError
 from kdstudio.events import CancelToken, ListSink, Log
-from kdstudio.testing.openai_server import OpenAIServer
 
 
 @pytest.fixture

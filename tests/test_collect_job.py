@@ -13,13 +13,13 @@ from collect_support import (
     files_containing,
     make_prompts,
 )
+from support.openai_server import OpenAIServer
 
 from kdstudio.collect import CollectConfig, collect, estimate_cost
 from kdstudio.collect import store as outputs
 from kdstudio.collect.pacing import AdaptiveLimit, backoff
 from kdstudio.errors import Cancelled, JobFailed, UserError
 from kdstudio.events import ListSink, Log, RowDone
-from kdstudio.testing.openai_server import OpenAIServer
 
 
 @pytest.fixture

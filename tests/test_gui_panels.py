@@ -15,21 +15,21 @@ KEY_ENV = "KDSTUDIO_GUI_TEST_KEY"
 
 @pytest.fixture
 def window(qtbot, ws, tmp_path):
-    from kdstudio.gui.testing import studio_window
+    from support.gui import studio_window
 
     yield from studio_window(qtbot, ws, tmp_path / "settings", size=(1200, 800))
 
 
 @pytest.fixture
 def prompts(tmp_path):
-    from kdstudio.gui.testing import write_prompts
+    from support.gui import write_prompts
 
     return write_prompts(tmp_path / "prompts.jsonl", 30)
 
 
 @pytest.fixture
 def server():
-    from kdstudio.testing.openai_server import OpenAIServer
+    from support.openai_server import OpenAIServer
 
     os.environ[KEY_ENV] = "sk-gui-loopback"
     srv = OpenAIServer(latency=0.005, api_key="sk-gui-loopback").start()

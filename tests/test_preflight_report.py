@@ -7,14 +7,14 @@ import json
 
 import pytest
 from kd_support import add_local_teacher, collect_from_loopback, config
+from support.openai_server import OpenAIServer
 
 from kdstudio.config import dumps_toml
 from kdstudio.distill.preflight import preflight
-from kdstudio.testing.openai_server import OpenAIServer
 
 
 def _collection(ws, n=10, **kw):
-    from kdstudio.testing.train_data import make_collection, memorisable_pairs
+    from support.train_data import make_collection, memorisable_pairs
 
     return make_collection(ws, "tiny", memorisable_pairs(n), **kw)
 

@@ -13,7 +13,7 @@ from kdstudio.config import TeacherConfig
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
-    from kdstudio.testing.tiny import make_model, make_tokenizer
+    from kdstudio.demo.tiny import make_model, make_tokenizer
 
     root = tmp_path_factory.mktemp("tiny")
     tok = make_tokenizer(root / "tok", ["prompt one two three café"], vocab_size=300)

@@ -14,7 +14,6 @@ import re
 import sqlite3
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import chain
@@ -508,7 +507,3 @@ def skipped_summary(skipped: list[tuple[int, str]], unit: str = "line") -> str:
     if start is not None:
         ranges.append(str(start) if start == prev else f"{start}-{prev}")
     return f"{unit}{'s' if len(lines) != 1 else ''} {', '.join(ranges)}"
-
-
-def reasons(skipped: list[tuple[int, str]]) -> Counter[str]:
-    return Counter(reason for _, reason in skipped)

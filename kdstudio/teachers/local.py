@@ -107,9 +107,6 @@ class LocalTeacher:
         self._bytes_cache[token_id] = out
         return out
 
-    def count_prompt_tokens(self, messages: list[dict]) -> int:
-        return len(self._prompt_ids(messages))
-
     def _prompt_ids(self, messages: list[dict]) -> list[int]:
         if getattr(self.tok, "chat_template", None):
             text = self.tok.apply_chat_template(

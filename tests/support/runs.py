@@ -92,10 +92,10 @@ def make_trained_run(
 
     Checkpoints at `max_steps // 2` and `max_steps`. Returns the run (`runs.get_run`).
     """
+    from kdstudio.demo.tiny import make_model, make_tokenizer
     from kdstudio.distill import runs
     from kdstudio.distill.config import TrainConfig
     from kdstudio.distill.trainer import Trainer
-    from kdstudio.testing.tiny import make_model, make_tokenizer
 
     folder = Path(folder)
     pairs = pairs or SUMS

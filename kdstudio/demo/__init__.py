@@ -1,6 +1,6 @@
 """The offline demo: the whole distillation job on a task whose answers can be checked.
 
-    result = run_demo(ws, DemoPlan.full(), sink, cancel)
+    result = Demo(ws, DemoPlan.full(), sink, cancel).run()
     print(result.table())
 
 Nothing is downloaded and no key is needed. Every step goes through the same core as a
@@ -443,7 +443,7 @@ class Demo:
 
     # -- 2. tokenizer and models -------------------------------------------------------------
     def make_models(self) -> bool:
-        from kdstudio.testing.tiny import make_model, make_tokenizer
+        from kdstudio.demo.tiny import make_model, make_tokenizer
 
         p = self.plan
         did = False
@@ -672,19 +672,6 @@ class Demo:
                 device=device,
             )
         return out
-
-
-def run_demo(
-    ws: Workspace,
-    plan: DemoPlan | None = None,
-    sink: Sink | None = None,
-    cancel: CancelToken | None = None,
-    *,
-    threads: int | None = 1,
-) -> DemoResult:
-    """Run (or finish, or just re-score) the demo in `ws`; see the module docstring.
-    `threads`: torch CPU threads while it runs (None: leave torch's setting alone)."""
-    return Demo(ws, plan, sink, cancel, threads=threads).run()
 
 
 def is_complete(ws: Workspace) -> bool:
