@@ -98,6 +98,7 @@ def test_sparse_kd_reports_the_kd_share_or_refuses_a_collection_without_logprobs
     assert any(c.startswith("sparse_kd:") for c in report.checks)
 
 
+@pytest.mark.slow  # a CLI process that loads transformers and the models
 @pytest.mark.parametrize("good", [True, False])
 def test_cli_preflight_prints_the_report_and_exits_2_on_problems(
     ws, kd_models, run_cli, tmp_path, good

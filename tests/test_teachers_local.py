@@ -59,6 +59,7 @@ def test_local_answers_are_cached_like_remote_ones(ws, tiny_teacher):
     assert again.requests == 0 and again.counts["done"] == 3
 
 
+@pytest.mark.slow  # two CLI processes that load transformers
 def test_cli_add_local_checks_the_folder_and_probe_finds_ids(ws, run_cli, tiny_teacher, tmp_path):
     import json
 
