@@ -197,6 +197,7 @@ def cmd_outputs_list(args: argparse.Namespace, ctx) -> int:
 
 def _list_collections(args: argparse.Namespace, ctx) -> int:
     from kdstudio.collect import store as outputs
+    from kdstudio.formatting import usd
 
     infos = outputs.list_collections(ctx.ws)
     if args.json:
@@ -216,7 +217,7 @@ def _list_collections(args: argparse.Namespace, ctx) -> int:
                 i.status,
                 f"{c['done']}/{c['total']}",
                 c["failed"],
-                f"${i.spend:,.4f}",
+                usd(i.spend),
             ]
         )
     ctx.print_table(["NAME", "TEACHER", "DATASET", "STATUS", "DONE", "FAILED", "SPENT"], rows)

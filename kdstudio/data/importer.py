@@ -26,6 +26,7 @@ from kdstudio.data.readers import CONTAINERS, MAX_ROW_BYTES, Bad, DataError, exc
 from kdstudio.data.schema import SCHEMAS, RowError, Schema, converter, detect, normalize_mapping
 from kdstudio.errors import UserError
 from kdstudio.events import CancelToken, Finished, Log, NullSink, Progress, Sink, Warning
+from kdstudio.formatting import duration
 from kdstudio.workspace import Workspace
 
 FORMATS = ("auto", *CONTAINERS, *SCHEMAS[:3])
@@ -70,7 +71,7 @@ class ImportResult:
         text = (
             f"imported {plural(self.n_rows, 'row')} into dataset {self.name!r} "
             f"({self.file_format.upper()}, {SCHEMA_WORDS.get(self.detected_format, self.detected_format)}"
-            f"; {self.n_references:,} with a reference answer) in {self.seconds:.1f} s"
+            f"; {self.n_references:,} with a reference answer) in {duration(self.seconds)}"
         )
         if self.removed_duplicates:
             text += f"; removed {plural(self.removed_duplicates, 'duplicate row')}"

@@ -585,7 +585,7 @@ class Demo:
             if counts["total"] and counts["done"] == counts["total"]:
                 return False
         summary = collect(self.collect_config(), self.ws, self.job_sink, self.cancel)
-        self.sink.emit(Log(f"  {summary.message} in {summary.elapsed:.1f} s"))
+        self.sink.emit(Log(f"  {summary.message} in {duration(summary.elapsed)}"))
         return True
 
     # -- 5. student -----------------------------------------------------------------------------
