@@ -53,6 +53,31 @@ def test_collects_every_prompt_with_logprobs_usage_and_cost(ws, server):
     assert all(n == 1 for n in billed_per_prompt(server).values())
 
 
+def test_the_job_stores_its_events_and_reports_spend_as_numbers(ws, server):
+    """Whichever front end runs it (no sink at all here), a collection's events are stored,
+    and its progress carries plain numbers that each front end formats its own way."""
+    import io
+
+    from kdstudio.events import ConsoleSink, FanoutSink, Progress
+
+    make_prompts(ws, n=6)
+    add_teacher(ws, server)
+    collect(cfg(samples=2, limit=3), ws)
+    stored = ws.events("collect", "prompts.t")
+    assert [e["type"] for e in stored][:1] == ["Log"] and stored[-1]["type"] == "Finished"
+    assert stored[-1]["summary"]["counts"]["done"] == 6
+
+    sink, console = ListSink(), io.StringIO()
+    summary = collect(cfg(samples=2), ws, FanoutSink([sink, ConsoleSink(console)]))
+    last = sink.of(Progress)[-1]
+    assert last.done == last.total == 6 and summary.counts["done"] == 12
+    figures = last.extra
+    assert isinstance(figures["spent_usd"], float) and figures["spent_usd"] == summary.spent
+    assert isinstance(figures["estimate_usd"], float) and figures["estimate_usd"] > 0
+    assert figures["failed"] == figures["retries"] == 0 and figures["concurrency"] == 8
+    assert "spent $0.0" in console.getvalue() and "estimate $0.0" in console.getvalue()
+
+
 def test_transient_faults_are_retried_and_no_prompt_is_paid_twice(ws, server):
     make_prompts(ws, n=16)
     add_teacher(ws, server)
