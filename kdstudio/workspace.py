@@ -361,7 +361,8 @@ class Lease:
             thread.join()
 
     def _update(self, con: sqlite3.Connection, **columns: Any) -> None:
-        assert all(name.isidentifier() for name in columns)  # names go into the SQL text
+        if not all(name.isidentifier() for name in columns):  # names go into the SQL text
+            raise ValueError(f"not column names: {list(columns)}")
         sets = ", ".join(f"{name}=?" for name in columns)
         con.execute(f"UPDATE {self.table} SET {sets} WHERE id=?", (*columns.values(), self.row_id))
 
