@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # kdstudio, and the test support
 if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,9 +130,10 @@ def run_until(app, signal, done, timeout: float = 3600) -> None:
 
 
 def build(root: Path, rows: int, hidden: int, layers: int):
+    from support.gui import write_prompts
+
     from kdstudio.data import import_dataset
-    from kdstudio.gui.testing import write_prompts
-    from kdstudio.testing.tiny import make_model, make_tokenizer
+    from kdstudio.demo.tiny import make_model, make_tokenizer
     from kdstudio.workspace import Workspace
 
     ws = Workspace.open(root / "ws")
@@ -241,7 +242,7 @@ def bench_collecting(app, window, ws, rows: int) -> dict:
         [
             sys.executable,
             "-m",
-            "kdstudio.testing.openai_server",
+            "support.openai_server",
             "--latency",
             "0.05",
             "--api-key",
@@ -249,7 +250,7 @@ def bench_collecting(app, window, ws, rows: int) -> dict:
         ],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
     )
     try:
         url = server.stdout.readline().strip()
@@ -395,8 +396,9 @@ def main() -> int:
     rows = args.rows or (500 if args.quick else 3000)
     hidden = args.hidden or (64 if args.quick else 256)
 
+    from support.gui import prepare_app
+
     from kdstudio.gui.main_window import MainWindow
-    from kdstudio.gui.testing import prepare_app
 
     with tempfile.TemporaryDirectory(prefix="kdstudio-bench-gui-") as tmp:
         root = Path(tmp)

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 TIME_TARGET = 1.15
 MEMORY_TARGET = 0.35
 
@@ -43,7 +43,7 @@ MEMORY_TARGET = 0.35
 
 
 def _pairs(n: int) -> list[tuple[str, str]]:
-    from kdstudio.testing.train_data import WORDS
+    from support.train_data import WORDS
 
     out = []
     for i in range(n):
@@ -55,13 +55,13 @@ def _pairs(n: int) -> list[tuple[str, str]]:
 
 def _build(root: Path, device: str):
     import torch
+    from support.train_data import make_collection
     from transformers import AutoModelForCausalLM
 
     from kdstudio.config import TeacherConfig
+    from kdstudio.demo.tiny import make_model, make_tokenizer
     from kdstudio.distill.batches import build_dataset, collate, load_student_tokenizer
     from kdstudio.distill.config import TrainConfig
-    from kdstudio.testing.tiny import make_model, make_tokenizer
-    from kdstudio.testing.train_data import make_collection
     from kdstudio.workspace import Workspace
 
     pairs = _pairs(16)
@@ -72,7 +72,7 @@ def _build(root: Path, device: str):
     make_collection(ws, "bench", pairs)
     ws.add_teacher(TeacherConfig(name="t", kind="local", path=str(teacher)))
     tok, _ = load_student_tokenizer(str(student))
-    from kdstudio.outputs import iter_examples
+    from kdstudio.collect.store import iter_examples
 
     data = build_dataset(tok, iter_examples(ws, "bench"), max_length=512, eval_fraction=0.0)
     batches = [collate(data.train[i : i + 4], tok.pad_token_id).to(device) for i in range(0, 16, 4)]

@@ -19,18 +19,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # kdstudio, and the test support
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def build(root: Path, n: int, hidden: int, layers: int):
-    from kdstudio.testing.train_data import (
+    from support.train_data import (
         make_collection,
         make_student,
         memorisable_pairs,
         texts_of,
     )
+
     from kdstudio.workspace import Workspace
 
     pairs = memorisable_pairs(n)
@@ -88,8 +90,8 @@ def run_transformers(ws, student, args, out: Path) -> float:
         TrainingArguments,
     )
 
+    from kdstudio.collect.store import iter_examples
     from kdstudio.distill.batches import build_dataset, load_student_tokenizer
-    from kdstudio.outputs import iter_examples
 
     tok, _ = load_student_tokenizer(str(student))
     data = build_dataset(tok, iter_examples(ws, "bench"), max_length=256, eval_fraction=0.0)
@@ -129,8 +131,8 @@ def run_transformers(ws, student, args, out: Path) -> float:
 
 
 def mean_length(ws, student) -> float:
+    from kdstudio.collect.store import iter_examples
     from kdstudio.distill.batches import build_dataset, load_student_tokenizer
-    from kdstudio.outputs import iter_examples
 
     tok, _ = load_student_tokenizer(str(student))
     data = build_dataset(tok, iter_examples(ws, "bench"), max_length=256, eval_fraction=0.0)

@@ -10,6 +10,7 @@ Exit codes: 0 done; 2 bad input or usage; 1 failure at run time; 130 cancelled c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -17,15 +18,19 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+import typing
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kdstudio import __version__
+from kdstudio.config import Section, _base_type, field_default
 from kdstudio.errors import Cancelled, KdError, UserError
 from kdstudio.events import CancelToken
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 COMMAND_MODULES = [
     "kdstudio.commands.teacher",
@@ -133,6 +138,95 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ctx._ws is not None:
             ctx._ws.close()
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser,
+    section: type[Section],
+    *,
+    skip: Sequence[str] = (),
+    flags: dict[str, Sequence[str]] | None = None,
+    metavars: dict[str, str] | None = None,
+) -> None:
+    """One option per field of a config section, from the field's own metadata: its type,
+    default, bounds, choices and help (so the CLI never re-declares them).
+
+    `--max-tokens N` for `max_tokens`; `flags` gives other names (several are aliases),
+    `metavars` the placeholders. A bool is a switch: `--batch-api` when it defaults to
+    False, `--no-adaptive` when True, both `--token-ids/--no-token-ids` when unset (None).
+    A list is a repeatable option. An option not given is absent from the namespace, so
+    `config_from_args` leaves the config's own default in place.
+    """
+    flags, metavars = flags or {}, metavars or {}
+    hints = typing.get_type_hints(section)
+    for f in dataclasses.fields(section):
+        if f.name in skip:
+            continue
+        tp, nullable = _base_type(hints[f.name])
+        default = field_default(f)
+        names = list(flags.get(f.name, ()))
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if tp is bool:
+            if nullable:
+                kw["action"] = argparse.BooleanOptionalAction
+                names = names or [_flag(f.name)]
+            elif default:
+                kw["action"] = "store_false"
+                names = [_flag(f"no_{f.name}"), *names]
+            else:
+                kw["action"] = "store_true"
+                names = names or [_flag(f.name)]
+        else:
+            kw["metavar"] = metavars.get(f.name)
+            kw["type"] = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+            if typing.get_origin(tp) is list:
+                kw["action"] = "append"
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+                kw["metavar"] = None  # argparse lists them
+            names = names or [_flag(f.name)]
+        kw["required"] = default is dataclasses.MISSING
+        repeat = kw.get("action") == "append"
+        kw["help"] = _option_help(f, default, switch=tp is bool, repeat=repeat).replace("%", "%%")
+        parser.add_argument(*names, **kw)
+
+
+def config_from_args(section: type[SectionT], args: argparse.Namespace, **values: Any) -> SectionT:
+    """The config for the options `add_config_options` declared (those given), plus `values`."""
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(section) if hasattr(args, f.name)
+    }
+    return section.from_dict({**given, **values})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _option_help(f: dataclasses.Field, default: Any, *, switch: bool, repeat: bool) -> str:
+    """The field's help in the CLI's style (lower case, no full stop), then its bounds and
+    default: `requests in flight at most (adapts down on 429; 1-256, default 8)`."""
+    text = f.metadata.get("help", "").rstrip(".")
+    first = text.split(" ", 1)[0]
+    if first[:1].isupper() and (len(first) == 1 or first[1:].islower()):  # not USD, `code`
+        text = text[0].lower() + text[1:]
+    if switch:
+        return f"do not {text}" if default is True else text
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    facts = []
+    if lo is not None and hi is not None:
+        facts.append(f"{lo}-{hi}")
+    elif lo is not None:
+        facts.append(f">= {lo}")
+    if default not in (None, [], dataclasses.MISSING):
+        facts.append(f"default: {default}")
+    if repeat:
+        facts.append("repeatable")
+    if not facts:
+        return text
+    if text.endswith(")"):  # one pair of parentheses: "(unset: text only; 0-20)"
+        return f"{text[:-1]}; {', '.join(facts)})"
+    return f"{text} ({', '.join(facts)})"
 
 
 @contextmanager

@@ -47,6 +47,13 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A config field's default value (made fresh from a factory); MISSING when required."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 class Section:
     """Mixin for config dataclasses: validation, dict/TOML conversion, help text."""
 
@@ -143,11 +150,8 @@ class Section:
             if dataclasses.is_dataclass(tp):
                 rows += tp.help_rows(prefix=f"{key}.")
                 continue
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
+            default = field_default(f)
+            if default is dataclasses.MISSING:
                 default = "(required)"
             help_text = f.metadata.get("help", "")
             if f.metadata.get("choices"):
@@ -282,6 +286,16 @@ class TeacherConfig(Section):
             self.key_env and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.key_env)
         ):
             raise ConfigError(f"--api-key-env {self.key_env!r} is not an environment variable name")
+
+    @property
+    def priced(self) -> bool:
+        """Whether this teacher has prices (without them, cost is unknown, not zero)."""
+        return bool(self.price_in or self.price_out)
+
+    def cost(self, prompt_tokens: float, completion_tokens: float, *, batch: bool = False) -> float:
+        """USD for these tokens at this teacher's prices; the Batch API charges half."""
+        usd = (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
+        return usd * 0.5 if batch else usd
 
     def to_row(self) -> dict[str, Any]:
         row = self.to_dict()

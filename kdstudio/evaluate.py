@@ -39,8 +39,8 @@ from kdstudio.errors import Cancelled, ConfigError, NotFound, UserError
 from kdstudio.events import FanoutSink, Finished, Log, Progress, RowDone, Sink, StoreSink
 
 if TYPE_CHECKING:
+    from kdstudio.collect.store import Example
     from kdstudio.events import CancelToken
-    from kdstudio.outputs import Example
     from kdstudio.workspace import Workspace
 
 #: The scores of one model on one prompt, and of a whole evaluation.
@@ -318,8 +318,8 @@ def _gap_closed(row: dict[str, float | None]) -> float | None:
 def held_out_examples(ws: Workspace, run: Any) -> list[Example]:
     """One example per held-out prompt of a run (its first non-empty teacher sample), in
     dataset order. Rejected answers are skipped and edited ones used, as in training."""
+    from kdstudio.collect.store import iter_examples
     from kdstudio.distill import runs
-    from kdstudio.outputs import iter_examples
 
     rows = set(runs.eval_row_ids(ws, run.name))
     if not rows:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, runtime_checkable
 
 from kdstudio.errors import Cancelled
+from kdstudio.formatting import duration, usd
 
 if TYPE_CHECKING:
     from kdstudio.workspace import Workspace
@@ -36,7 +37,8 @@ class Event:
 
 @dataclass(frozen=True)
 class Progress(Event):
-    """`done` of `total` units (total None when unknown); `extra` holds plain figures."""
+    """`done` of `total` units (total None when unknown); `extra` holds plain figures
+    (numbers, never formatted text; a key ending in `_usd` is an amount of money)."""
 
     done: int
     total: int | None = None
@@ -190,15 +192,6 @@ class StoreSink:
         self.ws.add_event(self.job_kind, self.job_id, event.type, payload, event.t)
 
 
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "--:--"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
 class ConsoleSink:
     """CLI output: a one-line progress bar on a terminal, plain lines otherwise.
 
@@ -239,11 +232,11 @@ class ConsoleSink:
             rate = ev.done / elapsed
             eta = (ev.total - ev.done) / rate if rate > 0 else None
             parts.append(f"[{bar}] {ev.done}/{ev.total} {ev.unit}s {frac * 100:5.1f}%")
-            parts.append(f"{rate:.1f}/s ETA {_fmt_duration(eta)}")
+            parts.append(f"{rate:.1f}/s ETA {duration(eta)}")
         else:
             parts.append(f"{ev.done} {ev.unit}s")
         for key, value in ev.extra.items():
-            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+            parts.append(_figure(key, value))
         if ev.message:
             parts.append(ev.message)
         return "  ".join(parts)
@@ -295,6 +288,13 @@ class ConsoleSink:
             if count > self.SAME_PROBLEM_SHOWN:
                 self._line(f"{count} rows in all: {key}")
         self._row_problems.clear()
+
+
+def _figure(key: str, value: Any) -> str:
+    """One figure of a Progress event's `extra`: a `*_usd` key is money."""
+    if key.endswith("_usd") and isinstance(value, (int, float)):
+        return f"{key.removesuffix('_usd')} {usd(value)}"
+    return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
 
 
 def event_from_dict(kind: str, payload: dict[str, Any], t: float) -> Event:

@@ -133,7 +133,7 @@ def _teacher_record(ws: Workspace, name: str | None, endpoint: str | None, model
 
 def _collection_record(ws: Workspace, name: str) -> tuple[dict, list[dict], dict | None]:
     """(collection, its teachers, its dataset) as plain dicts for the card."""
-    from kdstudio.outputs import get_collection, review_counts
+    from kdstudio.collect.store import get_collection, review_counts
 
     info = get_collection(ws, name)
     used = ws.query(

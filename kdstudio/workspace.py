@@ -6,6 +6,9 @@ an older workspace migrates it in one transaction per step; a newer one is refus
 
 Connections are per thread (SQLite objects must stay on the thread that made them): use
 `ws.db` for the calling thread's connection, `ws.tx()` for a write transaction.
+
+Anything that must not run twice at once (a collection, a training run) holds a `Lease` on
+its row: this process's pid and host, and a heartbeat.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import importlib
 import json
 import os
 import pkgutil
+import socket
 import sqlite3
 import threading
 import time
@@ -106,10 +110,6 @@ class Workspace:
     @property
     def exports_dir(self) -> Path:
         return self.folder("exports")
-
-    @property
-    def tmp_dir(self) -> Path:
-        return self.folder("tmp")
 
     # -- connections -------------------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
@@ -222,12 +222,6 @@ class Workspace:
             raise NotFound("teacher", name, self.teacher_names())
         return TeacherConfig.from_row(dict(row))
 
-    def teacher_id(self, name: str) -> int:
-        row = self.query_one("SELECT id FROM teachers WHERE name=?", (name,))
-        if row is None:
-            raise NotFound("teacher", name, self.teacher_names())
-        return row[0]
-
     def list_teachers(self) -> list[TeacherConfig]:
         return [
             TeacherConfig.from_row(dict(r))
@@ -274,6 +268,103 @@ class Workspace:
             "SELECT rowid, step, name, value, t FROM run_metrics WHERE run_id=? AND rowid>? ORDER BY rowid",
             (run_id, after_rowid),
         )
+
+
+class LeaseHeld(UserError):
+    """Another live process holds the lease (its pid and host say which)."""
+
+    def __init__(self, pid: int, host: str) -> None:
+        super().__init__(f"process {pid} on {host} holds it")
+        self.pid, self.host = pid, host
+
+
+class Lease:
+    """A claim on one row of a job table (`collections`, `runs`) so that its job never runs
+    twice at once: the row's `pid` and `host` name the holder, `heartbeat` says when it was
+    last seen.
+
+    The holder counts as alive while, on this host, its process is (the pid answers, however
+    old the heartbeat: a long checkpoint save or a long generate may pause it), and, on
+    another host, while its heartbeat is younger than `stale_after_s`. A lease whose holder is
+    dead is taken over by the next `claim`. The holder beats every `every_s` seconds: from its
+    own loop (`heartbeat()`), or from a helper thread while one long call blocks it
+    (`beating()`).
+    """
+
+    TABLES = ("collections", "runs")
+
+    def __init__(
+        self, ws: Workspace, table: str, row_id: int, *, every_s: float, stale_after_s: float
+    ) -> None:
+        if table not in self.TABLES:
+            raise ValueError(f"no lease on table {table!r}")
+        self.ws, self.table, self.row_id = ws, table, row_id
+        self.every_s, self.stale_after_s = every_s, stale_after_s
+
+    @staticmethod
+    def holder_alive(
+        pid: int | None, host: str | None, heartbeat: float | None, stale_after_s: float
+    ) -> bool:
+        """Whether the holder a row names (pid, host, heartbeat) is still alive."""
+        if not pid:
+            return False
+        if host == socket.gethostname():
+            return pid_alive(int(pid))
+        return heartbeat is not None and time.time() - heartbeat <= stale_after_s
+
+    def claim(self, con: sqlite3.Connection, **columns: Any) -> None:
+        """Take the lease inside the caller's write transaction, setting `columns` as well;
+        raises LeaseHeld when another live process holds it (the caller rolls back)."""
+        row = con.execute(
+            f"SELECT pid, host, heartbeat FROM {self.table} WHERE id=?", (self.row_id,)
+        ).fetchone()
+        host = socket.gethostname()
+        mine = row["pid"] == os.getpid() and row["host"] == host
+        if not mine and self.holder_alive(
+            row["pid"], row["host"], row["heartbeat"], self.stale_after_s
+        ):
+            raise LeaseHeld(row["pid"], row["host"])
+        self._update(con, pid=os.getpid(), host=host, heartbeat=time.time(), **columns)
+
+    def heartbeat(self, con: sqlite3.Connection | None = None, **columns: Any) -> None:
+        """Say this holder is alive (and set `columns`, e.g. a run's step, in the same write)."""
+        self._update(con or self.ws.db, heartbeat=time.time(), **columns)
+
+    def release(self, con: sqlite3.Connection | None = None, **columns: Any) -> None:
+        """Give the lease up (and set `columns`, e.g. the final status)."""
+        self._update(con or self.ws.db, pid=None, **columns)
+
+    @contextmanager
+    def beating(self) -> Iterator[None]:
+        """Keep the heartbeat fresh from a helper thread (its own connection) while one long
+        call holds this thread: another host must not take the lease over meanwhile."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            con = self.ws.connect()
+            try:
+                while not stop.wait(self.every_s):
+                    try:
+                        self.heartbeat(con)
+                    except sqlite3.OperationalError:
+                        pass  # the database is busy right now: the next beat tries again
+            finally:
+                con.close()
+
+        name = f"heartbeat-{self.table}-{self.row_id}"
+        thread = threading.Thread(target=beat, name=name, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _update(self, con: sqlite3.Connection, **columns: Any) -> None:
+        if not all(name.isidentifier() for name in columns):  # names go into the SQL text
+            raise ValueError(f"not column names: {list(columns)}")
+        sets = ", ".join(f"{name}=?" for name in columns)
+        con.execute(f"UPDATE {self.table} SET {sets} WHERE id=?", (*columns.values(), self.row_id))
 
 
 def pid_alive(pid: int) -> bool:

@@ -78,11 +78,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory):
     """A workspace with two tiny trained runs, `demo` (full) and `lo` (LoRA), whose teacher
-    carries a planted key (kdstudio.testing.runs.make_demo_workspace); shared by the eval and
+    carries a planted key (support.runs.make_demo_workspace); shared by the eval and
     export tests, which only add evaluations and exports to it."""
     import torch
-
-    from kdstudio.testing.runs import make_demo_workspace
+    from support.runs import make_demo_workspace
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: extra threads only contend on a busy machine

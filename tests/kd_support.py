@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from kdstudio.testing.openai_server import VOCAB
+from support.openai_server import VOCAB
 
 # Every token the loopback teacher can answer with, often enough to be one student token.
 # Words are separated by newlines so no merge spans two of the teacher's tokens.
@@ -36,8 +36,9 @@ def make_kd_models(root: Path) -> SimpleNamespace:
     """Tiny models: `student` (tokenizer `tok`), `teacher` (same tokenizer, other weights,
     peaked head), `padded` (same tokenizer, 16 extra padding rows), `foreign` (a tokenizer
     trained on other text), `partial` (a student whose tokenizer lacks MISSING)."""
-    from kdstudio.testing.tiny import make_model, make_tokenizer
-    from kdstudio.testing.train_data import memorisable_pairs, texts_of
+    from support.train_data import memorisable_pairs, texts_of
+
+    from kdstudio.demo.tiny import make_model, make_tokenizer
 
     texts = COVERING_TEXTS + texts_of(memorisable_pairs(24))
     tok = make_tokenizer(root / "tok", texts, vocab_size=420)

@@ -4,26 +4,46 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 from kdstudio import __version__
 
 
-def test_help_answers_fast_without_importing_heavy_libraries():
+def test_help_answers_without_importing_heavy_libraries():
+    """`kdstudio --help` answers at once because it loads none of the libraries that take
+    time to import (that, not a wall-clock limit, is what keeps it fast on a busy machine)."""
+    heavy = ("numpy", "torch", "transformers", "PySide6", "openai", "httpx2", "pyarrow", "keyring")
     code = (
         "import sys, contextlib, io\n"
         "from kdstudio.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try: main(['--help'])\n"
         "    except SystemExit: pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'PySide6', 'openai', 'pyarrow') if m in sys.modules]\n"
-        "print(heavy)\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
     )
-    t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    elapsed = time.perf_counter() - t0
     assert out.stdout.strip() == "[]"
-    assert elapsed < 2.0
+
+
+def test_collect_options_are_the_config_fields_with_their_own_defaults_and_help(run_cli):
+    import dataclasses
+
+    from kdstudio.cli import build_parser, config_from_args
+    from kdstudio.collect import CollectConfig
+
+    args = build_parser().parse_args(["collect", "--teacher", "t", "--dataset", "d"])
+    assert config_from_args(CollectConfig, args) == CollectConfig(teacher="t", dataset="d")
+    args = build_parser().parse_args(
+        ["collect", "--teacher", "t", "--dataset", "d", "--stop", "a", "--stop", "b"]
+        + ["--max-tokens", "64", "--no-token-ids", "--fixed-concurrency", "--poll", "2"]
+    )
+    config = config_from_args(CollectConfig, args)
+    assert (config.stop, config.max_tokens, config.token_ids) == (["a", "b"], 64, False)
+    assert (config.adaptive, config.batch_poll_s) == (False, 2.0)
+    text = " ".join(run_cli("collect", "--help").stdout.split())
+    for f in dataclasses.fields(CollectConfig):
+        words = " ".join(f.metadata["help"].rstrip(".").split()[1:])[:20]
+        assert words in text, f"--help does not show {f.name}'s help"
+    assert "answers per prompt (1-64, default: 1)" in text
 
 
 def test_version(run_cli):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from collect_support import KEY, KEY_ENV, add_teacher, billed_per_prompt, make_prompts
+from support.openai_server import OpenAIServer
 
-from kdstudio import outputs
 from kdstudio.collect import CollectConfig, collect
+from kdstudio.collect import store as outputs
 from kdstudio.errors import Cancelled, UserError
 from kdstudio.events import CancelToken, ListSink, Log
-from kdstudio.testing.openai_server import OpenAIServer
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_a_restarted_process_picks_up_the_recorded_batch(ws, server):
 
 
 def test_a_batch_created_just_before_a_crash_is_adopted_not_paid_twice(ws, server, monkeypatch):
-    from kdstudio.teachers import batch as batch_mod
+    from kdstudio.collect import batch as batch_mod
 
     make_prompts(ws, n=5)
     add_teacher(ws, server)

@@ -21,9 +21,9 @@ from collect_support import (
     files_containing,
     make_prompts,
 )
+from support.openai_server import OpenAIServer
 
 from kdstudio.collect import CollectConfig, collect
-from kdstudio.testing.openai_server import OpenAIServer
 from kdstudio.workspace import Workspace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,12 +13,13 @@ from collect_support import (
     files_containing,
     make_prompts,
 )
+from support.openai_server import OpenAIServer
 
-from kdstudio import outputs
-from kdstudio.collect import AdaptiveLimit, CollectConfig, backoff, collect, estimate_cost
+from kdstudio.collect import CollectConfig, collect, estimate_cost
+from kdstudio.collect import store as outputs
+from kdstudio.collect.pacing import AdaptiveLimit, backoff
 from kdstudio.errors import Cancelled, JobFailed, UserError
 from kdstudio.events import ListSink, Log, RowDone
-from kdstudio.testing.openai_server import OpenAIServer
 
 
 @pytest.fixture
@@ -50,6 +51,32 @@ def test_collects_every_prompt_with_logprobs_usage_and_cost(ws, server):
     expected = sum((i.prompt_tokens * 1.0 + i.completion_tokens * 2.0) / 1e6 for i in items)
     assert summary.spent == pytest.approx(expected)
     assert all(n == 1 for n in billed_per_prompt(server).values())
+
+
+def test_the_job_stores_its_events_and_reports_spend_as_numbers(ws, server):
+    """Whichever front end runs it (no sink at all here), a collection's events are stored,
+    and its progress carries plain numbers that each front end formats its own way."""
+    import io
+
+    from kdstudio.events import ConsoleSink, FanoutSink, Progress
+
+    make_prompts(ws, n=6)
+    add_teacher(ws, server)
+    collect(cfg(samples=2, limit=3), ws)
+    stored = ws.events("collect", "prompts.t")
+    assert [e["type"] for e in stored][:1] == ["Log"] and stored[-1]["type"] == "Finished"
+    assert stored[-1]["summary"]["counts"]["done"] == 6
+
+    sink, console = ListSink(), io.StringIO()
+    summary = collect(cfg(samples=2), ws, FanoutSink([sink, ConsoleSink(console)]))
+    last = sink.of(Progress)[-1]
+    assert last.done == last.total == 6 and summary.counts["done"] == 12
+    figures = last.extra
+    assert isinstance(figures["spent_usd"], float)
+    assert figures["spent_usd"] == pytest.approx(summary.spent)  # summed in another order
+    assert isinstance(figures["estimate_usd"], float) and figures["estimate_usd"] > 0
+    assert figures["failed"] == figures["retries"] == 0 and figures["concurrency"] == 8
+    assert "spent $0.0" in console.getvalue() and "estimate $0.0" in console.getvalue()
 
 
 def test_transient_faults_are_retried_and_no_prompt_is_paid_twice(ws, server):
@@ -363,10 +390,12 @@ def test_probe_names_the_models_an_endpoint_serves_when_the_model_is_wrong(ws, s
 
 
 def test_heartbeat_stays_fresh_while_a_long_call_holds_the_collector(ws, server):
-    """A local model's generate can outlast STALE_AFTER_S; a helper keeps the claim alive."""
+    """A long call (a local generate, a batch poll) can outlast STALE_AFTER_S; a helper
+    thread keeps the collector's lease alive meanwhile."""
     import time
 
-    from kdstudio.collect import Collection
+    from kdstudio.collect.ledger import Collection
+    from kdstudio.workspace import Lease
 
     make_prompts(ws, n=2)
     add_teacher(ws, server)
@@ -374,7 +403,8 @@ def test_heartbeat_stays_fresh_while_a_long_call_holds_the_collector(ws, server)
     col = Collection(cfg(), ws)
     col.id = ws.query_one("SELECT id FROM collections WHERE name=?", (col.name,))[0]
     ws.db.execute("UPDATE collections SET heartbeat=0 WHERE id=?", (col.id,))
-    with col.beating(every_s=0.05):
+    lease = Lease(ws, "collections", col.id, every_s=0.05, stale_after_s=col.lease.stale_after_s)
+    with lease.beating():
         time.sleep(0.3)  # this thread is busy (a generate call); it writes nothing
         beat = ws.query_one("SELECT heartbeat FROM collections WHERE id=?", (col.id,))[0]
     assert beat > time.time() - 5

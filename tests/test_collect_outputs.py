@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from collect_support import make_prompts
 
-from kdstudio import outputs
+from kdstudio.collect import store as outputs
 from kdstudio.errors import NotFound, UserError
 from kdstudio.logprobs import from_openai
 

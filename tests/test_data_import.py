@@ -321,7 +321,7 @@ def test_as_collection_stores_the_answers_as_done_items(ws, tmp_path):
         (result.collection_id,),
     )
     assert [tuple(i) for i in items] == [(0, "done", 0, "Hello!"), (1, "done", 0, "6")]
-    from kdstudio.outputs import content_hash
+    from kdstudio.collect.store import content_hash
 
     h = ws.query_one(
         "SELECT hash FROM collection_items WHERE row_id=(SELECT id FROM dataset_rows WHERE idx=0)"

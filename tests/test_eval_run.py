@@ -7,6 +7,7 @@ import json
 import pytest
 from train_support import single_thread
 
+from kdstudio.collect.store import iter_examples
 from kdstudio.distill import checkpoint as ckpt
 from kdstudio.distill import runs
 from kdstudio.distill.config import TrainConfig
@@ -21,7 +22,6 @@ from kdstudio.evaluate import (
     text_scores,
 )
 from kdstudio.events import CancelToken, ListSink, Progress, RowDone
-from kdstudio.outputs import iter_examples
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def window(qtbot, ws, tmp_path):
-    from kdstudio.gui.testing import studio_window
+    from support.gui import studio_window
 
     yield from studio_window(qtbot, ws, tmp_path / "settings")
 
@@ -144,8 +144,9 @@ def test_garbage_made_in_a_job_is_collected_on_the_gui_thread_only(qtbot, tmp_pa
     import gc
     import time
 
+    from support.gui import prepare_app
+
     from kdstudio.gui import collector
-    from kdstudio.gui.testing import prepare_app
     from kdstudio.gui.workers import Job
 
     prepare_app(tmp_path / "settings")
@@ -181,8 +182,9 @@ def test_a_burst_of_new_objects_is_frozen_then_freed_by_a_deep_collection_when_i
 ):
     import gc
 
+    from support.gui import prepare_app
+
     from kdstudio.gui import collector
-    from kdstudio.gui.testing import prepare_app
 
     prepare_app(tmp_path / "settings")
     gc_collector = collector.installed()

@@ -15,21 +15,21 @@ KEY_ENV = "KDSTUDIO_GUI_TEST_KEY"
 
 @pytest.fixture
 def window(qtbot, ws, tmp_path):
-    from kdstudio.gui.testing import studio_window
+    from support.gui import studio_window
 
     yield from studio_window(qtbot, ws, tmp_path / "settings", size=(1200, 800))
 
 
 @pytest.fixture
 def prompts(tmp_path):
-    from kdstudio.gui.testing import write_prompts
+    from support.gui import write_prompts
 
     return write_prompts(tmp_path / "prompts.jsonl", 30)
 
 
 @pytest.fixture
 def server():
-    from kdstudio.testing.openai_server import OpenAIServer
+    from support.openai_server import OpenAIServer
 
     os.environ[KEY_ENV] = "sk-gui-loopback"
     srv = OpenAIServer(latency=0.005, api_key="sk-gui-loopback").start()
@@ -175,8 +175,8 @@ def test_collect_estimates_then_runs_to_100_percent_with_failures_listed(
 
 
 def test_paused_collection_is_offered_for_resume_and_resumes(qtbot, window, ws, prompts, server):
-    from kdstudio import outputs
     from kdstudio.collect import CollectConfig
+    from kdstudio.collect import store as outputs
     from kdstudio.data import import_dataset
 
     import_dataset(ws, prompts, name="arith")
@@ -202,8 +202,8 @@ def test_paused_collection_is_offered_for_resume_and_resumes(qtbot, window, ws, 
 def test_outputs_search_review_edit_keeps_the_original_and_colours_tokens(
     qtbot, window, ws, prompts, server, tmp_path
 ):
-    from kdstudio import outputs
     from kdstudio.collect import CollectConfig, collect
+    from kdstudio.collect import store as outputs
     from kdstudio.data import import_dataset
 
     import_dataset(ws, prompts, name="arith")

@@ -10,9 +10,10 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def panel(qtbot, ws, tmp_path):
+    from support.gui import prepare_app
+
     from kdstudio.gui import errors, workers
     from kdstudio.gui.panels.teachers import TeachersPanel
-    from kdstudio.gui.testing import prepare_app
 
     prepare_app(tmp_path / "settings")
     p = TeachersPanel()

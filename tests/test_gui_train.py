@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
-    from kdstudio.gui.testing import tiny_student
+    from support.gui import tiny_student
 
     return tiny_student(tmp_path_factory.mktemp("student"))
 
@@ -21,10 +21,12 @@ def student(tmp_path_factory):
 @pytest.fixture
 def trained_ws(ws, tmp_path):
     """A workspace with a collection of answers to train on (teacher answers stored as done)."""
+    from support.gui import write_prompts
+
+    from kdstudio.collect.store import content_hash, create_collection, insert_response
     from kdstudio.config import TeacherConfig
     from kdstudio.data import import_dataset
-    from kdstudio.gui.testing import write_prompts
-    from kdstudio.outputs import Response, content_hash, create_collection, insert_response
+    from kdstudio.teachers import Response
 
     result = import_dataset(ws, write_prompts(tmp_path / "p.jsonl", 40), name="arith")
     ws.add_teacher(TeacherConfig(name="t", base_url="http://127.0.0.1:9/v1", model="m"))
@@ -46,7 +48,7 @@ def trained_ws(ws, tmp_path):
 
 @pytest.fixture
 def window(qtbot, trained_ws, tmp_path):
-    from kdstudio.gui.testing import studio_window
+    from support.gui import studio_window
 
     yield from studio_window(qtbot, trained_ws, tmp_path / "settings")
 
@@ -211,8 +213,9 @@ def test_a_run_started_from_the_cli_appears_in_runs_and_its_curves_grow(
     import subprocess
     import sys
 
+    from support.gui import ROOT
+
     from kdstudio.config import dumps_toml
-    from kdstudio.gui.testing import ROOT
 
     config = tmp_path / "cli.toml"
     config.write_text(

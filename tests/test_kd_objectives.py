@@ -61,14 +61,14 @@ def test_fused_head_leaves_frozen_weights_without_gradient():
 
 
 def _setup(ws, kd_models, method, teacher_path=None, prepare=None, **distill):
+    from support.train_data import make_collection, memorisable_pairs
     from transformers import AutoModelForCausalLM
 
+    from kdstudio.collect.store import iter_examples
     from kdstudio.distill.batches import build_dataset, collate, load_student_tokenizer
     from kdstudio.distill.kd import DenseKD, SparseKD
     from kdstudio.distill.objectives import ObjectiveContext
     from kdstudio.events import ListSink
-    from kdstudio.outputs import iter_examples
-    from kdstudio.testing.train_data import make_collection, memorisable_pairs
 
     make_collection(ws, "tiny", memorisable_pairs(8))
     if prepare is not None:

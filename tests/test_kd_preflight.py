@@ -12,7 +12,7 @@ from kdstudio.events import ListSink, Log, Metrics
 
 
 def _collection(ws, n=8):
-    from kdstudio.testing.train_data import make_collection, memorisable_pairs
+    from support.train_data import make_collection, memorisable_pairs
 
     return make_collection(ws, "tiny", memorisable_pairs(n))
 

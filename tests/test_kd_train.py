@@ -8,10 +8,10 @@ import statistics
 
 import pytest
 from kd_support import add_local_teacher, collect_from_loopback, config, metric_series, train
+from support.openai_server import OpenAIServer
 
+from kdstudio.collect.store import iter_examples
 from kdstudio.events import ListSink, Log
-from kdstudio.outputs import iter_examples
-from kdstudio.testing.openai_server import OpenAIServer
 
 KD_METRICS = ("loss", "ce", "kd", "kd_share", "top1_agree", "student_entropy")
 
@@ -99,7 +99,7 @@ def test_ce_fallback_positions_are_counted(ws, kd_models, server):
 
 
 def test_dense_kd_with_a_local_teacher_lowers_the_kd_term(ws, kd_models):
-    from kdstudio.testing.train_data import make_collection, memorisable_pairs
+    from support.train_data import make_collection, memorisable_pairs
 
     make_collection(ws, "tiny", memorisable_pairs(24))
     add_local_teacher(ws, "local", kd_models.teacher)
@@ -118,7 +118,7 @@ def test_dense_kd_with_a_local_teacher_lowers_the_kd_term(ws, kd_models):
 
 
 def test_on_policy_batches_score_what_the_student_writes(ws, kd_models):
-    from kdstudio.testing.train_data import make_collection, memorisable_pairs
+    from support.train_data import make_collection, memorisable_pairs
 
     make_collection(ws, "tiny", memorisable_pairs(16))
     add_local_teacher(ws, "local", kd_models.teacher)
@@ -151,13 +151,13 @@ def test_on_policy_batches_score_what_the_student_writes(ws, kd_models):
 
 def test_generated_batches_keep_the_prompt_and_mask_only_the_new_tokens(ws, kd_models):
     import torch
+    from support.train_data import make_collection, memorisable_pairs
     from transformers import AutoModelForCausalLM
 
     from kdstudio.distill.batches import build_dataset, collate, load_student_tokenizer
     from kdstudio.distill.kd import DenseKD
     from kdstudio.distill.objectives import ObjectiveContext
     from kdstudio.events import NullSink
-    from kdstudio.testing.train_data import make_collection, memorisable_pairs
 
     make_collection(ws, "tiny", memorisable_pairs(4))
     add_local_teacher(ws, "local", kd_models.teacher)

@@ -6,8 +6,8 @@ import json
 import os
 import time
 
-from kdstudio import outputs
-from kdstudio.collect import interrupted_collections
+from kdstudio.collect import store as outputs
+from kdstudio.collect.ledger import interrupted_collections
 from kdstudio.data import import_dataset
 from kdstudio.workspace import Workspace
 

@@ -6,6 +6,7 @@ where they are not installed those checks skip and say so.
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -162,6 +163,7 @@ def test_the_wheel_carries_the_icons_the_migrations_and_the_command(tmp_path):
         names = set(wheel.namelist())
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "kdstudio = kdstudio.cli:main" in wheel.read(entry_points).decode()
+        shipped_code = {n: wheel.read(n).decode() for n in names if n.endswith(".py")}
     icons = {f"kdstudio/resources/icons/{p.name}" for p in resources.icon_path().parent.iterdir()}
     migrations = {
         f"kdstudio/migrations/{p.name}" for p in (ROOT / "kdstudio/migrations").glob("*.py")
@@ -170,6 +172,41 @@ def test_the_wheel_carries_the_icons_the_migrations_and_the_command(tmp_path):
     assert icons - names == set(), "icons missing from the wheel"
     assert migrations - names == set(), "migrations missing from the wheel"
     assert len(migrations) > 1
+    # Test scaffolding stays in tests/: no loopback server, no test helpers in the wheel.
+    assert "kdstudio/demo/tiny.py" in names, "the demo builds its models with it"
+    servers = [n for n, code in shipped_code.items() if "start_server(" in code]
+    assert servers == [], "an HTTP server (the loopback test teacher) is in the wheel"
+    assert not [n for n in names if "testing" in n or n.startswith("tests/")]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_declared_dependencies_are_exactly_what_kdstudio_imports():
+    """Every third-party package kdstudio imports is declared (dependencies, or an extra for
+    an optional feature), and nothing is declared that kdstudio never imports."""
+    import ast
+    import importlib.metadata
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    requirements = project["dependencies"] + [r for name in ("lora",) for r in extras[name]]
+    declared = {_canonical(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in requirements}
+    imported: set[str] = set()
+    for path in (ROOT / "kdstudio").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "kdstudio"}
+    by_module = importlib.metadata.packages_distributions()
+    missing = [m for m in sorted(third_party) if m not in by_module]
+    assert missing == [], f"imported but not installed (so not declared either): {missing}"
+    distributions = {_canonical(by_module[m][0]) for m in third_party}
+    assert distributions - declared == set(), "imported but not declared"
+    assert declared - distributions == set(), "declared but never imported"
 
 
 def test_desktop_entry_names_the_installed_icon_and_command():

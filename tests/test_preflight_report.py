@@ -7,14 +7,14 @@ import json
 
 import pytest
 from kd_support import add_local_teacher, collect_from_loopback, config
+from support.openai_server import OpenAIServer
 
 from kdstudio.config import dumps_toml
 from kdstudio.distill.preflight import preflight
-from kdstudio.testing.openai_server import OpenAIServer
 
 
 def _collection(ws, n=10, **kw):
-    from kdstudio.testing.train_data import make_collection, memorisable_pairs
+    from support.train_data import make_collection, memorisable_pairs
 
     return make_collection(ws, "tiny", memorisable_pairs(n), **kw)
 
@@ -98,6 +98,7 @@ def test_sparse_kd_reports_the_kd_share_or_refuses_a_collection_without_logprobs
     assert any(c.startswith("sparse_kd:") for c in report.checks)
 
 
+@pytest.mark.slow  # a CLI process that loads transformers and the models
 @pytest.mark.parametrize("good", [True, False])
 def test_cli_preflight_prints_the_report_and_exits_2_on_problems(
     ws, kd_models, run_cli, tmp_path, good

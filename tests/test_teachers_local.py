@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from collect_support import make_prompts
 
-from kdstudio import outputs
 from kdstudio.collect import CollectConfig, collect
+from kdstudio.collect import store as outputs
 from kdstudio.config import TeacherConfig
 
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
-    from kdstudio.testing.tiny import make_model, make_tokenizer
+    from kdstudio.demo.tiny import make_model, make_tokenizer
 
     root = tmp_path_factory.mktemp("tiny")
     tok = make_tokenizer(root / "tok", ["prompt one two three café"], vocab_size=300)
@@ -59,6 +59,7 @@ def test_local_answers_are_cached_like_remote_ones(ws, tiny_teacher):
     assert again.requests == 0 and again.counts["done"] == 3
 
 
+@pytest.mark.slow  # two CLI processes that load transformers
 def test_cli_add_local_checks_the_folder_and_probe_finds_ids(ws, run_cli, tiny_teacher, tmp_path):
     import json
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 from collect_support import KEY, KEY_ENV, add_teacher, files_containing
+from support.openai_server import OpenAIServer
 
 from kdstudio.teachers.probe import probe, summary_lines
-from kdstudio.testing.openai_server import OpenAIServer
 
 
 @pytest.fixture(autouse=True)

@@ -160,7 +160,7 @@ def test_truncation_keeps_partial_responses_and_drops_empty_ones(word_tok):
 
 
 def test_rejected_outputs_are_excluded_and_edits_are_used(tmp_path, word_tok):
-    from kdstudio.outputs import iter_examples, set_review
+    from kdstudio.collect.store import iter_examples, set_review
 
     ws = workspace_with_collection(tmp_path / "ws", n=6)
     rows = [r[0] for r in ws.query("SELECT id FROM dataset_rows ORDER BY idx")]
@@ -176,7 +176,7 @@ def test_rejected_outputs_are_excluded_and_edits_are_used(tmp_path, word_tok):
 
 
 def test_truncated_away_examples_are_counted(tmp_path, word_tok):
-    from kdstudio.outputs import iter_examples
+    from kdstudio.collect.store import iter_examples
 
     ws = workspace_with_collection(tmp_path / "ws", n=4)
     tok, _ = load_student_tokenizer(str(word_tok))
@@ -193,7 +193,7 @@ def test_split_is_by_row_deterministic_and_sized():
 
 
 def test_all_samples_of_a_prompt_land_on_the_same_side(tmp_path, word_tok):
-    from kdstudio.outputs import iter_examples
+    from kdstudio.collect.store import iter_examples
 
     ws = workspace_with_collection(tmp_path / "ws", n=10, samples=2)
     tok, _ = load_student_tokenizer(str(word_tok))

@@ -255,8 +255,8 @@ def test_gradient_checkpointing_trains_to_the_same_loss(env, ws):
 
 
 def test_resuming_after_the_collection_changed_warns(env, ws):
+    from kdstudio.collect.store import set_review
     from kdstudio.events import Warning as KdWarning
-    from kdstudio.outputs import set_review
 
     path, _ = env
     cancel = CancelToken()

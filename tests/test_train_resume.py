@@ -23,6 +23,8 @@ from train_support import (
     write_toml,
 )
 
+pytestmark = pytest.mark.slow  # training processes killed and resumed
+
 DRIVER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})

@@ -20,6 +20,8 @@ from train_support import (
     workspace_with_collection,
 )
 
+pytestmark = pytest.mark.slow  # torchrun with two processes
+
 DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -155,3 +155,48 @@ def test_metrics_can_be_tailed_by_rowid(ws):
     ws.add_metrics(run_id, 2, {"loss": 1.5}, 2.0)
     new = ws.metrics(run_id, after_rowid=first[-1]["rowid"])
     assert [(r["step"], r["name"], r["value"]) for r in new] == [(2, "loss", 1.5)]
+
+
+def test_a_lease_is_refused_while_its_holder_lives_and_taken_over_once_it_is_gone(ws):
+    import os
+    import socket
+
+    from kdstudio.workspace import Lease, LeaseHeld
+
+    now = time.time()
+    ws.db.execute(
+        "INSERT INTO runs(name, status, method, config, collection, created_at, updated_at)"
+        " VALUES ('r', 'created', 'sft', '{}', 'c', ?, ?)",
+        (now, now),
+    )
+    lease = Lease(ws, "runs", 1, every_s=10.0, stale_after_s=120.0)
+    here = socket.gethostname()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)  # fmt: skip
+
+    def holder(pid, host, heartbeat):
+        ws.db.execute(
+            "UPDATE runs SET pid=?, host=?, heartbeat=? WHERE id=1", (pid, host, heartbeat)
+        )
+
+    def claim():
+        with ws.tx() as con:
+            lease.claim(con, status="running")
+
+    holder(os.getppid(), here, now - 3600)  # alive here: its pid answers, however old the beat
+    with pytest.raises(LeaseHeld) as held:
+        claim()
+    assert (held.value.pid, held.value.host) == (os.getppid(), here)
+    assert ws.query_one("SELECT status FROM runs")[0] == "created", "nothing half-written"
+    holder(dead, here, now)  # dead here: taken over at once, even with a fresh heartbeat
+    claim()
+    holder(12345, "elsewhere", time.time())  # another host: only its heartbeat can tell
+    with pytest.raises(LeaseHeld):
+        claim()
+    holder(12345, "elsewhere", time.time() - 121)
+    claim()
+    row = ws.query_one("SELECT pid, host, heartbeat, status FROM runs")
+    assert (row["pid"], row["host"], row["status"]) == (os.getpid(), here, "running")
+    claim()  # this process again: still its own
+    lease.release(status="finished")
+    assert ws.query_one("SELECT pid, status FROM runs")[:] == (None, "finished")

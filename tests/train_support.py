@@ -25,7 +25,7 @@ def single_thread():
 
 def student(tmp_root: Path) -> Path:
     """A 2-layer, hidden-64 Llama with a tokenizer trained on the memorisable pairs (cached)."""
-    from kdstudio.testing.train_data import make_student, memorisable_pairs, texts_of
+    from support.train_data import make_student, memorisable_pairs, texts_of
 
     if "path" not in _STUDENT:
         _STUDENT["path"] = make_student(tmp_root / "student", texts_of(memorisable_pairs(24)))
@@ -33,7 +33,8 @@ def student(tmp_root: Path) -> Path:
 
 
 def workspace_with_collection(path: Path, name: str = "tiny", n: int = 24, **kw: Any):
-    from kdstudio.testing.train_data import make_collection, memorisable_pairs
+    from support.train_data import make_collection, memorisable_pairs
+
     from kdstudio.workspace import Workspace
 
     ws = Workspace.open(path)

@@ -6,8 +6,28 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kdstudio.cli import stop_on_signals
+from kdstudio.cli import add_config_options, config_from_args, stop_on_signals
 from kdstudio.errors import UserError
+
+METAVARS = {
+    "teacher": "NAME",
+    "dataset": "NAME",
+    "name": "C",
+    "samples": "N",
+    "max_tokens": "N",
+    "temperature": "T",
+    "top_p": "P",
+    "seed": "SEED",
+    "stop": "TEXT",
+    "top_logprobs": "K",
+    "concurrency": "N",
+    "max_retries": "N",
+    "timeout": "S",
+    "budget": "USD",
+    "batch_poll_s": "S",
+    "local_batch_size": "N",
+    "limit": "N",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,90 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "arrives. Re-running the same command resumes; Ctrl-C stops after the requests in "
         "flight are stored (exit 130).",
     )
-    p.add_argument("--teacher", required=True, metavar="NAME")
-    p.add_argument("--dataset", required=True, metavar="NAME")
-    p.add_argument("--name", metavar="C", help="collection name (default: DATASET.TEACHER)")
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=8,
-        metavar="N",
-        help="requests in flight at most, 1-256 (default 8; adapts down on 429)",
-    )
-    p.add_argument(
-        "--samples", type=int, default=1, metavar="N", help="answers per prompt (default 1)"
-    )
-    p.add_argument(
-        "--max-tokens",
-        type=int,
-        default=512,
-        metavar="N",
-        help="most tokens per answer (default 512)",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=1.0,
-        metavar="T",
-        help="sampling temperature (default 1.0)",
-    )
-    p.add_argument("--top-p", type=float, default=None, metavar="P")
-    p.add_argument("--seed", type=int, default=None, help="sample i uses SEED + i")
-    p.add_argument(
-        "--stop", action="append", default=[], metavar="TEXT", help="stop sequence (repeatable)"
-    )
-    p.add_argument(
-        "--top-logprobs",
-        type=int,
-        default=None,
-        metavar="K",
-        help="store logprobs with K alternatives per token (0-20)",
-    )
-    ids = p.add_mutually_exclusive_group()
-    ids.add_argument(
-        "--token-ids",
-        dest="token_ids",
-        action="store_true",
-        default=None,
-        help="ask for token ids (vLLM)",
-    )
-    ids.add_argument("--no-token-ids", dest="token_ids", action="store_false")
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=None,
-        metavar="USD",
-        help="stop launching requests before spending more than this",
-    )
-    p.add_argument(
-        "--batch-api",
-        action="store_true",
-        help="submit through the Batch API (half price, up to 24 h)",
-    )
-    p.add_argument(
-        "--poll",
-        type=float,
-        default=15.0,
-        metavar="S",
-        help="seconds between Batch API status checks",
-    )
-    p.add_argument(
-        "--max-retries",
-        type=int,
-        default=8,
-        metavar="N",
-        help="retries of a transient error before a row fails",
-    )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=300.0,
-        metavar="S",
-        help="seconds before one request times out",
-    )
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts")
-    p.add_argument(
-        "--fixed-concurrency", action="store_true", help="do not adapt concurrency on 429"
+    from kdstudio.collect.config import CollectConfig
+
+    add_config_options(
+        p,
+        CollectConfig,
+        flags={"batch_poll_s": ["--poll"], "adaptive": ["--fixed-concurrency"]},
+        metavars=METAVARS,
     )
     p.add_argument(
         "--estimate",
@@ -163,37 +106,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.set_defaults(func=cmd_outputs_export)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    from kdstudio.collect import CollectConfig
-
-    return CollectConfig(
-        teacher=args.teacher,
-        dataset=args.dataset,
-        name=args.name,
-        samples=args.samples,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=list(args.stop),
-        top_logprobs=args.top_logprobs,
-        token_ids=args.token_ids,
-        concurrency=args.concurrency,
-        adaptive=not args.fixed_concurrency,
-        max_retries=args.max_retries,
-        timeout=args.timeout,
-        budget=args.budget,
-        batch_api=args.batch_api,
-        batch_poll_s=args.poll,
-        limit=args.limit,
-    )
-
-
 def cmd_collect(args: argparse.Namespace, ctx) -> int:
-    from kdstudio.collect import collect, estimate_cost
-    from kdstudio.events import CancelToken, ConsoleSink, FanoutSink, StoreSink
+    from kdstudio.collect import CollectConfig, collect, estimate_cost
+    from kdstudio.events import CancelToken, ConsoleSink
 
-    config = config_from_args(args)
+    config = config_from_args(CollectConfig, args)
     ws = ctx.ws
     if args.estimate:
         estimate = estimate_cost(config, ws)
@@ -203,16 +120,15 @@ def cmd_collect(args: argparse.Namespace, ctx) -> int:
             print(estimate.line())
         return 0
     cancel = CancelToken()
-    sink = FanoutSink([ConsoleSink(), StoreSink(ws, "collect", config.collection_name())])
     with stop_on_signals(cancel, "waiting for the requests in flight and storing them"):
-        summary = collect(config, ws, sink, cancel)
+        summary = collect(config, ws, ConsoleSink(), cancel)
     if args.json:
         ctx.print_json(summary.to_dict())
     return 0
 
 
 def _filter(args: argparse.Namespace) -> Any:
-    from kdstudio.outputs import ItemFilter
+    from kdstudio.collect.store import ItemFilter
 
     return ItemFilter(
         status=args.status,
@@ -233,7 +149,7 @@ def _short(text: str | None, width: int) -> str:
 
 
 def cmd_outputs_list(args: argparse.Namespace, ctx) -> int:
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
 
     ws = ctx.ws
     if args.collection is None:
@@ -280,7 +196,8 @@ def cmd_outputs_list(args: argparse.Namespace, ctx) -> int:
 
 
 def _list_collections(args: argparse.Namespace, ctx) -> int:
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
+    from kdstudio.formatting import usd
 
     infos = outputs.list_collections(ctx.ws)
     if args.json:
@@ -300,7 +217,7 @@ def _list_collections(args: argparse.Namespace, ctx) -> int:
                 i.status,
                 f"{c['done']}/{c['total']}",
                 c["failed"],
-                f"${i.spend:,.4f}",
+                usd(i.spend),
             ]
         )
     ctx.print_table(["NAME", "TEACHER", "DATASET", "STATUS", "DONE", "FAILED", "SPENT"], rows)
@@ -308,7 +225,7 @@ def _list_collections(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_outputs_review(args: argparse.Namespace, ctx) -> int:
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
 
     review = {"accept": "accepted", "reject": "rejected", "pending": "pending"}[args.verdict]
     ids = [outputs.row_id_for_index(ctx.ws, args.collection, idx) for idx in args.rows]
@@ -321,7 +238,7 @@ def cmd_outputs_review(args: argparse.Namespace, ctx) -> int:
 def cmd_outputs_edit(args: argparse.Namespace, ctx) -> int:
     import sys
 
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
 
     row_id = outputs.row_id_for_index(ctx.ws, args.collection, args.row)
     if args.revert:
@@ -338,7 +255,7 @@ def cmd_outputs_edit(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_outputs_export(args: argparse.Namespace, ctx) -> int:
-    from kdstudio import outputs
+    from kdstudio.collect import store as outputs
 
     filt = outputs.ItemFilter(review=args.review, search=args.search)
     n = outputs.export_items(ctx.ws, args.collection, args.out, filt=filt)

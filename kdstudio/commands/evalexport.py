@@ -7,9 +7,18 @@ import re
 from contextlib import contextmanager
 from typing import Any
 
-from kdstudio.cli import stop_on_signals
+from kdstudio.cli import add_config_options, config_from_args, stop_on_signals
+from kdstudio.evaluate import EvalConfig
+from kdstudio.export import ExportConfig
 
 SHOW_DEFAULT = 3
+METAVARS = {
+    "limit": "N",
+    "checkpoint": "last|best|STEP",
+    "max_new_tokens": "N",
+    "batch_size": "N",
+    "out": "DIR",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,18 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compare a run's student with its teacher and its starting weights on held-out prompts",
     )
     ev.add_argument("run", metavar="RUN")
-    ev.add_argument("--limit", type=int, metavar="N", help="at most N held-out prompts")
-    ev.add_argument(
-        "--checkpoint",
-        default="last",
-        metavar="last|best|STEP",
-        help="which checkpoint (default: last)",
-    )
-    ev.add_argument(
-        "--max-new-tokens", type=int, default=256, metavar="N", help="longest answer (default: 256)"
-    )
-    ev.add_argument("--batch-size", type=int, default=8, metavar="N", help="prompts per batch")
-    ev.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    add_config_options(ev, EvalConfig, skip=("run",), metavars=METAVARS)
     ev.add_argument(
         "--show",
         type=int,
@@ -44,18 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ex = sub.add_parser("export", help="write a run's student as a Hugging Face model folder")
     ex.add_argument("run", metavar="RUN")
-    ex.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
-    ex.add_argument(
-        "--merge-lora",
-        action="store_true",
-        help="LoRA runs: merge the adapter into the base weights (default: export the adapter)",
-    )
-    ex.add_argument(
-        "--checkpoint",
-        default="last",
-        metavar="last|best|STEP",
-        help="which checkpoint (default: last)",
-    )
+    add_config_options(ex, ExportConfig, skip=("run",), metavars=METAVARS)
     ex.add_argument("--json", action="store_true", help="print one JSON document")
     ex.set_defaults(func=cmd_export)
 
@@ -84,18 +71,11 @@ def _one_line(text: str, width: int = 100) -> str:
 
 
 def cmd_eval(args: argparse.Namespace, ctx) -> int:
-    from kdstudio.evaluate import METRICS, EvalConfig, eval_items, evaluate
+    from kdstudio.evaluate import METRICS, eval_items, evaluate
     from kdstudio.events import CancelToken, ConsoleSink
 
     with _flags_in_messages("eval"):
-        config = EvalConfig(
-            run=args.run,
-            limit=args.limit,
-            checkpoint=args.checkpoint,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            device=args.device,
-        )
+        config = config_from_args(EvalConfig, args, run=args.run)
     cancel = CancelToken()
     with stop_on_signals(cancel, "after this batch (what is done is saved)"):
         result = evaluate(config, ctx.ws, ConsoleSink(quiet=args.json), cancel)
@@ -128,12 +108,10 @@ def cmd_eval(args: argparse.Namespace, ctx) -> int:
 
 def cmd_export(args: argparse.Namespace, ctx) -> int:
     from kdstudio.events import CancelToken, ConsoleSink
-    from kdstudio.export import ExportConfig, export
+    from kdstudio.export import export
 
     with _flags_in_messages("export"):
-        config = ExportConfig(
-            run=args.run, out=args.out, checkpoint=args.checkpoint, merge_lora=args.merge_lora
-        )
+        config = config_from_args(ExportConfig, args, run=args.run)
     cancel = CancelToken()
     with stop_on_signals(cancel, "the export (nothing will be left half-written)"):
         result = export(config, ctx.ws, ConsoleSink(quiet=args.json), cancel)

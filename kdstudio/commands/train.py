@@ -217,10 +217,10 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_preview(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.collect.store import iter_examples
     from kdstudio.distill.batches import load_student_tokenizer, preview_example
     from kdstudio.distill.config import load_config
     from kdstudio.distill.runs import get_run
-    from kdstudio.outputs import iter_examples
 
     if args.config:
         config = load_config(args.config, args.set)

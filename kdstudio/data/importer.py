@@ -14,7 +14,6 @@ import re
 import sqlite3
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import chain
@@ -27,6 +26,7 @@ from kdstudio.data.readers import CONTAINERS, MAX_ROW_BYTES, Bad, DataError, exc
 from kdstudio.data.schema import SCHEMAS, RowError, Schema, converter, detect, normalize_mapping
 from kdstudio.errors import UserError
 from kdstudio.events import CancelToken, Finished, Log, NullSink, Progress, Sink, Warning
+from kdstudio.formatting import duration
 from kdstudio.workspace import Workspace
 
 FORMATS = ("auto", *CONTAINERS, *SCHEMAS[:3])
@@ -71,7 +71,7 @@ class ImportResult:
         text = (
             f"imported {plural(self.n_rows, 'row')} into dataset {self.name!r} "
             f"({self.file_format.upper()}, {SCHEMA_WORDS.get(self.detected_format, self.detected_format)}"
-            f"; {self.n_references:,} with a reference answer) in {self.seconds:.1f} s"
+            f"; {self.n_references:,} with a reference answer) in {duration(self.seconds)}"
         )
         if self.removed_duplicates:
             text += f"; removed {plural(self.removed_duplicates, 'duplicate row')}"
@@ -455,7 +455,7 @@ def _bad(reader, line: int, bad: Bad, skip_bad: bool, result: ImportResult, sink
 
 def _import_answers(ws, con, did: int, name: str, collection: str, result: ImportResult) -> None:
     """Store each row's reference answer as a done item of a new collection (source 'import')."""
-    from kdstudio.outputs import add_imported_response, create_collection
+    from kdstudio.collect.store import add_imported_response, create_collection
 
     if result.n_references == 0:
         raise UserError(
@@ -508,7 +508,3 @@ def skipped_summary(skipped: list[tuple[int, str]], unit: str = "line") -> str:
     if start is not None:
         ranges.append(str(start) if start == prev else f"{start}-{prev}")
     return f"{unit}{'s' if len(lines) != 1 else ''} {', '.join(ranges)}"
-
-
-def reasons(skipped: list[tuple[int, str]]) -> Counter[str]:
-    return Counter(reason for _, reason in skipped)

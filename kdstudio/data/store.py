@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdstudio.errors import NotFound, UserError
 from kdstudio.events import CancelToken, Finished, NullSink, Progress, Sink
+from kdstudio.formatting import duration
 
 if TYPE_CHECKING:
     from kdstudio.workspace import Workspace
@@ -536,7 +537,7 @@ def derive(
             "UPDATE datasets SET n_rows=?, stats=? WHERE id=?", (doc["rows"], json.dumps(doc), did)
         )
     info = get_dataset(ws, did)
-    sink.emit(Finished(f"dataset {name!r}: {info.n_rows} rows from {src.name!r} ({time.time() - t0:.1f} s)",
+    sink.emit(Finished(f"dataset {name!r}: {info.n_rows} rows from {src.name!r} ({duration(time.time() - t0)})",
                        summary={"dataset": name, "rows": info.n_rows, "parent": src.name}))  # fmt: skip
     return info
 

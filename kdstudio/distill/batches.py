@@ -48,7 +48,7 @@ from kdstudio.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from kdstudio.outputs import Example
+    from kdstudio.collect.store import Example
 
 IGNORE = -100
 MEGA_BATCH = 50

@@ -120,8 +120,5 @@ def make_objective(config: TrainConfig) -> Objective:
     method = config.distill.method
     cls = OBJECTIVES.get(method)
     if cls is None:
-        raise UserError(
-            f"distill.method {method!r} arrives with the KD engine, which is not in this "
-            'build yet; use method = "sft"'
-        )
+        raise UserError(f"distill.method {method!r} is not one of: {', '.join(sorted(OBJECTIVES))}")
     return cls(config)

@@ -374,8 +374,8 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
     """Every check `Trainer.setup()` makes before the first step, without creating a run,
     loading weights or building an optimizer (see the module docstring). Never raises for
     bad input: problems go to `report.errors`."""
+    from kdstudio.collect.store import collection_id, iter_examples
     from kdstudio.distill.batches import DataStream, build_dataset, load_student_tokenizer
-    from kdstudio.outputs import collection_id, iter_examples
 
     cfg = config
     report = PreflightReport(cfg.distill.method, cfg.student.path, cfg.data.collection)

@@ -1,23 +1,21 @@
 """Training runs in the workspace: create, look up, list, and track status.
 
 Status: `created`, `running`, `finished`, `stopped` (by the user, after a checkpoint),
-`failed`. A run stored as `running` whose process is gone (its pid is dead, when it ran on
-this host; else its heartbeat is older than `STALE_AFTER_S`) reads as `interrupted`;
-`--resume` continues it.
+`failed`. A running run holds a `Lease` on its row (pid, host, heartbeat); one stored as
+`running` whose process is gone (its pid is dead, when it ran on this host; else its
+heartbeat is older than `STALE_AFTER_S`) reads as `interrupted`; `--resume` continues it.
 No torch here: the GUI and `runs list` use this module cheaply.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdstudio.errors import NotFound, UserError
-from kdstudio.workspace import pid_alive
+from kdstudio.workspace import Lease, LeaseHeld
 
 if TYPE_CHECKING:
     from kdstudio.distill.config import TrainConfig
@@ -58,18 +56,16 @@ class Run:
         return dict(self.__dict__)
 
 
-def effective_status(row: dict[str, Any], now: float | None = None) -> str:
+def lease(ws: Workspace, run_id: int) -> Lease:
+    """The lease a training process holds on its run while it is `running`."""
+    return Lease(ws, "runs", run_id, every_s=HEARTBEAT_EVERY_S, stale_after_s=STALE_AFTER_S)
+
+
+def effective_status(row: dict[str, Any]) -> str:
     """`running` becomes `interrupted` when its process is dead or silent for too long."""
     status = row["status"]
-    if status != "running":
-        return status
-    now = time.time() if now is None else now
-    if row.get("host") == socket.gethostname() and row.get("pid"):
-        # on this machine the process itself answers (a long save may pause the heartbeat)
-        return status if pid_alive(int(row["pid"])) else "interrupted"
-    if row.get("heartbeat") is not None and now - row["heartbeat"] > STALE_AFTER_S:
-        return "interrupted"
-    return status
+    alive = Lease.holder_alive(row.get("pid"), row.get("host"), row.get("heartbeat"), STALE_AFTER_S)
+    return "interrupted" if status == "running" and not alive else status
 
 
 def _from_row(row: Any) -> Run:
@@ -138,11 +134,13 @@ def set_status(ws: Workspace, run_id: int, status: str, *, error: str | None = N
         raise ValueError(f"cannot store run status {status!r}")
     now = time.time()
     if status == "running":
-        ws.db.execute(
-            "UPDATE runs SET status=?, pid=?, host=?, heartbeat=?, error=NULL, updated_at=? "
-            "WHERE id=?",
-            (status, os.getpid(), socket.gethostname(), now, now, run_id),
-        )
+        try:
+            with ws.tx() as con:
+                lease(ws, run_id).claim(con, status=status, error=None, updated_at=now)
+        except LeaseHeld as held:
+            raise UserError(
+                f"run #{run_id} is running now (pid {held.pid} on {held.host}); stop it first"
+            ) from None
     else:
         ws.db.execute(
             "UPDATE runs SET status=?, error=?, updated_at=? WHERE id=?",
@@ -151,10 +149,8 @@ def set_status(ws: Workspace, run_id: int, status: str, *, error: str | None = N
 
 
 def heartbeat(ws: Workspace, run_id: int, step: int) -> None:
-    now = time.time()
-    ws.db.execute(
-        "UPDATE runs SET heartbeat=?, step=?, updated_at=? WHERE id=?", (now, step, now, run_id)
-    )
+    """The training loop's beat on its run's lease, with the step it has reached."""
+    lease(ws, run_id).heartbeat(step=step, updated_at=time.time())
 
 
 def update_run(ws: Workspace, run_id: int, **values: Any) -> None:

@@ -339,7 +339,7 @@ class Trainer:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[want], want == "fp16"
 
     def _load_data(self) -> Dataset:
-        from kdstudio.outputs import iter_examples
+        from kdstudio.collect.store import iter_examples
 
         cfg = self.config.data
         data = build_dataset(

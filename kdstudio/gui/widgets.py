@@ -143,29 +143,10 @@ def escape(text: str) -> str:
     return _escape(text)
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "--:--"
-    if seconds < 60:  # "00:00" for a quick job reads as "nothing happened"
-        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
 def fmt_count(n: int | float | None) -> str:
     if n is None:
         return "–"
     return f"{int(n):,}"
-
-
-def fmt_usd(x: float | None) -> str:
-    if x is None:
-        return "–"
-    if 0 < x < 0.001:
-        return f"${x:.6f}"
-    return f"${x:,.4f}" if x < 1 else f"${x:,.2f}"
 
 
 def fmt_time(t: float | None) -> str:

@@ -13,17 +13,29 @@ Without `top_logprobs`, the local teacher still keeps the top 20 (they cost noth
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kdstudio.collect import Collection, Item, _Stats
 from kdstudio.errors import UserError
-from kdstudio.events import CancelToken, Progress, RowDone, Sink
 from kdstudio.logprobs import TokenLogprobs
-from kdstudio.outputs import Response
+from kdstudio.teachers import Response
+
+if TYPE_CHECKING:
+    from kdstudio.config import TeacherConfig
 
 DEFAULT_TOP_K = 20
+
+
+def request_body(
+    teacher: TeacherConfig, params: dict[str, Any], messages: list[dict]
+) -> dict[str, Any]:
+    """What `LocalTeacher.generate` takes for one prompt (and what the collector hashes):
+    the OpenAI request fields it honours. The sample's seed offset is added at generate time."""
+    body = {"model": teacher.model or os.path.basename(str(teacher.path)), "messages": messages}
+    body.update({k: v for k, v in params.items() if k not in ("samples", "token_ids")})
+    return body
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -94,9 +106,6 @@ class LocalTeacher:
             out = self.tok.decode([token_id]).encode("utf-8", errors="replace")
         self._bytes_cache[token_id] = out
         return out
-
-    def count_prompt_tokens(self, messages: list[dict]) -> int:
-        return len(self._prompt_ids(messages))
 
     def _prompt_ids(self, messages: list[dict]) -> list[int]:
         if getattr(self.tok, "chat_template", None):
@@ -203,61 +212,3 @@ class LocalTeacher:
             model=params.get("model"),
             source="local",
         )
-
-
-class LocalRunner:
-    """Runs the queued items of a collection through a LocalTeacher, batch by batch; each
-    batch is committed as one transaction, and cancel is checked between batches."""
-
-    def __init__(self, col: Collection, sink: Sink, cancel: CancelToken) -> None:
-        self.col, self.sink, self.cancel = col, sink, cancel
-        self.stats = _Stats(0, 0.0)
-        self.fatal: str | None = None
-        self.stop_reason: str | None = None
-
-    def run(self) -> None:
-        teacher = LocalTeacher(self.col.teacher.path or "")
-        self.stats = _Stats(self.col.counts()["queued"], 0.0)
-        size = self.col.config.local_batch_size
-        batch: list[Item] = []
-        for item in self.col.iter_queued():
-            batch.append(item)
-            if len(batch) == size:
-                if not self._run_batch(teacher, batch):
-                    return
-                batch = []
-        if batch:
-            self._run_batch(teacher, batch)
-
-    def _run_batch(self, teacher: LocalTeacher, batch: list[Item]) -> bool:
-        if self.cancel.cancelled:
-            self.stop_reason = self.cancel.reason or "cancelled"
-            return False
-        with self.col.ws.tx() as con:
-            self.col.mark(con, batch, "in_flight", bump=True)
-        self.stats.requests += len(batch)
-        with self.col.beating():  # a batch can take longer than the staleness limit
-            responses = teacher.generate([self._body(it) for it in batch])
-        events = []
-        with self.col.ws.tx() as con:
-            for item, resp in zip(batch, responses, strict=True):
-                self.col.store(con, item, resp)
-                self.stats.done += 1
-                ids = {
-                    "row_id": item.row_id,
-                    "sample": item.sample,
-                    "tokens": resp.completion_tokens,
-                }
-                events.append(RowDone(row=item.idx, status="done", extra=ids))
-        for e in events:
-            self.sink.emit(e)
-        self.col.heartbeat()
-        self.sink.emit(Progress(done=self.stats.done, total=self.stats.total, unit="request"))
-        return True
-
-    @staticmethod
-    def _body(item: Item) -> dict[str, Any]:
-        body = dict(item.body)
-        if body.get("seed") is not None:
-            body["seed"] = int(body["seed"]) + item.sample
-        return body

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kdstudio.logprobs import from_openai
-from kdstudio.outputs import Response
+from kdstudio.teachers import Response
 
 if TYPE_CHECKING:
     from kdstudio.config import TeacherConfig
@@ -103,14 +103,6 @@ def split_body(body: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def cost_of(
-    prompt_tokens: int, completion_tokens: int, teacher: TeacherConfig, *, batch: bool = False
-) -> float:
-    """USD for one answer at the teacher's prices (half price through the Batch API)."""
-    usd = (prompt_tokens * teacher.price_in + completion_tokens * teacher.price_out) / 1e6
-    return usd * 0.5 if batch else usd
-
-
 class EmptyAnswer(Exception):
     """A 200 answer without a usable choice (retried like a malformed body)."""
 
@@ -143,7 +135,7 @@ def parse_completion(
         finish_reason=get(choice, "finish_reason"),
         prompt_tokens=pt,
         completion_tokens=ct,
-        cost=cost_of(pt, ct, teacher, batch=batch),
+        cost=teacher.cost(pt, ct, batch=batch),
         logprobs=from_openai(content) if content is not None else None,
         latency=latency,
         endpoint=teacher.base_url,

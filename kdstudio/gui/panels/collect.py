@@ -25,22 +25,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kdstudio import outputs
-from kdstudio.collect import (
-    CollectConfig,
-    CostEstimate,
-    collect,
-    estimate_cost,
-    interrupted_collections,
-)
+from kdstudio.collect import CollectConfig, collect, estimate_cost
+from kdstudio.collect import store as outputs
+from kdstudio.collect.cost import CostEstimate
+from kdstudio.collect.ledger import interrupted_collections
 from kdstudio.data import store
 from kdstudio.errors import UserError
 from kdstudio.events import Finished, Log, Progress, RowDone
 from kdstudio.events import Warning as WarningEvent
+from kdstudio.formatting import duration, usd
 from kdstudio.gui.config_form import SectionForm
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, ListTableModel
-from kdstudio.gui.widgets import Card, Selection, fmt_duration, fmt_usd, hint, row_table
+from kdstudio.gui.widgets import Card, Selection, hint, row_table
 from kdstudio.gui.workers import ErrorInfo, Job
 
 MAIN_FIELDS = (
@@ -479,26 +476,23 @@ class CollectPanel(Panel):
         rate = (event.done - self._rate_done0) / max(now - self._rate_t0, 1e-9)
         eta = (event.total - event.done) / rate if rate > 0 and event.total else None
         x = event.extra
-        bits = [f"{rate:.1f} requests/s" if rate else "starting…", f"ETA {fmt_duration(eta)}"]
-        if "conc" in x:
-            bits.append(f"concurrency {x['conc']}")
+        bits = [f"{rate:.1f} requests/s" if rate else "starting…", f"ETA {duration(eta)}"]
+        if "concurrency" in x:
+            bits.append(f"concurrency {x['concurrency']}")
         if x.get("retries"):
             bits.append(f"{x['retries']} retries")
         self.rate_label.setText(" · ".join(bits))
-        spend = x.get("spend")
+        spent = x.get("spent_usd")
         budget = self.config.budget if self.config else None
-        if spend is not None:
-            text = f"Spent {spend}" if isinstance(spend, str) else f"Spent {fmt_usd(spend)}"
+        if spent is not None:
+            text = f"Spent {usd(spent)}"
             if budget:
-                value = _usd(spend)
-                text += f" of the {fmt_usd(budget)} budget"
+                text += f" of the {usd(budget)} budget"
                 self.spend_bar.show()
                 self.spend_bar.setMaximum(1000)
-                self.spend_bar.setValue(
-                    int(1000 * min(value / budget, 1.0)) if value is not None else 0
-                )
-            elif self.estimate is not None and self.estimate.priced:
-                text += f" (estimate: up to {fmt_usd(self.estimate.usd)})"
+                self.spend_bar.setValue(int(1000 * min(spent / budget, 1.0)))
+            elif x.get("estimate_usd") is not None:
+                text += f" (estimate: up to {usd(x['estimate_usd'])})"
             self.spend_label.setText(text)
 
     @Slot(object)
@@ -535,7 +529,7 @@ class CollectPanel(Panel):
             outcome_text(summary), "success" if summary.status == "done" else "warning"
         )
         self.rate_label.setText(
-            f"Finished in {fmt_duration(summary.elapsed)}: {summary.requests:,} requests, "
+            f"Finished in {duration(summary.elapsed)}: {summary.requests:,} requests, "
             f"{summary.retries:,} retries, {summary.cached:,} answers reused from the cache."
         )
         self.collection_finished.emit(summary.collection)
@@ -589,7 +583,7 @@ def outcome_text(summary: Any) -> str:
     c = summary.counts
     done, total, failed = c.get("done", 0), c.get("total", 0), c.get("failed", 0)
     text = f"Collection {summary.collection!r}: {done:,} of {total:,} answers stored"
-    text += f", spent {fmt_usd(summary.spent)}." if summary.spent else "."
+    text += f", spent {usd(summary.spent)}." if summary.spent else "."
     if summary.status == "stopped":
         text += f" Stopped by the budget ({summary.message.split(';')[0]}); raise the budget and press Start to continue."
     elif failed:
@@ -597,12 +591,3 @@ def outcome_text(summary: Any) -> str:
     elif c.get("queued"):
         text += " Some are still queued: press Start to continue."
     return text
-
-
-def _usd(value: Any) -> float | None:
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(str(value).replace("$", "").replace(",", ""))
-    except ValueError:
-        return None

@@ -24,11 +24,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kdstudio import outputs
+from kdstudio.collect import store as outputs
+from kdstudio.formatting import usd
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, LazyTableModel
 from kdstudio.gui.tokenview import TokenView
-from kdstudio.gui.widgets import Selection, escape, fmt_count, fmt_usd, heading, hint, row_table
+from kdstudio.gui.widgets import Selection, escape, fmt_count, heading, hint, row_table
 
 STATE_COLOURS = {
     "failed": "#d23c3c",
@@ -60,7 +61,7 @@ COLUMNS = [
     ),
     Column("Out tokens", lambda i: i.completion_tokens or None, align_right=True),
     Column("Confidence", _conf, align_right=True),
-    Column("Cost", lambda i: fmt_usd(i.cost) if i.cost else "", align_right=True),
+    Column("Cost", lambda i: usd(i.cost) if i.cost else "", align_right=True),
 ]
 ANY = "any"
 
@@ -360,7 +361,7 @@ class OutputsPanel(Panel):
             if it.confidence is not None:
                 facts.append(f"confidence {it.confidence:.2f}")
             if it.cost:
-                facts.append(fmt_usd(it.cost))
+                facts.append(usd(it.cost))
             if it.cached:
                 facts.append("from cache")
             if d.latency:

@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kdstudio import outputs
+from kdstudio.collect import store as outputs
 from kdstudio.config import dumps_toml
 from kdstudio.distill import runs
 from kdstudio.distill.config import (
@@ -51,10 +51,11 @@ from kdstudio.distill.config import (
 from kdstudio.errors import UserError
 from kdstudio.events import Failed, Finished, Log, Metrics, Progress
 from kdstudio.events import Warning as WarningEvent
+from kdstudio.formatting import duration
 from kdstudio.gui.config_form import SectionForm
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
-from kdstudio.gui.widgets import Card, fmt_duration, hint
+from kdstudio.gui.widgets import Card, hint
 from kdstudio.gui.workers import Job
 
 LOSS_BG = "#cdeccd"
@@ -687,7 +688,7 @@ class TrainPanel(Panel):
         parts = [f"Run {self.run_name}: step {event.done:,} of {event.total or '?':,}"]
         if rate > 0:
             parts.append(f"{rate:.2f} steps/s")
-            parts.append(f"ETA {fmt_duration(eta)}")
+            parts.append(f"ETA {duration(eta)}")
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         self.progress_label.setText(" · ".join(parts))

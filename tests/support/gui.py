@@ -46,7 +46,7 @@ def write_prompts(path: str | Path, n: int = 40) -> Path:
 
 def tiny_student(root: str | Path) -> Path:
     """A tiny Llama student with its own tokenizer (built offline, a few seconds)."""
-    from kdstudio.testing.tiny import make_model, make_tokenizer
+    from kdstudio.demo.tiny import make_model, make_tokenizer
 
     root = Path(root)
     if (root / "student" / "config.json").exists():

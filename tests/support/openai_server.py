@@ -1,7 +1,7 @@
 """A real OpenAI-protocol HTTP server on 127.0.0.1 for tests, benchmarks and the demo.
 
 It speaks HTTP/1.1 with keep-alive over asyncio streams (in a background thread, or as a
-process: `python -m kdstudio.testing.openai_server --latency 0.05`) and implements:
+process: `python -m support.openai_server --latency 0.05`) and implements:
 
 - `GET /v1/models`, `GET /v1/models/{id}`
 - `POST /v1/chat/completions` with `logprobs`/`top_logprobs` (token strings, UTF-8 bytes,

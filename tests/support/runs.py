@@ -50,7 +50,8 @@ def add_teacher_answers(
     params: dict[str, Any] | None = None,
 ) -> int:
     """A done collection of `teacher`'s answers (row i of the dataset gets answers[i])."""
-    from kdstudio.outputs import Response, content_hash, create_collection, insert_response
+    from kdstudio.collect.store import content_hash, create_collection, insert_response
+    from kdstudio.teachers import Response
 
     if teacher.name not in ws.teacher_names():
         ws.add_teacher(teacher)
@@ -91,10 +92,10 @@ def make_trained_run(
 
     Checkpoints at `max_steps // 2` and `max_steps`. Returns the run (`runs.get_run`).
     """
+    from kdstudio.demo.tiny import make_model, make_tokenizer
     from kdstudio.distill import runs
     from kdstudio.distill.config import TrainConfig
     from kdstudio.distill.trainer import Trainer
-    from kdstudio.testing.tiny import make_model, make_tokenizer
 
     folder = Path(folder)
     pairs = pairs or SUMS

@@ -20,9 +20,12 @@ import random
 import time
 from typing import Any
 
-from kdstudio.collect import Collection, Item, _Stats, backoff
+from kdstudio.collect.ledger import Collection
+from kdstudio.collect.pacing import backoff
+from kdstudio.collect.runner import Request, RunStats
 from kdstudio.errors import JobFailed
 from kdstudio.events import CancelToken, Log, Progress, RowDone, Sink
+from kdstudio.formatting import usd
 from kdstudio.teachers.openai_api import classify, fatal_message, parse_completion, redact
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -30,29 +33,31 @@ MAX_LINES = 50_000  # the Batch API's limit per batch
 ENDPOINT = "/v1/chat/completions"
 
 
-def custom_id(item: Item) -> str:
+def custom_id(item: Request) -> str:
     return f"{item.row_id}:{item.sample}"
 
 
-def _line(item: Item) -> bytes:
+def _line(item: Request) -> bytes:
     doc = {"custom_id": custom_id(item), "method": "POST", "url": ENDPOINT, "body": item.body}
     return json.dumps(doc, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
-def _ids_hash(items: list[Item]) -> str:
+def _ids_hash(items: list[Request]) -> str:
     return hashlib.sha256("\n".join(sorted(custom_id(i) for i in items)).encode()).hexdigest()[:32]
 
 
 class BatchRunner:
     """Collects the queued items of a collection through the Batch API."""
 
-    def __init__(self, col: Collection, sink: Sink, cancel: CancelToken, key: str | None) -> None:
-        self.col, self.sink, self.cancel, self.key = col, sink, cancel, key
+    def __init__(
+        self, col: Collection, sink: Sink, cancel: CancelToken, stats: RunStats, key: str | None
+    ) -> None:
+        self.col, self.sink, self.cancel, self.stats, self.key = col, sink, cancel, stats, key
         self.cfg = col.config
-        self.stats = _Stats(0, 0.0)
         self.rng = random.Random()
         self.fatal: str | None = None
         self.stop_reason: str | None = None
+        self.budget_reached = False
 
     # -- API calls with our own retries ---------------------------------------------------------
     def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
@@ -82,7 +87,6 @@ class BatchRunner:
             timeout=self.cfg.timeout,
             default_headers=dict(teacher.headers),
         )
-        self.stats = _Stats(self.col.counts()["queued"], self.col.spent())
         try:
             for _round in range(self.cfg.max_retries + 1):
                 active = self._recorded(client)
@@ -115,7 +119,7 @@ class BatchRunner:
             )
         return active
 
-    def _affordable(self, items: list[Item]) -> list[Item]:
+    def _affordable(self, items: list[Request]) -> list[Request]:
         budget = self.cfg.budget
         if budget is None:
             return items
@@ -123,10 +127,11 @@ class BatchRunner:
         for item in items:
             worst = self.col.worst_cost(item, 1.5)
             if worst > left:
+                self.budget_reached = True
                 self.stop_reason = (
                     f"budget reached: submitting {len(out):,} of {len(items):,} requests keeps the "
-                    f"worst case within ${budget:,.4f} (${self.stats.spent:,.4f} spent); re-run with a "
-                    "larger --budget for the rest"
+                    f"worst case within {usd(budget)} ({usd(self.stats.spent)} spent); re-run with "
+                    "a larger --budget for the rest"
                 )
                 self.sink.emit(Log(self.stop_reason, level="warning"))
                 break
@@ -134,7 +139,7 @@ class BatchRunner:
             out.append(item)
         return out
 
-    def _submit(self, client: Any, items: list[Item]) -> list[dict[str, Any]]:
+    def _submit(self, client: Any, items: list[Request]) -> list[dict[str, Any]]:
         seen: set[str] = set()
         items = [i for i in items if not (i.hash in seen or seen.add(i.hash))]  # duplicates once
         out = []
@@ -183,7 +188,7 @@ class BatchRunner:
                 return batch
         return None
 
-    def _record(self, batch: Any, items: list[Item]) -> dict[str, Any]:
+    def _record(self, batch: Any, items: list[Request]) -> dict[str, Any]:
         now = time.time()
         with self.col.ws.tx() as con:
             cur = con.execute(
@@ -221,12 +226,15 @@ class BatchRunner:
             statuses = ", ".join(sorted({s.status for s in states}))
             self.sink.emit(
                 Progress(
-                    done=done, total=total or None, unit="request", message=f"Batch API: {statuses}"
+                    done=done,
+                    total=total or None,
+                    unit="request",
+                    message=f"Batch API: {statuses}",
+                    extra=self.stats.progress().extra,  # spend and counts of this collection
                 )
             )
             if all(s.status in TERMINAL for s in states):
                 return True
-            self.col.heartbeat()
             if self.cancel.wait(self.cfg.batch_poll_s):
                 self.stop_reason = (
                     f"{self.cancel.reason or 'cancelled'}; the Batch API job keeps running at the provider"
@@ -275,8 +283,8 @@ class BatchRunner:
             if e is not None:
                 self.sink.emit(e)
 
-    def _waiting(self) -> list[Item]:
-        """Items not done yet (in flight in a batch, or queued again after a restart)."""
+    def _waiting(self) -> list[Request]:
+        """Requests not done yet (in flight in a batch, or queued again after a restart)."""
         rows = self.col.ws.query(
             "SELECT ci.row_id, ci.sample, ci.hash, ci.attempts, d.idx FROM collection_items ci"
             " JOIN dataset_rows d ON d.id = ci.row_id WHERE ci.collection_id=?"
@@ -284,10 +292,11 @@ class BatchRunner:
             (self.col.id,),
         )
         return [
-            Item(r["row_id"], r["sample"], r["hash"], {}, 0, r["idx"], r["attempts"]) for r in rows
+            Request(r["row_id"], r["sample"], r["hash"], {}, 0, r["idx"], r["attempts"])
+            for r in rows
         ]
 
-    def _apply(self, con: Any, item: Item, doc: dict[str, Any]) -> RowDone | None:
+    def _apply(self, con: Any, item: Request, doc: dict[str, Any]) -> RowDone | None:
         response = doc.get("response") or {}
         status = response.get("status_code")
         body = response.get("body") or {}
@@ -301,9 +310,7 @@ class BatchRunner:
                 return None
             self.stats.spent += self.col.store(con, item, resp)
             self.stats.done += 1
-            return RowDone(
-                row=item.idx, status="done", extra={"row_id": item.row_id, "sample": item.sample}
-            )
+            return RowDone(row=item.idx, status="done", extra=item.ids)
         error = body.get("error") if isinstance(body, dict) else None
         message = redact(
             str((error or {}).get("message") or doc.get("error") or f"HTTP {status}"), self.key
@@ -312,21 +319,13 @@ class BatchRunner:
             self.col.mark(con, [item], "failed", f"HTTP {status}: {message}")
             self.stats.failed += 1
             return RowDone(
-                row=item.idx,
-                status="failed",
-                detail=f"HTTP {status}: {message}",
-                extra={"row_id": item.row_id, "sample": item.sample},
+                row=item.idx, status="failed", detail=f"HTTP {status}: {message}", extra=item.ids
             )
         if item.attempts > self.cfg.max_retries:
             reason = f"gave up after {item.attempts} attempts: HTTP {status}: {message}"
             self.col.mark(con, [item], "failed", reason)
             self.stats.failed += 1
-            return RowDone(
-                row=item.idx,
-                status="failed",
-                detail=reason,
-                extra={"row_id": item.row_id, "sample": item.sample},
-            )
+            return RowDone(row=item.idx, status="failed", detail=reason, extra=item.ids)
         self.stats.retries += 1
         self.col.mark(con, [item], "queued", f"HTTP {status}: {message}")
         return None

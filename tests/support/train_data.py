@@ -4,7 +4,7 @@
     student = make_student(tmp / "student", texts_of(pairs))
 
 Rows go into `datasets`/`dataset_rows` with plain SQL and the answers through
-`kdstudio.outputs.add_imported_response`, so training reads them through `iter_examples`
+`kdstudio.collect.store.add_imported_response`, so training reads them through `iter_examples`
 exactly as it reads a real collection.
 """
 
@@ -59,7 +59,7 @@ def make_collection(
     samples: int = 1,
 ) -> str:
     """A dataset `name` + a collection `name` holding `pairs` as done teacher outputs."""
-    from kdstudio.outputs import add_imported_response, create_collection
+    from kdstudio.collect.store import add_imported_response, create_collection
 
     now = time.time()
     with ws.tx() as con:
@@ -114,7 +114,7 @@ def make_student(
     seed: int = 0,
 ) -> Path:
     """A tiny Llama student with a tokenizer trained on `texts` (offline)."""
-    from kdstudio.testing.tiny import make_model, make_tokenizer
+    from kdstudio.demo.tiny import make_model, make_tokenizer
 
     out_dir = Path(out_dir)
     tok = make_tokenizer(out_dir.with_name(out_dir.name + "-tok"), texts, vocab_size=vocab_size)

@@ -1,4 +1,4 @@
-"""Collections of teacher outputs: creation, the response cache, reading, review, listing.
+"""The collection store: collections, the shared response cache, reading, review, listing.
 
 A collection pairs a dataset with a teacher and request parameters. Each (dataset row,
 sample) is a `collection_items` row with a state (`queued`, `in_flight`, `retrying`,
@@ -10,6 +10,9 @@ Readers:
 - training reads examples only through `iter_examples` (done, not rejected, edited text
   instead of the original; the original response stays stored);
 - `outputs list` and the GUI page through `list_items`/`count_items` with an `ItemFilter`.
+
+Writers: the collection job (`kdstudio.collect.ledger`) through `create_collection` and
+`insert_response`; an import with answers through `add_imported_responses`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from kdstudio.errors import NotFound, UserError
 from kdstudio.logprobs import TokenLogprobs, decode, encode
+from kdstudio.teachers import Response
 from kdstudio.workspace import Workspace
 
 STATES = ("queued", "in_flight", "retrying", "done", "failed")
@@ -198,15 +202,6 @@ def list_collections(ws: Workspace) -> list[CollectionInfo]:
     ]
 
 
-def set_collection_status(
-    ws: Workspace, collection: str | int, status: str, message: str | None = None
-) -> None:
-    ws.db.execute(
-        "UPDATE collections SET status=?, message=?, updated_at=? WHERE id=?",
-        (status, message, time.time(), collection_id(ws, collection)),
-    )
-
-
 def collection_status_counts(ws: Workspace, collection: str | int) -> dict[str, int]:
     """{state: count} for every state (zeros included), plus `total`."""
     cid = collection_id(ws, collection)
@@ -233,22 +228,6 @@ def review_counts(ws: Workspace, collection: str | int) -> dict[str, int]:
 
 
 # -- responses ------------------------------------------------------------------------------
-
-
-@dataclass
-class Response:
-    """One answered request, as stored in the shared cache."""
-
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    logprobs: TokenLogprobs | None = None
-    latency: float | None = None
-    endpoint: str | None = None
-    model: str | None = None
-    source: str = "teacher"
 
 
 def insert_response(con: sqlite3.Connection, hash_: str, resp: Response) -> bool:

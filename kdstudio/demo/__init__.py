@@ -1,6 +1,6 @@
 """The offline demo: the whole distillation job on a task whose answers can be checked.
 
-    result = run_demo(ws, DemoPlan.full(), sink, cancel)
+    result = Demo(ws, DemoPlan.full(), sink, cancel).run()
     print(result.table())
 
 Nothing is downloaded and no key is needed. Every step goes through the same core as a
@@ -54,6 +54,7 @@ from kdstudio.events import (
     RowDone,
     Sink,
 )
+from kdstudio.formatting import duration
 from kdstudio.workspace import Workspace
 
 DEMO_FOLDER = "demo"  # in the workspace: task files, tokenizer, initial models, plan, results
@@ -250,10 +251,10 @@ class DemoResult:
 
     def timing_line(self) -> str:
         parts = ", ".join(
-            f"{k} {_duration(v)}" + (" (reused)" if k in self.reused else "")
+            f"{k} {duration(v)}" + (" (reused)" if k in self.reused else "")
             for k, v in self.timings.items()
         )
-        return f"took {_duration(self.seconds)}: {parts}"
+        return f"took {duration(self.seconds)}: {parts}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -272,11 +273,6 @@ MODEL_LABELS = {
     "before": "student before distillation",
     "after": "student after ({method})",
 }
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -447,7 +443,7 @@ class Demo:
 
     # -- 2. tokenizer and models -------------------------------------------------------------
     def make_models(self) -> bool:
-        from kdstudio.testing.tiny import make_model, make_tokenizer
+        from kdstudio.demo.tiny import make_model, make_tokenizer
 
         p = self.plan
         did = False
@@ -582,14 +578,14 @@ class Demo:
 
     def collect(self) -> bool:
         from kdstudio.collect import collect
-        from kdstudio.outputs import collection_status_counts
+        from kdstudio.collect.store import collection_status_counts
 
         if self.collection in _collection_names(self.ws):
             counts = collection_status_counts(self.ws, self.collection)
             if counts["total"] and counts["done"] == counts["total"]:
                 return False
         summary = collect(self.collect_config(), self.ws, self.job_sink, self.cancel)
-        self.sink.emit(Log(f"  {summary.message} in {summary.elapsed:.1f} s"))
+        self.sink.emit(Log(f"  {summary.message} in {duration(summary.elapsed)}"))
         return True
 
     # -- 5. student -----------------------------------------------------------------------------
@@ -678,19 +674,6 @@ class Demo:
         return out
 
 
-def run_demo(
-    ws: Workspace,
-    plan: DemoPlan | None = None,
-    sink: Sink | None = None,
-    cancel: CancelToken | None = None,
-    *,
-    threads: int | None = 1,
-) -> DemoResult:
-    """Run (or finish, or just re-score) the demo in `ws`; see the module docstring.
-    `threads`: torch CPU threads while it runs (None: leave torch's setting alone)."""
-    return Demo(ws, plan, sink, cancel, threads=threads).run()
-
-
 def is_complete(ws: Workspace) -> bool:
     """Whether the demo in `ws` has run to the end (its results are stored)."""
     return (ws.folder(DEMO_FOLDER) / "results.json").exists()
@@ -754,6 +737,6 @@ def _load(path: Path, device: Any) -> tuple[Any, Any]:
 
 
 def _collection_names(ws: Workspace) -> list[str]:
-    from kdstudio.outputs import collection_names
+    from kdstudio.collect.store import collection_names
 
     return collection_names(ws)

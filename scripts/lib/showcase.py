@@ -28,7 +28,7 @@ def build_workspace(root: Path, *, steps: int = 150, log=print) -> dict:
     from kdstudio.evaluate import EvalConfig, evaluate
     from kdstudio.events import CancelToken, NullSink
     from kdstudio.export import ExportConfig, export
-    from kdstudio.gui.testing import tiny_student, write_prompts
+    from support.gui import tiny_student, write_prompts
     from kdstudio.workspace import Workspace
 
     ws = Workspace.open(root / "ws")
@@ -93,8 +93,8 @@ def _wait(app, predicate, timeout: float) -> bool:
 def take_screenshots(out: Path, root: Path, *, log=print) -> list[Path]:
     from kdstudio.config import TeacherConfig
     from kdstudio.gui.main_window import MainWindow
-    from kdstudio.gui.testing import prepare_app
-    from kdstudio.testing.openai_server import OpenAIServer
+    from support.gui import prepare_app
+    from support.openai_server import OpenAIServer
     from kdstudio.workspace import Workspace
 
     app = prepare_app(root / "settings")

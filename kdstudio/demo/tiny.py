@@ -1,4 +1,5 @@
-"""Tiny Llama-style models and locally trained byte-level BPE tokenizers (offline).
+"""The demo's models: tiny Llama-style models and locally trained byte-level BPE
+tokenizers, built offline from a config (the tests and benchmarks build theirs here too).
 
     tok_dir = make_tokenizer(tmp / "tok", texts, vocab_size=512)
     model_dir = make_model(tmp / "student", tok_dir, layers=2, hidden=64)

@@ -1,0 +1,30 @@
+"""How front ends write numbers for people: one way for durations, one way for money.
+
+Jobs report plain numbers (seconds, USD); the CLI's console, the window and messages all
+format them here, so "$0.0123" and "01:05" read the same wherever they appear.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def duration(seconds: float | None) -> str:
+    """`4.2 s`, `42 s`, `01:05`, `1:02:03`; `--:--` when unknown (None, NaN, inf, < 0)."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "--:--"
+    if seconds < 60:  # "00:00" for a quick job reads as "nothing happened"
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    h, rem = divmod(int(seconds), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def usd(amount: float | None) -> str:
+    """`$0.000012` below a tenth of a cent, `$0.0123` below a dollar, `$1,234.50` above; `–`
+    when unknown."""
+    if amount is None:
+        return "–"
+    if 0 < amount < 0.001:
+        return f"${amount:.6f}"
+    return f"${amount:,.4f}" if amount < 1 else f"${amount:,.2f}"
