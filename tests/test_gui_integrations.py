@@ -56,3 +56,63 @@ def test_a_folder_that_is_not_a_saved_dataset_is_refused_inline(window, tmp_path
     panel.import_files([str(tmp_path / "photos")])
     assert panel.importer is None
     assert panel.message.level == "error" and "save_to_disk" in panel.message.text
+
+
+# -- teachers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def teachers(qtbot, window):
+    panel = window.show_panel("teachers")
+    qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=10_000)  # the keyring probe
+    return panel
+
+
+def test_a_preset_fills_the_base_url_and_says_what_the_server_supports(
+    qtbot, teachers, monkeypatch
+):
+    import kdstudio.teachers.servers as servers
+    from kdstudio.errors import UserError
+
+    asked = []
+
+    def unreachable(url, *args, **kw):
+        asked.append(url)
+        raise UserError(f"cannot reach {url}/models: connection refused")
+
+    monkeypatch.setattr(servers, "list_models", unreachable)  # no llama.cpp on this machine
+    teachers.add_teacher()
+    dialog = teachers.dialog
+    dialog.preset.setCurrentIndex(dialog.preset.findData("llamacpp"))
+    assert dialog.base_url.text() == "http://localhost:8080/v1"
+    assert dialog.key_none.isChecked()
+    assert "top-k logprobs (sparse_kd) up to 20" in dialog.preset_info.text()
+    qtbot.waitUntil(lambda: dialog.list_models_button.isEnabled(), timeout=15_000)
+    assert asked == ["http://localhost:8080/v1"]  # a local server's models are listed at once
+    assert "Could not list the models: cannot reach" in dialog.models_status.text()
+    dialog.preset.setCurrentIndex(dialog.preset.findData("openai"))
+    assert dialog.base_url.text() == "https://api.openai.com/v1"
+    assert not dialog.key_none.isChecked()  # OpenAI needs a key
+    assert "LM Studio" in [dialog.preset.itemText(i) for i in range(dialog.preset.count())]
+
+
+def test_a_served_model_is_picked_from_the_list_fetched_off_the_gui_thread(qtbot, teachers, ws):
+    from kdstudio.testing.openai_server import OpenAIServer
+
+    with OpenAIServer(flavor="ollama", models=("llama3.2:1b", "qwen2.5:0.5b")) as srv:
+        teachers.add_teacher()
+        dialog = teachers.dialog
+        dialog.preset.setCurrentIndex(dialog.preset.findData("ollama"))
+        dialog.name.setText("local-qwen")
+        dialog.base_url.setText(srv.url)  # this machine's Ollama, on another port
+        dialog.fetch_models()
+        assert dialog.models_status.text().startswith("Asking")  # the answer comes later
+        qtbot.waitUntil(lambda: dialog.served.count() == 2, timeout=10_000)
+        assert dialog.served.isVisible() and "2 models served" in dialog.models_status.text()
+        dialog.served.setCurrentIndex(1)
+        dialog.on_served_picked(1)
+        assert dialog.model.text() == "qwen2.5:0.5b"
+        dialog.try_accept()
+        qtbot.waitUntil(lambda: "local-qwen" in ws.teacher_names(), timeout=5000)
+    t = ws.get_teacher("local-qwen")
+    assert (t.base_url, t.model, t.key_source) == (srv.url, "qwen2.5:0.5b", "none")
