@@ -116,3 +116,85 @@ def test_a_served_model_is_picked_from_the_list_fetched_off_the_gui_thread(qtbot
         qtbot.waitUntil(lambda: "local-qwen" in ws.teacher_names(), timeout=5000)
     t = ws.get_teacher("local-qwen")
     assert (t.base_url, t.model, t.key_source) == (srv.url, "qwen2.5:0.5b", "none")
+
+
+# -- train: the tracker choice ------------------------------------------------------------------
+
+
+def test_the_train_panel_offers_the_installed_trackers_as_check_boxes(window, tmp_path):
+    import tomllib
+
+    from kdstudio.distill.config import TrainConfig
+
+    panel = window.show_panel("train")
+    choice = panel.report_to
+    assert set(choice.boxes) == {"tensorboard", "mlflow", "wandb"}
+    assert all(box.isEnabled() for box in choice.boxes.values())  # scripts/test installs all
+    choice.boxes["tensorboard"].setChecked(True)
+    choice.boxes["mlflow"].setChecked(True)
+    panel.student_path.set_value(str(tmp_path / "student"))
+    panel.collection_box.setCurrentText("c")
+    assert panel.config_dict()["run"]["report_to"] == ["tensorboard", "mlflow"]
+    panel.update_cli()
+    toml = tomllib.loads(panel.toml_view.toPlainText())
+    assert toml["run"]["report_to"] == ["tensorboard", "mlflow"]
+    config = TrainConfig.from_dict(panel.config_dict())
+    config.run.report_to = ["wandb"]
+    panel.set_config(config)
+    assert choice.value() == ["wandb"]
+
+
+def test_a_tracker_that_is_not_installed_is_greyed_with_how_to_install_it(qtbot, monkeypatch):
+    import kdstudio.trackers as trackers
+    from kdstudio.gui.trackers import TrackerChoice
+
+    monkeypatch.setattr(trackers, "installed", lambda name: name != "wandb")
+    choice = TrackerChoice()
+    qtbot.addWidget(choice)
+    assert not choice.boxes["wandb"].isEnabled()
+    assert "pip install 'kdstudio[wandb]'" in choice.boxes["wandb"].toolTip()
+    choice.set_value(["wandb"])  # a config that names it keeps it
+    assert choice.value() == ["wandb"]
+
+
+# -- runs: Open in TensorBoard ------------------------------------------------------------------
+
+
+def test_open_in_tensorboard_serves_the_workspace_runs_and_stops_with_the_window(
+    qtbot, window, ws, tmp_path, monkeypatch
+):
+    """A real TensorBoard on a free port, asked over HTTP for the run's loss curve."""
+    import json
+    import urllib.request
+
+    from PySide6.QtGui import QDesktopServices
+    from train_support import make_config, student, train, workspace_with_collection
+
+    from kdstudio.distill import runs
+    from kdstudio.workspace import pid_alive
+
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toString()))
+    panel = window.show_panel("runs")
+    panel.open_tensorboard()
+    assert "No run reports to TensorBoard yet" in panel.message.text
+
+    workspace_with_collection(ws.root)
+    config = make_config(student(tmp_path), run={"name": "seen", "report_to": ["tensorboard"]})
+    assert train(ws, config).status == "finished"
+    assert panel.tensorboard_button.isVisible()
+    with qtbot.waitSignal(panel.tensorboard.opened, timeout=120_000) as signal:
+        panel.open_tensorboard()
+    url = signal.args[0]
+    assert opened == [url] and url.startswith("http://127.0.0.1:")
+    query = f"{url}data/plugin/scalars/scalars?run=seen&tag=loss"
+    with urllib.request.urlopen(query, timeout=30) as response:
+        points = json.load(response)  # [[wall_time, step, value], ...]
+    stored = dict(runs.metric_series(ws, runs.get_run(ws, "seen").id)["loss"])
+    assert [p[1] for p in points] == sorted(stored)
+    assert [p[2] for p in points] == pytest.approx([stored[s] for s in sorted(stored)], rel=1e-6)
+    pid = panel.tensorboard.process.processId()
+    assert pid_alive(pid)
+    window.close()
+    assert panel.tensorboard.process is None
+    assert not pid_alive(pid)
