@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QVBoxLayout, QWidget
 
 from kdstudio import trackers
 
@@ -31,11 +31,12 @@ class TrackerChoice(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        row = QHBoxLayout(self)
+        row = QVBoxLayout(self)  # one under another: the form's column stays narrow
         row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(2)
         self.boxes: dict[str, QCheckBox] = {}
         for name in trackers.TRACKERS:
-            box = QCheckBox(trackers.TITLES[name])
+            box = QCheckBox(trackers.TITLES[name].replace("&", "&&"))  # no mnemonic
             if trackers.installed(name):
                 box.setToolTip(f"Also send the run's metrics and config to {trackers.TITLES[name]}")
             else:
@@ -44,7 +45,6 @@ class TrackerChoice(QWidget):
             box.toggled.connect(self.changed)
             self.boxes[name] = box
             row.addWidget(box)
-        row.addStretch(1)
 
     def value(self) -> list[str]:
         return [name for name, box in self.boxes.items() if box.isChecked()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
@@ -91,7 +92,7 @@ class TeacherDialog(QDialog):
         super().__init__(parent)
         self.existing = existing
         self.setWindowTitle("Edit teacher" if existing else "Add teacher")
-        self.setMinimumWidth(520)
+        self.setMinimumWidth(640)  # room for the model, the served list and its button
         self.message = MessageBar(self)
         self.name = QLineEdit()
         self.name.setPlaceholderText("e.g. gpt-4o-mini")
@@ -106,6 +107,7 @@ class TeacherDialog(QDialog):
             self.preset.addItem(p.title, p.key)
         self.preset_info = hint("")
         self.preset_info.setWordWrap(True)
+        self.preset_info.setTextFormat(Qt.TextFormat.RichText)
         self.model = QLineEdit()
         self.model.setPlaceholderText("model name at the endpoint")
         # the models the server lists, fetched off the GUI thread; picking one fills Model
@@ -238,8 +240,13 @@ class TeacherDialog(QDialog):
         return next((p for p in PRESETS if p.key == key), None)
 
     def show_preset_info(self, preset: Preset | None) -> None:
+        if preset is None:
+            self.preset_info.setText("Give the base URL of any OpenAI-compatible server.")
+            return
+        # `commands` in the shared text become code in the dialog
+        parts = html.escape(preset.summary()).split("`")
         self.preset_info.setText(
-            preset.summary() if preset else "Give the base URL of any OpenAI-compatible server."
+            "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
         )
 
     @Slot()
