@@ -130,7 +130,10 @@ class _TensorBoard(_Tracker):
         self.writer = SummaryWriter(str(logdir), purge_step=purge, flush_secs=10)
         if not step:
             self._hparams()
-            toml = "\n".join(f"    {k} = {v!r}" for k, v in flat_params(self.config).items())
+            from kdstudio.config import dumps_toml
+
+            # the run's TOML as a Markdown code block (TensorBoard's Text tab)
+            toml = "".join(f"    {line}\n" for line in dumps_toml(self.config).splitlines())
             self.writer.add_text("config", f"run `{self.run.name}`:\n\n{toml}", 0)
         return {"logdir": str(logdir)}
 

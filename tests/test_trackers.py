@@ -147,7 +147,8 @@ def test_every_tracker_holds_the_workspace_series_config_and_name(tmp_path):
     assert set(tb) == set(stored)
     for name, points in stored.items():
         assert_same_series(tb[name], points, name)
-    assert "config" in acc.Tags()["tensors"] or acc.Tags().get("tensors"), acc.Tags()
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "run `tracked`" in text and "max_steps = 6" in text  # the run's TOML
     hparams = [t for t in acc.summary_metadata if t.startswith("_hparams_")]
     assert "_hparams_/session_start_info" in hparams
 
