@@ -38,8 +38,8 @@ RECORDS = [
     },
 ]
 
-EXT = {"parquet": ".parquet", "csv": ".csv", "sharegpt": ".json", "alpaca": ".json"}
-LOSSLESS = {"jsonl", "parquet", "csv"}
+EXT = {"parquet": ".parquet", "csv": ".csv", "sharegpt": ".json", "alpaca": ".json", "hf": ""}
+LOSSLESS = {"jsonl", "parquet", "csv", "hf"}
 
 
 @pytest.fixture
@@ -60,7 +60,9 @@ def content(ws, name, *, lossless):
     return out
 
 
-@pytest.mark.parametrize("fmt", ["openai-chat", "sharegpt", "alpaca", "jsonl", "parquet", "csv"])
+@pytest.mark.parametrize(
+    "fmt", ["openai-chat", "sharegpt", "alpaca", "jsonl", "parquet", "csv", "hf"]
+)
 def test_round_trip_gives_the_same_rows(ws, tmp_path, source, fmt):
     out = tmp_path / f"out{EXT.get(fmt, '.jsonl')}"
     result = export_dataset(ws, source, out, fmt)

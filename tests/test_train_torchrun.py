@@ -67,7 +67,11 @@ def test_two_processes_match_one_and_resume(tmp_path):
     train(ws, make_config(path, optim={"max_steps": 4, "batch_size": 4}, run={"name": "one"}))
     conf = write_toml(
         tmp_path / "c.toml",
-        config_dict(path, optim={"max_steps": 2, "batch_size": 2}, run={"name": "cli"}),
+        config_dict(
+            path,
+            optim={"max_steps": 2, "batch_size": 2},
+            run={"name": "cli", "report_to": ["tensorboard"]},
+        ),
     )
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(ROOT / "tests")))
@@ -115,5 +119,13 @@ def test_two_processes_match_one_and_resume(tmp_path):
     assert get_run(ws, "cli").status == "finished"
     assert losses(ws, "cli")[2] == pytest.approx(losses(ws, "ddp")[2], rel=1e-5)
     assert not any(p.name.startswith(".") for p in (ws.checkpoints_dir / "cli").iterdir())
+    # the tracker is rank 0's alone: one event file, one point a step
+    events = list((tmp_path / "ws" / "tensorboard" / "cli").glob("events.out.tfevents.*"))
+    assert len(events) == 1, events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2]
     ws.close()
     shutil.rmtree(tmp_path / "ws", ignore_errors=True)

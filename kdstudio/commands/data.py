@@ -18,13 +18,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     imp = dsub.add_parser(
         "import",
-        help="import a JSONL, JSON, CSV/TSV or Parquet file as a dataset",
-        description="Import a file as a dataset. The format (OpenAI chat, ShareGPT, Alpaca, or a "
-        "table with a prompt column) is detected from the content and reported; --map overrides "
-        "which column holds what. The import is all or nothing.",
+        help="import a JSONL, JSON, CSV/TSV or Parquet file, or a Hugging Face dataset",
+        description="Import a file, a folder written by Hugging Face datasets' save_to_disk, or "
+        "a Hub dataset (hf://datasets/ORG/NAME, when online) as a dataset. The format (OpenAI "
+        "chat, ShareGPT, Alpaca, or a table with a prompt column) is detected from the content "
+        "and reported; --map overrides which column holds what. The import is all or nothing.",
     )
-    imp.add_argument("file", help="a .jsonl, .json, .csv, .tsv or .parquet file")
+    imp.add_argument(
+        "file",
+        help="a .jsonl, .json, .csv, .tsv or .parquet file, a save_to_disk folder, or "
+        "hf://datasets/ORG/NAME",
+    )
     imp.add_argument("--name", help="dataset name (default: from the file name)")
+    imp.add_argument(
+        "--split",
+        metavar="SPLIT",
+        help="the split of a DatasetDict folder or a Hub dataset (needed when it has several)",
+    )
+    imp.add_argument(
+        "--revision", metavar="REV", help="a Hub dataset's branch, tag or commit (default: main)"
+    )
     imp.add_argument(
         "--format",
         default="auto",
@@ -124,6 +137,8 @@ def cmd_import(args: argparse.Namespace, ctx) -> int:
         args.file,
         name=args.name,
         fmt=args.format,
+        split=args.split,
+        revision=args.revision,
         mapping=parse_map_args(args.map),
         skip_bad=args.skip_bad,
         dedupe=args.dedupe,
@@ -135,7 +150,7 @@ def cmd_import(args: argparse.Namespace, ctx) -> int:
         ctx.print_json(result.to_dict())
         return 0
     if result.skipped:
-        unit = "row" if result.file_format == "parquet" else "line"
+        unit = "row" if result.file_format in ("parquet", "hf") else "line"
         summary = skipped_summary(result.skipped, unit)
         print(f"skipped {plural(len(result.skipped), 'bad ' + unit)}: {summary}")
     print(f"see it with: kdstudio data show {result.name}")

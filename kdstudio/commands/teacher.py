@@ -13,12 +13,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     tsub = p.add_subparsers(dest="teacher_command", metavar="ACTION")
 
-    add = tsub.add_parser("add", help="add an OpenAI-compatible teacher")
-    add.add_argument("name")
-    add.add_argument(
-        "--base-url", required=True, metavar="URL", help="e.g. https://api.openai.com/v1"
+    from kdstudio.teachers.servers import PRESETS
+
+    add = tsub.add_parser(
+        "add",
+        help="add an OpenAI-compatible teacher",
+        description="Add a teacher at an OpenAI-compatible endpoint. --preset fills the base "
+        "URL of a known server on this machine ("
+        + ", ".join(f"{p.key}: {p.title}" for p in PRESETS)
+        + "); --base-url gives (or overrides) it.",
     )
-    add.add_argument("--model", required=True)
+    add.add_argument("name")
+    add.add_argument("--base-url", metavar="URL", help="e.g. https://api.openai.com/v1")
+    add.add_argument(
+        "--preset",
+        choices=[p.key for p in PRESETS],
+        help="a known server: fills --base-url with its default address",
+    )
+    add.add_argument(
+        "--model", help="the model at the endpoint (left out: the models it serves are listed)"
+    )
     key = add.add_mutually_exclusive_group()
     key.add_argument(
         "--api-key-stdin",
@@ -45,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add.add_argument("--replace", action="store_true", help="replace a teacher of the same name")
     add.set_defaults(func=cmd_add)
+
+    pre = tsub.add_parser(
+        "presets", help="the known servers: default base URL and what each gives a teacher"
+    )
+    pre.add_argument("--json", action="store_true", help="print one JSON document")
+    pre.set_defaults(func=cmd_presets)
 
     ls = tsub.add_parser("list", help="list teachers")
     ls.add_argument("--json", action="store_true", help="print one JSON document")
@@ -86,17 +106,51 @@ def _headers(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _base_url_and_model(args: argparse.Namespace) -> tuple[str, str]:
+    """--base-url (or the preset's), and --model (or an error listing the served models)."""
+    from kdstudio.teachers.servers import list_models, preset
+
+    chosen = preset(args.preset) if args.preset else None
+    base_url = args.base_url or (chosen.base_url if chosen else None)
+    if not base_url:
+        raise UserError("give --base-url or --preset (kdstudio teacher presets lists them)")
+    if args.model:
+        return base_url, args.model
+    try:
+        served = list_models(base_url, timeout=5.0)
+    except UserError as exc:
+        raise UserError(f"--model is required (the models could not be listed: {exc})") from None
+    shown = ", ".join(served[:20]) + (" ..." if len(served) > 20 else "")
+    raise UserError(
+        f"--model is required; {base_url} serves: {shown}"
+        if served
+        else f"--model is required ({base_url} lists no models)"
+    )
+
+
+def cmd_presets(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.teachers.servers import PRESETS
+
+    if args.json:
+        ctx.print_json([p.to_dict() for p in PRESETS])
+        return 0
+    rows = [[p.key, p.title, p.base_url, p.sparse, p.note] for p in PRESETS]
+    ctx.print_table(["PRESET", "SERVER", "BASE URL", "TOP-K LOGPROBS", "NOTE"], rows)
+    return 0
+
+
 def cmd_add(args: argparse.Namespace, ctx) -> int:
     from kdstudio import secrets
     from kdstudio.cli import read_secret_from_stdin
     from kdstudio.config import TeacherConfig
 
     key_source = "keyring" if args.api_key_stdin else "env" if args.api_key_env else "none"
+    base_url, model = _base_url_and_model(args)
     teacher = TeacherConfig(
         name=args.name,
         kind="openai",
-        base_url=args.base_url,
-        model=args.model,
+        base_url=base_url,
+        model=model,
         key_source=key_source,
         key_env=args.api_key_env,
         headers=_headers(args.header),

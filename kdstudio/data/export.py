@@ -1,16 +1,19 @@
-"""Export a dataset to a file: OpenAI chat JSONL, ShareGPT, Alpaca, kdstudio JSONL, Parquet, CSV.
+"""Export a dataset: OpenAI chat JSONL, ShareGPT, Alpaca, kdstudio JSONL, Parquet, CSV, or a
+Hugging Face `datasets` folder (`hf`: what `datasets.load_from_disk` reads).
 
-Rows are streamed in keyset batches and written to a temporary file that replaces `out`
-only when complete, so a failed or cancelled export never leaves half a file. Importing an
-export gives the same rows back (messages, prompt, system, reference; `jsonl`, `parquet`
-and `csv` also keep the row id and the file's other fields).
+Rows are streamed in keyset batches and written to a temporary file (or folder) that
+replaces `out` only when complete, so a failed or cancelled export never leaves half a
+file. Importing an export gives the same rows back (messages, prompt, system, reference;
+`jsonl`, `parquet`, `csv` and `hf` also keep the row id and the file's other fields).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,8 @@ from kdstudio.events import CancelToken, Finished, NullSink, Progress, Sink
 if TYPE_CHECKING:
     from kdstudio.workspace import Workspace
 
-EXPORT_FORMATS = ("openai-chat", "sharegpt", "alpaca", "jsonl", "parquet", "csv")
+EXPORT_FORMATS = ("openai-chat", "sharegpt", "alpaca", "jsonl", "parquet", "csv", "hf")
+HF_SHARD_BYTES = 500 << 20  # datasets' own default shard size for save_to_disk
 SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
 BATCH = 5000
 
@@ -54,6 +58,7 @@ def export_dataset(
     """Write dataset `name` to `out` in `fmt` (one of EXPORT_FORMATS; None: from the suffix).
 
     ShareGPT and Alpaca are written as one JSON array when `out` ends in .json, else as JSONL.
+    `hf` writes a folder (`out` must not exist, or be an empty folder).
     """
     sink, cancel = sink or NullSink(), cancel or CancelToken()
     out = Path(out).expanduser()
@@ -63,14 +68,18 @@ def export_dataset(
             f"unknown export format {fmt!r} (choose one of: {', '.join(EXPORT_FORMATS)})"
         )
     info = store.get_dataset(ws, name)
-    if out.is_dir():
+    if fmt == "hf":
+        _check_new_folder(out)
+    elif out.is_dir():
         raise UserError(f"{out} is a folder; give a file name, e.g. {out / (info.name + '.jsonl')}")
     if not out.parent.exists():
         raise UserError(f"the folder {out.parent} does not exist")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     rows = _progress_rows(store.iter_rows(ws, info, batch=BATCH), info.n_rows, sink, cancel)
     try:
-        if fmt == "parquet":
+        if fmt == "hf":
+            n = _write_hf(tmp, rows, info.name)
+        elif fmt == "parquet":
             n = _write_parquet(tmp, rows)
         elif fmt == "csv":
             n = _write_csv(tmp, rows)
@@ -79,9 +88,14 @@ def export_dataset(
                          "alpaca": alpaca_record, "jsonl": jsonl_record}[fmt]  # fmt: skip
             as_array = fmt in ("sharegpt", "alpaca") and out.suffix.lower() == ".json"
             n = _write_json(tmp, (to_record(r) for r in rows), as_array)
+        if fmt == "hf" and out.is_dir():
+            out.rmdir()  # the empty folder the user named: the complete one takes its place
         os.replace(tmp, out)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
     sink.emit(Finished(f"exported {n:,} rows of {info.name!r} to {out} ({fmt})",
                        summary={"dataset": info.name, "rows": n, "path": str(out), "format": fmt}))  # fmt: skip
@@ -202,36 +216,95 @@ def _write_csv(path: Path, rows: Iterator[DatasetRow]) -> int:
     return n
 
 
-def _write_parquet(path: Path, rows: Iterator[DatasetRow]) -> int:
+def _arrow_schema() -> Any:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     turn = pa.struct([("role", pa.string()), ("content", pa.string())])
-    schema = pa.schema([
+    return pa.schema([
         ("id", pa.string()), ("messages", pa.list_(turn)), ("prompt", pa.string()),
         ("system", pa.string()), ("reference", pa.string()), ("meta", pa.string()),
     ])  # fmt: skip
-    n = 0
+
+
+def _arrow_tables(rows: Iterator[DatasetRow], schema: Any) -> Iterator[Any]:
+    """The rows as Arrow tables of up to BATCH * 4 rows (at least one table, maybe empty)."""
+    import pyarrow as pa
+
     cols: dict[str, list] = {f.name: [] for f in schema}
+    n = 0
+    for r in rows:
+        cols["id"].append(r.row_key)
+        cols["messages"].append(r.messages)
+        cols["prompt"].append(r.prompt)
+        cols["system"].append(r.system)
+        cols["reference"].append(r.reference)
+        cols["meta"].append(json.dumps(r.meta, ensure_ascii=False, default=str) if r.meta else None)
+        n += 1
+        if len(cols["id"]) >= BATCH * 4:
+            yield pa.table(cols, schema=schema)
+            for v in cols.values():
+                v.clear()
+    if cols["id"] or n == 0:
+        yield pa.table(cols, schema=schema)
 
-    def flush(writer) -> None:
-        writer.write_table(pa.table(cols, schema=schema))
-        for v in cols.values():
-            v.clear()
 
+def _write_parquet(path: Path, rows: Iterator[DatasetRow]) -> int:
+    import pyarrow.parquet as pq
+
+    schema = _arrow_schema()
+    n = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for r in rows:
-            cols["id"].append(r.row_key)
-            cols["messages"].append(r.messages)
-            cols["prompt"].append(r.prompt)
-            cols["system"].append(r.system)
-            cols["reference"].append(r.reference)
-            cols["meta"].append(
-                json.dumps(r.meta, ensure_ascii=False, default=str) if r.meta else None
-            )
-            n += 1
-            if len(cols["id"]) >= BATCH * 4:
-                flush(writer)
-        if cols["id"] or n == 0:
-            flush(writer)
+        for table in _arrow_tables(rows, schema):
+            writer.write_table(table)
+            n += table.num_rows
+    return n
+
+
+def _check_new_folder(out: Path) -> None:
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise UserError(f"{out} already exists; give a new folder for the Hugging Face dataset")
+
+
+def _write_hf(folder: Path, rows: Iterator[DatasetRow], name: str) -> int:
+    """A `Dataset.save_to_disk` folder: Arrow stream shards, state.json, dataset_info.json.
+    The features are left to `datasets` to read from the Arrow schema (every version can)."""
+    import pyarrow as pa
+
+    folder.mkdir()
+    schema = _arrow_schema()
+    shards: list[Path] = []
+    writer, written, n = None, 0, 0
+    digest = hashlib.blake2b(name.encode(), digest_size=8)
+    try:
+        for table in _arrow_tables(rows, schema):
+            if writer is None or written >= HF_SHARD_BYTES:
+                if writer is not None:
+                    writer.close()
+                shards.append(folder / f"shard-{len(shards):05d}.arrow")
+                writer, written = pa.ipc.new_stream(str(shards[-1]), schema), 0
+            writer.write_table(table)
+            written += table.nbytes
+            n += table.num_rows
+            digest.update(str(table.num_rows).encode())
+    finally:
+        if writer is not None:
+            writer.close()
+    files = []
+    for i, shard in enumerate(shards):  # datasets' names: data-00000-of-00002.arrow ...
+        final = shard.with_name(f"data-{i:05d}-of-{len(shards):05d}.arrow")
+        shard.rename(final)
+        files.append({"filename": final.name})
+    state = {
+        "_data_files": files,
+        "_fingerprint": digest.hexdigest(),
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    info = {"citation": "", "description": f"kdstudio dataset {name!r}", "homepage": "",
+            "license": ""}  # fmt: skip
+    (folder / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    (folder / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return n

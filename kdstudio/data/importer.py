@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from kdstudio.data import store
-from kdstudio.data.readers import CONTAINERS, MAX_ROW_BYTES, Bad, DataError, excerpt, open_reader
+from kdstudio.data.readers import (
+    CONTAINERS,
+    HUB_PREFIX,
+    MAX_ROW_BYTES,
+    Bad,
+    DataError,
+    excerpt,
+    is_hf_folder,
+    is_hub_id,
+    open_reader,
+)
 from kdstudio.data.schema import SCHEMAS, RowError, Schema, converter, detect, normalize_mapping
 from kdstudio.errors import UserError
 from kdstudio.events import CancelToken, Finished, Log, NullSink, Progress, Sink, Warning
@@ -70,7 +80,7 @@ class ImportResult:
         """One line a person reads after the import."""
         text = (
             f"imported {plural(self.n_rows, 'row')} into dataset {self.name!r} "
-            f"({self.file_format.upper()}, {SCHEMA_WORDS.get(self.detected_format, self.detected_format)}"
+            f"({file_words(self.file_format)}, {SCHEMA_WORDS.get(self.detected_format, self.detected_format)}"
             f"; {self.n_references:,} with a reference answer) in {duration(self.seconds)}"
         )
         if self.removed_duplicates:
@@ -80,14 +90,28 @@ class ImportResult:
         return text
 
 
+def file_words(kind: str) -> str:
+    """'JSONL', 'CSV' ... or 'Hugging Face dataset' for a reader's kind."""
+    return "Hugging Face dataset" if kind == "hf" else kind.upper()
+
+
 def plural(n: int, noun: str) -> str:
     """'1 row', '2 rows', '1,000 rows'."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-def default_name(path: Path) -> str:
-    """A dataset name from a file name: 'My Prompts (v2).jsonl' -> 'My-Prompts-v2'."""
-    stem = path.name.split(".")[0] if not path.name.startswith(".") else path.stem
+def default_name(path: Path | str, split: str | None = None) -> str:
+    """A dataset name from a file name: 'My Prompts (v2).jsonl' -> 'My-Prompts-v2'; from a
+    saved folder or a Hub id and its split: 'hf://datasets/org/squad' + 'train' -> 'squad-train'."""
+    if is_hub_id(path):
+        stem = str(path).rstrip("/").rsplit("/", 1)[-1]
+    else:
+        path = Path(path)
+        stem = path.name.split(".")[0] if not path.name.startswith(".") else path.stem
+        if path.is_dir():
+            stem = path.name
+    if split:
+        stem = f"{stem}-{split}"
     name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-._")
     return (name or "dataset")[:64]
 
@@ -110,6 +134,8 @@ def import_dataset(
     *,
     name: str | None = None,
     fmt: str = "auto",
+    split: str | None = None,
+    revision: str | None = None,
     mapping: dict[str, str] | None = None,
     skip_bad: bool = False,
     dedupe: bool = False,
@@ -119,10 +145,14 @@ def import_dataset(
     max_row_bytes: int = MAX_ROW_BYTES,
     note: str | None = None,
 ) -> ImportResult:
-    """Import a JSONL/JSON/CSV/TSV/Parquet file as a new dataset (one transaction).
+    """Import a JSONL/JSON/CSV/TSV/Parquet file, a Hugging Face `datasets` folder
+    (`save_to_disk`) or a Hub dataset (`hf://datasets/ORG/NAME`) as a new dataset (one
+    transaction).
 
-    `fmt` is 'auto', a file format (jsonl, json, csv, tsv, parquet) or a row schema
+    `fmt` is 'auto', a file format (jsonl, json, csv, tsv, parquet, hf) or a row schema
     (openai-chat, sharegpt, alpaca); `mapping` overrides columns as {field: column}.
+    `split` picks a split of a `DatasetDict` folder or a Hub dataset (needed when there
+    are several); `revision` a Hub dataset's branch, tag or commit.
     Bad input raises DataError (a UserError) naming the file, the line and an excerpt;
     with `skip_bad` such lines are left out and listed in `ImportResult.skipped`.
     `dedupe` keeps only the first of identical rows (same turns and reference).
@@ -138,41 +168,45 @@ def import_dataset(
     cancel = cancel or CancelToken()
     if ws.db.in_transaction:
         raise RuntimeError("import_dataset commits on its own: do not call it inside ws.tx()")
-    path = Path(path).expanduser()
+    hub = is_hub_id(path)
+    path = str(path) if hub else Path(path).expanduser()
     container, forced = split_format(fmt)
-    _check_file(path)
-    name = name or default_name(path)
+    if not hub:
+        _check_file(path)
+    name = name or default_name(path, split)
     store.check_new_name(ws.db, name)
     if as_collection:
         _check_new_collection(ws, as_collection)
     columns_map = normalize_mapping(mapping)
 
-    reader = open_reader(path, container, max_row_bytes)
+    reader = open_reader(path, container, max_row_bytes, split=split, revision=revision)
+    label = reader.label
     items = iter(reader)
     head = _peek(items, skip_bad)
     records = [rec for _, rec in head if type(rec) is dict]
     if not head:
-        raise DataError(path, None, "has no rows (only blank lines or a header)")
+        raise DataError(path, None, "has no rows (only blank lines or a header)", label=label)
     if not records:
         line, bad = head[0]
         if skip_bad:
             raise DataError(
                 path, None, f"has no good row in its first {plural(len(head), reader.unit)} "
                 f"({reader.unit} {line}: {bad.reason}); is it the right file and format?",
+                label=label,
             )  # fmt: skip
-        raise DataError(path, line, bad.reason, bad.excerpt, unit=reader.unit)
+        raise DataError(path, line, bad.reason, bad.excerpt, unit=reader.unit, label=label)
     try:
         schema = detect(records, columns_map, forced)
     except UserError as exc:
-        raise UserError(f"{path.name}: {exc}") from None
+        raise UserError(f"{label}: {exc}") from None
     del records
-    sink.emit(Log(f"{path.name}: {reader.kind.upper()}, {SCHEMA_WORDS[schema.name]}; "
+    sink.emit(Log(f"{label}: {file_words(reader.kind)}, {SCHEMA_WORDS[schema.name]}; "
                   f"columns: {', '.join(f'{f}={c!r}' for f, c in schema.columns.items())}"))  # fmt: skip
 
     result = ImportResult(0, name, 0, schema.name, reader.kind, dict(schema.columns))
     dataset_row = (
         name,
-        str(path.resolve()),
+        reader.source,
         f"{reader.kind}:{schema.name}",
         json.dumps(schema.columns),
         note,
@@ -187,8 +221,9 @@ def import_dataset(
         del head
         if result.n_rows == 0:
             raise DataError(
-                path, None, f"no row could be imported ({len(result.skipped)} bad lines skipped)"
-            )
+                path, None, f"no row could be imported ({len(result.skipped)} bad lines skipped)",
+                label=label,
+            )  # fmt: skip
         sink.emit(Log(f"read {plural(result.n_rows, 'row')}; finishing the search index and stats"))
         writer.finish(acc, result)
     except BaseException:
@@ -405,9 +440,16 @@ def _convert_rows(writer: _Writer, items, reader, schema: Schema, skip_bad, resu
 
 def _check_file(path: Path) -> None:
     if not path.exists():
+        if str(path).startswith("hf:/"):  # the shell or a Path squeezed hf:// to hf:/
+            raise UserError(f"{path}: write a Hub dataset as {HUB_PREFIX}ORG/NAME")
         raise UserError(f"no such file: {path}")
     if path.is_dir():
-        raise UserError(f"{path} is a folder; give a JSONL, JSON, CSV, TSV or Parquet file")
+        if is_hf_folder(path):
+            return
+        raise UserError(
+            f"{path} is a folder; give a JSONL, JSON, CSV, TSV or Parquet file, or a folder "
+            "written by Hugging Face datasets' save_to_disk"
+        )
     if path.stat().st_size == 0:
         raise DataError(path, None, "is empty: there are no rows to import")
 
@@ -436,21 +478,22 @@ def _peek(items: Iterator, skip_bad: bool) -> list:
 
 
 def _progress(reader, rows: int, sink: Sink) -> None:
-    pct = 100.0 * reader.position / reader.size if reader.size else 0.0
-    sink.emit(Progress(rows, None, "row", f"{pct:.0f}% of the file read", extra={}))
+    if reader.size:
+        message = f"{100.0 * reader.position / reader.size:.0f}% of the file read"
+    else:  # a stream of unknown length (the Hub)
+        message = f"reading {reader.label}"
+    sink.emit(Progress(rows, None, "row", message, extra={}))
 
 
 def _bad(reader, line: int, bad: Bad, skip_bad: bool, result: ImportResult, sink: Sink) -> None:
     if not skip_bad:
         raise DataError(
-            reader.path, line, bad.reason, bad.excerpt, unit=reader.unit,
+            reader.path, line, bad.reason, bad.excerpt, unit=reader.unit, label=reader.label,
             hint="fix it, or use --skip-bad to import the other rows and list the bad ones",
         )  # fmt: skip
     result.skipped.append((line, bad.reason))
     if len(result.skipped) <= SHOWN_SKIPS:
-        sink.emit(
-            Warning(f"skipped: {bad.reason}", where=f"{reader.path.name}, {reader.unit} {line}")
-        )
+        sink.emit(Warning(f"skipped: {bad.reason}", where=f"{reader.label}, {reader.unit} {line}"))
 
 
 def _import_answers(ws, con, did: int, name: str, collection: str, result: ImportResult) -> None:

@@ -1,4 +1,5 @@
-"""Streaming readers for the file formats an import accepts: JSONL, JSON, CSV/TSV, Parquet.
+"""Streaming readers for the sources an import accepts: JSONL, JSON, CSV/TSV and Parquet
+files, a Hugging Face `datasets` folder (`save_to_disk`) and a Hub dataset (`hf://datasets/`).
 
 Each reader yields `(line, record)` pairs one at a time (memory stays flat in the file
 size), where `record` is a dict, or a `Bad` saying why that line could not be read so the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ from typing import Any
 
 from kdstudio.errors import UserError
 
-CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet")
+CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet", "hf")
+HUB_PREFIX = "hf://datasets/"  # a Hub dataset: hf://datasets/ORG/NAME
 MAX_ROW_BYTES = 1 << 20  # a row (one JSONL line, one CSV record) larger than this is refused
 EXCERPT = 70
 
@@ -28,8 +31,9 @@ class DataError(UserError):
     """Bad input in a file: the message names the file, the line and shows an excerpt."""
 
     def __init__(self, path: Path | str, line: int | None, reason: str, excerpt: str = "", *,
-                 unit: str = "line", hint: str = "") -> None:  # fmt: skip
-        where = f"{Path(path).name}, {unit} {line}" if line else f"{Path(path).name}"
+                 unit: str = "line", hint: str = "", label: str | None = None) -> None:  # fmt: skip
+        label = label or Path(path).name
+        where = f"{label}, {unit} {line}" if line else label
         text = f"{where}: {reason}"
         if excerpt:
             text += f": {excerpt}"
@@ -90,6 +94,16 @@ class Reader:
         self._f: Any = None
 
     @property
+    def label(self) -> str:
+        """How messages name the source (the file name)."""
+        return self.path.name
+
+    @property
+    def source(self) -> str:
+        """Where the rows came from, as stored with the dataset."""
+        return str(self.path.resolve())
+
+    @property
     def position(self) -> int:
         """Bytes read so far (approximate; for progress only)."""
         try:
@@ -101,7 +115,9 @@ class Reader:
         raise NotImplementedError
 
     def error(self, line: int | None, reason: str, text: str | bytes = "") -> DataError:
-        return DataError(self.path, line, reason, excerpt(text) if text else "", unit=self.unit)
+        return DataError(
+            self.path, line, reason, excerpt(text) if text else "", unit=self.unit, label=self.label
+        )
 
     def _too_big(self, n: int) -> str:
         return (
@@ -432,8 +448,202 @@ class ParquetReader(Reader):
         return min(getattr(self, "_done", 0), self.size)
 
 
+def _arrow_rows(batches, max_rows: int = 1024) -> Iterator[dict]:
+    """Rows of Arrow record batches, a slice at a time (a batch may be large)."""
+    for batch in batches:
+        for start in range(0, batch.num_rows, max_rows):
+            yield from batch.slice(start, max_rows).to_pylist()
+
+
+def is_hub_id(source: Any) -> bool:
+    return isinstance(source, str) and source.startswith("hf://")
+
+
+HF_STATE, HF_DICT = "state.json", "dataset_dict.json"
+
+
+def hf_splits(folder: Path) -> list[str] | None:
+    """The splits of a `DatasetDict.save_to_disk` folder, None for a `Dataset` folder;
+    DataError for a folder that is neither."""
+    if (folder / HF_DICT).is_file():
+        try:
+            splits = json.loads((folder / HF_DICT).read_text(encoding="utf-8"))["splits"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(folder, None, f"has an unreadable {HF_DICT} ({exc})") from None
+        return [str(s) for s in splits]
+    if (folder / HF_STATE).is_file():
+        return None
+    raise DataError(
+        folder, None,
+        f"is a folder without {HF_STATE} or {HF_DICT}: give a file (JSONL, JSON, CSV, TSV, "
+        "Parquet) or a folder written by Hugging Face datasets' save_to_disk",
+    )  # fmt: skip
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / HF_STATE).is_file() or (path / HF_DICT).is_file())
+
+
+def pick_split(where: str, splits: list[str], split: str | None) -> str:
+    """The split to read: `split` when given (and present), else the only one there is."""
+    if split is None:
+        if len(splits) == 1:
+            return splits[0]
+        raise UserError(f"{where} holds the splits {', '.join(splits)}: choose one with --split")
+    if split not in splits:
+        raise UserError(f"{where} has no split {split!r} (it has: {', '.join(splits)})")
+    return split
+
+
+class HfDiskReader(Reader):
+    """A folder written by `datasets` (`Dataset.save_to_disk`, or a `DatasetDict` and a
+    split): its Arrow stream files, read a record batch at a time with pyarrow alone."""
+
+    kind = "hf"
+    unit = "row"
+
+    def __init__(self, path: Path, max_row_bytes: int = MAX_ROW_BYTES, split: str | None = None):
+        splits = hf_splits(path)
+        self.root, self.split = path, None
+        folder = path
+        if splits is not None:
+            self.split = pick_split(path.name, splits, split)
+            folder = path / self.split
+        elif split is not None:
+            raise UserError(
+                f"{path.name} holds one dataset (saved by Dataset.save_to_disk), not splits: "
+                "leave out --split"
+            )
+        try:
+            state = json.loads((folder / HF_STATE).read_text(encoding="utf-8"))
+            files = [folder / f["filename"] for f in state["_data_files"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(folder, None, f"has no readable {HF_STATE} ({exc})") from None
+        if state.get("_indices_data_files"):
+            raise DataError(
+                folder, None,
+                "was saved with an indices mapping (an old datasets version): load it, then "
+                "save it again with flatten_indices()",
+            )  # fmt: skip
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise DataError(folder, None, f"lacks its data file(s) {', '.join(missing)}")
+        self.path, self.files = folder, files
+        self.max_row_bytes = max_row_bytes
+        self.size = sum(f.stat().st_size for f in files)
+        self._f = None
+        self._done = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.root.name} [{self.split}]" if self.split else self.root.name
+
+    @property
+    def source(self) -> str:
+        root = str(self.root.resolve())
+        return f"{root} (split {self.split})" if self.split else root
+
+    def __iter__(self) -> Iterator[tuple[int, dict | Bad]]:
+        import pyarrow as pa
+
+        n = 0
+        for file in self.files:
+            try:
+                with pa.memory_map(str(file)) as source:
+                    stream = pa.ipc.open_stream(source)
+                    for batch in stream:
+                        for rec in _arrow_rows([batch]):
+                            n += 1
+                            yield n, rec
+                        self._done += batch.nbytes
+            except pa.ArrowInvalid as exc:
+                raise DataError(
+                    file, n + 1, f"cannot be read as an Arrow stream ({exc})", unit="row"
+                ) from None
+
+    @property
+    def position(self) -> int:
+        return min(self._done, self.size)
+
+
+class HfHubReader(Reader):
+    """A dataset on the Hugging Face Hub (`hf://datasets/ORG/NAME`), streamed with the
+    `datasets` library (the `hf` extra): never downloaded whole first."""
+
+    kind = "hf"
+    unit = "row"
+
+    def __init__(
+        self,
+        source: str,
+        max_row_bytes: int = MAX_ROW_BYTES,
+        split: str | None = None,
+        revision: str | None = None,
+    ) -> None:
+        repo = source.removeprefix(HUB_PREFIX).strip("/")
+        if not source.startswith(HUB_PREFIX) or repo.count("/") != 1 or not all(repo.split("/")):
+            raise UserError(
+                f"{source!r} is not a Hub dataset id: write hf://datasets/ORG/NAME "
+                "(e.g. hf://datasets/tatsu-lab/alpaca)"
+            )
+        self.id, self.repo, self.split, self.revision = source, repo, split, revision
+        self.path = Path(repo)  # only its name is shown
+        self.max_row_bytes = max_row_bytes
+        self.size = 0  # unknown: progress counts rows
+        self._f = None
+        self.stream = self._open()
+
+    @property
+    def label(self) -> str:
+        return self.id + (f" [{self.split}]" if self.split else "")
+
+    @property
+    def source(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.id}{rev}" + (f" (split {self.split})" if self.split else "")
+
+    def _open(self) -> Any:
+        """The streaming dataset; UserError when offline, unreachable, unknown or not split."""
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise UserError(
+                f"{self.id} is on the Hugging Face Hub, but this machine is offline "
+                "(HF_HUB_OFFLINE=1): where you are online, save it with "
+                f"datasets.load_dataset({self.repo!r}).save_to_disk(DIR), then import DIR"
+            )
+        try:
+            import datasets
+        except ImportError:
+            raise UserError(
+                "importing from the Hugging Face Hub needs the datasets library: "
+                "pip install 'kdstudio[hf]'"
+            ) from None
+        try:
+            stream = datasets.load_dataset(
+                self.repo, split=self.split, revision=self.revision, streaming=True
+            )
+        except Exception as exc:  # noqa: BLE001 - network, auth, unknown repo or split
+            reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+            raise UserError(f"cannot open {self.label} on the Hugging Face Hub: {reason}") from None
+        if isinstance(stream, dict):  # no --split: an IterableDatasetDict
+            self.split = pick_split(self.id, list(stream), None)
+            stream = stream[self.split]
+        return stream
+
+    def __iter__(self) -> Iterator[tuple[int, dict | Bad]]:
+        try:
+            yield from enumerate(self.stream, 1)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{self.label}: reading from the Hub failed ({exc})") from None
+
+    @property
+    def position(self) -> int:
+        return 0
+
+
 def sniff(path: Path) -> str:
     """The container format of `path` from its extension and first bytes."""
+    if path.is_dir():
+        return "hf"
     ext = path.suffix.lower()
     if ext in (".parquet", ".pq"):
         return "parquet"
@@ -466,9 +676,34 @@ def sniff(path: Path) -> str:
     return "csv"
 
 
-def open_reader(path: Path, container: str | None, max_row_bytes: int = MAX_ROW_BYTES) -> Reader:
-    """A reader for `path`; `container` None means detect it from the file."""
+def open_reader(
+    path: Path | str,
+    container: str | None,
+    max_row_bytes: int = MAX_ROW_BYTES,
+    *,
+    split: str | None = None,
+    revision: str | None = None,
+) -> Reader:
+    """A reader for `path` (a file, a saved `datasets` folder, or `hf://datasets/ORG/NAME`);
+    `container` None means detect it. `split` and `revision` apply to Hugging Face sources."""
+    if is_hub_id(path):
+        return HfHubReader(path, max_row_bytes, split, revision)
+    path = Path(path)
     container = container or sniff(path)
+    if container == "hf":
+        if not path.is_dir():
+            raise UserError(
+                f"--format hf expects a folder written by datasets' save_to_disk; {path} is a file"
+            )
+        if revision is not None:
+            raise UserError("--revision applies to a Hub dataset (hf://datasets/ORG/NAME)")
+        return HfDiskReader(path, max_row_bytes, split)
+    if split is not None or revision is not None:
+        option = "--split" if split is not None else "--revision"
+        raise UserError(
+            f"{option} applies to a Hugging Face dataset (a save_to_disk folder or "
+            f"hf://datasets/ORG/NAME), not to {path.name}"
+        )
     if container == "jsonl":
         return JsonlReader(path, max_row_bytes)
     if container == "json":

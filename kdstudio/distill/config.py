@@ -215,10 +215,32 @@ class RunConfig(Section):
     deterministic: bool = setting(
         False, "torch.use_deterministic_algorithms (bit-exact reruns; slower on GPUs)."
     )
+    report_to: list[str] = setting(
+        help="Experiment trackers that also get every metric, the config and the run's name "
+        '(rank 0 only): any of "tensorboard", "mlflow", "wandb", each an optional extra '
+        "(`pip install 'kdstudio[tensorboard]'`). One that cannot start is a warning, never "
+        "a lost run.",
+        default_factory=list,
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):  # --set run.report_to=tensorboard,mlflow
+            items = (p.strip() for p in self.report_to.split(","))
+            self.report_to = [p for p in items if p and p != "none"]
+        super().__post_init__()
 
     def check(self) -> None:
         if self.name is not None:
             check_name("run", self.name)
+        from kdstudio.trackers import TRACKERS
+
+        for name in self.report_to:
+            if name not in TRACKERS:
+                raise ConfigError(
+                    f"run.report_to: unknown tracker {name!r} (choose from {', '.join(TRACKERS)})"
+                )
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ConfigError(f"run.report_to names a tracker twice: {self.report_to!r}")
 
 
 @dataclass

@@ -515,7 +515,23 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
             )
         else:
             report.checks.append(line)
+    _tracker_checks(cfg, report)
     return report
+
+
+def _tracker_checks(cfg: TrainConfig, report: PreflightReport) -> None:
+    """A tracker that is not installed is a note: the run goes on without it."""
+    from kdstudio import trackers
+
+    ready = [n for n in cfg.run.report_to if trackers.installed(n)]
+    if ready:
+        report.checks.append(f"reports to {', '.join(trackers.TITLES[n] for n in ready)}")
+    for name in cfg.run.report_to:
+        if name not in ready:
+            report.notes.append(
+                f"run.report_to names {name!r} but it is not installed "
+                f"({trackers.install_hint(name)}): the run will go on without it [run.report_to]"
+            )
 
 
 def _sparse_checks(

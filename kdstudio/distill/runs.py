@@ -168,6 +168,17 @@ def update_run(ws: Workspace, run_id: int, **values: Any) -> None:
     )
 
 
+def merge_summary(ws: Workspace, run_id: int, **values: Any) -> None:
+    """Set some keys of a run's summary, keeping the others (one transaction)."""
+    with ws.tx() as con:
+        row = con.execute("SELECT summary FROM runs WHERE id=?", (run_id,)).fetchone()
+        summary = {**json.loads((row[0] if row else None) or "{}"), **values}
+        con.execute(
+            "UPDATE runs SET summary=?, updated_at=? WHERE id=?",
+            (json.dumps(summary), time.time(), run_id),
+        )
+
+
 def latest_metrics(ws: Workspace, run_id: int) -> dict[str, tuple[int, float]]:
     """{name: (step, value)} of the last reported value of every metric."""
     rows = ws.query(

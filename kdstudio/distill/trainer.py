@@ -59,6 +59,7 @@ from kdstudio.events import (
     StoreSink,
     Warning,
 )
+from kdstudio.trackers import TrackerSink
 from kdstudio.workspace import Workspace
 
 STATE_FILE = "trainer_state.pt"
@@ -196,9 +197,15 @@ class Trainer:
 
         cfg = self.config
         self.metrics_writer = MetricsWriter(self.ws, self.run.id) if self.is_main else None
+        self.trackers = TrackerSink(cfg, self.ws, self.run) if self.is_main else None
         self.sink = (
             FanoutSink(
-                [StoreSink(self.ws, "train", self.run.id), self.metrics_writer, self.user_sink]
+                [
+                    StoreSink(self.ws, "train", self.run.id),
+                    self.metrics_writer,
+                    self.trackers,
+                    self.user_sink,
+                ]
             )
             if self.is_main
             else NullSink()
@@ -269,6 +276,7 @@ class Trainer:
             runs.set_status(self.ws, self.run.id, "running")
             summary = {**self.run.summary, **self._data_summary(), "total_steps": self.total_steps}
             runs.update_run(self.ws, self.run.id, world_size=self.world, summary=summary)
+            self.trackers.start(self.step, warn=self.sink)  # a resume continues their runs
             self.sink.emit(Log(self._describe()))
 
     def _setup_distributed(self) -> None:
@@ -638,11 +646,11 @@ class Trainer:
         loss = self._last_loss
         eval_loss = self._last_eval[1] if self._last_eval else None
         if self.is_main:
-            runs.update_run(
+            runs.update_run(self.ws, self.run.id, step=self.step)
+            runs.merge_summary(  # keeps what others stored (the trackers' run ids)
                 self.ws,
                 self.run.id,
-                step=self.step,
-                summary={
+                **{
                     **self._data_summary(),
                     "loss": loss,
                     "eval_loss": eval_loss,
@@ -921,6 +929,8 @@ class Trainer:
     def close(self) -> None:
         """Release the objective, the model and the process group (when this trainer made it)."""
         self._flush_metrics()
+        if getattr(self, "trackers", None) is not None:
+            self.trackers.close()
         objective = getattr(self, "objective", None)
         if objective is not None:
             objective.close()

@@ -54,9 +54,10 @@ def create_app(argv: list[str] | None = None, *, install_hooks: bool = True) -> 
 
 
 def _stop_workers() -> None:
-    from kdstudio.gui import workers
+    from kdstudio.gui import trackers, workers
 
     workers.stop_all(timeout_s=30.0, reason="the application is quitting")
+    trackers.stop_all()  # TensorBoard processes the Runs panel started
 
 
 def resolve_workspace(workspace_path: str | Path | None) -> Path:

@@ -26,6 +26,7 @@ from kdstudio.errors import UserError
 from kdstudio.gui import settings as gui_settings
 from kdstudio.gui import workers
 from kdstudio.gui.panels.base import Panel
+from kdstudio.gui.trackers import stop_all as stop_tensorboards
 from kdstudio.gui.widgets import MessageBar
 from kdstudio.workspace import Workspace
 
@@ -322,6 +323,7 @@ class MainWindow(QMainWindow):
                     event.ignore()
                     return
         self.save_geometry()
+        stop_tensorboards()  # a TensorBoard the Runs panel started ends with the window
         event.accept()
 
     def stop_jobs(self, timeout_s: float) -> bool:

@@ -1,7 +1,9 @@
 """`teacher probe`: find out what a teacher can do before paying for a collection.
 
 For an OpenAI-compatible teacher, in order (each step needs the one before):
-1. reachability and authentication (`GET /models`; 401/403 stop here);
+1. reachability and authentication (`GET /models`; 401/403 stop here), and which server
+   it is where the server says so (vLLM, llama.cpp, Ollama, LM Studio, OpenAI: see
+   kdstudio.teachers.servers);
 2. whether the model exists (in the model list, or by asking it when there is no list);
 3. typical latency (three one-token requests);
 4. logprobs: whether they work (403 means the model refuses them) and how many top
@@ -59,7 +61,7 @@ class _OpenAIProbe:
     def __init__(self, teacher: TeacherConfig, key: str | None, timeout: float) -> None:
         import openai
 
-        self.teacher, self.key = teacher, key
+        self.teacher, self.key, self.timeout = teacher, key, timeout
         self.client = openai.OpenAI(
             base_url=teacher.base_url,
             api_key=key or "not-needed",
@@ -93,11 +95,21 @@ class _OpenAIProbe:
 
     def run(self) -> dict[str, Any]:
         try:
-            if self._models() and self._latency():
+            listed = self._models()
+            if self.caps["reachable"] and self.caps["auth"] != "rejected":
+                self._server()
+            if listed and self._latency():
                 self._logprobs()
         finally:
             self.client.close()
         return self.caps
+
+    def _server(self) -> None:
+        from kdstudio.teachers.servers import DETECT_TIMEOUT_S, detect_server
+
+        t = self.teacher
+        timeout = min(self.timeout, DETECT_TIMEOUT_S)
+        self.caps["server"] = detect_server(t.base_url, self.key, t.headers, timeout=timeout)
 
     def _models(self) -> bool:
         import openai
@@ -205,8 +217,15 @@ def summary_lines(caps: dict[str, Any]) -> list[tuple[str, str]]:
         return "unknown" if v is None else "yes" if v else "no"
 
     lat = caps.get("latency_ms") or {}
-    rows = [
-        ("reachable", yn(caps.get("reachable"))),
+    rows = [("reachable", yn(caps.get("reachable")))]
+    server = caps.get("server")
+    if server:
+        if server.get("server") == "unknown":
+            rows.append(("server", "an OpenAI-compatible server that does not say which"))
+        else:
+            version = f" {server['version']}" if server.get("version") else ""
+            rows.append(("server", f"{server['title']}{version} ({server['evidence']})"))
+    rows += [
         ("authentication", str(caps.get("auth"))),
         ("model exists", yn(caps.get("model_exists"))),
     ]

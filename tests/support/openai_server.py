@@ -10,6 +10,10 @@ process: `python -m support.openai_server --latency 0.05`) and implements:
 - `POST /v1/files` (multipart), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`
 - `POST /v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`
 - `GET /_stats` (billing counters, as JSON) and `POST /_reset`
+- `flavor=` one of FLAVORS makes it say what that server says of itself: vLLM (`owned_by`
+  "vllm", `GET /version`), llama.cpp (`Server: llama.cpp`, `owned_by` "llamacpp",
+  `GET /props`), Ollama (`GET /api/version`), LM Studio (`GET /api/v0/models`; logprobs
+  silently left out, as LM Studio does) or OpenAI (`openai-organization` headers)
 
 Answers are deterministic functions of the request. Faults are injected with
 `add_fault(kind, ...)`: 429 (with retry-after), 500, 503, 400, 404, 401, 403, `slow`,
@@ -56,6 +60,9 @@ VOCAB = (
 STATUS_FAULTS = {"400": 400, "401": 401, "403": 403, "404": 404, "408": 408, "409": 409}
 STATUS_FAULTS.update({"429": 429, "500": 500, "503": 503})
 FAULT_KINDS = (*STATUS_FAULTS, "slow", "drop", "malformed", "truncated", "empty_choices")
+FLAVORS = ("vllm", "llamacpp", "ollama", "lmstudio", "openai")
+OWNERS = {"vllm": "vllm", "llamacpp": "llamacpp", "ollama": "library",
+          "lmstudio": "organization_owner", "openai": "system"}  # fmt: skip
 
 
 @dataclass
@@ -153,7 +160,11 @@ class OpenAIServer:
         host: str = "127.0.0.1",
         echo_key_in_errors: bool = True,
         reject_max_tokens: bool = False,
+        flavor: str | None = None,
     ) -> None:
+        if flavor is not None and flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {flavor!r} (known: {', '.join(FLAVORS)})")
+        self.flavor = flavor
         self.models, self.api_key, self.latency = list(models), api_key, latency
         self.max_logprobs, self.logprobs_ok, self.token_ids = max_logprobs, logprobs, token_ids
         self.batch_delay, self.min_tokens, self.max_tokens = batch_delay, min_tokens, max_tokens
@@ -277,6 +288,7 @@ class OpenAIServer:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        writer.kd_headers = self._flavor_headers()  # sent with every answer (see _send_raw)
         try:
             while True:
                 request = await _read_request(reader)
@@ -300,6 +312,9 @@ class OpenAIServer:
         self, method: str, path: str, headers: dict[str, str], body: bytes, writer
     ) -> bool:
         path = path.split("?", 1)[0]
+        native = self._native(method, path)
+        if native is not None:
+            return await _send(writer, 200, native)
         if path.startswith("/v1/"):
             path = path[3:]
         if path == "/_stats":
@@ -332,6 +347,49 @@ class OpenAIServer:
             self.status_counts[401] += 1
         return await _send(writer, 401, _error_body(message, "invalid_api_key"))
 
+    # -- flavors: what each real server says of itself ------------------------------------
+    def _flavor_headers(self) -> dict[str, str]:
+        if self.flavor == "llamacpp":
+            return {"server": "llama.cpp"}
+        if self.flavor == "openai":
+            return {"openai-organization": "user-loopback", "openai-version": "2020-10-01"}
+        return {}
+
+    def _native(self, method: str, path: str) -> dict[str, Any] | None:
+        """The flavor's own endpoints outside /v1 (None: not one of them)."""
+        if method != "GET" or self.flavor is None:
+            return None
+        if self.flavor == "vllm" and path == "/version":
+            return {"version": "0.11.0"}
+        if self.flavor == "ollama" and path == "/api/version":
+            return {"version": "0.12.11"}
+        if self.flavor == "llamacpp" and path == "/props":
+            return {
+                "default_generation_settings": {"n_ctx": 4096, "params": {"n_probs": 0}},
+                "total_slots": 1,
+                "model_path": f"/models/{self.models[0]}.gguf",
+                "build_info": "b6500-loopback",
+            }
+        if self.flavor == "lmstudio" and path == "/api/v0/models":
+            return {
+                "object": "list",
+                "data": [
+                    {
+                        "id": m,
+                        "object": "model",
+                        "type": "llm",
+                        "publisher": "lmstudio-community",
+                        "arch": "llama",
+                        "compatibility_type": "gguf",
+                        "quantization": "Q4_K_M",
+                        "state": "loaded",
+                        "max_context_length": 4096,
+                    }  # fmt: skip
+                    for m in self.models
+                ],
+            }
+        return None
+
     # -- models -------------------------------------------------------------------------
     async def _models(self, writer, rest: list[str]) -> bool:
         with self._lock:
@@ -343,9 +401,9 @@ class OpenAIServer:
             name = "/".join(rest)
             if name not in self.models:
                 raise _HttpError(404, f"The model `{name}` does not exist", "model_not_found")
-            return await _send(writer, 200, _model(name))
+            return await _send(writer, 200, _model(name, self.flavor))
         return await _send(
-            writer, 200, {"object": "list", "data": [_model(m) for m in self.models]}
+            writer, 200, {"object": "list", "data": [_model(m, self.flavor) for m in self.models]}
         )
 
     # -- chat completions ------------------------------------------------------------------
@@ -411,6 +469,8 @@ class OpenAIServer:
             )
         want_lp = bool(body.get("logprobs"))
         top_k = body.get("top_logprobs")
+        if self.flavor == "lmstudio":  # accepts the fields and gives no logprobs back
+            want_lp, top_k = False, None
         if top_k is not None and not want_lp:
             raise _HttpError(
                 400, "top_logprobs requires logprobs to be true", "invalid_request_error"
@@ -683,8 +743,9 @@ class _HttpError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-def _model(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 1700000000, "owned_by": "loopback"}
+def _model(name: str, flavor: str | None = None) -> dict[str, Any]:
+    owner = OWNERS.get(flavor or "", "loopback")
+    return {"id": name, "object": "model", "created": 1700000000, "owned_by": owner}
 
 
 def _error_body(message: str, code: str | None = None) -> dict[str, Any]:
@@ -740,7 +801,9 @@ async def _send_raw(
 ) -> bool:
     head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", f"content-type: {content_type}"]
     head.append(f"content-length: {len(body) if content_length is None else content_length}")
-    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    head += [
+        f"{k}: {v}" for k, v in {**getattr(writer, "kd_headers", {}), **(headers or {})}.items()
+    ]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
     await writer.drain()
     return True
@@ -783,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", default=None)
     p.add_argument("--api-key", default=None, help="require this bearer key")
     p.add_argument("--token-ids", action="store_true", help="honour return_tokens_as_token_ids")
+    p.add_argument("--flavor", choices=FLAVORS, help="say what this server says of itself")
     args = p.parse_args(argv)
     server = OpenAIServer(
         models=tuple(args.model or ["teacher-1"]),
@@ -791,6 +855,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_limit=args.rate_limit,
         token_ids=args.token_ids,
         port=args.port,
+        flavor=args.flavor,
     ).start()
     print(server.url, flush=True)
     try:

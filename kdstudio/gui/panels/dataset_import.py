@@ -28,8 +28,8 @@ from PySide6.QtWidgets import (
 )
 
 from kdstudio.data import FORMATS, import_dataset
-from kdstudio.data.importer import SCHEMA_WORDS, _split_format, default_name
-from kdstudio.data.readers import open_reader
+from kdstudio.data.importer import SCHEMA_WORDS, _split_format, default_name, file_words
+from kdstudio.data.readers import hf_splits, open_reader
 from kdstudio.data.schema import RowError, converter, detect, normalize_mapping
 from kdstudio.errors import UserError
 from kdstudio.events import Progress
@@ -74,22 +74,27 @@ class FilePreview:
 
     def describe(self) -> str:
         cols = ", ".join(f"{f} ← {c!r}" for f, c in self.columns.items())
-        return f"{self.kind.upper()}, {SCHEMA_WORDS.get(self.schema, self.schema)}; {cols}"
+        return f"{file_words(self.kind)}, {SCHEMA_WORDS.get(self.schema, self.schema)}; {cols}"
 
 
 def preview_file(
-    path: Path, fmt: str = "auto", mapping: dict[str, str] | None = None, n: int = PREVIEW_ROWS
+    path: Path,
+    fmt: str = "auto",
+    mapping: dict[str, str] | None = None,
+    n: int = PREVIEW_ROWS,
+    split: str | None = None,
 ) -> FilePreview:
-    """Read the first rows of `path` with the core's reader/detect/converter (UserError if bad)."""
+    """Read the first rows of `path` (a file, or a saved `datasets` folder and its `split`)
+    with the core's reader/detect/converter (UserError if bad)."""
     container, forced = _split_format(fmt)
-    reader = open_reader(path, container)
+    reader = open_reader(path, container, split=split)
     head = list(itertools.islice(iter(reader), 200))
     records = [rec for _, rec in head if type(rec) is dict]
     if not records:
         if head:
             line, bad = head[0]
-            raise UserError(f"{path.name}, {reader.unit} {line}: {bad.reason}")
-        raise UserError(f"{path.name} has no rows")
+            raise UserError(f"{reader.label}, {reader.unit} {line}: {bad.reason}")
+        raise UserError(f"{reader.label} has no rows")
     available = list(dict.fromkeys(k for rec in records for k in rec))
     schema = detect(records, normalize_mapping(mapping), forced)
     convert = converter(schema)
@@ -137,6 +142,15 @@ class ImportDialog(QDialog):
         self.name = QLineEdit(default_name(self.path))
         self.format = QComboBox()
         self.format.addItems(list(FORMATS))
+        # a DatasetDict folder (save_to_disk): which split to import
+        self.split = QComboBox()
+        try:
+            splits = hf_splits(self.path) if self.path.is_dir() else None
+        except UserError:
+            splits = None  # the preview reports what is wrong with the folder
+        self.split.addItems(splits or [])
+        if splits:
+            self.name.setText(default_name(self.path, self.split.currentText()))
         self.skip_bad = QCheckBox("Skip lines that cannot be read (they are listed)")
         self.dedupe = QCheckBox("Remove duplicate rows")
         self.as_collection = QLineEdit()
@@ -155,7 +169,9 @@ class ImportDialog(QDialog):
             grid.addWidget(QLabel(fld), i // 4, (i % 4) * 2)
             grid.addWidget(box, i // 4, (i % 4) * 2 + 1)
         form = QFormLayout()
-        form.addRow("File", QLabel(str(self.path)))
+        form.addRow("Folder" if self.path.is_dir() else "File", QLabel(str(self.path)))
+        if splits:
+            form.addRow("Split", self.split)
         form.addRow("Dataset name", self.name)
         form.addRow("Format", self.format)
         form.addRow("Answers as collection", self.as_collection)
@@ -201,8 +217,17 @@ class ImportDialog(QDialog):
         self._timer.setInterval(150)
         self._timer.timeout.connect(self.update_preview)
         self.format.currentIndexChanged.connect(self.schedule_preview)
+        self.split.currentTextChanged.connect(self.on_split_changed)
         self.preview: FilePreview | None = None
         self.update_preview()
+
+    def chosen_split(self) -> str | None:
+        return self.split.currentText() or None
+
+    @Slot(str)
+    def on_split_changed(self, split: str) -> None:
+        self.name.setText(default_name(self.path, split))
+        self.schedule_preview()
 
     def mapping(self) -> dict[str, str]:
         return {f: b.currentText() for f, b in self.map_boxes.items() if b.currentText() != AUTO}
@@ -214,7 +239,9 @@ class ImportDialog(QDialog):
     @Slot()
     def update_preview(self) -> None:
         try:
-            preview = preview_file(self.path, self.format.currentText(), self.mapping())
+            preview = preview_file(
+                self.path, self.format.currentText(), self.mapping(), split=self.chosen_split()
+            )
         except UserError as exc:
             self.preview = None
             self.model.set_rows([])
@@ -254,6 +281,7 @@ class ImportDialog(QDialog):
         kwargs: dict[str, Any] = dict(
             name=self.name.text().strip() or None,
             fmt=self.format.currentText(),
+            split=self.chosen_split(),
             mapping=self.mapping() or None,
             skip_bad=self.skip_bad.isChecked(),
             dedupe=self.dedupe.isChecked(),

@@ -62,13 +62,20 @@ class DatasetsPanel(Panel):
         self.import_button = QPushButton("Import file…")
         self.import_button.setToolTip("Import a JSONL, JSON, CSV or Parquet file (Ctrl+I)")
         self.import_button.clicked.connect(self.choose_file)
+        self.import_folder_button = QPushButton("Import Hugging Face folder…")
+        self.import_folder_button.setToolTip(
+            "Import a folder written by Hugging Face datasets' save_to_disk (a Dataset, or a "
+            "DatasetDict: pick the split in the next step)"
+        )
+        self.import_folder_button.clicked.connect(self.choose_folder)
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
         ll.addWidget(heading("Datasets"))
         ll.addWidget(self.list, 1)
         ll.addWidget(self.import_button)
-        ll.addWidget(hint("…or drop a file anywhere on the window."))
+        ll.addWidget(self.import_folder_button)
+        ll.addWidget(hint("…or drop a file or a saved datasets folder anywhere on the window."))
 
         # middle: search + the lazy table
         self.search = QLineEdit()
@@ -282,15 +289,29 @@ class DatasetsPanel(Panel):
         if path:
             self.import_files([path])
 
+    @Slot()
+    def choose_folder(self) -> None:
+        recent = gui_settings.recent("files")
+        start = str(Path(recent[0]).parent) if recent else str(Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Import a Hugging Face dataset", start)
+        if folder:
+            self.import_files([folder])
+
     def import_files(self, paths: list[str]) -> None:
-        """Start the mapping step for the first file (drops may carry several)."""
+        """Start the mapping step for the first file or saved `datasets` folder (drops may
+        carry several)."""
+        from kdstudio.data.readers import is_hf_folder
         from kdstudio.gui.panels.dataset_import import ImportDialog
 
         if self.ws is None:
             return
-        files = [Path(p) for p in paths if Path(p).is_file()]
+        files = [Path(p) for p in paths if Path(p).is_file() or is_hf_folder(Path(p))]
         if not files:
-            self.message.show_message("Only files can be imported (a folder was dropped).", "error")
+            self.message.show_message(
+                "Only files, or folders written by Hugging Face datasets' save_to_disk, can be "
+                "imported (that folder has no state.json or dataset_dict.json).",
+                "error",
+            )
             return
         gui_settings.add_recent("files", files[0])
         dialog = ImportDialog(self.ws, files[0], self)

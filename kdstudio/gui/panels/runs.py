@@ -30,12 +30,14 @@ from PySide6.QtWidgets import (
 )
 
 from kdstudio import evaluate as ev
+from kdstudio import trackers
 from kdstudio.distill import runs
 from kdstudio.errors import UserError
 from kdstudio.events import Progress
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
 from kdstudio.gui.table_models import Column, ListTableModel
+from kdstudio.gui.trackers import TensorBoard
 from kdstudio.gui.widgets import Selection, escape, fmt_time, heading, hint, row_table
 from kdstudio.gui.workers import ErrorInfo, Job
 
@@ -134,6 +136,16 @@ class RunsPanel(Panel):
         )
         self.merge_lora = QCheckBox("merge LoRA")
         self.cancel_button = QPushButton("Cancel")
+        self.tensorboard = TensorBoard(self)
+        self.tensorboard.opened.connect(self.on_tensorboard_opened)
+        self.tensorboard.failed.connect(self.on_tensorboard_failed)
+        self.tensorboard_button = QPushButton("Open in TensorBoard")
+        self.tensorboard_button.setToolTip(
+            "Start TensorBoard on the runs that report to it (run.report_to) and open it in "
+            "the browser; it stops when the window closes"
+        )
+        self.tensorboard_button.clicked.connect(self.open_tensorboard)
+        self.tensorboard_button.setVisible(trackers.installed("tensorboard"))
         self.resume_button.clicked.connect(self.resume_selected)
         self.eval_button.clicked.connect(self.evaluate_selected)
         self.export_button.clicked.connect(self.export_dialog)
@@ -149,6 +161,7 @@ class RunsPanel(Panel):
             self.export_button,
             self.merge_lora,
             self.cancel_button,
+            self.tensorboard_button,
         ):
             buttons.addWidget(w)
         buttons.addWidget(self.job_progress, 1)
@@ -236,6 +249,34 @@ class RunsPanel(Panel):
         self.tail_timer.timeout.connect(self.tail)
         self.tail_timer.start()
         self.update_buttons()
+
+    # -- TensorBoard ---------------------------------------------------------------------
+    @Slot()
+    def open_tensorboard(self) -> None:
+        if self.ws is None:
+            return
+        logdir = trackers.tensorboard_root(self.ws)
+        if not logdir.is_dir() or not any(logdir.iterdir()):
+            self.message.show_message(
+                'No run reports to TensorBoard yet: tick TensorBoard under "Report to" in the '
+                "Train panel (run.report_to), then train.",
+                "info",
+            )
+            return
+        self.message.show_message(f"Starting TensorBoard on {logdir}…", "info")
+        self.tensorboard.open(logdir)
+
+    @Slot(str)
+    def on_tensorboard_opened(self, url: str) -> None:
+        self.message.show_message(f"TensorBoard is at {url} (opened in the browser).", "success")
+
+    @Slot(str)
+    def on_tensorboard_failed(self, reason: str) -> None:
+        self.message.show_message(reason, "error")
+
+    def set_workspace(self, ws) -> None:
+        self.tensorboard.stop()  # it shows the previous workspace's runs
+        super().set_workspace(ws)
 
     # -- the list ------------------------------------------------------------------------
     def refresh(self) -> None:

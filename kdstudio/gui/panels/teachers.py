@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
@@ -35,7 +36,8 @@ from kdstudio.errors import UserError
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, ListTableModel
 from kdstudio.gui.widgets import MessageBar, heading, hint
-from kdstudio.gui.workers import ErrorInfo
+from kdstudio.gui.workers import ErrorInfo, Job
+from kdstudio.teachers.servers import PRESETS, Preset
 
 
 def _key_text(t: TeacherConfig) -> str:
@@ -90,7 +92,7 @@ class TeacherDialog(QDialog):
         super().__init__(parent)
         self.existing = existing
         self.setWindowTitle("Edit teacher" if existing else "Add teacher")
-        self.setMinimumWidth(520)
+        self.setMinimumWidth(640)  # room for the model, the served list and its button
         self.message = MessageBar(self)
         self.name = QLineEdit()
         self.name.setPlaceholderText("e.g. gpt-4o-mini")
@@ -99,8 +101,32 @@ class TeacherDialog(QDialog):
         self.kind.addItem("Local Hugging Face model", "local")
         self.base_url = QLineEdit()
         self.base_url.setPlaceholderText("https://api.openai.com/v1 or http://localhost:8000/v1")
+        self.preset = QComboBox()
+        self.preset.addItem("Custom: any OpenAI-compatible endpoint", None)
+        for p in PRESETS:
+            self.preset.addItem(p.title, p.key)
+        self.preset_info = hint("")
+        self.preset_info.setWordWrap(True)
+        self.preset_info.setTextFormat(Qt.TextFormat.RichText)
         self.model = QLineEdit()
         self.model.setPlaceholderText("model name at the endpoint")
+        # the models the server lists, fetched off the GUI thread; picking one fills Model
+        self.served = QComboBox()
+        self.served.setMinimumContentsLength(18)
+        self.served.setToolTip("The models the server lists at /v1/models: pick one")
+        self.served.activated.connect(self.on_served_picked)
+        self.list_models_button = QPushButton("List served models")
+        self.list_models_button.setToolTip("Ask the server which models it serves (GET /models)")
+        self.list_models_button.clicked.connect(self.fetch_models)
+        self.models_status = hint("")
+        model_row = QHBoxLayout()
+        model_row.setContentsMargins(0, 0, 0, 0)
+        model_row.addWidget(self.model, 1)
+        model_row.addWidget(self.served)
+        model_row.addWidget(self.list_models_button)
+        self.model_row = QWidget()
+        self.model_row.setLayout(model_row)
+        self.models_job: Job | None = None
         self.path = QLineEdit()
         self.path.setPlaceholderText("folder with config.json and the weights")
         browse = QPushButton("Browse…")
@@ -135,8 +161,11 @@ class TeacherDialog(QDialog):
         form = QFormLayout()
         form.addRow("Name", self.name)
         form.addRow("Kind", self.kind)
+        form.addRow("Server", self.preset)
+        form.addRow("", self.preset_info)
         form.addRow("Base URL", self.base_url)
-        form.addRow("Model", self.model)
+        form.addRow("Model", self.model_row)
+        form.addRow("", self.models_status)
         form.addRow("Model folder", self.path_row)
         key_box = QVBoxLayout()
         key_box.addWidget(self.key_keyring)
@@ -163,6 +192,7 @@ class TeacherDialog(QDialog):
 
         self.kind.currentIndexChanged.connect(self.update_visibility)
         self.key_group.buttonToggled.connect(self.update_visibility)
+        self.preset.currentIndexChanged.connect(self.on_preset_chosen)
         self.key_keyring.setEnabled(
             keyring_ok or bool(existing and existing.key_source == "keyring")
         )
@@ -171,6 +201,7 @@ class TeacherDialog(QDialog):
         else:
             (self.key_keyring if keyring_ok else self.key_env).setChecked(True)
         self.update_visibility()
+        self.show_served([])
         self.config: TeacherConfig | None = None
         self.key: str | None = None
 
@@ -179,6 +210,11 @@ class TeacherDialog(QDialog):
         self.name.setReadOnly(True)
         self.kind.setCurrentIndex(0 if t.kind == "openai" else 1)
         self.base_url.setText(t.base_url or "")
+        known = [p.key for p in PRESETS if p.base_url == (t.base_url or "").rstrip("/")]
+        self.preset.blockSignals(True)  # editing: show the matching preset, change nothing
+        self.preset.setCurrentIndex(self.preset.findData(known[0]) if known else 0)
+        self.preset.blockSignals(False)
+        self.show_preset_info(self.chosen_preset())
         self.model.setText(t.model or "")
         self.path.setText(t.path or "")
         {"keyring": self.key_keyring, "env": self.key_env, "none": self.key_none}[
@@ -191,11 +227,117 @@ class TeacherDialog(QDialog):
     @Slot()
     def update_visibility(self) -> None:
         remote = self.kind.currentData() == "openai"
-        for widget in (self.base_url, self.model):
+        for widget in (self.base_url, self.model_row, self.preset, self.preset_info):
             self.form.setRowVisible(widget, remote)
+        self.form.setRowVisible(self.models_status, remote and bool(self.models_status.text()))
         self.form.setRowVisible(self.path_row, not remote)
         self.api_key.setEnabled(self.key_keyring.isChecked())
         self.env_name.setEnabled(self.key_env.isChecked())
+
+    # -- presets and the served models ----------------------------------------------------
+    def chosen_preset(self) -> Preset | None:
+        key = self.preset.currentData()
+        return next((p for p in PRESETS if p.key == key), None)
+
+    def show_preset_info(self, preset: Preset | None) -> None:
+        if preset is None:
+            self.preset_info.setText("Give the base URL of any OpenAI-compatible server.")
+            return
+        # `commands` in the shared text become code in the dialog
+        parts = html.escape(preset.summary()).split("`")
+        self.preset_info.setText(
+            "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+        )
+
+    @Slot()
+    def on_preset_chosen(self) -> None:
+        """Fill the base URL and the key source; list the models of a local server."""
+        preset = self.chosen_preset()
+        self.show_preset_info(preset)
+        if preset is None:
+            return
+        self.base_url.setText(preset.base_url)
+        if preset.needs_key:
+            (self.key_keyring if self.key_keyring.isEnabled() else self.key_env).setChecked(True)
+        else:
+            self.key_none.setChecked(True)
+        self.show_served([])
+        if preset.lists_models:
+            self.fetch_models()
+
+    def request_key(self) -> str | None:
+        """The key the dialog would use (typed, or from the named variable), for listing."""
+        if self.key_keyring.isChecked():
+            return self.api_key.text().strip() or None
+        if self.key_env.isChecked():
+            import os
+
+            return os.environ.get(self.env_name.text().strip()) or None
+        return None
+
+    @Slot()
+    def fetch_models(self) -> None:
+        """GET {base URL}/models in a worker thread; the GUI never waits on the network."""
+        from kdstudio.teachers.servers import list_models
+
+        url = self.base_url.text().strip()
+        if not url:
+            self.set_models_status("Give the base URL first.")
+            return
+        if self.models_job is not None and self.models_job.running:
+            self.models_job.stop("superseded")
+        key, headers = self.request_key(), dict(self.existing.headers) if self.existing else {}
+
+        def fetch(sink, cancel) -> list[str]:
+            return list_models(url, key, headers, timeout=10.0)
+
+        self.set_models_status(f"Asking {url} which models it serves…")
+        self.list_models_button.setEnabled(False)
+        job = Job(f"list models at {url}", fetch, background=True)
+        job.succeeded.connect(self.on_models_listed)
+        job.errored.connect(self.on_models_failed)
+        job.ended.connect(self.on_models_job_ended)
+        self.models_job = job.start()
+
+    @Slot(object)
+    def on_models_listed(self, models: list[str]) -> None:
+        if self.sender() is not self.models_job:
+            return  # an older request answering late
+        self.show_served(models)
+        if not models:
+            self.set_models_status("The server lists no models: type the model's name.")
+            return
+        self.set_models_status(
+            f"{len(models)} model{'s' * (len(models) != 1)} served: pick one from the list."
+        )
+        if not self.model.text().strip():
+            self.model.setText(models[0])
+
+    @Slot(object)
+    def on_models_failed(self, info: ErrorInfo) -> None:
+        if self.sender() is self.models_job:
+            self.show_served([])
+            self.set_models_status(f"Could not list the models: {info.summary}")
+
+    @Slot()
+    def on_models_job_ended(self) -> None:
+        self.list_models_button.setEnabled(True)
+
+    def show_served(self, models: list[str]) -> None:
+        self.served.clear()
+        self.served.addItems(models)
+        self.served.setVisible(bool(models))
+        current = self.model.text().strip()
+        if current in models:
+            self.served.setCurrentText(current)
+
+    @Slot(int)
+    def on_served_picked(self, index: int) -> None:
+        self.model.setText(self.served.itemText(index))
+
+    def set_models_status(self, text: str) -> None:
+        self.models_status.setText(text)
+        self.form.setRowVisible(self.models_status, bool(text))
 
     @Slot()
     def choose_folder(self) -> None:

@@ -55,6 +55,7 @@ from kdstudio.formatting import duration
 from kdstudio.gui.config_form import SectionForm
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
+from kdstudio.gui.trackers import TrackerChoice
 from kdstudio.gui.widgets import Card, hint
 from kdstudio.gui.workers import Job
 
@@ -139,6 +140,9 @@ class TrainPanel(Panel):
         self.teacher_box.setEditable(True)
         self.teacher_box.currentTextChanged.connect(self.on_form_changed)
         self.forms["distill"].replace_widget("teacher", self.teacher_box)
+        self.report_to = TrackerChoice()
+        self.report_to.changed.connect(self.on_form_changed)
+        self.forms["run"].replace_widget("report_to", self.report_to)
         self.use_lora = QCheckBox("Train LoRA adapters instead of the full model (needs peft)")
         self.use_lora.toggled.connect(self.forms["lora"].setEnabled)
         self.use_lora.toggled.connect(self.on_form_changed)
