@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.openai_server import OpenAIServer
 
 from kdstudio.config import TeacherConfig
 from kdstudio.errors import UserError
@@ -22,7 +23,6 @@ from kdstudio.teachers.servers import (
     preset,
     server_root,
 )
-from support.openai_server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
