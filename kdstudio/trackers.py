@@ -38,6 +38,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdstudio.distill.config import TRACKERS
 from kdstudio.events import Event, Failed, Finished, Metrics, NullSink, Sink, Warning
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from kdstudio.distill.runs import Run
     from kdstudio.workspace import Workspace
 
-TRACKERS = ("tensorboard", "mlflow", "wandb")
 # The module each tracker needs, and the extra that installs it (`pip install kdstudio[X]`).
 MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}

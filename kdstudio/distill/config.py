@@ -20,6 +20,9 @@ from typing import Any, ClassVar
 from kdstudio.config import Section, apply_overrides, check_name, load_toml, setting
 from kdstudio.errors import ConfigError
 
+# the experiment trackers `run.report_to` may name (kdstudio.trackers drives them)
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
 METHODS = ("sft", "sparse_kd", "dense_kd")
 DIVERGENCES = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")
 
@@ -232,8 +235,6 @@ class RunConfig(Section):
     def check(self) -> None:
         if self.name is not None:
             check_name("run", self.name)
-        from kdstudio.trackers import TRACKERS
-
         for name in self.report_to:
             if name not in TRACKERS:
                 raise ConfigError(

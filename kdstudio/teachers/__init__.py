@@ -8,8 +8,10 @@ other way round (an import contract in pyproject.toml holds it to that).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kdstudio.logprobs import TokenLogprobs
+if TYPE_CHECKING:  # numpy stays out of `kdstudio --help`
+    from kdstudio.logprobs import TokenLogprobs
 
 
 @dataclass

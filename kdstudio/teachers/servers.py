@@ -124,12 +124,12 @@ def server_root(base_url: str) -> str:
 
 
 def _client(key: str | None, headers: dict[str, str] | None, timeout: float) -> Any:
-    import httpx
+    import httpx2
 
     sent = dict(headers or {})
     if key:
         sent["Authorization"] = f"Bearer {key}"
-    return httpx.Client(headers=sent, timeout=timeout, follow_redirects=True)
+    return httpx2.Client(headers=sent, timeout=timeout, follow_redirects=True)
 
 
 def _json(client: Any, url: str) -> tuple[dict[str, Any] | None, Any]:
