@@ -48,3 +48,15 @@ def test_front_end_files_import_heavy_libraries_only_inside_functions():
             ):
                 offenders.append(f"{path.relative_to(ROOT)}: {line}")
     assert offenders == []
+
+
+def test_only_file_dialogs_shows_a_file_dialog():
+    """Qt's and GTK's dialogs open the files they list to sniff their type, which drops this
+    process's SQLite locks on a workspace (docs/design-notes.md): kdstudio.gui.file_dialogs
+    is the one way to ask for a path."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "kdstudio").rglob("*.py")
+        if "QFileDialog" in path.read_text() and path.name != "file_dialogs.py"
+    ]
+    assert offenders == []
