@@ -902,6 +902,9 @@ def collect(
     col = Collection(config, ws)
     col.open()
     col.claim()
+    from kdstudio.resume import save_collect_settings  # (resume imports this module)
+
+    save_collect_settings(ws, col.id, config)  # so a later resume starts from them
     start = time.monotonic()
     status, message = "failed", "stopped by an error"
     try:
@@ -923,7 +926,8 @@ def collect(
         col.release(status, message)
     summary = _summary(col, runner, status, message, time.monotonic() - start)
     if status == "failed":
-        raise JobFailed(message)
+        error = JobFailed(message)
+        raise error.with_fix("edit_teacher", col.teacher.name) if runner.fatal else error
     if status == "cancelled":
         raise Cancelled(message)
     sink.emit(Finished(message, summary.to_dict()))
@@ -937,7 +941,7 @@ def _runner(col: Collection, sink: Sink, cancel: CancelToken) -> Any:
         return LocalRunner(col, sink, cancel)
     from kdstudio.secrets import resolve_key
 
-    key = resolve_key(col.teacher)
+    key = resolve_key(col.teacher, col.ws.id)
     if col.config.batch_api:
         from kdstudio.teachers.batch import BatchRunner
 

@@ -155,3 +155,97 @@ def test_metrics_can_be_tailed_by_rowid(ws):
     ws.add_metrics(run_id, 2, {"loss": 1.5}, 2.0)
     new = ws.metrics(run_id, after_rowid=first[-1]["rowid"])
     assert [(r["step"], r["name"], r["value"]) for r in new] == [(2, "loss", 1.5)]
+
+
+def open_files_under(root) -> list[str]:
+    """Files under `root` this process holds open (from /proc/self/fd)."""
+    import os
+
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd is Linux's")
+def test_close_closes_the_connections_of_every_thread_and_refuses_new_ones(tmp_path):
+    from kdstudio.workspace import WorkspaceClosed
+
+    ws = Workspace.open(tmp_path / "ws")
+    ws.add_teacher(TeacherConfig(name="t", base_url="http://x/v1", model="m"))
+    started, finish = threading.Barrier(4), threading.Event()
+
+    def reader():
+        assert ws.teacher_names() == ["t"]  # this thread's own connection
+        started.wait()
+        finish.wait()  # still alive when the workspace closes
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    started.wait()
+    extra = ws.connect()  # one the caller forgot to close
+    assert ws.connections() == 5 and open_files_under(ws.root)  # this thread, 3, extra
+    ws.close()
+    assert ws.connections() == 0
+    assert open_files_under(ws.root) == []
+    with pytest.raises(WorkspaceClosed, match="was closed"):
+        ws.teacher_names()
+    with pytest.raises(sqlite3.ProgrammingError):
+        extra.execute("SELECT 1")
+    finish.set()
+    for t in threads:
+        t.join()
+
+
+def test_a_thread_releases_its_connection_when_its_job_ends(ws):
+    from kdstudio.workspace import release_thread
+
+    def job():
+        ws.teacher_names()
+        assert ws.connections() == 2  # the test's thread and this one
+        release_thread()
+
+    ws.teacher_names()
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+    assert ws.connections() == 1
+
+
+def test_a_damaged_or_unopenable_workspace_says_what_is_wrong(tmp_path):
+    from kdstudio.workspace import WorkspaceUnavailable
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / DB_NAME).write_bytes(b"this is not a database, it only has the name" * 100)
+    with pytest.raises(WorkspaceUnavailable, match="is damaged") as info:
+        Workspace.open(damaged)
+    assert info.value.reason == "damaged"
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / DB_NAME).mkdir()  # a folder where the database should be
+    with pytest.raises(WorkspaceUnavailable) as info:
+        Workspace.open(blocked)
+    assert info.value.reason == "unopenable" and "cannot open" in str(info.value)
+
+
+def test_a_workspace_locked_by_another_program_is_refused_after_the_open_timeout(tmp_path):
+    from kdstudio.workspace import WorkspaceUnavailable
+
+    Workspace.open(tmp_path / "ws").close()
+    holder = sqlite3.connect(tmp_path / "ws" / DB_NAME, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")  # as a program that keeps the file to itself
+    try:
+        with pytest.raises(WorkspaceUnavailable, match="locked by another program") as info:
+            Workspace.open(tmp_path / "ws", open_timeout_s=0.2)
+        assert info.value.reason == "locked"
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
