@@ -51,7 +51,8 @@ class RecoveryResult:
 
     def line(self) -> str:
         total = sum(self.rows.values())
-        text = f"recovered {total:,} rows in {len(self.rows)} tables ({self.method})"
+        rows = "row" if total == 1 else "rows"
+        text = f"recovered {total:,} {rows} in {len(self.rows)} tables ({self.method})"
         if self.lost:
             text += "; not readable: " + ", ".join(f"{t} ({why})" for t, why in self.lost.items())
         return f"{text}; the damaged database is kept as {self.kept}"
@@ -225,7 +226,8 @@ def _copy_rows(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> 
         except sqlite3.DatabaseError as exc:
             failures += 1
             if failures > MAX_SKIPS or last is None or after >= last:
-                return copied, f"rows after rowid {after} unreadable ({exc})"
+                where = f"rows after rowid {after}" if copied else "every row"
+                return copied, f"{where} unreadable ({exc})"
             after, step, careful = after + step, step * 2, 50
             continue
         if not rows:

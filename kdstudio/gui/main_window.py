@@ -128,7 +128,7 @@ class MainWindow(QMainWindow):
         current = self.current_key()
         self.tabs.blockSignals(True)
         for panel in self.panels.values():
-            panel.deleteLater()
+            panel.retire()
         self.tabs.clear()
         self.panels = {}
         for cls in panel_classes():
@@ -580,3 +580,4 @@ class MainWindow(QMainWindow):
             return workers.stop_all(timeout_s)
         finally:
             QApplication.restoreOverrideCursor()
+            self.statusBar().clearMessage()

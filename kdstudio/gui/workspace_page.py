@@ -63,13 +63,12 @@ class WorkspaceProblemPage(QWidget):
         inner.addWidget(self.text)
         inner.addWidget(self.status)
         inner.addLayout(buttons)
-        inner.addWidget(
-            hint(
-                "Nothing in the workspace folder is changed until you choose to recover it: "
-                "the recovered database is written to a new file first, and the damaged one "
-                "is kept as kdstudio.damaged-<time>.sqlite."
-            )
+        self.recover_hint = hint(
+            "Nothing in the workspace folder is changed until you choose to recover it: the "
+            "recovered database is written to a new file first, and the damaged one is kept "
+            "as kdstudio.damaged-<time>.sqlite."
         )
+        inner.addWidget(self.recover_hint)
         outer = QVBoxLayout(self)
         outer.addStretch(1)
         row = QHBoxLayout()
@@ -87,6 +86,7 @@ class WorkspaceProblemPage(QWidget):
         where = f"<p><b>{escape(str(path))}</b></p>" if path else ""
         self.text.setText(f"{where}<p>{escape(text)}</p>")
         self.recover_button.setVisible(reason == "damaged")
+        self.recover_hint.setVisible(reason == "damaged")
         self.retry_button.setVisible(reason in ("locked", "unopenable", "damaged"))
         self.status.clear()
         self.set_busy(False)

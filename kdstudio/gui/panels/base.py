@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
@@ -61,6 +61,14 @@ class Panel(QWidget):
 
     def refresh(self) -> None:
         """Re-read what the panel shows from the workspace (cheap; called on tab switch)."""
+
+    def retire(self) -> None:
+        """The window is done with this panel (another workspace opens): nothing of it may
+        touch its workspace again, so its timers stop before it is deleted."""
+        self.ws = None
+        for timer in self.findChildren(QTimer):
+            timer.stop()
+        self.deleteLater()
 
     def workspace_updated(self) -> None:
         """Another process (or job) changed the workspace while this panel is on screen.

@@ -287,9 +287,9 @@ class CollectPanel(Panel):
             return
         n = len(self.unfinished)
         head = f"{n} unfinished collection{'s' * (n > 1)}. " if n > 1 else ""
-        text = f"{head}{u.name!r}: {window_words(u.line())}"
+        text = f"{head}{u.name!r}: {window_words(u.line())}".rstrip(".") + "."
         if u.state == "failed":
-            text += " Fix that first (Edit teacher… in Teachers), then Resume."
+            text += " Fix that first, then Retry."
         else:
             text += " Resume asks only for the missing answers."
         self.unfinished_label.setText(text)
@@ -310,6 +310,13 @@ class CollectPanel(Panel):
             self.show_message(f"Cannot resume {name!r}: {window_words(str(exc))}", "error")
             return None
         self.set_config(config)
+        self.config = config  # the progress shown is this collection's
+        self._failed_rows = []
+        self.failures.set_rows([])
+        self.failure_label.setText("Failures: none")
+        self.rate_label.setText("")
+        self.spend_label.setText("")
+        self.update_counts()
         self.show_message(
             f"The settings collection {name!r} ran with are in the form. Press Start to ask "
             "for the missing answers only (nothing is paid twice).",
@@ -645,8 +652,9 @@ class CollectPanel(Panel):
         text = window_words(reason)
         text = text[:1].upper() + text[1:]
         if paused:
+            text = text.replace("; press Start to resume", "")
             self.show_message(
-                f"{text} (Resume continues with the same settings.)",
+                f"{text}. Resume continues with the same settings.",
                 "info",
                 action="Resume",
                 on_action=self.resume_paused,
@@ -666,6 +674,8 @@ class CollectPanel(Panel):
         if self.config is not None:
             self.status_changed.emit(f"collection {self.config.collection_name()} ended")
         self.counts_timer.stop()
+        if self.job is not None and self.job.outcome == "errored":
+            self.rate_label.setText("Stopped by the problem shown above.")
         self.update_counts()
         self.estimate = None
         self.update_unfinished()

@@ -657,8 +657,9 @@ class TrainPanel(Panel):
                 changed = run_conflicts(stored.to_dict(), config.to_dict())
                 if changed:
                     self.show_message(
-                        f"These settings differ from run {self.resume_target!r}'s and would "
-                        f"not be used when resuming it: {'; '.join(changed[:4])}"
+                        f"These settings differ from those run {self.resume_target!r} was "
+                        f"started with and would not be used when resuming it: "
+                        f"{'; '.join(changed[:4])}"
                         f"{' …' if len(changed) > 4 else ''}. To train with them, give the "
                         "run another name (Run, Name) and start a new run.",
                         "warning",
