@@ -73,7 +73,8 @@ class WorkspaceClosed(KdError):
 
 
 class WorkspaceUnavailable(UserError):
-    """The workspace cannot be opened: `reason` is "damaged", "locked" or "unopenable"."""
+    """The workspace cannot be opened: `reason` is "damaged", "locked", "missing" or
+    "unopenable"."""
 
     def __init__(self, message: str, *, reason: str, path: Path) -> None:
         super().__init__(message)
@@ -128,7 +129,12 @@ class Workspace:
         try:
             if not self.root.exists():
                 if not create:
-                    raise UserError(f"workspace {self.root} does not exist")
+                    raise WorkspaceUnavailable(
+                        f"workspace {self.root} does not exist (moved, deleted, or on a disk "
+                        "that is not mounted)",
+                        reason="missing",
+                        path=self.root,
+                    )
                 self.root.mkdir(parents=True)
             elif not self.root.is_dir():
                 raise UserError(f"workspace path {self.root} is a file, not a folder")
@@ -336,8 +342,9 @@ class Workspace:
                 path=self.root,
             )
         return WorkspaceUnavailable(
-            f"the workspace database {self.db_path} is damaged (SQLite: {text}); kdstudio can "
-            "recover what is readable into a new file and keep the damaged one",
+            f"the workspace database {self.db_path} is damaged (SQLite: {text}); open it in "
+            "the kdstudio window to recover what is readable into a new file (the damaged "
+            "one is kept)",
             reason="damaged",
             path=self.root,
         )

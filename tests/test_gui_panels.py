@@ -224,9 +224,13 @@ def test_pause_then_resume_keeps_the_settings_and_every_unfinished_collection_is
     qtbot.waitUntil(lambda: not panel.running(), timeout=60_000)
     assert outputs.collection_status_counts(ws, "arith.loop")["done"] == 30
     assert collect_settings(ws, "arith.loop").concurrency == 2
-    assert [panel.unfinished_box.itemData(i) for i in range(panel.unfinished_box.count())] == [
-        "second"
-    ]
+    qtbot.waitUntil(  # once the job has ended (its `ended` arrives after the thread stops)
+        lambda: (
+            [panel.unfinished_box.itemData(i) for i in range(panel.unfinished_box.count())]
+            == ["second"]
+        ),
+        timeout=5000,
+    )
 
 
 def test_changed_settings_for_an_existing_collection_are_shown_before_start(
@@ -270,7 +274,8 @@ def test_a_rejected_key_during_collection_is_a_message_with_edit_teacher_not_a_c
     panel = window.show_panel("collect")
     panel.refresh()
     panel.launch(CollectConfig(teacher="loop", dataset="arith", max_tokens=8))
-    qtbot.waitUntil(lambda: not panel.running(), timeout=30_000)
+    with qtbot.waitSignal(panel.job.ended, timeout=30_000):
+        pass
     text = panel.message.text
     assert crashes == [] and panel.message.level == "error"
     assert "rejected the API key" in text and "Edit teacher" in text

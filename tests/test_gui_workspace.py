@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from workspace_support import open_files_under
 
 pytest.importorskip("pytestqt")
 pytestmark = [
@@ -21,18 +22,6 @@ pytestmark = [
 ]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def open_files_under(root) -> list[str]:
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(root)):
-            found.append(target)
-    return found
 
 
 @pytest.fixture
@@ -284,6 +273,18 @@ def test_a_workspace_that_is_not_a_database_or_is_locked_says_so_and_offers_a_wa
     assert not studio.open_workspace(a_file)  # the open one stays; the message says why
     assert studio.ws.root == (tmp_path / "locked").resolve()
     assert "is a file" in studio.message.text and studio.message.level == "error"
+
+
+def test_a_missing_recent_workspace_is_said_missing_not_made_again_empty(qtbot, studio, tmp_path):
+    gone = tmp_path / "gone"
+    assert not studio.open_workspace(gone, create=False)  # as File → Recent workspaces does
+    assert studio.problem.reason == "missing" and "does not exist" in studio.problem.text.text()
+    assert not gone.exists()
+    studio.problem.retry_button.click()  # still gone: still not made
+    assert not gone.exists() and studio.ws is None
+    gone.mkdir()  # the disk is back
+    studio.problem.retry_button.click()
+    assert studio.ws is not None and studio.ws.root == gone.resolve()
 
 
 def test_the_app_opens_on_a_damaged_last_workspace_with_a_window(qtbot, tmp_path, monkeypatch):

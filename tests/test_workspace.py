@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from workspace_support import open_files_under
 
 from kdstudio.config import TeacherConfig
 from kdstudio.errors import UserError
@@ -155,21 +156,6 @@ def test_metrics_can_be_tailed_by_rowid(ws):
     ws.add_metrics(run_id, 2, {"loss": 1.5}, 2.0)
     new = ws.metrics(run_id, after_rowid=first[-1]["rowid"])
     assert [(r["step"], r["name"], r["value"]) for r in new] == [(2, "loss", 1.5)]
-
-
-def open_files_under(root) -> list[str]:
-    """Files under `root` this process holds open (from /proc/self/fd)."""
-    import os
-
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(root)):
-            found.append(target)
-    return found
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd is Linux's")

@@ -213,7 +213,8 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def open_recent(self) -> None:
-        self.open_workspace(self.sender().data())
+        # A recent workspace that is gone is said so, not silently made again, empty.
+        self.open_workspace(self.sender().data(), create=False)
 
     @Slot()
     def show_panel_from_action(self) -> None:
@@ -264,7 +265,7 @@ class MainWindow(QMainWindow):
         if folder:
             self.open_workspace(folder)
 
-    def open_workspace(self, path: str | Path, *, ask: bool = True) -> bool:
+    def open_workspace(self, path: str | Path, *, ask: bool = True, create: bool = True) -> bool:
         """Open `path` instead of the current workspace; False (and a message) if it cannot.
 
         Jobs of the current workspace are stopped first (after asking, when `ask`): none of
@@ -272,7 +273,7 @@ class MainWindow(QMainWindow):
         if not self.stop_jobs_for_switch(ask):
             return False
         try:
-            ws = Workspace.open(path, open_timeout_s=OPEN_TIMEOUT_S)
+            ws = Workspace.open(path, create=create, open_timeout_s=OPEN_TIMEOUT_S)
         except WorkspaceUnavailable as exc:
             self.cannot_open(exc.reason, exc.path, str(exc))
             return False
@@ -355,7 +356,7 @@ class MainWindow(QMainWindow):
     @Slot()
     def retry_open(self) -> None:
         if self.problem.path is not None:
-            self.open_workspace(self.problem.path)
+            self.open_workspace(self.problem.path, create=self.problem.reason != "missing")
 
     @Slot()
     def on_message_action(self) -> None:

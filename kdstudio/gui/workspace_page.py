@@ -19,6 +19,7 @@ TITLES = {
     "damaged": "This workspace's database is damaged",
     "locked": "This workspace is locked by another program",
     "unopenable": "This workspace cannot be opened",
+    "missing": "This workspace folder is missing",
     "none": "No workspace is open",
 }
 
@@ -87,7 +88,7 @@ class WorkspaceProblemPage(QWidget):
         self.text.setText(f"{where}<p>{escape(text)}</p>")
         self.recover_button.setVisible(reason == "damaged")
         self.recover_hint.setVisible(reason == "damaged")
-        self.retry_button.setVisible(reason in ("locked", "unopenable", "damaged"))
+        self.retry_button.setVisible(reason in ("locked", "unopenable", "damaged", "missing"))
         self.status.clear()
         self.set_busy(False)
 
