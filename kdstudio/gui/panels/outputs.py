@@ -74,6 +74,7 @@ class OutputsPanel(Panel):
         super().__init__(parent)
         self.collection: str | None = None
         self.detail: outputs.ItemDetail | None = None
+        self._counts: tuple[dict[str, int], int] | None = None  # (reviews, items) shown
 
         self.collection_box = QComboBox()
         self.collection_box.setMinimumWidth(180)
@@ -289,7 +290,7 @@ class OutputsPanel(Panel):
         selection.blockSignals(False)
         self.table.verticalScrollBar().setValue(scroll)
         self.table.viewport().update()
-        self.update_counts()
+        self.update_counts(live=True)
         if keys:
             self.on_selection_changed()
 
@@ -333,11 +334,18 @@ class OutputsPanel(Panel):
         self.update_counts()
         self.show_item(None)
 
-    def update_counts(self) -> None:
+    def update_counts(self, *, live: bool = False) -> None:
         if self.ws is None or not self.collection:
             return
-        reviews = outputs.review_counts(self.ws, self.collection)
-        total = outputs.count_items(self.ws, self.collection)
+        if not live or self._counts is None:
+            # Reviews are made here and a collection's items all exist from its start, so
+            # a live re-read (another process storing answers) keeps these: counting the
+            # reviews of a million items takes half a second.
+            self._counts = (
+                outputs.review_counts(self.ws, self.collection),
+                outputs.count_items(self.ws, self.collection),
+            )
+        reviews, total = self._counts
         self.count_label.setText(
             f"{fmt_count(self.model.total)} matching of {fmt_count(total)} · "
             f"accepted {fmt_count(reviews['accepted'])} · rejected {fmt_count(reviews['rejected'])}"
