@@ -79,15 +79,18 @@ class Unfinished:
     """A collection that stopped before every answer was stored."""
 
     name: str
-    state: str  # "interrupted" (cancelled, stopped, incomplete, process gone) or "failed"
+    state: str  # interrupted (stopped, or its process is gone), incomplete (rows failed), failed
     done: int
     total: int
+    failed: int  # rows that failed (retried by the next run)
     message: str  # why it stopped, as the job said
 
     def line(self) -> str:
         stored = f"{self.done:,} of {self.total:,} answers stored"
         if self.state == "failed":
             return f"failed ({stored}): {self.message}"
+        if self.state == "incomplete":
+            return f"incomplete ({stored}, {self.failed:,} failed)"
         return f"interrupted ({stored})"
 
 
@@ -97,9 +100,10 @@ def unfinished_collections(ws: Workspace) -> list[Unfinished]:
     return [
         Unfinished(
             name=info.name,
-            state="failed" if info.status == "failed" else "interrupted",
+            state=info.status if info.status in ("failed", "incomplete") else "interrupted",
             done=info.counts.get("done", 0),
             total=info.counts.get("total", 0),
+            failed=info.counts.get("failed", 0),
             message=info.message or "",
         )
         for info in interrupted_collections(ws)

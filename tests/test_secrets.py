@@ -177,3 +177,32 @@ def test_a_key_from_an_environment_variable_is_read_at_run_time(monkeypatch):
         secrets.resolve_key(teacher, WS)
     monkeypatch.setenv("KD_TEST_KEY", PLANTED)
     assert secrets.resolve_key(teacher, WS) == PLANTED
+
+
+@pytest.mark.keyring
+def test_cli_add_and_remove_in_another_workspace_leave_this_ones_key(run_cli, tmp_path):
+    """Issue 12: `teacher add fake` in workspace B replaced A's key; `teacher remove fake`
+    in B deleted it."""
+    from kdstudio.testing.openai_server import OpenAIServer
+    from kdstudio.workspace import Workspace
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    ids = []
+    for root in (a, b):
+        ws = Workspace.open(root)
+        ids.append(ws.id)
+        ws.close()
+    key_a, key_b = "sk-cli-workspace-a-123", "sk-cli-workspace-b-456"
+    with OpenAIServer(api_key=key_a) as server:
+        try:
+            args = ["teacher", "add", "fake", "--base-url", server.url, "--model", "teacher-1"]
+            assert run_cli(*args, "--api-key-stdin", input=key_a, workspace=a).returncode == 0
+            assert run_cli(*args, "--api-key-stdin", input=key_b, workspace=b).returncode == 0
+            assert secrets.read_key(ids[0], "fake") == key_a
+            assert run_cli("teacher", "remove", "fake", workspace=b).returncode == 0
+            assert secrets.read_key(ids[1], "fake") is None
+            probe = run_cli("teacher", "probe", "fake", "--json", workspace=a)
+            assert probe.returncode == 0, probe.stderr
+            assert '"auth": "ok"' in probe.stdout
+        finally:
+            forget((ids[0], "fake"), (ids[1], "fake"))

@@ -290,10 +290,12 @@ class CollectPanel(Panel):
         text = f"{head}{u.name!r}: {window_words(u.line())}".rstrip(".") + "."
         if u.state == "failed":
             text += " Fix that first, then Retry."
+        elif u.state == "incomplete":
+            text += " Retry asks again for the failed ones only."
         else:
             text += " Resume asks only for the missing answers."
         self.unfinished_label.setText(text)
-        self.resume_button.setText("Retry" if u.state == "failed" else "Resume")
+        self.resume_button.setText("Resume" if u.state == "interrupted" else "Retry")
 
     @Slot()
     def resume_selected(self) -> None:
