@@ -10,9 +10,21 @@ from __future__ import annotations
 
 
 class KdError(Exception):
-    """Base class of kdstudio's own errors."""
+    """Base class of kdstudio's own errors.
+
+    `fix` names what fixes the problem, for a front end to offer as an action (the window's
+    "Edit teacher…" button); `subject` is what to fix (a teacher's or a run's name). The
+    message itself stays whole for the CLI. Fixes: edit_teacher, rename_run, resume_run.
+    """
 
     exit_code = 1
+    fix: str | None = None
+    subject: str | None = None
+
+    def with_fix(self, fix: str, subject: str | None = None) -> KdError:
+        """This error, naming what fixes it (`raise JobFailed(msg).with_fix(...)`)."""
+        self.fix, self.subject = fix, subject
+        return self
 
 
 class UserError(KdError):

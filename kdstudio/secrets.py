@@ -1,4 +1,11 @@
-"""API keys in the OS keyring (service "kdstudio", user = teacher name), never on disk.
+"""API keys in the OS keyring, never on disk: service "kdstudio", user `<workspace id>/<teacher>`.
+
+A key belongs to one teacher of one workspace, so a teacher of the same name in another
+workspace has its own key: adding, replacing or removing it there never touches this one.
+Keys stored by kdstudio 0.1 under the bare teacher name (user = teacher name, shared by
+every workspace) keep working: when a workspace's own entry is missing, the old one is
+read and copied to the workspace's entry. The old entry is never changed or deleted (any
+other workspace may still rely on it); removing a teacher deletes only its workspace's.
 
 Some Linux setups hang on a keyring call (a locked collection waiting for a prompt that
 never comes), so every call runs in a daemon thread with a timeout. A failed or timed-out
@@ -107,37 +114,57 @@ def _require_backend(timeout: float) -> Any:
     return _backend()
 
 
-def store_key(teacher: str, key: str, *, timeout: float = TIMEOUT_S) -> None:
-    """Store (or replace) a teacher's key. Nothing is written anywhere else."""
+def account(workspace_id: str, teacher: str) -> str:
+    """The keyring user a workspace's teacher keeps its key under."""
+    return f"{workspace_id}/{teacher}"
+
+
+def store_key(workspace_id: str, teacher: str, key: str, *, timeout: float = TIMEOUT_S) -> None:
+    """Store (or replace) a workspace's teacher's key. Nothing is written anywhere else."""
     if not key or not key.strip():
         raise UserError("the API key is empty")
     if any(c in key for c in "\r\n"):
         raise UserError("the API key contains a line break; paste it on one line")
     backend = _require_backend(timeout)
-    _call(lambda: backend.set_password(SERVICE, teacher, key.strip()), "store the key", timeout)
+    user = account(workspace_id, teacher)
+    _call(lambda: backend.set_password(SERVICE, user, key.strip()), "store the key", timeout)
     # Read back: some backends accept writes into a locked collection that never lands.
-    stored = _call(lambda: backend.get_password(SERVICE, teacher), "read the key back", timeout)
+    stored = _call(lambda: backend.get_password(SERVICE, user), "read the key back", timeout)
     if stored != key.strip():
         raise KeyringUnavailable(
             f"the OS keyring did not keep the key for {teacher!r}; {HOW_TO_FIX}"
         )
 
 
-def read_key(teacher: str, *, timeout: float = TIMEOUT_S) -> str | None:
-    """The stored key, or None when there is none. Raises KeyringUnavailable, never deletes."""
+def read_key(workspace_id: str, teacher: str, *, timeout: float = TIMEOUT_S) -> str | None:
+    """The workspace's teacher's key, or None when there is none. Raises KeyringUnavailable,
+    never deletes. A key stored the 0.1 way (user = teacher name) is copied to this
+    workspace's entry on first read, and left where it was."""
     backend = _require_backend(timeout)
-    return _call(lambda: backend.get_password(SERVICE, teacher), "read the key", timeout)
+    user = account(workspace_id, teacher)
+    value = _call(lambda: backend.get_password(SERVICE, user), "read the key", timeout)
+    if value:
+        return value
+    old = _call(lambda: backend.get_password(SERVICE, teacher), "read the key", timeout)
+    if old:
+        try:
+            _call(lambda: backend.set_password(SERVICE, user, old), "copy the key", timeout)
+        except KeyringUnavailable:
+            pass  # the old entry still answers next time
+    return old or None
 
 
-def delete_key(teacher: str, *, timeout: float = TIMEOUT_S) -> bool:
-    """Delete a teacher's key (only on the user's explicit removal). True if one existed."""
+def delete_key(workspace_id: str, teacher: str, *, timeout: float = TIMEOUT_S) -> bool:
+    """Delete a workspace's teacher's key (only on the user's explicit removal); True if one
+    existed. The 0.1 entry under the bare teacher name is kept: other workspaces may use it."""
     import keyring.errors
 
     backend = _require_backend(timeout)
+    user = account(workspace_id, teacher)
 
     def delete() -> bool:
         try:
-            backend.delete_password(SERVICE, teacher)
+            backend.delete_password(SERVICE, user)
         except keyring.errors.PasswordDeleteError:
             return False
         return True
@@ -145,8 +172,10 @@ def delete_key(teacher: str, *, timeout: float = TIMEOUT_S) -> bool:
     return _call(delete, "delete the key", timeout)
 
 
-def resolve_key(teacher: TeacherConfig, *, timeout: float = TIMEOUT_S) -> str | None:
-    """The key a teacher's requests use: keyring, environment variable, or none."""
+def resolve_key(
+    teacher: TeacherConfig, workspace_id: str, *, timeout: float = TIMEOUT_S
+) -> str | None:
+    """The key a workspace's teacher's requests use: keyring, environment variable, or none."""
     if teacher.key_source == "none":
         return None
     if teacher.key_source == "env":
@@ -155,12 +184,12 @@ def resolve_key(teacher: TeacherConfig, *, timeout: float = TIMEOUT_S) -> str | 
             raise KeyMissing(
                 f"teacher {teacher.name!r} reads its key from the environment variable "
                 f"{teacher.key_env}, which is not set"
-            )
+            ).with_fix("edit_teacher", teacher.name)
         return value
-    value = read_key(teacher.name, timeout=timeout)
+    value = read_key(workspace_id, teacher.name, timeout=timeout)
     if not value:
         raise KeyMissing(
             f"no API key is stored in the OS keyring for teacher {teacher.name!r}; store one with "
             f"`kdstudio teacher add {teacher.name} ... --api-key-stdin --replace`"
-        )
+        ).with_fix("edit_teacher", teacher.name)
     return value

@@ -4,8 +4,11 @@ Schema changes go through numbered migrations in `kdstudio.migrations` (`mNNN_*.
 with `SQL` or an `upgrade(con)` function); `PRAGMA user_version` holds the version. Opening
 an older workspace migrates it in one transaction per step; a newer one is refused.
 
-Connections are per thread (SQLite objects must stay on the thread that made them): use
-`ws.db` for the calling thread's connection, `ws.tx()` for a write transaction.
+Every connection has an owner that closes it (docs/design-notes.md says why): `ws.db` is the
+calling thread's connection, made on first use; `ws.connect()` is one more the caller closes;
+`release_thread()` closes the calling thread's connections when its job ends; `ws.close()`
+closes every connection the workspace made, in every thread, and refuses new ones. A
+process that stops showing a workspace therefore holds none of its files open.
 
 Anything that must not run twice at once (a collection, a training run) holds a `Lease` on
 its row: this process's pid and host, and a heartbeat.
@@ -21,13 +24,14 @@ import socket
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kdstudio.config import TeacherConfig
-from kdstudio.errors import NotFound, UserError
+from kdstudio.errors import KdError, NotFound, UserError
 
 DB_NAME = "kdstudio.sqlite"
 ENV_VAR = "KDSTUDIO_WORKSPACE"
@@ -68,34 +72,109 @@ def schema_version() -> int:
     return len(migrations())
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=True)
-    con.row_factory = sqlite3.Row
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
-    con.execute("PRAGMA foreign_keys=ON")
-    con.execute("PRAGMA busy_timeout=30000")
+class WorkspaceClosed(KdError):
+    """A closed workspace was used: a job or view outlived the workspace it belonged to."""
+
+
+class WorkspaceUnavailable(UserError):
+    """The workspace cannot be opened: `reason` is "damaged", "locked", "missing" or
+    "unopenable"."""
+
+    def __init__(self, message: str, *, reason: str, path: Path) -> None:
+        super().__init__(message)
+        self.reason, self.path = reason, path
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that tells its workspace when it is closed (so it is closed only once)."""
+
+    owner: Workspace | None = None
+
+    def close(self) -> None:
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner._forget(self)
+        super().close()
+
+
+def _connect(path: Path, timeout_s: float = 30.0) -> _Connection:
+    # check_same_thread=False only so that `Workspace.close()` can close a finished thread's
+    # connection from the GUI thread; each connection is still used by one thread at a time.
+    con = sqlite3.connect(
+        path, timeout=timeout_s, isolation_level=None, check_same_thread=False, factory=_Connection
+    )
+    try:
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute("PRAGMA foreign_keys=ON")
+        con.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+_OPEN: weakref.WeakSet[Workspace] = weakref.WeakSet()  # workspaces not yet closed
+
+
+def release_thread() -> None:
+    """Close the calling thread's connections to every open workspace (a job's last step:
+    the thread may end, or run another workspace's job next)."""
+    for ws in list(_OPEN):
+        ws.release_thread()
 
 
 class Workspace:
     """One workspace folder. Cheap to construct; safe to share between threads."""
 
-    def __init__(self, root: Path, *, create: bool = True) -> None:
+    def __init__(self, root: Path, *, create: bool = True, open_timeout_s: float = 30.0) -> None:
         self.root = Path(root).expanduser().resolve()
-        if not self.root.exists():
-            if not create:
-                raise UserError(f"workspace {self.root} does not exist")
-            self.root.mkdir(parents=True)
-        elif not self.root.is_dir():
-            raise UserError(f"workspace path {self.root} is a file, not a folder")
+        try:
+            if not self.root.exists():
+                if not create:
+                    raise WorkspaceUnavailable(
+                        f"workspace {self.root} does not exist (moved, deleted, or on a disk "
+                        "that is not mounted)",
+                        reason="missing",
+                        path=self.root,
+                    )
+                self.root.mkdir(parents=True)
+            elif not self.root.is_dir():
+                raise UserError(f"workspace path {self.root} is a file, not a folder")
+        except OSError as exc:
+            raise WorkspaceUnavailable(
+                f"cannot create the workspace folder {self.root}: {exc.strerror}",
+                reason="unopenable",
+                path=self.root,
+            ) from None
         self.db_path = self.root / DB_NAME
-        self._local = threading.local()
-        self._migrate()
+        self._lock = threading.Lock()
+        self._by_thread: dict[int, _Connection] = {}  # `db` of each thread that used it
+        self._others: set[_Connection] = set()  # from `connect()`, closed by the caller
+        self.closed = False
+        self._id: str | None = None
+        _OPEN.add(self)
+        try:
+            self._migrate(open_timeout_s)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
-    def open(cls, path: str | Path | None = None, *, create: bool = True) -> Workspace:
-        return cls(Path(path) if path else default_path(), create=create)
+    def open(
+        cls,
+        path: str | Path | None = None,
+        *,
+        create: bool = True,
+        open_timeout_s: float = 30.0,
+    ) -> Workspace:
+        """Open (creating when needed) and migrate a workspace. WorkspaceUnavailable says why
+        one cannot be opened (damaged, locked by another program, or not openable at all);
+        `open_timeout_s` bounds the wait for another program's lock (the window waits less)."""
+        return cls(
+            Path(path) if path else default_path(), create=create, open_timeout_s=open_timeout_s
+        )
 
     # -- folders -----------------------------------------------------------------------
     def folder(self, name: str) -> Path:
@@ -112,23 +191,78 @@ class Workspace:
         return self.folder("exports")
 
     # -- connections -------------------------------------------------------------------
-    def connect(self) -> sqlite3.Connection:
-        """A new connection (the caller closes it)."""
-        return _connect(self.db_path)
+    def connect(self, *, timeout_s: float = 30.0) -> sqlite3.Connection:
+        """A new connection that the caller closes (`close()` closes it too if still open)."""
+        return self._new_connection(timeout_s, thread=None)
 
     @property
     def db(self) -> sqlite3.Connection:
         """This thread's connection (autocommit; use `tx()` for writes that belong together)."""
-        con = getattr(self._local, "con", None)
+        con = self._by_thread.get(threading.get_ident())
         if con is None:
-            con = self._local.con = self.connect()
+            con = self._new_connection(30.0, thread=threading.get_ident())
         return con
 
-    def close(self) -> None:
-        con = getattr(self._local, "con", None)
+    def _new_connection(self, timeout_s: float, *, thread: int | None) -> _Connection:
+        self._check_open()
+        con = _connect(self.db_path, timeout_s)  # outside the lock: it may wait for SQLite
+        with self._lock:
+            if not self.closed:
+                con.owner = self
+                if thread is None:
+                    self._others.add(con)
+                else:
+                    self._by_thread[thread] = con
+                return con
+        con.close()  # the workspace was closed meanwhile
+        raise self._closed_error()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise self._closed_error()
+
+    def _closed_error(self) -> WorkspaceClosed:
+        return WorkspaceClosed(
+            f"workspace {self.root} was closed (another workspace was opened, or the window "
+            "closed); nothing more is read from or written to it here"
+        )
+
+    def _forget(self, con: _Connection) -> None:
+        with self._lock:
+            self._others.discard(con)
+            for ident, mine in list(self._by_thread.items()):
+                if mine is con:
+                    del self._by_thread[ident]
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connection (it is made again if the thread goes on)."""
+        con = self._by_thread.get(threading.get_ident())
         if con is not None:
             con.close()
-            self._local.con = None
+
+    def connections(self) -> int:
+        """How many connections to this workspace are open now (every thread)."""
+        with self._lock:
+            return len(self._by_thread) + len(self._others)
+
+    def close(self) -> None:
+        """Close every connection to this workspace, in every thread; refuse new ones.
+
+        Stop the jobs that use it first: a connection closed under a running statement
+        makes that statement fail ("Cannot operate on a closed database")."""
+        with self._lock:
+            self.closed = True
+            cons = [*self._by_thread.values(), *self._others]
+        _OPEN.discard(self)
+        for con in cons:
+            con.close()
+
+    def data_version(self) -> int:
+        """A number that changes when another connection (any thread or process) commits.
+
+        SQLite answers from the shared-memory index: no table is read, so a view can poll
+        it several times a second to see the CLI's or another job's writes."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -152,34 +286,75 @@ class Workspace:
         return self.db.execute(sql, params).fetchone()
 
     # -- migrations ----------------------------------------------------------------------
-    def _migrate(self) -> None:
-        steps = migrations()
-        con = self.connect()
+    def _migrate(self, timeout_s: float = 30.0) -> None:
         try:
-            current = con.execute("PRAGMA user_version").fetchone()[0]
-            if current > len(steps):
-                raise UserError(
-                    f"workspace {self.root} was written by a newer kdstudio (schema "
-                    f"{current}, this version knows {len(steps)}); upgrade kdstudio to open it"
-                )
-            for version, _name, module in steps[current:]:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    if con.execute("PRAGMA user_version").fetchone()[0] >= version:
-                        con.execute("ROLLBACK")  # another process migrated meanwhile
-                        continue
-                    if hasattr(module, "upgrade"):
-                        module.upgrade(con)
-                    else:
-                        for statement in _split_sql(module.SQL):
-                            con.execute(statement)
-                    con.execute(f"PRAGMA user_version={version}")
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+            con = self.connect(timeout_s=timeout_s)
+        except sqlite3.DatabaseError as exc:
+            raise self._unavailable(exc) from None
+        try:
+            self._migrate_with(con)
+        except sqlite3.DatabaseError as exc:
+            raise self._unavailable(exc) from None
         finally:
             con.close()
+
+    def _migrate_with(self, con: sqlite3.Connection) -> None:
+        steps = migrations()
+        current = con.execute("PRAGMA user_version").fetchone()[0]
+        if current > len(steps):
+            raise UserError(
+                f"workspace {self.root} was written by a newer kdstudio (schema "
+                f"{current}, this version knows {len(steps)}); upgrade kdstudio to open it"
+            )
+        for version, _name, module in steps[current:]:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                if con.execute("PRAGMA user_version").fetchone()[0] >= version:
+                    con.execute("ROLLBACK")  # another process migrated meanwhile
+                    continue
+                if hasattr(module, "upgrade"):
+                    module.upgrade(con)
+                else:
+                    for statement in _split_sql(module.SQL):
+                        con.execute(statement)
+                con.execute(f"PRAGMA user_version={version}")
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+
+    def _unavailable(self, exc: sqlite3.DatabaseError) -> WorkspaceUnavailable:
+        """What a SQLite error at open means for the person opening the workspace."""
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return WorkspaceUnavailable(
+                f"workspace {self.root} is locked by another program (SQLite: {text}); close "
+                "the program that holds it, or open another workspace",
+                reason="locked",
+                path=self.root,
+            )
+        if isinstance(exc, sqlite3.OperationalError) and "unable to open" in text:
+            return WorkspaceUnavailable(
+                f"cannot open {self.db_path} (SQLite: {text}); check that the folder and the "
+                "file are readable and writable",
+                reason="unopenable",
+                path=self.root,
+            )
+        return WorkspaceUnavailable(
+            f"the workspace database {self.db_path} is damaged (SQLite: {text}); open it in "
+            "the kdstudio window to recover what is readable into a new file (the damaged "
+            "one is kept)",
+            reason="damaged",
+            path=self.root,
+        )
+
+    @property
+    def id(self) -> str:
+        """The workspace's stable id (made by migration 5): API keys are stored under it."""
+        if self._id is None:
+            self._id = self.query_one("SELECT value FROM workspace_info WHERE key='id'")[0]
+        return self._id
 
     @property
     def version(self) -> int:

@@ -178,3 +178,15 @@ def test_the_cycle_finder_counts_imports_inside_functions_and_skips_type_checkin
     assert graph["kdstudio.sub.b"] == {"kdstudio.a"}  # the relative import, inside a function
     assert graph["kdstudio.c"] == set()
     assert import_cycles(graph) == [["kdstudio.a", "kdstudio.sub.b", "kdstudio.a"]]
+
+
+def test_only_file_dialogs_shows_a_file_dialog():
+    """Qt's and GTK's dialogs open the files they list to sniff their type, which drops this
+    process's SQLite locks on a workspace (docs/design-notes.md): kdstudio.gui.file_dialogs
+    is the one way to ask for a path."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "kdstudio").rglob("*.py")
+        if "QFileDialog" in path.read_text() and path.name != "file_dialogs.py"
+    ]
+    assert offenders == []

@@ -81,7 +81,7 @@ def demo_runs(tmp_path_factory):
     """The quick demo stopped while collecting, then while distilling, then run to the end,
     then once more."""
     from kdstudio.collect.store import collection_status_counts
-    from kdstudio.demo import Demo
+    from kdstudio.demo import Demo, demo_status
     from kdstudio.workspace import Workspace
 
     root = tmp_path_factory.mktemp("demo")
@@ -90,6 +90,7 @@ def demo_runs(tmp_path_factory):
     cancel = CancelToken()
     with pytest.raises(Cancelled, match="resume"):
         Demo(ws, plan, StopDuring(cancel, "collecting", "request", 1), cancel).run()
+    status_stopped = demo_status(ws.root)
     collected = collection_status_counts(ws, f"{TRAIN_DATASET}.{TEACHER}")
     cancel = CancelToken()
     stopping = Demo(ws, plan, StopDuring(cancel, "distilling", "step", 50), cancel)
@@ -105,6 +106,7 @@ def demo_runs(tmp_path_factory):
         "stopped_at": stopped_at,
         "first": first,
         "again": again,
+        "status_stopped": status_stopped,
     }
     ws.close()
 
@@ -313,3 +315,16 @@ def test_without_a_display_the_demo_says_to_use_headless(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="--headless"):
         cmd.open_studio(_args(), tmp_path / "demo")
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_demo_keeps_its_step_progress_and_end_where_a_window_can_show_them(demo_runs):
+    from kdstudio.demo import demo_status
+
+    stopped = demo_runs["status_stopped"]
+    assert stopped.state == "stopped" and "collecting" in stopped.step
+    done, total, unit = stopped.progress
+    assert unit == "request" and 1 <= done <= total
+    final = demo_status(demo_runs["ws"].root)
+    assert final.state == "complete" and final.progress is None
+    after = demo_runs["again"].score("after").accuracy
+    assert f"{after:.0%} after distillation" in final.accuracy_line()

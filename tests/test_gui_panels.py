@@ -174,29 +174,129 @@ def test_collect_estimates_then_runs_to_100_percent_with_failures_listed(
     assert "Spent $" in panel.spend_label.text() and "budget" in panel.spend_label.text()
 
 
-def test_paused_collection_is_offered_for_resume_and_resumes(qtbot, window, ws, prompts, server):
-    from kdstudio.collect import CollectConfig
+def test_pause_then_resume_keeps_the_settings_and_every_unfinished_collection_is_listed(
+    qtbot, window, ws, prompts, server
+):
+    """Issue 12: after Pause, Resume went from concurrency 2 to the default 8, and only the
+    first interrupted collection was named ("and 1 more")."""
     from kdstudio.collect import store as outputs
+    from kdstudio.collect.config import CollectConfig
+    from kdstudio.collect.ledger import Collection
+    from kdstudio.data import import_dataset
+    from kdstudio.resume import collect_settings
+
+    import_dataset(ws, prompts, name="arith")
+    _teacher(ws, server)
+    other = Collection(CollectConfig(teacher="loop", dataset="arith", name="second"), ws)
+    other.open()  # started elsewhere and interrupted before any answer
+    ws.db.execute(  # as a Ctrl-C'd collector leaves it
+        "UPDATE collections SET status='cancelled', message='stopped by Ctrl-C' WHERE name=?",
+        ("second",),
+    )
+    server.latency = 0.2
+    panel = window.show_panel("collect")
+    panel.refresh()
+    config = CollectConfig(teacher="loop", dataset="arith", concurrency=2, max_tokens=8)
+    job = panel.launch(config)
+    qtbot.waitUntil(lambda: panel.progress.value() >= 2, timeout=20_000)
+    panel.pause()
+    qtbot.waitUntil(lambda: not job.running, timeout=20_000)
+    assert 0 < outputs.collection_status_counts(ws, "arith.loop")["done"] < 30
+    assert panel.message.text.startswith("Paused") and "--" not in panel.message.text
+    panel.on_message_action()  # Resume
+    job = panel.job
+    assert job is not None and job.running and panel.config.concurrency == 2
+    qtbot.waitUntil(lambda: panel.progress.value() >= 6, timeout=20_000)
+    panel.pause()
+    qtbot.waitUntil(lambda: not job.running, timeout=20_000)
+    assert collect_settings(ws, "arith.loop").concurrency == 2
+
+    # as when the workspace is opened again: every unfinished collection, by name
+    panel.main_form.set_values({"concurrency": 8})
+    panel.refresh()
+    listed = [panel.unfinished_box.itemData(i) for i in range(panel.unfinished_box.count())]
+    assert sorted(listed) == ["arith.loop", "second"]
+    assert "more" not in panel.unfinished_label.text()
+    panel.unfinished_box.setCurrentIndex(listed.index("arith.loop"))
+    server.latency = 0.0
+    panel.resume_selected()  # fills the form from the stored settings, estimates
+    assert panel.main_form.value("concurrency") == 2 and panel.main_form.value("max_tokens") == 8
+    wait_idle(qtbot, panel)
+    assert panel.estimate is not None and 0 < panel.estimate.requests < 30
+    job = panel.start()
+    assert job is not None
+    qtbot.waitUntil(lambda: not panel.running(), timeout=60_000)
+    assert outputs.collection_status_counts(ws, "arith.loop")["done"] == 30
+    assert collect_settings(ws, "arith.loop").concurrency == 2
+    qtbot.waitUntil(  # once the job has ended (its `ended` arrives after the thread stops)
+        lambda: (
+            [panel.unfinished_box.itemData(i) for i in range(panel.unfinished_box.count())]
+            == ["second"]
+        ),
+        timeout=5000,
+    )
+
+
+def test_changed_settings_for_an_existing_collection_are_shown_before_start(
+    qtbot, window, ws, prompts, server
+):
+    from kdstudio.collect import CollectConfig, collect
     from kdstudio.data import import_dataset
 
     import_dataset(ws, prompts, name="arith")
     _teacher(ws, server)
-    server.latency = 0.2
+    collect(CollectConfig(teacher="loop", dataset="arith", max_tokens=8, limit=5), ws)
     panel = window.show_panel("collect")
     panel.refresh()
-    job = panel.launch(CollectConfig(teacher="loop", dataset="arith", concurrency=2, max_tokens=8))
-    qtbot.waitUntil(lambda: panel.progress.value() >= 2, timeout=20_000)
-    panel.pause()
-    qtbot.waitUntil(lambda: not job.running, timeout=20_000)
-    counts = outputs.collection_status_counts(ws, "arith.loop")
-    assert 0 < counts["done"] < 30
-    assert "Paused" in panel.message.text
-    server.latency = 0.0
-    panel.refresh()  # as when the workspace is opened again
-    assert "interrupted" in panel.message.text and panel._resume_offer == "arith.loop"
+    panel.teacher_box.setCurrentText("loop")
+    panel.dataset_box.setCurrentText("arith")
+    panel.main_form.set_values({"max_tokens": 12})
+    assert panel.check_conflict() is not None
+    assert "max_tokens: 8 -> 12" in panel.message.text and panel.message.level == "warning"
+    assert "--name" not in panel.message.text and not panel.start_button.isEnabled()
+    assert panel.start() is None and not panel.running_jobs()
+    panel.main_form.set_values({"max_tokens": 8})
+    assert panel.check_conflict() is None and panel.start_button.isEnabled()
+    panel.main_form.set_values({"max_tokens": 12, "name": "arith.longer"})
+    assert panel.check_conflict() is None
+
+
+def test_a_rejected_key_during_collection_is_a_message_with_edit_teacher_not_a_crash(
+    qtbot, window, ws, prompts, server, monkeypatch
+):
+    """Issue 12: a wrong key opened the crash dialog, and the failed collection was then
+    offered as "interrupted… Resume" on every visit."""
+    from kdstudio.collect import CollectConfig
+    from kdstudio.data import import_dataset
+    from kdstudio.gui.panels import base
+
+    crashes = []
+    monkeypatch.setattr(base, "report_unexpected", lambda *a, **k: crashes.append(a))
+    import_dataset(ws, prompts, name="arith")
+    _teacher(ws, server)
+    monkeypatch.setenv(KEY_ENV, "sk-wrong-key")
+    panel = window.show_panel("collect")
+    panel.refresh()
+    panel.launch(CollectConfig(teacher="loop", dataset="arith", max_tokens=8))
+    with qtbot.waitSignal(panel.job.ended, timeout=30_000):
+        pass
+    text = panel.message.text
+    assert crashes == [] and panel.message.level == "error"
+    assert "rejected the API key" in text and "Edit teacher" in text
+    assert "--" not in text and "kdstudio teacher" not in text
+    assert panel.message._action.isVisible() and panel.message._action.text() == "Edit teacher…"
     panel.on_message_action()
-    qtbot.waitUntil(lambda: not panel.running(), timeout=60_000)
-    assert outputs.collection_status_counts(ws, "arith.loop")["done"] == 30
+    teachers = window.panels["teachers"]
+    assert window.tabs.currentWidget() is teachers
+    assert teachers.dialog.isVisible() and teachers.dialog.name.text() == "loop"
+    teachers.dialog.reject()
+    panel = window.show_panel("collect")
+    panel.refresh()
+    assert panel.unfinished_box.count() == 1
+    assert panel.unfinished_box.itemText(0) == "arith.loop — failed"
+    assert "failed" in panel.unfinished_label.text()
+    assert "interrupted" not in panel.unfinished_label.text()
+    assert panel.resume_button.text() == "Retry"
 
 
 def test_outputs_search_review_edit_keeps_the_original_and_colours_tokens(

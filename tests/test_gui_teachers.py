@@ -85,7 +85,7 @@ def test_add_teacher_stores_the_key_in_the_real_keyring_and_nowhere_else(qtbot, 
     panel.dialog.try_accept()
     qtbot.waitUntil(lambda: "keyed" in ws.teacher_names(), timeout=10000)
     try:
-        assert secrets.read_key("keyed") == key
+        assert secrets.read_key(ws.id, "keyed") == key
         assert ws.get_teacher("keyed").key_source == "keyring"
         for path in ws.root.rglob("*"):
             if path.is_file():
@@ -94,6 +94,61 @@ def test_add_teacher_stores_the_key_in_the_real_keyring_and_nowhere_else(qtbot, 
         panel.select_teacher("keyed")
         panel.remove_teacher(panel.selected())
         qtbot.waitUntil(lambda: "keyed" not in ws.teacher_names(), timeout=10000)
-        assert secrets.read_key("keyed") is None
+        assert secrets.read_key(ws.id, "keyed") is None
     finally:
-        secrets.delete_key("keyed")
+        secrets.delete_key(ws.id, "keyed")
+
+
+@pytest.mark.keyring
+def test_a_teacher_of_the_same_name_in_another_workspace_never_touches_this_ones_key(
+    qtbot, panel, ws, tmp_path
+):
+    """Workspace A (`panel`) and B each have a teacher `fake`, with different keys; A's
+    server accepts only A's key. Probing A works after B adds its `fake`, and after B
+    removes it (issue 12: B's add used to replace A's key, and B's remove to delete it)."""
+    from support.openai_server import OpenAIServer
+
+    from kdstudio import secrets
+    from kdstudio.gui.panels.teachers import TeachersPanel
+    from kdstudio.workspace import Workspace
+
+    key_a, key_b = "sk-workspace-a-11111111", "sk-workspace-b-22222222"
+    ws_b = Workspace.open(tmp_path / "B")
+    panel_b = TeachersPanel()
+    qtbot.addWidget(panel_b)
+    panel_b.set_workspace(ws_b)
+    qtbot.waitUntil(lambda: not panel_b.running_jobs(), timeout=10000)
+
+    def add(p, url, key):
+        p.add_teacher()
+        fill(p.dialog, name="fake", url=url, model="teacher-1", key=key)
+        p.dialog.try_accept()
+        qtbot.waitUntil(
+            lambda: "fake" in p.ws.teacher_names() and not p.running_jobs(), timeout=10000
+        )
+
+    def probe_a():
+        panel.refresh()
+        panel.select_teacher("fake")
+        panel.probe_selected()
+        qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=20000)
+        return ws.get_teacher("fake").capabilities
+
+    with OpenAIServer(api_key=key_a) as srv_a, OpenAIServer(api_key=key_b) as srv_b:
+        try:
+            add(panel, srv_a.url, key_a)
+            assert probe_a()["auth"] == "ok"
+            add(panel_b, srv_b.url, key_b)
+            assert secrets.read_key(ws_b.id, "fake") == key_b
+            assert probe_a()["auth"] == "ok", panel.message.text
+            panel_b.refresh()
+            panel_b.select_teacher("fake")
+            panel_b.remove_teacher(panel_b.selected())
+            qtbot.waitUntil(lambda: "fake" not in ws_b.teacher_names(), timeout=10000)
+            assert secrets.read_key(ws_b.id, "fake") is None
+            assert probe_a()["auth"] == "ok", panel.message.text
+            assert secrets.read_key(ws.id, "fake") == key_a
+        finally:
+            for w in (ws, ws_b):
+                secrets.delete_key(w.id, "fake")
+            ws_b.close()

@@ -111,9 +111,11 @@ def test_stop_saves_a_checkpoint_and_resume_continues_the_same_curve(qtbot, wind
     runs_panel.refresh()
     runs_panel.select_run("long")
     assert runs_panel.resume_button.isEnabled()
-    runs_panel.resume_selected()  # -> the Train panel resumes it
+    runs_panel.resume_selected()  # -> the Train panel, ready to resume it
     assert window.tabs.currentWidget() is panel
-    job = panel.job
+    assert panel.start_button.text() == "Resume long" and not panel.running_training()
+    assert panel.forms["optim"].value("max_steps") == 400  # its stored settings
+    job = panel.start()
     qtbot.waitUntil(lambda: panel.progress.value() >= stopped_at + 2, timeout=120_000)
     panel.stop()
     with qtbot.waitSignal(job.ended, timeout=60_000):

@@ -27,54 +27,98 @@ def files_containing(root: Path, needle: str) -> list[Path]:
     return hits
 
 
+WS = f"test-ws-{os.getpid()}"  # a workspace id of these tests' own
+
+
+def forget(*entries: tuple[str | None, str]) -> None:
+    """Delete keyring entries a test made: (workspace id, teacher), or (None, teacher) for
+    an entry stored the 0.1 way."""
+    import keyring
+
+    for ws_id, teacher in entries:
+        user = secrets.account(ws_id, teacher) if ws_id else teacher
+        try:
+            keyring.delete_password(secrets.SERVICE, user)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
 @pytest.fixture
 def teacher_name(request):
     name = f"test-{request.node.name[:40]}-{os.getpid()}".replace("_", "-")
     yield name
-    try:
-        secrets.delete_key(name)
-    except secrets.KeyringUnavailable:
-        pass
+    forget((WS, name), (None, name), ("other-ws", name))
 
 
 @pytest.mark.keyring
 def test_a_key_round_trips_through_the_real_keyring(teacher_name):
     assert secrets.probe_backend().ok
-    secrets.store_key(teacher_name, PLANTED)
-    assert secrets.read_key(teacher_name) == PLANTED
+    secrets.store_key(WS, teacher_name, PLANTED)
+    assert secrets.read_key(WS, teacher_name) == PLANTED
     teacher = TeacherConfig(
         name=teacher_name, base_url="http://x/v1", model="m", key_source="keyring"
     )
-    assert secrets.resolve_key(teacher) == PLANTED
-    assert secrets.delete_key(teacher_name) is True
-    assert secrets.read_key(teacher_name) is None
+    assert secrets.resolve_key(teacher, WS) == PLANTED
+    assert secrets.delete_key(WS, teacher_name) is True
+    assert secrets.read_key(WS, teacher_name) is None
+
+
+@pytest.mark.keyring
+def test_two_workspaces_keep_apart_keys_of_teachers_with_the_same_name(teacher_name):
+    secrets.store_key(WS, teacher_name, PLANTED)
+    secrets.store_key("other-ws", teacher_name, "sk-other-workspace-key")
+    assert secrets.read_key(WS, teacher_name) == PLANTED
+    assert secrets.read_key("other-ws", teacher_name) == "sk-other-workspace-key"
+    assert secrets.delete_key("other-ws", teacher_name) is True
+    assert secrets.read_key(WS, teacher_name) == PLANTED
+    assert secrets.read_key("other-ws", teacher_name) is None
+
+
+@pytest.mark.keyring
+def test_a_key_stored_the_old_way_is_read_copied_and_never_deleted(teacher_name):
+    import keyring
+
+    keyring.set_password(secrets.SERVICE, teacher_name, PLANTED)  # as kdstudio 0.1 stored it
+    assert secrets.read_key(WS, teacher_name) == PLANTED
+    assert keyring.get_password(secrets.SERVICE, secrets.account(WS, teacher_name)) == PLANTED
+    secrets.store_key("other-ws", teacher_name, "sk-new-key-of-another-workspace")
+    assert secrets.delete_key("other-ws", teacher_name) is True
+    assert keyring.get_password(secrets.SERVICE, teacher_name) == PLANTED  # the old entry stays
+    assert secrets.read_key(WS, teacher_name) == PLANTED
+    assert secrets.delete_key(WS, teacher_name) is True
+    assert keyring.get_password(secrets.SERVICE, teacher_name) == PLANTED
 
 
 @pytest.mark.keyring
 def test_a_hanging_keyring_read_times_out_and_keeps_the_stored_key(teacher_name, monkeypatch):
-    secrets.store_key(teacher_name, PLANTED)
+    secrets.store_key(WS, teacher_name, PLANTED)
     backend = secrets._backend()
     real_get = backend.get_password
     release = threading.Event()
 
     def hanging_get(service, user):
-        if user == teacher_name:
+        if user == secrets.account(WS, teacher_name):
             release.wait(30)
         return real_get(service, user)
 
     monkeypatch.setattr(type(backend), "get_password", lambda self, s, u: hanging_get(s, u))
     t0 = time.monotonic()
     with pytest.raises(secrets.KeyringUnavailable, match="did not answer within"):
-        secrets.read_key(teacher_name, timeout=0.5)
+        secrets.read_key(WS, teacher_name, timeout=0.5)
     assert time.monotonic() - t0 < 5
     release.set()
     monkeypatch.undo()
-    assert secrets.read_key(teacher_name) == PLANTED
+    assert secrets.read_key(WS, teacher_name) == PLANTED
 
 
 @pytest.mark.keyring
 def test_cli_keeps_the_key_out_of_every_file_and_output(run_cli, tmp_path):
+    from kdstudio.workspace import Workspace
+
     name = f"cli-{os.getpid()}"
+    ws = Workspace.open(tmp_path / "ws")
+    ws_id = ws.id
+    ws.close()
     add = run_cli(
         "teacher",
         "add",
@@ -93,16 +137,13 @@ def test_cli_keeps_the_key_out_of_every_file_and_output(run_cli, tmp_path):
         assert '"key_source": "keyring"' in listed.stdout
         for out in (add, listed):
             assert PLANTED not in out.stdout + out.stderr
-        assert secrets.read_key(name) == PLANTED
+        assert secrets.read_key(ws_id, name) == PLANTED
         assert files_containing(tmp_path, PLANTED) == []
         removed = run_cli("teacher", "remove", name)
         assert removed.returncode == 0
-        assert secrets.read_key(name) is None
+        assert secrets.read_key(ws_id, name) is None
     finally:
-        try:
-            secrets.delete_key(name)
-        except secrets.KeyringUnavailable:
-            pass
+        forget((ws_id, name))
 
 
 def test_without_a_keyring_backend_the_message_says_how_to_fix_it(run_cli, tmp_path):
@@ -133,6 +174,36 @@ def test_a_key_from_an_environment_variable_is_read_at_run_time(monkeypatch):
     )
     monkeypatch.delenv("KD_TEST_KEY", raising=False)
     with pytest.raises(secrets.KeyMissing, match="KD_TEST_KEY, which is not set"):
-        secrets.resolve_key(teacher)
+        secrets.resolve_key(teacher, WS)
     monkeypatch.setenv("KD_TEST_KEY", PLANTED)
-    assert secrets.resolve_key(teacher) == PLANTED
+    assert secrets.resolve_key(teacher, WS) == PLANTED
+
+
+@pytest.mark.keyring
+def test_cli_add_and_remove_in_another_workspace_leave_this_ones_key(run_cli, tmp_path):
+    """Issue 12: `teacher add fake` in workspace B replaced A's key; `teacher remove fake`
+    in B deleted it."""
+    from support.openai_server import OpenAIServer
+
+    from kdstudio.workspace import Workspace
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    ids = []
+    for root in (a, b):
+        ws = Workspace.open(root)
+        ids.append(ws.id)
+        ws.close()
+    key_a, key_b = "sk-cli-workspace-a-123", "sk-cli-workspace-b-456"
+    with OpenAIServer(api_key=key_a) as server:
+        try:
+            args = ["teacher", "add", "fake", "--base-url", server.url, "--model", "teacher-1"]
+            assert run_cli(*args, "--api-key-stdin", input=key_a, workspace=a).returncode == 0
+            assert run_cli(*args, "--api-key-stdin", input=key_b, workspace=b).returncode == 0
+            assert secrets.read_key(ids[0], "fake") == key_a
+            assert run_cli("teacher", "remove", "fake", workspace=b).returncode == 0
+            assert secrets.read_key(ids[1], "fake") is None
+            probe = run_cli("teacher", "probe", "fake", "--json", workspace=a)
+            assert probe.returncode == 0, probe.stderr
+            assert '"auth": "ok"' in probe.stdout
+        finally:
+            forget((ids[0], "fake"), (ids[1], "fake"))

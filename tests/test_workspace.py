@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from workspace_support import open_files_under
 
 from kdstudio.config import TeacherConfig
 from kdstudio.errors import UserError
@@ -200,3 +201,82 @@ def test_a_lease_is_refused_while_its_holder_lives_and_taken_over_once_it_is_gon
     claim()  # this process again: still its own
     lease.release(status="finished")
     assert ws.query_one("SELECT pid, status FROM runs")[:] == (None, "finished")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd is Linux's")
+def test_close_closes_the_connections_of_every_thread_and_refuses_new_ones(tmp_path):
+    from kdstudio.workspace import WorkspaceClosed
+
+    ws = Workspace.open(tmp_path / "ws")
+    ws.add_teacher(TeacherConfig(name="t", base_url="http://x/v1", model="m"))
+    started, finish = threading.Barrier(4), threading.Event()
+
+    def reader():
+        assert ws.teacher_names() == ["t"]  # this thread's own connection
+        started.wait()
+        finish.wait()  # still alive when the workspace closes
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    started.wait()
+    extra = ws.connect()  # one the caller forgot to close
+    assert ws.connections() == 5 and open_files_under(ws.root)  # this thread, 3, extra
+    ws.close()
+    assert ws.connections() == 0
+    assert open_files_under(ws.root) == []
+    with pytest.raises(WorkspaceClosed, match="was closed"):
+        ws.teacher_names()
+    with pytest.raises(sqlite3.ProgrammingError):
+        extra.execute("SELECT 1")
+    finish.set()
+    for t in threads:
+        t.join()
+
+
+def test_a_thread_releases_its_connection_when_its_job_ends(ws):
+    from kdstudio.workspace import release_thread
+
+    def job():
+        ws.teacher_names()
+        assert ws.connections() == 2  # the test's thread and this one
+        release_thread()
+
+    ws.teacher_names()
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+    assert ws.connections() == 1
+
+
+def test_a_damaged_or_unopenable_workspace_says_what_is_wrong(tmp_path):
+    from kdstudio.workspace import WorkspaceUnavailable
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / DB_NAME).write_bytes(b"this is not a database, it only has the name" * 100)
+    with pytest.raises(WorkspaceUnavailable, match="is damaged") as info:
+        Workspace.open(damaged)
+    assert info.value.reason == "damaged"
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / DB_NAME).mkdir()  # a folder where the database should be
+    with pytest.raises(WorkspaceUnavailable) as info:
+        Workspace.open(blocked)
+    assert info.value.reason == "unopenable" and "cannot open" in str(info.value)
+
+
+def test_a_workspace_locked_by_another_program_is_refused_after_the_open_timeout(tmp_path):
+    from kdstudio.workspace import WorkspaceUnavailable
+
+    Workspace.open(tmp_path / "ws").close()
+    holder = sqlite3.connect(tmp_path / "ws" / DB_NAME, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")  # as a program that keeps the file to itself
+    try:
+        with pytest.raises(WorkspaceUnavailable, match="locked by another program") as info:
+            Workspace.open(tmp_path / "ws", open_timeout_s=0.2)
+        assert info.value.reason == "locked"
+    finally:
+        holder.execute("COMMIT")
+        holder.close()

@@ -77,6 +77,7 @@ def collect(
     col = Collection(config, ws)
     col.open()
     col.claim()
+    col.save_settings()  # so a later resume starts from them
     sink = FanoutSink([sink or NullSink(), StoreSink(ws, "collect", col.name)])
     start = time.monotonic()
     status, message = "failed", "stopped by an error"
@@ -98,7 +99,8 @@ def collect(
         col.release(status, message)
     summary = _summary(col, runner, status, message, time.monotonic() - start)
     if status == "failed":
-        raise JobFailed(message)
+        error = JobFailed(message)
+        raise error.with_fix("edit_teacher", col.teacher.name) if runner.fatal else error
     if status == "cancelled":
         raise Cancelled(message)
     sink.emit(Finished(message, summary.to_dict()))
@@ -124,7 +126,7 @@ def _runner(col: Collection, sink: Sink, cancel: CancelToken, stats: RunStats) -
         return LocalRunner(col, sink, cancel, stats)
     from kdstudio.secrets import resolve_key
 
-    key = resolve_key(col.teacher)
+    key = resolve_key(col.teacher, col.ws.id)
     if col.config.batch_api:
         from kdstudio.collect.batch import BatchRunner
 

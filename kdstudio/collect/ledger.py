@@ -179,6 +179,14 @@ class Collection:
                 f"{held.host}; wait for it or stop it first"
             ) from None
 
+    def save_settings(self) -> None:
+        """Store every setting this collection runs with (not only the request's), so a
+        front end resuming it fills its form from them (`kdstudio.resume`)."""
+        self.ws.db.execute(
+            "UPDATE collections SET settings=? WHERE id=?",
+            (json.dumps(self.config.to_dict(), sort_keys=True), self.id),
+        )
+
     def release(self, status: str, message: str | None) -> None:
         """Give the claim up, recording how the run ended."""
         self.lease.release(status=status, message=message, updated_at=time.time())

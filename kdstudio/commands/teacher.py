@@ -164,7 +164,7 @@ def cmd_add(args: argparse.Namespace, ctx) -> int:
         )
     if args.api_key_stdin:
         # Store the key first: if the keyring fails, nothing is added.
-        secrets.store_key(args.name, read_secret_from_stdin())
+        secrets.store_key(ws.id, args.name, read_secret_from_stdin())
     ws.add_teacher(teacher, replace=args.replace)
     where = {
         "keyring": "key in the OS keyring",
@@ -202,7 +202,7 @@ def cmd_remove(args: argparse.Namespace, ctx) -> int:
 
     teacher = ctx.ws.get_teacher(args.name)
     if teacher.key_source == "keyring":
-        secrets.delete_key(args.name)
+        secrets.delete_key(ctx.ws.id, args.name)  # this workspace's key only
     ctx.ws.remove_teacher(args.name)
     print(f"removed teacher {args.name!r}")
     return 0
@@ -237,7 +237,7 @@ def cmd_probe(args: argparse.Namespace, ctx) -> int:
 
     ws = ctx.ws
     teacher = ws.get_teacher(args.name)
-    key = secrets.resolve_key(teacher) if teacher.kind == "openai" else None
+    key = secrets.resolve_key(teacher, ws.id) if teacher.kind == "openai" else None
     caps = probe(teacher, key, timeout=args.timeout)
     ws.set_teacher_capabilities(args.name, caps)
     if args.json:

@@ -319,7 +319,7 @@ class _Writer(threading.Thread):
             self.error = exc
         finally:
             self.ready.set()
-            self.ws.close()  # this thread's connection
+            self.ws.release_thread()  # this thread's connection (the job ends here)
 
     def _write(self, con: sqlite3.Connection) -> bool:
         """Insert batches, indexing every FTS_EVERY rows, until done (True) or aborted (False)."""

@@ -34,6 +34,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import string
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +47,7 @@ from kdstudio.errors import Cancelled, UserError
 from kdstudio.events import (
     CancelToken,
     Event,
+    FanoutSink,
     Finished,
     Log,
     Metrics,
@@ -65,6 +67,8 @@ TEACHER = "demo-teacher"  # the teacher's training run, its export and the local
 STUDENT = "demo-student"  # the student's distillation run
 METHODS = ("sparse_kd", "dense_kd")
 STEPS = ("task", "models", "teacher", "collect", "student", "score")
+STATUS_FILE = "status.json"  # in DEMO_FOLDER: the step and progress, for a window to show
+STATUS_EVERY_S = 1.0  # progress is written at most this often (steps and the end at once)
 
 # -- the task ----------------------------------------------------------------------------------
 
@@ -303,6 +307,45 @@ class _Console:
             self.sink.emit(event)
 
 
+class _StatusFile:
+    """The demo's state in a small JSON file, atomically replaced: the current step (its
+    "[i/6] …" line), the last progress of that step, and how the demo ended."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.step, self.progress = "", None
+        self._written = 0.0
+        self.write("running", "")
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Log) and event.message.startswith("["):
+            self.step, self.progress = event.message, None
+            self.write("running", "")
+        elif isinstance(event, Progress):
+            self.progress = event
+            if time.time() - self._written >= STATUS_EVERY_S or event.done == event.total:
+                self.write("running", "")
+
+    def end(self, state: str, message: str) -> None:
+        self.write(state, message)
+
+    def write(self, state: str, message: str) -> None:
+        p = self.progress
+        doc = {
+            "state": state,
+            "step": self.step,
+            "progress": None if p is None else [p.done, p.total, p.unit],
+            "message": message,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "t": time.time(),
+        }
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.path)
+        self._written = doc["t"]
+
+
 class Demo:
     """The demo pipeline on one workspace; `run()` does every step that is not done yet."""
 
@@ -316,10 +359,14 @@ class Demo:
         threads: int | None = 1,
     ) -> None:
         self.ws, self.plan = ws, plan or DemoPlan.full()
-        self.sink = sink or NullSink()
-        self.job_sink = _Console(self.sink)
         self.cancel = cancel or CancelToken()
         self.folder = ws.folder(DEMO_FOLDER)
+        # The steps and their progress also go to demo/status.json, where a window open on
+        # the workspace (`kdstudio demo` opens one beside this process) shows them. A file,
+        # not the database: a job holding a write transaction must never wait for it.
+        self.status = _StatusFile(self.folder / STATUS_FILE)
+        self.sink = FanoutSink([sink or NullSink(), self.status])
+        self.job_sink = _Console(self.sink)
         self.threads = threads
         self.timings: dict[str, float] = {}
         self.reused: list[str] = []
@@ -349,7 +396,16 @@ class Demo:
     def run(self) -> DemoResult:
         """Every step in order (skipping what is done); the result table."""
         with _torch_threads(self.threads):
-            return self._run()
+            try:
+                result = self._run()
+            except Cancelled as exc:
+                self.status.end("stopped", str(exc))
+                raise
+            except Exception as exc:
+                self.status.end("failed", str(exc) if isinstance(exc, UserError) else repr(exc))
+                raise
+        self.status.end("complete", "")
+        return result
 
     def _run(self) -> DemoResult:
         self._check_plan()
@@ -683,6 +739,60 @@ def stored_result(ws: Workspace) -> dict[str, Any] | None:
     """The last result written in `ws` (as `DemoResult.to_dict`), if any."""
     path = ws.folder(DEMO_FOLDER) / "results.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+@dataclass(frozen=True)
+class DemoStatus:
+    """What the demo in a workspace is doing, from its demo/status.json (`demo_status`)."""
+
+    state: str  # running | stopped | failed | complete | gone (its process died)
+    step: str  # "[4/6] collecting the teacher's answers with logprobs"
+    progress: tuple[int, int | None, str] | None  # (done, total, unit) of the current step
+    message: str  # why it stopped or failed
+    result: dict[str, Any] | None  # DemoResult.to_dict() when complete
+    t: float  # when the demo last wrote its status
+
+    def accuracy_line(self) -> str:
+        """Held-out accuracy of teacher, student before and after (complete demos only)."""
+        if not self.result:
+            return ""
+        acc = {s["model"]: s["accuracy"] for s in self.result.get("scores", [])}
+        return (
+            f"held-out accuracy: teacher {acc.get('teacher', 0):.0%}, student "
+            f"{acc.get('before', 0):.0%} before and {acc.get('after', 0):.0%} after distillation"
+        )
+
+
+def demo_status(root: Path) -> DemoStatus | None:
+    """The state of the demo in workspace folder `root` (None: no demo ever ran there).
+    One small file read; a window asks about once a second."""
+    path = Path(root) / DEMO_FOLDER / STATUS_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    state = doc.get("state", "running")
+    if state == "running" and doc.get("host") == socket.gethostname():
+        from kdstudio.workspace import pid_alive
+
+        if not pid_alive(int(doc.get("pid") or 0)):
+            state = "gone"
+    result = None
+    if state == "complete":
+        results = Path(root) / DEMO_FOLDER / "results.json"
+        try:
+            result = json.loads(results.read_text())
+        except (OSError, ValueError):
+            result = None
+    progress = doc.get("progress")
+    return DemoStatus(
+        state=state,
+        step=doc.get("step", ""),
+        progress=tuple(progress) if progress else None,
+        message=doc.get("message", ""),
+        result=result,
+        t=float(doc.get("t", 0.0)),
+    )
 
 
 def default_workspace() -> Path:

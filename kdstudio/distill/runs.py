@@ -92,7 +92,7 @@ def create_run(ws: Workspace, config: TrainConfig, *, world_size: int = 1) -> Ru
             raise UserError(
                 f"a run named {name!r} already exists: continue it with "
                 f"`kdstudio train --resume {name}`, or pick another name with --set run.name=NEW"
-            )
+            ).with_fix("rename_run", name)
         con.execute(
             "INSERT INTO runs(name, status, method, config, collection, world_size, "
             "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",

@@ -87,19 +87,13 @@ def run_app(
     with its latest evaluation when it has one (the demo opens on its result).
     """
     app = create_app()
-    from kdstudio.errors import UserError
     from kdstudio.gui.main_window import MainWindow
-    from kdstudio.workspace import Workspace
 
     window = MainWindow()
-    path = resolve_workspace(workspace_path)
-    try:
-        window.set_workspace(Workspace.open(path))
-    except UserError as exc:
-        window.message.show_message(
-            f"Could not open the workspace: {exc}", "error", action="Open another…"
-        )
-    if start_panel in window.panels:
+    # A workspace that cannot be opened (damaged, locked, not a folder) still gets a
+    # window: the problem page says what is wrong and offers the ways out.
+    opened = window.open_workspace(resolve_workspace(workspace_path), ask=False)
+    if opened and start_panel in window.panels:
         panel = window.show_panel(start_panel)
         if select_run and hasattr(panel, "select_run"):
             panel.select_run(select_run)

@@ -1,12 +1,16 @@
 """Unexpected exceptions, from any thread, reach a dialog with a "Copy details" button.
 
-Expected problems (`UserError`) are shown inline by the panel that hit them; this module is
-for everything else. `install()` hooks `sys.excepthook` and `threading.excepthook`; an
-exception on another thread is handed to the GUI thread through a queued signal.
+Expected problems (kdstudio's own errors, a full disk, a refused file) are shown inline by
+the panel that hit them (`ErrorInfo.expected`, kdstudio.gui.problems); this module is for
+everything else. `install()` hooks `sys.excepthook` and `threading.excepthook`; an exception
+on another thread is handed to the GUI thread through a queued signal. A damaged workspace
+database is not a bug either: it goes to the main window (`relay().damaged`), which offers
+recovery instead of a crash report.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import threading
 import traceback
@@ -16,11 +20,19 @@ from PySide6.QtWidgets import QApplication, QWidget
 
 from kdstudio.gui.widgets import ErrorDialog
 
+DAMAGE_WORDS = ("malformed", "not a database", "disk image", "file is encrypted")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether SQLite says the workspace file itself is damaged (not a bug of ours)."""
+    return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc) for w in DAMAGE_WORDS)
+
 
 class _Relay(QObject):
-    """Lives on the GUI thread; `reported` is emitted from any thread."""
+    """Lives on the GUI thread; `reported` and `damaged` are emitted from any thread."""
 
     reported = Signal(str, str)
+    damaged = Signal(str)  # SQLite's message: the open workspace's database is damaged
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,12 +78,18 @@ def _excepthook(exc_type, exc, tb) -> None:
     if issubclass(exc_type, KeyboardInterrupt):
         QApplication.quit()
         return
+    if is_damage(exc):
+        relay().damaged.emit(str(exc))
+        return
     details = "".join(traceback.format_exception(exc_type, exc, tb))
     report_unexpected(f"{exc_type.__name__}: {exc}", details)
 
 
 def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:
+        return
+    if is_damage(args.exc_value):
+        relay().damaged.emit(str(args.exc_value))
         return
     details = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
     where = args.thread.name if args.thread is not None else "a background thread"

@@ -1,21 +1,28 @@
-"""The main window: lays out the panels, menus and status bar; nothing else.
+"""The main window: lays out the panels, menus and status bar, and owns the workspace.
 
 Everything a panel does lives in the panel; everything the window does for a panel
-(drops, shortcuts, quitting with a job running) is delegated to it.
+(drops, shortcuts, quitting with a job running) is delegated to it. The window owns the
+open workspace: switching to another stops the old one's jobs, gives the new one fresh
+panels and then closes the old one (every connection, in every thread); a workspace that
+cannot be opened shows the WorkspaceProblemPage instead of the panels. Changes made by
+other processes reach the panel on screen through the WorkspaceWatcher (kdstudio.gui.live).
 """
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QByteArray, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
-    QFileDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QStackedWidget,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -23,14 +30,18 @@ from PySide6.QtWidgets import (
 
 from kdstudio import __version__
 from kdstudio.errors import UserError
+from kdstudio.gui import file_dialogs, workers
 from kdstudio.gui import settings as gui_settings
-from kdstudio.gui import workers
+from kdstudio.gui.errors import is_damage, relay
+from kdstudio.gui.live import DemoBanner, RefreshPacer, WorkspaceWatcher
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.trackers import stop_all as stop_tensorboards
 from kdstudio.gui.widgets import MessageBar
-from kdstudio.workspace import Workspace
+from kdstudio.gui.workspace_page import WorkspaceProblemPage
+from kdstudio.workspace import Workspace, WorkspaceUnavailable
 
 STOP_TIMEOUT_S = 60.0  # closing waits at most this long for jobs to checkpoint and return
+OPEN_TIMEOUT_S = 3.0  # the window waits this long for another program's lock, then says so
 
 
 def panel_classes() -> list[type[Panel]]:
@@ -62,26 +73,32 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("kdstudio")
         self.setAcceptDrops(True)
         self.message = MessageBar(self)
-        self.message.action_triggered.connect(self.open_workspace_dialog)
+        self.message.action_triggered.connect(self.on_message_action)
+        self._message_action: tuple[str, Path | None] = ("open", None)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
-        self.panels: dict[str, Panel] = {}
-        self._stale: set[str] = set()  # panels to re-read when shown (another panel wrote)
-        for cls in panel_classes():
-            panel = cls(self)
-            self.panels[panel.key] = panel
-            self.tabs.addTab(panel, panel.title)
-            panel.status_changed.connect(self.show_status)
-            panel.workspace_changed.connect(self.on_workspace_changed)
         self.tabs.currentChanged.connect(self.on_tab_changed)
-        if "runs" in self.panels and "train" in self.panels:
-            self.panels["runs"].resume_requested.connect(self.resume_run)
+        self.panels: dict[str, Panel] = {}
+        self._stale: set[str] = set()  # panels to re-read when shown (the workspace changed)
+        self.build_panels()
+        self.problem = WorkspaceProblemPage()
+        self.problem.open_requested.connect(self.open_workspace_dialog)
+        self.problem.create_requested.connect(self.create_workspace_dialog)
+        self.problem.retry_requested.connect(self.retry_open)
+        self.problem.recover_requested.connect(self.recover_problem_workspace)
+        self._recovery: workers.Job | None = None
+        self.demo_banner = DemoBanner()
+        self.demo_banner.result_requested.connect(self.show_demo_result)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.tabs)
+        self.stack.addWidget(self.problem)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addWidget(self.message)
-        layout.addWidget(self.tabs, 1)
+        layout.addWidget(self.demo_banner)
+        layout.addWidget(self.stack, 1)
         self.setCentralWidget(central)
         self.workspace_label = QLabel()
         self.jobs_label = QLabel()
@@ -91,10 +108,47 @@ class MainWindow(QMainWindow):
         self.jobs_timer.setInterval(500)
         self.jobs_timer.timeout.connect(self.update_jobs_label)
         self.jobs_timer.start()
+        self.watcher = WorkspaceWatcher(self)
+        self.watcher.changed.connect(self.on_external_change)
+        self.watcher.damaged.connect(self.on_damaged)
+        relay().damaged.connect(self.on_damaged)
+        self.pacer = RefreshPacer()
+        self.paced = QTimer(self)  # a refresh the pacer held back runs when it is due
+        self.paced.setSingleShot(True)
+        self.paced.setInterval(250)
+        self.paced.timeout.connect(self.refresh_visible)
         self.build_menus()
         self.restore_geometry()
         if ws is not None:
             self.set_workspace(ws)
+        else:
+            self.show_problem("none", None, "Open a workspace folder, or create a new one.")
+
+    def build_panels(self) -> None:
+        """Fresh panels (again): a workspace starts with no plot, form, filter or ETA of another."""
+        current = self.current_key()
+        self.tabs.blockSignals(True)
+        for panel in self.panels.values():
+            panel.retire()
+        self.tabs.clear()
+        self.panels = {}
+        for cls in panel_classes():
+            panel = cls(self)
+            self.panels[panel.key] = panel
+            self.tabs.addTab(panel, panel.title)
+            panel.status_changed.connect(self.show_status)
+            panel.workspace_changed.connect(self.on_workspace_changed)
+            panel.workspace_damaged.connect(self.on_damaged)
+            panel.fix_requested.connect(self.on_fix_requested)
+        if "runs" in self.panels and "train" in self.panels:
+            self.panels["runs"].resume_requested.connect(self.resume_run)
+        if current in self.panels:
+            self.tabs.setCurrentWidget(self.panels[current])
+        self.tabs.blockSignals(False)
+
+    def current_key(self) -> str | None:
+        panel = self.tabs.currentWidget()
+        return panel.key if isinstance(panel, Panel) else None
 
     # -- menus and shortcuts -------------------------------------------------------------
     def build_menus(self) -> None:
@@ -160,7 +214,8 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def open_recent(self) -> None:
-        self.open_workspace(self.sender().data())
+        # A recent workspace that is gone is said so, not silently made again, empty.
+        self.open_workspace(self.sender().data(), create=False)
 
     @Slot()
     def show_panel_from_action(self) -> None:
@@ -175,7 +230,7 @@ class MainWindow(QMainWindow):
     def refresh_current(self) -> None:
         panel = self.tabs.currentWidget()
         if isinstance(panel, Panel) and self.ws is not None:
-            panel.refresh()
+            self.refresh_panel(panel)
 
     @Slot()
     def import_dataset(self) -> None:
@@ -199,38 +254,169 @@ class MainWindow(QMainWindow):
     @Slot()
     def open_workspace_dialog(self) -> None:
         start = str(self.ws.root) if self.ws else str(Path.home())
-        folder = QFileDialog.getExistingDirectory(self, "Open or create a workspace folder", start)
+        folder = file_dialogs.existing_folder(self, "Open or create a workspace folder", start)
         if folder:
             self.open_workspace(folder)
 
-    def open_workspace(self, path: str | Path) -> bool:
-        if workers.running_jobs(background=False):
-            self.message.show_message(
-                "A job is running; stop it before switching workspaces.", "warning"
-            )
+    @Slot()
+    def create_workspace_dialog(self) -> None:
+        folder = file_dialogs.existing_folder(
+            self, "Choose or make an empty folder for the new workspace", str(Path.home())
+        )
+        if folder:
+            self.open_workspace(folder)
+
+    def open_workspace(self, path: str | Path, *, ask: bool = True, create: bool = True) -> bool:
+        """Open `path` instead of the current workspace; False (and a message) if it cannot.
+
+        Jobs of the current workspace are stopped first (after asking, when `ask`): none of
+        them runs on once another workspace is shown."""
+        if not self.stop_jobs_for_switch(ask):
             return False
         try:
-            ws = Workspace.open(path)
+            ws = Workspace.open(path, create=create, open_timeout_s=OPEN_TIMEOUT_S)
+        except WorkspaceUnavailable as exc:
+            self.cannot_open(exc.reason, exc.path, str(exc))
+            return False
         except UserError as exc:
-            self.message.show_message(
-                f"Could not open the workspace: {exc}", "error", action="Open another…"
-            )
+            self.cannot_open("unopenable", Path(path).expanduser().resolve(), str(exc))
             return False
         self.set_workspace(ws)
-        return True
+        return self.ws is ws  # not when its first reads found it damaged
+
+    def cannot_open(self, reason: str, path: Path, text: str) -> None:
+        if self.ws is None:
+            self.show_problem(reason, path, text)
+            return
+        damaged = reason == "damaged"
+        self._message_action = ("recover" if damaged else "open", path)
+        self.message.show_message(
+            f"Could not open the workspace: {text}",
+            "error",
+            action="Recover into a new file…" if damaged else "Open another…",
+        )
 
     def set_workspace(self, ws: Workspace) -> None:
         old = self.ws
+        if old is not None and old is not ws:
+            self.build_panels()
         self.ws = ws
         gui_settings.set_last_workspace(ws.root)
         gui_settings.add_recent("workspaces", ws.root)
         self.workspace_label.setText(f"workspace: {ws.root}")
         self.setWindowTitle(f"kdstudio — {ws.root.name}")
         self.message.clear()
-        for panel in self.panels.values():
-            panel.set_workspace(ws)
+        self.stack.setCurrentWidget(self.tabs)
+        self._stale.clear()
+        self.pacer.forget()
+        try:
+            for panel in self.panels.values():
+                panel.set_workspace(ws)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            self.on_damaged(str(exc))
+        else:
+            self.watcher.watch(ws)
+            self.demo_banner.watch(ws.root)
         if old is not None and old is not ws:
             old.close()
+
+    def close_workspace(self) -> Path | None:
+        """Stop the workspace's jobs (bounded), close it, empty the panels; its folder."""
+        ws, self.ws = self.ws, None
+        self.watcher.watch(None)
+        if ws is None:
+            return None
+        self.stop_jobs(STOP_TIMEOUT_S)
+        self.build_panels()
+        self.demo_banner.watch(None)
+        ws.close()
+        self.workspace_label.setText("")
+        self.setWindowTitle("kdstudio")
+        return ws.root
+
+    def show_problem(self, reason: str, path: Path | None, text: str) -> None:
+        self.problem.show_problem(reason, path, text)
+        self.stack.setCurrentWidget(self.problem)
+        self.message.clear()
+
+    @Slot(str)
+    def on_damaged(self, text: str) -> None:
+        """SQLite found the open workspace damaged: close it and offer recovery."""
+        if self.ws is None:
+            return
+        root = self.close_workspace()
+        self.show_problem(
+            "damaged",
+            root,
+            f"SQLite reports: {text}. Nothing more is written to it; kdstudio can recover what "
+            "is readable into a new file and keep the damaged one.",
+        )
+
+    @Slot()
+    def retry_open(self) -> None:
+        if self.problem.path is not None:
+            self.open_workspace(self.problem.path, create=self.problem.reason != "missing")
+
+    @Slot()
+    def on_message_action(self) -> None:
+        kind, path = self._message_action
+        if kind == "recover" and path is not None:
+            self.recover(path)
+        else:
+            self.open_workspace_dialog()
+
+    @Slot()
+    def recover_problem_workspace(self) -> None:
+        if self.problem.path is not None:
+            self.recover(self.problem.path)
+
+    def recover(self, root: Path, *, ask: bool = True) -> workers.Job | None:
+        """Recover `root`'s damaged database into a new file (kdstudio.recovery) in a job,
+        then open it."""
+        if ask:
+            answer = QMessageBox.question(
+                self,
+                "Recover the workspace?",
+                f"kdstudio will copy every readable row of {root / 'kdstudio.sqlite'} into a "
+                "new database and put it in place. The damaged database is kept beside it as "
+                "kdstudio.damaged-<time>.sqlite; nothing is deleted.\n\nRecover now?",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return None
+        if self.ws is not None and self.ws.root == root:
+            self.close_workspace()
+
+        def run(sink, cancel):
+            from kdstudio.recovery import recover_workspace
+
+            return recover_workspace(root)
+
+        self.problem.set_busy(True)
+        self.problem.status.show_message(f"Recovering {root}…", "info")
+        job = workers.Job("recover workspace", run)
+        job.succeeded.connect(self.on_recovered)
+        job.errored.connect(self.on_recovery_failed)
+        self._recovery = job
+        return job.start()
+
+    @Slot(object)
+    def on_recovered(self, result: Any) -> None:
+        root = result.kept.parent
+        if self.open_workspace(root, ask=False):
+            self.message.show_message(f"Workspace recovered: {result.line()}.", "success")
+        else:
+            self.problem.status.show_message(f"Recovered: {result.line()}.", "success")
+
+    @Slot(object)
+    def on_recovery_failed(self, info: workers.ErrorInfo) -> None:
+        self.problem.set_busy(False)
+        if not info.expected:
+            from kdstudio.gui.errors import report_unexpected
+
+            report_unexpected(info.summary, info.details, self)
+        self.problem.status.show_message(f"Recovery failed: {info.summary}", "error")
 
     @Slot()
     def on_workspace_changed(self) -> None:
@@ -238,17 +424,65 @@ class MainWindow(QMainWindow):
         writer = self.sender().key if isinstance(self.sender(), Panel) else ""
         self._stale |= set(self.panels) - {writer}
 
+    @Slot()
+    def on_external_change(self) -> None:
+        """Another connection committed: the panel on screen re-reads now, others when shown."""
+        self._stale |= set(self.panels)
+        self.refresh_visible()
+
+    @Slot()
+    def refresh_visible(self) -> None:
+        panel = self.tabs.currentWidget()
+        if not isinstance(panel, Panel) or panel.key not in self._stale or self.ws is None:
+            return
+        if not self.pacer.due(panel.key):
+            self.paced.start()
+            return
+        self._stale.discard(panel.key)
+        self.refresh_panel(panel, external=True)
+
+    def refresh_panel(self, panel: Panel, *, external: bool = False) -> None:
+        """Re-read a panel, timing it for the pacer; a damaged database is not a crash."""
+        started = time.monotonic()
+        try:
+            panel.workspace_updated() if external else panel.refresh()
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            self.on_damaged(str(exc))
+        finally:
+            self.pacer.record(panel.key, started, time.monotonic())
+
     @Slot(int)
     def on_tab_changed(self, index: int) -> None:
         panel = self.tabs.widget(index)
         if isinstance(panel, Panel) and panel.key in self._stale and self.ws is not None:
             self._stale.discard(panel.key)
-            panel.refresh()
+            self.refresh_panel(panel)
+
+    @Slot(str, str)
+    def on_fix_requested(self, fix: str, subject: str) -> None:
+        """A panel's message offered a fix that another panel carries out."""
+        if fix == "edit_teacher" and "teachers" in self.panels:
+            self.show_panel("teachers").edit_teacher_named(subject)
+        elif fix in ("rename_run", "resume_run") and "train" in self.panels:
+            train = self.show_panel("train")
+            train.choose_run_name() if fix == "rename_run" else train.offer_resume(subject)
+
+    @Slot()
+    def show_demo_result(self) -> None:
+        from kdstudio.demo import STUDENT
+
+        panel = self.show_panel("runs")
+        if hasattr(panel, "select_run"):
+            panel.select_run(STUDENT)
+            if panel.eval_box.count() and panel.eval_box.currentData():
+                panel.tabs.setCurrentIndex(1)  # the evaluation: before / after / teacher
 
     @Slot(str)
     def resume_run(self, name: str) -> None:
-        """Runs panel → Train panel: continue a run where its plots and controls live."""
-        self.show_panel("train").resume_run(name)
+        """Runs panel → Train panel: the run's settings and curves, ready to continue."""
+        self.show_panel("train").offer_resume(name)
 
     @Slot(str)
     def show_status(self, text: str) -> None:
@@ -297,34 +531,50 @@ class MainWindow(QMainWindow):
             s.setValue("window/tab", panel.key)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.stop_jobs_for_switch(True, quitting=True):
+            event.ignore()
+            return
+        self.save_geometry()
+        self.close_workspace()  # every connection, in every thread
+        stop_tensorboards()  # a TensorBoard the Runs panel started ends with the window
+        event.accept()
+
+    def stop_jobs_for_switch(self, ask: bool, *, quitting: bool = False) -> bool:
+        """Stop every job before the workspace goes away; False if the person said no or a
+        job did not stop in time (the workspace then stays open)."""
         jobs = workers.running_jobs(background=False)
-        if jobs:
+        if jobs and ask:
             names = ", ".join(j.name for j in jobs)
+            doing = "quit" if quitting else "open the other workspace"
             answer = QMessageBox.question(
                 self,
-                "Quit kdstudio?",
+                "Quit kdstudio?" if quitting else "Switch workspace?",
                 f"Still running: {names}.\n\nStop (finishing the current step and saving a "
-                "checkpoint) and quit?",
+                f"checkpoint) and {doing}?",
                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
                 QMessageBox.StandardButton.No,
             )
             if answer != QMessageBox.StandardButton.Yes:
-                event.ignore()
-                return
-            if not self.stop_jobs(STOP_TIMEOUT_S):
-                answer = QMessageBox.warning(
-                    self,
-                    "Still stopping",
-                    f"The job did not stop within {STOP_TIMEOUT_S:.0f} s. Quit anyway? "
-                    "Work up to its last saved checkpoint or row is kept.",
-                    QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                )
-                if answer != QMessageBox.StandardButton.Yes:
-                    event.ignore()
-                    return
-        self.save_geometry()
-        stop_tensorboards()  # a TensorBoard the Runs panel started ends with the window
-        event.accept()
+                return False
+        if not workers.running_jobs():
+            return True
+        if self.stop_jobs(STOP_TIMEOUT_S):
+            return True
+        if quitting:
+            answer = QMessageBox.warning(
+                self,
+                "Still stopping",
+                f"The job did not stop within {STOP_TIMEOUT_S:.0f} s. Quit anyway? "
+                "Work up to its last saved checkpoint or row is kept.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            )
+            return answer == QMessageBox.StandardButton.Yes
+        self.message.show_message(
+            f"A job did not stop within {STOP_TIMEOUT_S:.0f} s, so this workspace stays open; "
+            "try again when it has stopped.",
+            "warning",
+        )
+        return False
 
     def stop_jobs(self, timeout_s: float) -> bool:
         self.statusBar().showMessage("Stopping jobs: finishing the current step and saving…")
@@ -333,3 +583,4 @@ class MainWindow(QMainWindow):
             return workers.stop_all(timeout_s)
         finally:
             QApplication.restoreOverrideCursor()
+            self.statusBar().clearMessage()

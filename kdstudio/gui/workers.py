@@ -21,7 +21,8 @@ from typing import Any
 
 from PySide6.QtCore import QCoreApplication, QElapsedTimer, QObject, QThread, Signal, Slot
 
-from kdstudio.errors import Cancelled, UserError
+from kdstudio import workspace
+from kdstudio.errors import Cancelled
 from kdstudio.events import (
     CancelToken,
     Event,
@@ -44,14 +45,23 @@ class ErrorInfo:
 
     summary: str
     details: str
-    expected: bool  # a UserError: show inline in the panel, not in a dialog
+    expected: bool  # an expected failure: a message in the panel, not the error dialog
+    fix: str | None = None  # what fixes it (kdstudio.gui.problems.FIX_ACTIONS)
+    subject: str | None = None  # the teacher or run to fix
+    damaged: bool = False  # SQLite found the workspace database damaged
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        expected = isinstance(exc, UserError)
-        summary = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        from kdstudio.gui.errors import is_damage
+        from kdstudio.gui.problems import expected_problem
+
         details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(summary, details, expected)
+        if is_damage(exc):
+            return cls(f"the workspace database is damaged ({exc})", details, True, damaged=True)
+        problem = expected_problem(exc)
+        if problem is None:
+            return cls(f"{type(exc).__name__}: {exc}", details, False)
+        return cls(problem, details, True, getattr(exc, "fix", None), getattr(exc, "subject", None))
 
 
 class QtSink(QObject):
@@ -139,6 +149,9 @@ class JobWorker(QObject):
             else:
                 self.succeeded.emit(result)
         finally:
+            # The thread's connections end with its job: a QThread's job must not leave a
+            # workspace open behind the window (docs/design-notes.md).
+            workspace.release_thread()
             self.done.emit()
 
 

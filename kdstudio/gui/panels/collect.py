@@ -3,6 +3,9 @@
 The job is the core's `collect(config, ws, sink, cancel)` in a QThread. Pause and Stop
 both cancel it the core's way (stop launching, let in-flight requests finish and store
 them); a paused collection resumes with the same settings, and re-running never pays twice.
+Every unfinished collection is listed by name (interrupted ones, and failed ones with why);
+Resume fills the form from the settings it ran with (kdstudio.resume), and a form that
+would not continue the collection of its name says so before Start.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from PySide6.QtWidgets import (
 from kdstudio.collect import CollectConfig, collect, estimate_cost
 from kdstudio.collect import store as outputs
 from kdstudio.collect.cost import CostEstimate
-from kdstudio.collect.ledger import interrupted_collections
 from kdstudio.data import store
 from kdstudio.errors import UserError
 from kdstudio.events import Finished, Log, Progress, RowDone
@@ -36,9 +38,11 @@ from kdstudio.events import Warning as WarningEvent
 from kdstudio.formatting import duration, usd
 from kdstudio.gui.config_form import SectionForm
 from kdstudio.gui.panels.base import Panel
+from kdstudio.gui.problems import window_words
 from kdstudio.gui.table_models import Column, ListTableModel
 from kdstudio.gui.widgets import Card, Selection, hint, row_table
 from kdstudio.gui.workers import ErrorInfo, Job
+from kdstudio.resume import collect_conflict, collect_settings, unfinished_collections
 
 MAIN_FIELDS = (
     "teacher",
@@ -67,19 +71,6 @@ FAILURE_COLUMNS = [
 MAX_FAILURES_SHOWN = 2000
 
 
-def config_for(info: outputs.CollectionInfo, **settings: Any) -> CollectConfig:
-    """The CollectConfig that resumes collection `info` (its stored request parameters)."""
-    params = {k: v for k, v in info.params.items() if k in CollectConfig.__dataclass_fields__}
-    params.pop("samples", None)
-    return CollectConfig(
-        teacher=info.teacher_name or "",
-        dataset=info.dataset_name or "",
-        name=info.name,
-        samples=info.params.get("samples", 1),
-        **{**params, **settings},
-    )
-
-
 class CollectPanel(Panel):
     title = "Collect"
     key = "collect"
@@ -94,8 +85,9 @@ class CollectPanel(Panel):
         self._start_after_estimate = False
         self._rate_t0 = 0.0
         self._rate_done0 = 0
-        self._resume_offer: str | None = None
         self._confirm_pending = False  # the message bar's button starts the estimated run
+        self.conflict: str | None = None  # why the form cannot continue its collection
+        self.unfinished: dict[str, Any] = {}  # name -> kdstudio.resume.Unfinished
 
         self.main_form = SectionForm(CollectConfig, only=MAIN_FIELDS)
         self.advanced_form = SectionForm(CollectConfig, skip=MAIN_FIELDS)
@@ -157,6 +149,29 @@ class CollectPanel(Panel):
         est_card.body.addWidget(self.estimate_label)
         est_card.body.addLayout(controls)
 
+        # -- unfinished collections, each by name ----------------------------------------
+        self.unfinished_box = QComboBox()
+        self.unfinished_box.setMinimumWidth(220)
+        self.unfinished_box.currentIndexChanged.connect(self.show_unfinished)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip(
+            "Put this collection's settings in the form; Start then asks only for the "
+            "missing answers (nothing is paid twice)"
+        )
+        self.resume_button.clicked.connect(self.resume_selected)
+        self.unfinished_label = hint("")
+        row = QHBoxLayout()
+        row.addWidget(self.unfinished_box, 1)
+        row.addWidget(self.resume_button)
+        self.unfinished_card = Card("Unfinished collections")
+        self.unfinished_card.body.addLayout(row)
+        self.unfinished_card.body.addWidget(self.unfinished_label)
+        self.unfinished_card.hide()
+        self.conflict_timer = QTimer(self)  # the conflict check reads the workspace: debounced
+        self.conflict_timer.setSingleShot(True)
+        self.conflict_timer.setInterval(150)
+        self.conflict_timer.timeout.connect(self.check_conflict)
+
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m requests (%p%)")
         self.rate_label = QLabel("")
@@ -204,6 +219,7 @@ class CollectPanel(Panel):
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(6, 0, 0, 0)
+        rl.addWidget(self.unfinished_card)
         rl.addWidget(est_card)
         rl.addWidget(prog_card)
         rl.addWidget(fail_card, 1)
@@ -212,7 +228,6 @@ class CollectPanel(Panel):
         split.addWidget(right)
         split.setSizes([420, 900])
         self.body.addWidget(split, 1)
-        self.message.action_triggered.connect(self.on_message_action)
 
         self.counts_timer = QTimer(self)
         self.counts_timer.setInterval(1000)
@@ -227,13 +242,21 @@ class CollectPanel(Panel):
         self._fill(self.teacher_box, self.ws.teacher_names())
         self._fill(self.dataset_box, store.dataset_names(self.ws))
         self.on_form_changed()
-        if not self.running():
-            self.offer_resume()
+        self.update_unfinished()
         self.update_buttons()
+
+    def workspace_updated(self) -> None:
+        """Another process wrote: new teachers, datasets and unfinished collections show;
+        the form, the estimate and the messages stay as they are."""
+        self.refresh()
+        if self.running() or self.config is not None:
+            self.update_counts()
 
     @staticmethod
     def _fill(box: QComboBox, items: list[str]) -> None:
         current = box.currentText()
+        if [box.itemText(i) for i in range(box.count())] == items:
+            return
         box.blockSignals(True)
         box.clear()
         box.addItems(items)
@@ -241,44 +264,78 @@ class CollectPanel(Panel):
             box.setCurrentText(current)
         box.blockSignals(False)
 
-    def offer_resume(self) -> None:
-        found = interrupted_collections(self.ws)
-        if not found:
-            if self._resume_offer:
-                self.message.clear()
-            self._resume_offer = None
-            return
-        info = found[0]
-        c = info.counts
-        self._resume_offer = info.name
-        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        self.message.show_message(
-            f"Collection {info.name!r} was interrupted: {c.get('done', 0):,} of {c.get('total', 0):,} "
-            f"answers are stored{more}. Resuming asks only for the missing ones (nothing is paid twice).",
-            "warning",
-            action="Resume",
-        )
+    def update_unfinished(self) -> None:
+        """List every unfinished collection by name (the one running here is not)."""
+        running = self.config.collection_name() if self.running() and self.config else None
+        found = [u for u in unfinished_collections(self.ws) if u.name != running]
+        current = self.unfinished_box.currentData()
+        self.unfinished = {u.name: u for u in found}
+        self.unfinished_box.blockSignals(True)
+        self.unfinished_box.clear()
+        for u in found:
+            self.unfinished_box.addItem(f"{u.name} — {u.state}", u.name)
+        names = [u.name for u in found]
+        if current in names:
+            self.unfinished_box.setCurrentIndex(names.index(current))
+        self.unfinished_box.blockSignals(False)
+        self.unfinished_card.setVisible(bool(found))
+        self.show_unfinished()
 
     @Slot()
-    def on_message_action(self) -> None:
-        if self._confirm_pending:
-            self._confirm_pending = False
-            config = self._checked_config()
-            if config is not None and not self.running():
-                self.launch(config)
-        elif self._resume_offer:
-            self.resume(self._resume_offer)
+    def show_unfinished(self) -> None:
+        u = self.unfinished.get(self.unfinished_box.currentData() or "")
+        if u is None:
+            self.unfinished_label.setText("")
+            return
+        n = len(self.unfinished)
+        head = f"{n} unfinished collection{'s' * (n > 1)}. " if n > 1 else ""
+        text = f"{head}{u.name!r}: {window_words(u.line())}".rstrip(".") + "."
+        if u.state == "failed":
+            text += " Fix that first, then Retry."
+        elif u.state == "incomplete":
+            text += " Retry asks again for the failed ones only."
+        else:
+            text += " Resume asks only for the missing answers."
+        self.unfinished_label.setText(text)
+        self.resume_button.setText("Resume" if u.state == "interrupted" else "Retry")
 
-    def resume(self, name: str) -> Job | None:
-        info = outputs.get_collection(self.ws, name)
+    @Slot()
+    def resume_selected(self) -> None:
+        name = self.unfinished_box.currentData()
+        if name:
+            self.fill_from(name)
+
+    def fill_from(self, name: str) -> CollectConfig | None:
+        """Put collection `name`'s stored settings in the form and estimate what is left;
+        Start then continues it."""
         try:
-            config = config_for(info)
+            config = collect_settings(self.ws, name)
         except UserError as exc:
-            self.message.show_message(f"Cannot resume {name!r}: {exc}", "error")
+            self.show_message(f"Cannot resume {name!r}: {window_words(str(exc))}", "error")
             return None
         self.set_config(config)
-        self._resume_offer = None
-        self.message.clear()
+        self.config = config  # the progress shown is this collection's
+        self._failed_rows = []
+        self.failures.set_rows([])
+        self.failure_label.setText("Failures: none")
+        self.rate_label.setText("")
+        self.spend_label.setText("")
+        self.update_counts()
+        self.show_message(
+            f"The settings collection {name!r} ran with are in the form. Press Start to ask "
+            "for the missing answers only (nothing is paid twice).",
+            "info",
+        )
+        self.check_conflict()
+        if self.conflict is None:
+            self.request_estimate()
+        return config
+
+    def resume(self, name: str) -> Job | None:
+        """Fill the form from `name`'s settings and start it at once (no estimate asked)."""
+        config = self.fill_from(name)
+        if config is None or self.conflict is not None or self.running():
+            return None
         return self.launch(config)
 
     # -- the form ------------------------------------------------------------------------
@@ -297,6 +354,10 @@ class CollectPanel(Panel):
         data = config.to_dict()
         self.main_form.set_values(data)
         self.advanced_form.set_values(data)
+        for box, value in ((self.teacher_box, config.teacher), (self.dataset_box, config.dataset)):
+            if box.findText(value) < 0:
+                box.addItem(value)  # a teacher or dataset removed since: the conflict says so
+            box.setCurrentText(value)
 
     @Slot()
     def on_form_changed(self) -> None:
@@ -330,6 +391,32 @@ class CollectPanel(Panel):
             if self._confirm_pending:
                 self._confirm_pending = False
                 self.message.clear()
+        self.conflict_timer.start()
+
+    @Slot()
+    def check_conflict(self) -> str | None:
+        """Whether the form would continue the collection of its name; said before Start."""
+        self.conflict_timer.stop()
+        before = self.conflict
+        self.conflict = None
+        if self.ws is not None and not self.running():
+            try:
+                config = self.build_config()
+            except UserError:
+                config = None  # the form's own problem is shown when it is used
+            if config is not None and config.teacher and config.dataset:
+                self.conflict = collect_conflict(self.ws, config)
+        if self.conflict:
+            self.show_message(
+                f"{window_words(self.conflict)[:1].upper()}{window_words(self.conflict)[1:]}. "
+                "Its answers were asked for with those settings: put them back to continue "
+                "it, or give this collection another name.",
+                "warning",
+            )
+        elif before and self.message.text.startswith(before[:1].upper() + before[1:20]):
+            self.message.clear()
+        self.update_buttons()
+        return self.conflict
 
     # -- estimate ------------------------------------------------------------------------
     def _checked_config(self) -> CollectConfig | None:
@@ -377,8 +464,11 @@ class CollectPanel(Panel):
             self._start_after_estimate = False
         elif self._start_after_estimate:
             self._start_after_estimate = False
-            self.message.show_message(
-                f"Ready: {estimate.line()}.", "info", action="Start collecting"
+            self.show_message(
+                f"Ready: {window_words(estimate.line())}.",
+                "info",
+                action="Start collecting",
+                on_action=self.start_confirmed,
             )
             self._confirm_pending = True
         self.workspace_changed.emit()
@@ -386,14 +476,24 @@ class CollectPanel(Panel):
     @Slot(object)
     def on_estimate_failed(self, info: ErrorInfo) -> None:
         self._start_after_estimate = False
-        self.estimate_label.setText("No estimate: " + info.summary)
+        self.estimate_label.setText("No estimate: " + window_words(info.summary))
+
+    def start_confirmed(self) -> Job | None:
+        """The "Start collecting" button under an estimate."""
+        if not self._confirm_pending:
+            return None
+        self._confirm_pending = False
+        config = self._checked_config()
+        if config is None or self.running():
+            return None
+        return self.launch(config)
 
     # -- start / pause / stop ------------------------------------------------------------
     @Slot()
     def start(self) -> Job | None:
         """Start: with a fresh estimate, collect; otherwise estimate first and ask."""
         config = self._checked_config()
-        if config is None or self.running():
+        if config is None or self.running() or self.check_conflict():
             return None
         if self.estimate is None or self.estimate_for != self.config_dict():
             self._start_after_estimate = True
@@ -457,7 +557,8 @@ class CollectPanel(Panel):
     def update_buttons(self) -> None:
         running = self.running()
         busy = bool(self.running_jobs())
-        self.start_button.setEnabled(self.ws is not None and not busy)
+        self.start_button.setEnabled(self.ws is not None and not busy and not self.conflict)
+        self.resume_button.setEnabled(self.ws is not None and not busy)
         self.estimate_button.setEnabled(self.ws is not None and not busy)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
@@ -525,9 +626,21 @@ class CollectPanel(Panel):
 
     @Slot(object)
     def on_collected(self, summary: Any) -> None:
-        self.message.show_message(
-            outcome_text(summary), "success" if summary.status == "done" else "warning"
-        )
+        unreachable = [r for r in self._failed_rows if "connection error" in r.detail]
+        if unreachable and len(unreachable) * 2 >= len(self._failed_rows):
+            teacher = self.config.teacher if self.config else ""
+            self.show_message(
+                f"{outcome_text(summary)} The teacher could not be reached ("
+                f"{unreachable[0].detail[:160]}): check its base URL and that the server "
+                "runs, then press Start to retry.",
+                "error",
+                action="Edit teacher…",
+                on_action=lambda: self.fix_requested.emit("edit_teacher", teacher),
+            )
+        else:
+            self.show_message(
+                outcome_text(summary), "success" if summary.status == "done" else "warning"
+            )
         self.rate_label.setText(
             f"Finished in {duration(summary.elapsed)}: {summary.requests:,} requests, "
             f"{summary.retries:,} retries, {summary.cached:,} answers reused from the cache."
@@ -537,20 +650,36 @@ class CollectPanel(Panel):
     @Slot(str)
     def on_cancelled(self, reason: str) -> None:
         paused = self.job is not None and self.job.cancel_token.reason == "paused"
-        text = reason
+        text = window_words(reason)
+        text = text[:1].upper() + text[1:]
         if paused:
-            self.message.show_message(f"Paused. {reason}", "info", action="Resume")
-            self._resume_offer = self.config.collection_name() if self.config else None
+            text = text.replace("; press Start to resume", "")
+            self.show_message(
+                f"{text}. Resume continues with the same settings.",
+                "info",
+                action="Resume",
+                on_action=self.resume_paused,
+            )
         else:
-            self.message.show_message(text, "info")
+            self.show_message(text, "info")
+
+    def resume_paused(self) -> Job | None:
+        """Continue the paused collection with exactly the settings it ran with."""
+        if self.config is None or self.running():
+            return None
+        self.set_config(self.config)
+        return self.launch(self.config)
 
     @Slot()
     def on_ended(self) -> None:
         if self.config is not None:
             self.status_changed.emit(f"collection {self.config.collection_name()} ended")
         self.counts_timer.stop()
+        if self.job is not None and self.job.outcome == "errored":
+            self.rate_label.setText("Stopped by the problem shown above.")
         self.update_counts()
         self.estimate = None
+        self.update_unfinished()
         self.update_buttons()
         self.workspace_changed.emit()
 
@@ -573,9 +702,6 @@ class CollectPanel(Panel):
         window = self.window()
         if self.config is not None and hasattr(window, "show_panel") and "outputs" in window.panels:
             window.show_panel("outputs").show_collection(self.config.collection_name())
-
-    def show_error(self, info: ErrorInfo) -> None:
-        super().show_error(info)
 
 
 def outcome_text(summary: Any) -> str:

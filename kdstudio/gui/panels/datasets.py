@@ -7,7 +7,6 @@ from pathlib import Path
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtWidgets import (
-    QFileDialog,
     QFormLayout,
     QHeaderView,
     QLabel,
@@ -22,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from kdstudio.data import store
+from kdstudio.gui import file_dialogs
 from kdstudio.gui import settings as gui_settings
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, LazyTableModel
@@ -285,7 +285,7 @@ class DatasetsPanel(Panel):
     def choose_file(self) -> None:
         recent = gui_settings.recent("files")
         start = str(Path(recent[0]).parent) if recent else str(Path.home())
-        path, _ = QFileDialog.getOpenFileName(self, "Import a dataset", start, FILE_FILTER)
+        path = file_dialogs.open_file(self, "Import a dataset", start, FILE_FILTER)
         if path:
             self.import_files([path])
 
@@ -293,7 +293,7 @@ class DatasetsPanel(Panel):
     def choose_folder(self) -> None:
         recent = gui_settings.recent("files")
         start = str(Path(recent[0]).parent) if recent else str(Path.home())
-        folder = QFileDialog.getExistingDirectory(self, "Import a Hugging Face dataset", start)
+        folder = file_dialogs.existing_folder(self, "Import a Hugging Face dataset", start)
         if folder:
             self.import_files([folder])
 

@@ -9,7 +9,6 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -26,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from kdstudio.collect import store as outputs
 from kdstudio.formatting import usd
+from kdstudio.gui import file_dialogs
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, LazyTableModel
 from kdstudio.gui.tokenview import TokenView
@@ -75,6 +75,7 @@ class OutputsPanel(Panel):
         super().__init__(parent)
         self.collection: str | None = None
         self.detail: outputs.ItemDetail | None = None
+        self._counts: tuple[dict[str, int], int] | None = None  # (reviews, items) shown
 
         self.collection_box = QComboBox()
         self.collection_box.setMinimumWidth(180)
@@ -264,6 +265,36 @@ class OutputsPanel(Panel):
         self.collection = current
         self.apply_filter()
 
+    def workspace_updated(self) -> None:
+        """Rows another process stored show up; the selection, the scroll position and an
+        edit in progress stay (the window calls this at most as often as it is cheap)."""
+        if self.ws is None:
+            return
+        names = outputs.collection_names(self.ws)
+        shown = [self.collection_box.itemText(i) for i in range(self.collection_box.count())]
+        if shown != names or not self.collection:
+            self.refresh()
+            return
+        if self.response_stack.currentWidget() is self.editor:
+            return  # never pull rows from under an edit
+        keys = {(it.row_id, it.sample) for it in self.selected_items()}
+        scroll = self.table.verticalScrollBar().value()
+        selection = self.table.selectionModel()
+        selection.blockSignals(True)
+        self.model.reload()
+        for i, it in enumerate(self.model.rows):
+            if (it.row_id, it.sample) in keys:
+                selection.select(
+                    self.model.index(i, 0),
+                    selection.SelectionFlag.Select | selection.SelectionFlag.Rows,
+                )
+        selection.blockSignals(False)
+        self.table.verticalScrollBar().setValue(scroll)
+        self.table.viewport().update()
+        self.update_counts(live=True)
+        if keys:
+            self.on_selection_changed()
+
     def show_collection(self, name: str) -> None:
         self.collection = name
         self.refresh()
@@ -304,11 +335,18 @@ class OutputsPanel(Panel):
         self.update_counts()
         self.show_item(None)
 
-    def update_counts(self) -> None:
+    def update_counts(self, *, live: bool = False) -> None:
         if self.ws is None or not self.collection:
             return
-        reviews = outputs.review_counts(self.ws, self.collection)
-        total = outputs.count_items(self.ws, self.collection)
+        if not live or self._counts is None:
+            # Reviews are made here and a collection's items all exist from its start, so
+            # a live re-read (another process storing answers) keeps these: counting the
+            # reviews of a million items takes half a second.
+            self._counts = (
+                outputs.review_counts(self.ws, self.collection),
+                outputs.count_items(self.ws, self.collection),
+            )
+        reviews, total = self._counts
         self.count_label.setText(
             f"{fmt_count(self.model.total)} matching of {fmt_count(total)} · "
             f"accepted {fmt_count(reviews['accepted'])} · rejected {fmt_count(reviews['rejected'])}"
@@ -462,7 +500,7 @@ class OutputsPanel(Panel):
     def export_selection_dialog(self) -> None:
         if not self.selected_rows():
             return
-        path, _ = QFileDialog.getSaveFileName(
+        path = file_dialogs.save_file(
             self,
             "Export selected outputs",
             str(Path.home() / f"{self.collection}.jsonl"),

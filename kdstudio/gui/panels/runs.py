@@ -14,7 +14,6 @@ from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QGridLayout,
     QHBoxLayout,
     QHeaderView,
@@ -34,6 +33,7 @@ from kdstudio import trackers
 from kdstudio.distill import runs
 from kdstudio.errors import UserError
 from kdstudio.events import Progress
+from kdstudio.gui import file_dialogs
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
 from kdstudio.gui.table_models import Column, ListTableModel
@@ -419,7 +419,7 @@ class RunsPanel(Panel):
         chosen = self.selected_runs()
         if len(chosen) != 1 or self.ws is None:
             return
-        folder = QFileDialog.getExistingDirectory(
+        folder = file_dialogs.existing_folder(
             self, "Export the student into an empty folder", str(self.ws.exports_dir)
         )
         if folder:

@@ -14,7 +14,6 @@ from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -33,6 +32,7 @@ from PySide6.QtWidgets import (
 from kdstudio import secrets
 from kdstudio.config import TeacherConfig
 from kdstudio.errors import UserError
+from kdstudio.gui import file_dialogs
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, ListTableModel
 from kdstudio.gui.widgets import MessageBar, heading, hint
@@ -341,7 +341,7 @@ class TeacherDialog(QDialog):
 
     @Slot()
     def choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Local teacher model folder")
+        folder = file_dialogs.existing_folder(self, "Local teacher model folder")
         if folder:
             self.path.setText(folder)
 
@@ -561,6 +561,15 @@ class TeachersPanel(Panel):
         dialog.open()
         self.dialog = dialog
 
+    def edit_teacher_named(self, name: str) -> None:
+        """Select teacher `name` and open its dialog (the fix a failed job offers)."""
+        self.refresh()
+        self.select_teacher(name)
+        if self.selected() is not None and self.selected().name == name:
+            self.edit_selected()
+        else:
+            self.show_message(f"There is no teacher named {name!r} any more.", "warning")
+
     @Slot()
     def on_dialog_accepted(self) -> None:
         dialog: TeacherDialog = self.sender()
@@ -578,7 +587,8 @@ class TeachersPanel(Panel):
 
         def save(sink, cancel) -> str:
             if key and config.key_source == "keyring":
-                secrets.store_key(config.name, key)  # first: if it fails, nothing is added
+                # First: if the keyring fails, nothing is added. This workspace's key only.
+                secrets.store_key(ws.id, config.name, key)
             ws.add_teacher(config, replace=replace)
             return config.name
 
@@ -622,7 +632,7 @@ class TeachersPanel(Panel):
 
         def remove(sink, cancel) -> str:
             if t.key_source == "keyring":
-                secrets.delete_key(t.name)
+                secrets.delete_key(ws.id, t.name)  # this workspace's key only
             ws.remove_teacher(t.name)
             return t.name
 
@@ -650,7 +660,7 @@ class TeachersPanel(Panel):
             from kdstudio.teachers.probe import probe
 
             teacher = ws.get_teacher(t.name)
-            key = secrets.resolve_key(teacher) if teacher.kind == "openai" else None
+            key = secrets.resolve_key(teacher, ws.id) if teacher.kind == "openai" else None
             caps = probe(teacher, key)
             ws.set_teacher_capabilities(teacher.name, caps)
             return caps
@@ -692,9 +702,6 @@ class TeachersPanel(Panel):
             found = "; ".join(f"{w}: {f}" for w, f in summary_lines(caps) if w != "problem")
             level = "warning" if problems else "success"
             self.message.show_message(f"Probe done — {found}. {' '.join(problems)}".strip(), level)
-
-    def show_error(self, info: ErrorInfo) -> None:
-        super().show_error(info)
 
 
 def _caps_lines(caps: dict | None) -> str:

@@ -1,5 +1,10 @@
 """Train: a form bound to the training config, pre-flight, start/stop/resume, live plots.
 
+Resuming is two steps: Resume (here, or in Runs) puts the run's stored settings and curves
+in the form and plots, and says which form changes a resumed run would not use; the Start
+button, now "Resume RUN", continues it from its last checkpoint. A new run whose name is
+taken is refused before Start, not after.
+
 The run itself is the core's `Trainer(config, ws, sink, cancel)` in a QThread; its metrics
 come back through a QtSink and are drawn by a PlotBoard on a ~50 ms timer, within a budget
 of 1% of the GUI thread (the whole run, downsampled, never a sliding window). The equivalent `kdstudio train` command and its TOML
@@ -20,7 +25,6 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -52,12 +56,15 @@ from kdstudio.errors import UserError
 from kdstudio.events import Failed, Finished, Log, Metrics, Progress
 from kdstudio.events import Warning as WarningEvent
 from kdstudio.formatting import duration
+from kdstudio.gui import file_dialogs
 from kdstudio.gui.config_form import SectionForm
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
+from kdstudio.gui.problems import window_words
 from kdstudio.gui.trackers import TrackerChoice
 from kdstudio.gui.widgets import Card, hint
 from kdstudio.gui.workers import Job
+from kdstudio.resume import run_conflicts, stopped_runs
 
 LOSS_BG = "#cdeccd"
 LOSS_BG_DARK = "#1f5a2a"
@@ -82,7 +89,7 @@ class FolderPicker(QWidget):
 
     @Slot()
     def browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(
+        folder = file_dialogs.existing_folder(
             self, self.title, self.edit.text() or str(Path.home())
         )
         if folder:
@@ -116,6 +123,8 @@ class TrainPanel(Panel):
         super().__init__(parent)
         self.job: Job | None = None
         self.run_name: str | None = None
+        self.resume_target: str | None = None  # Start continues this run (its settings)
+        self.conflict: str | None = None  # a new run's name is taken
         self.last_preflight: Any = None  # the last PreflightReport shown
         self._t0 = 0.0
         self._step0 = 0
@@ -196,10 +205,11 @@ class TrainPanel(Panel):
         self.stop_button.setToolTip("Finish the current step, save a checkpoint and stop (Ctrl+.)")
         self.add_shortcut("Ctrl+.", self.stop)
         self.resume_box = QComboBox()
-        self.resume_box.setMinimumWidth(160)
-        self.resume_button = QPushButton("Resume")
+        self.resume_box.setMinimumWidth(220)
+        self.resume_button = QPushButton("Resume…")
         self.resume_button.setToolTip(
-            "Continue a stopped or interrupted run from its last checkpoint"
+            "Put a stopped or interrupted run's settings and curves here; then press "
+            "“Resume RUN” to continue it from its last checkpoint"
         )
         self.preflight_button.clicked.connect(self.preflight)
         self.start_button.clicked.connect(self.start)
@@ -298,6 +308,7 @@ class TrainPanel(Panel):
         self._cli_timer.setSingleShot(True)
         self._cli_timer.setInterval(200)
         self._cli_timer.timeout.connect(self.update_cli)
+        self._cli_timer.timeout.connect(self.check_conflict)
         self.update_method_fields()
         self.update_buttons()
 
@@ -308,17 +319,27 @@ class TrainPanel(Panel):
         self._fill_combo(self.collection_box, outputs.collection_names(self.ws))
         local = [t.name for t in self.ws.list_teachers() if t.kind == "local"]
         self._fill_combo(self.teacher_box, ["", *local])
-        resumable = [
-            r.name
-            for r in runs.list_runs(self.ws)
-            if r.status in ("stopped", "interrupted", "failed")
-        ]
-        self._fill_combo(self.resume_box, resumable)
+        current = self.resume_box.currentData()
+        stopped = stopped_runs(self.ws)
+        items = [(f"{r.name} — {r.status} at step {r.step:,}", r.name) for r in stopped]
+        if [
+            (self.resume_box.itemText(i), self.resume_box.itemData(i))
+            for i in range(self.resume_box.count())
+        ] != items:
+            self.resume_box.blockSignals(True)
+            self.resume_box.clear()
+            for text, name in items:
+                self.resume_box.addItem(text, name)
+            if current in [n for _, n in items]:
+                self.resume_box.setCurrentIndex([n for _, n in items].index(current))
+            self.resume_box.blockSignals(False)
         self.update_buttons()
         self.update_cli()
 
     @staticmethod
     def _fill_combo(box: QComboBox, items: list[str]) -> None:
+        if [box.itemText(i) for i in range(box.count())] == items:
+            return  # unchanged: leave what the person is typing alone
         current = box.currentText()
         box.blockSignals(True)
         box.clear()
@@ -415,7 +436,7 @@ class TrainPanel(Panel):
         except UserError as exc:
             self.message.show_message(str(exc), "error")
             return
-        path, _ = QFileDialog.getSaveFileName(
+        path = file_dialogs.save_file(
             self, "Save the training config", str(self.config_path(config)), "TOML (*.toml)"
         )
         if path:
@@ -549,8 +570,10 @@ class TrainPanel(Panel):
     # -- start / stop / resume -----------------------------------------------------------
     @Slot()
     def start(self) -> Job | None:
+        if self.resume_target is not None and not self.running_training():
+            return self.resume_run(self.resume_target)
         config = self._checked_config()
-        if config is None or self.running_training():
+        if config is None or self.running_training() or self.check_conflict():
             return None
         config = config.resolved()
         path = self.config_path(config)
@@ -572,6 +595,7 @@ class TrainPanel(Panel):
         return self._launch(config.run.name, train, history=False, method=config.distill.method)
 
     def resume_run(self, name: str) -> Job | None:
+        """Continue run `name` from its last checkpoint, with its stored settings."""
         if self.running_training() or self.ws is None:
             return None
         ws = self.ws
@@ -588,13 +612,88 @@ class TrainPanel(Panel):
             finally:
                 trainer.close()
 
+        self.leave_resume_mode()
         return self._launch(name, train, history=True, method=run.method)
 
     @Slot()
     def resume_selected(self) -> None:
-        name = self.resume_box.currentText()
+        name = self.resume_box.currentData()
         if name:
-            self.resume_run(name)
+            self.offer_resume(name)
+
+    def offer_resume(self, name: str) -> None:
+        """Show run `name` (its settings in the form, its curves) ready to continue: the
+        Start button becomes "Resume NAME"; form changes it would not use are listed."""
+        if self.running_training() or self.ws is None:
+            return
+        self.show_run(name)
+        self.resume_target = name
+        self.start_button.setText(f"Resume {name}")
+        self.start_button.setToolTip("Continue this run from its last checkpoint (Ctrl+Enter)")
+        run = runs.get_run(self.ws, name)
+        self.show_message(
+            f"Run {name!r} {run.status} at step {run.step:,}. Its settings are in the form: "
+            f"press “Resume {name}” to continue it from its last checkpoint.",
+            "info",
+        )
+        self.check_conflict()
+
+    def leave_resume_mode(self) -> None:
+        self.resume_target = None
+        self.start_button.setText("Start training")
+        self.start_button.setToolTip("Start a run with this config (Ctrl+Enter)")
+
+    @Slot()
+    def check_conflict(self) -> str | None:
+        """Say, before Start, what would go wrong: form changes a resumed run does not use,
+        or a new run's name that another run has."""
+        if self.ws is None or self.running_training():
+            return None
+        try:
+            config = self.build_config()
+        except UserError:
+            return None  # the form's own problem is shown when it is used
+        name = config.run.name
+        if self.resume_target is not None:
+            if name and name != self.resume_target:
+                self.leave_resume_mode()  # another name: a new run
+            else:
+                stored = TrainConfig.from_dict(runs.get_run(self.ws, self.resume_target).config)
+                changed = run_conflicts(stored.to_dict(), config.to_dict())
+                if changed:
+                    self.show_message(
+                        f"These settings differ from those run {self.resume_target!r} was "
+                        f"started with and would not be used when resuming it: "
+                        f"{'; '.join(changed[:4])}"
+                        f"{' …' if len(changed) > 4 else ''}. To train with them, give the "
+                        "run another name (Run, Name) and start a new run.",
+                        "warning",
+                    )
+                return None
+        before, self.conflict = self.conflict, None
+        if name and name in runs.run_names(self.ws):
+            run = runs.get_run(self.ws, name)
+            self.conflict = name
+            resumable = run.status in ("stopped", "interrupted")
+            self.show_message(
+                f"A run named {name!r} already exists ({run.status}): choose another run name "
+                "(Run, Name)" + (", or resume it." if resumable else "."),
+                "warning",
+                action="Resume it" if resumable else None,
+                on_action=(lambda: self.offer_resume(name)) if resumable else None,
+            )
+        elif before and self.message.text.startswith(f"A run named {before!r}"):
+            self.message.clear()
+        self.update_buttons()
+        return self.conflict
+
+    def choose_run_name(self) -> None:
+        """Put the cursor in the run's name field (the fix for a name that is taken)."""
+        widget = self.forms["run"].widgets.get("name")
+        if widget is not None:
+            widget.setFocus()
+            if hasattr(widget, "selectAll"):
+                widget.selectAll()
 
     def _launch(self, name: str, fn, *, history: bool, method: str) -> Job:
         self.run_name = name
@@ -668,7 +767,8 @@ class TrainPanel(Panel):
     def update_buttons(self) -> None:
         training = self.running_training()
         busy = bool(self.running_jobs())
-        self.start_button.setEnabled(self.ws is not None and not busy)
+        blocked = self.conflict is not None and self.resume_target is None
+        self.start_button.setEnabled(self.ws is not None and not busy and not blocked)
         self.preflight_button.setEnabled(self.ws is not None and not busy)
         self.stop_button.setEnabled(training)
         self.resume_button.setEnabled(not busy and self.resume_box.count() > 0)
@@ -705,7 +805,7 @@ class TrainPanel(Panel):
     def on_warning(self, event: WarningEvent) -> None:
         where = f" ({event.where})" if event.where else ""
         self.log.appendPlainText(f"⚠ {event.message}{where}")
-        self.message.show_message(f"{event.message}{where}", "warning")
+        self.show_message(window_words(f"{event.message}{where}"), "warning")
 
     @Slot(object)
     def on_finished_event(self, event: Finished) -> None:
