@@ -20,7 +20,8 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-from kdstudio.gui.widgets import fmt_duration, tint
+from kdstudio.formatting import duration
+from kdstudio.gui.widgets import tint
 from kdstudio.workspace import Workspace, WorkspaceClosed
 
 POLL_MS = 400  # changes show within POLL_MS plus one panel refresh: well under a second
@@ -172,7 +173,7 @@ def banner_text(status) -> str:
     """The banner's words for a kdstudio.demo.DemoStatus."""
     if status.state == "complete":
         seconds = (status.result or {}).get("seconds")
-        took = f" in {fmt_duration(seconds)}" if seconds else ""
+        took = f" in {duration(seconds)}" if seconds else ""
         return f"<b>Demo complete</b>{took}: {status.accuracy_line()}."
     step = status.step.strip() or "its first step"
     if status.state == "running":
@@ -186,6 +187,6 @@ def banner_text(status) -> str:
         return f"<b>Demo failed</b> at {step}: {status.message}"
     return (
         f"<b>Demo not running</b>: its process ended at {step}, "
-        f"{fmt_duration(time.time() - status.t)} ago. Run <code>kdstudio demo</code> again to "
+        f"{duration(time.time() - status.t)} ago. Run <code>kdstudio demo</code> again to "
         "continue it."
     )
