@@ -528,7 +528,7 @@ class TrainPanel(Panel):
         if report.kd:
             facts.append(f"{report.kd['kd_share']:.0%} of response tokens use KD")
         if report.memory:
-            from kdstudio.distill.preflight import fmt_bytes
+            from kdstudio.distill.plan import fmt_bytes
 
             facts.append(f"~{fmt_bytes(report.memory['total'])} estimated memory")
         summary = "Pre-flight passed (" + ", ".join(facts) + ")"
@@ -555,14 +555,9 @@ class TrainPanel(Panel):
         ws = self.ws
 
         def train(sink, cancel):
-            from kdstudio.distill.trainer import Trainer
+            from kdstudio.distill.trainer import Trainer, run_training
 
-            trainer = Trainer(config, ws, sink, cancel)
-            try:
-                trainer.setup()
-                return trainer.train()
-            finally:
-                trainer.close()
+            return run_training(Trainer(config, ws, sink, cancel))
 
         return self._launch(config.run.name, train, history=False, method=config.distill.method)
 
@@ -574,14 +569,9 @@ class TrainPanel(Panel):
         self.set_config(run.config)
 
         def train(sink, cancel):
-            from kdstudio.distill.trainer import Trainer
+            from kdstudio.distill.trainer import Trainer, run_training
 
-            trainer = Trainer.for_resume(ws, name, sink, cancel)
-            try:
-                trainer.setup()
-                return trainer.train()
-            finally:
-                trainer.close()
+            return run_training(Trainer.for_resume(ws, name, sink, cancel))
 
         return self._launch(name, train, history=True, method=run.method)
 
