@@ -348,20 +348,10 @@ class TrainPanel(Panel):
     def on_form_changed(self) -> None:
         self._cli_timer.start()
 
-    def distill_fields(self) -> set[str]:
+    def distill_fields(self) -> frozenset[str]:
         """The [distill] keys that apply to the method (and divergence) the form shows."""
         form = self.forms["distill"]
-        method = form.value("method")
-        fields = {"method"}
-        if method in ("sparse_kd", "dense_kd"):
-            fields |= {"temperature", "kd_weight", "chunk_size"}
-        if method == "sparse_kd":
-            fields.add("tail")
-        if method == "dense_kd":
-            fields |= {"teacher", "divergence", "on_policy"}
-            if form.value("divergence") == "jsd":
-                fields.add("beta")
-        return fields
+        return DistillConfig.fields_for(form.value("method"), form.value("divergence"))
 
     @Slot()
     def update_method_fields(self) -> None:
