@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -256,89 +257,31 @@ def total_variation_per_token(
     return 0.5 * (p - q).abs().sum(-1)
 
 
-def forward_kl(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`forward_kl_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = forward_kl_per_token(student_logits, teacher_logits, temperature=temperature)
-    return masked_reduce(values, mask, reduction)
+def _masked_mean(per_token: PerTokenLoss, n_teacher: int = 1) -> Callable[..., Tensor]:
+    """The masked-mean form of a per-token loss (see the module docstring):
+    ``loss(student_logits, *teacher, mask=None, *, reduction="mean", **options)`` with
+    ``n_teacher`` teacher tensors, the mask ``[...]`` after them (or as ``mask=``)."""
+
+    def loss(
+        student_logits: Tensor, *args: Tensor | None, reduction: str = "mean", **options: Any
+    ) -> Tensor:
+        if len(args) not in (n_teacher, n_teacher + 1):
+            raise TypeError(f"{loss.__name__} takes {n_teacher} teacher tensor(s) and a mask")
+        mask = args[n_teacher] if len(args) > n_teacher else options.pop("mask", None)
+        values = per_token(student_logits, *args[:n_teacher], **options)
+        return masked_reduce(values, mask, reduction)
+
+    loss.__name__ = loss.__qualname__ = per_token.__name__.removesuffix("_per_token")
+    loss.__doc__ = f"Masked mean (or sum) of :func:`{per_token.__name__}` over ``mask [...]``."
+    return loss
 
 
-def reverse_kl(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`reverse_kl_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = reverse_kl_per_token(student_logits, teacher_logits, temperature=temperature)
-    return masked_reduce(values, mask, reduction)
-
-
-def generalized_jsd(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`generalized_jsd_per_token` (beta=0: forward KL, 1: reverse)."""
-    values = generalized_jsd_per_token(
-        student_logits, teacher_logits, temperature=temperature, beta=beta
-    )
-    return masked_reduce(values, mask, reduction)
-
-
-def skew_kl(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    alpha: float = 0.1,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`skew_kl_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = skew_kl_per_token(student_logits, teacher_logits, temperature=temperature, alpha=alpha)
-    return masked_reduce(values, mask, reduction)
-
-
-def skew_reverse_kl(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    alpha: float = 0.1,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`skew_reverse_kl_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = skew_reverse_kl_per_token(
-        student_logits, teacher_logits, temperature=temperature, alpha=alpha
-    )
-    return masked_reduce(values, mask, reduction)
-
-
-def total_variation(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`total_variation_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = total_variation_per_token(student_logits, teacher_logits, temperature=temperature)
-    return masked_reduce(values, mask, reduction)
+forward_kl = _masked_mean(forward_kl_per_token)
+reverse_kl = _masked_mean(reverse_kl_per_token)
+generalized_jsd = _masked_mean(generalized_jsd_per_token)  # beta=0: forward KL, 1: reverse
+skew_kl = _masked_mean(skew_kl_per_token)
+skew_reverse_kl = _masked_mean(skew_reverse_kl_per_token)
+total_variation = _masked_mean(total_variation_per_token)
 
 
 DIVERGENCES: dict[str, Callable[..., Tensor]] = {
@@ -526,21 +469,7 @@ def _sparse_kl_renormalised(
     return torch.where(valid, t.exp() * (t - s), 0.0).sum(-1)
 
 
-def sparse_topk_kl(
-    student_logits: Tensor,
-    teacher_ids: Tensor,
-    teacher_logprobs: Tensor,
-    mask: Tensor | None = None,
-    *,
-    tail: bool = True,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`sparse_topk_kl_per_token`; mask ``[...]``."""
-    values = sparse_topk_kl_per_token(
-        student_logits, teacher_ids, teacher_logprobs, tail=tail, temperature=temperature
-    )
-    return masked_reduce(values, mask, reduction)
+sparse_topk_kl = _masked_mean(sparse_topk_kl_per_token, n_teacher=2)  # ids, logprobs
 
 
 # --------------------------------------------------------------------------- cross-entropy

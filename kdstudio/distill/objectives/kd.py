@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 
 class KDObjective(Objective):
-    """Shared: the student side (fused or not), target rows, metrics."""
+    """Base of sparse and dense KD: the student's side (fused or not) and the reported figures
+    (see the module docstring)."""
 
     N_STATS = 5  # ce, kd, n_kd, top1 agree, entropy
 
