@@ -15,7 +15,7 @@ Memory (fresh subprocess per variant, as bench/bench_loss_memory.py measures it:
 growth on CPU, torch.cuda.max_memory_allocated on a GPU): the loss of dense KD for 2 x 1,024
 positions at V = 32,000 from final hidden states (student H=256 with grad, teacher H=256)
 to the gradients, naive (both models' full fp32 logits, CE + forward KL) vs the trainer's
-fused path (kdstudio.distill.kd.fused_head_loss at chunk 512, teacher logits per chunk);
+fused path (kdstudio.distill.fused_head.fused_head_loss at chunk 512, teacher logits per chunk);
 target <= 0.35x.
 
     python bench/bench_kd.py [--rounds 5] [--device cpu|cuda] [--skip-memory]
@@ -163,7 +163,8 @@ def _loss(variant: str, hs, ws_, ht, wt, labels, chunk: int):
     import torch.nn.functional as F
 
     from kdstudio.distill import losses as L
-    from kdstudio.distill.kd import _chunk_terms, fused_head_loss
+    from kdstudio.distill.fused_head import fused_head_loss
+    from kdstudio.distill.objectives.kd import chunk_terms
 
     if variant == "naive":
         s = F.linear(hs, ws_)
@@ -179,7 +180,7 @@ def _loss(variant: str, hs, ws_, ht, wt, labels, chunk: int):
             with torch.no_grad():
                 t = F.linear(ht[r], wt)
             kd = L.forward_kl_per_token(logits, t)
-            return _chunk_terms(logits, labels[r], kd, ones[r], t.argmax(-1), 0.5, 1.0)
+            return chunk_terms(logits, labels[r], kd, ones[r], t.argmax(-1), 0.5, 1.0)
 
         loss, _ = fused_head_loss(chunk_loss, hs, ws_, None, chunk_size=chunk, n_stats=5)
     loss.backward()

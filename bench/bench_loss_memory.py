@@ -1,4 +1,6 @@
-"""Peak memory of the KD loss, forward + backward: naive full logits vs chunked vs fused.
+"""Peak memory of the KD loss, forward + backward: naive full logits vs the trainer's chunk
+engine (`kdstudio.distill.fused_head`) given full logits vs the same engine fused with the
+LM head (what the KD objectives run).
 
 Setting: V = 32000, 2 x 1024 positions, student hidden H = 256 with its LM head, teacher
 logits given. Each variant runs in a fresh subprocess. On CPU the peak is the process's
@@ -78,17 +80,22 @@ def _inputs(torch, args, positions: int):
 
 
 def _step(variant: str, chunk_size: int, hidden, weight, teacher) -> float:
-    """One forward + backward of the forward-KL loss; returns the loss value."""
+    """One forward + backward of the forward-KL loss (mean over positions); returns its value."""
+    import torch
     import torch.nn.functional as F
 
-    from kdstudio.distill.losses import chunked, chunked_lm_head_kd, forward_kl
+    from kdstudio.distill.fused_head import fused_head_loss
+    from kdstudio.distill.losses import forward_kl, forward_kl_per_token
+
+    def chunk_loss(logits, rows):
+        return forward_kl_per_token(logits, teacher[rows]).sum(), torch.zeros(0)
 
     if variant == "naive":
         loss = forward_kl(F.linear(hidden, weight), teacher)
-    elif variant == "chunked":
-        loss = chunked("fkl", F.linear(hidden, weight), teacher, chunk_size=chunk_size)
     else:
-        loss = chunked_lm_head_kd("fkl", hidden, weight, teacher, chunk_size=chunk_size)
+        x, w = (F.linear(hidden, weight), None) if variant == "chunked" else (hidden, weight)
+        total, _ = fused_head_loss(chunk_loss, x, w, chunk_size=chunk_size)
+        loss = total / hidden.shape[0]
     loss.backward()
     return float(loss)
 

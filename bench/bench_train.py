@@ -66,16 +66,11 @@ def config(student: Path, args, *, name: str, log_every: int):
 
 def run_kdstudio(ws, student, args, name: str, log_every: int) -> float:
     """Seconds of the training loop (from the run's own `elapsed` at the last step)."""
-    from kdstudio.distill.trainer import Trainer
+    from kdstudio.distill.trainer import Trainer, run_training
     from kdstudio.events import ListSink, Metrics
 
     sink = ListSink()
-    trainer = Trainer(config(student, args, name=name, log_every=log_every), ws, sink)
-    try:
-        trainer.setup()
-        trainer.train()
-    finally:
-        trainer.close()
+    run_training(Trainer(config(student, args, name=name, log_every=log_every), ws, sink))
     last = [e for e in sink.of(Metrics) if "elapsed" in e.values][-1]
     return last.values["elapsed"]
 

@@ -30,13 +30,15 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kdstudio.config import Section, setting
+from kdstudio.distill import plan
 from kdstudio.errors import Cancelled, ConfigError, NotFound, UserError
 from kdstudio.events import FanoutSink, Finished, Log, Progress, RowDone, Sink, StoreSink
+from kdstudio.generation import generate_batch, stop_at
 
 if TYPE_CHECKING:
     from kdstudio.collect.store import Example
@@ -346,24 +348,9 @@ def prompt_text(messages: list[dict]) -> str:
 # -- models ------------------------------------------------------------------------------------
 
 
-def pick_device(want: str) -> Any:
-    import torch
-
-    if want == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            "--device cuda was asked for but no CUDA GPU is available (use auto or cpu)"
-        )
-    if want == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
 def _autocast(device: Any) -> Any:
-    import torch
-
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    """The autocast the trainer's `auto` precision uses on `device` (bf16 on a GPU that has it)."""
+    return plan.autocast(device, plan.pick_precision("auto", device).amp_dtype)
 
 
 def generate_answers(
@@ -376,14 +363,12 @@ def generate_answers(
     device: Any,
 ) -> list[str]:
     """Greedy answers to chat prompts, generated as one left-padded batch."""
-    import torch
     from transformers import GenerationConfig
 
     texts = [
         tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts
     ]
-    tok.padding_side = "left"
-    enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
     gen = GenerationConfig(
         do_sample=False,
         max_new_tokens=max_new_tokens,
@@ -391,17 +376,15 @@ def generate_answers(
         eos_token_id=list(stop_ids),
         use_cache=True,  # checkpoints are saved with the cache off (training)
     )
-    with torch.inference_mode(), _autocast(device):
-        out = model.generate(
-            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=gen
+    with _autocast(device):
+        got = generate_batch(
+            model, ids, pad_id=tok.pad_token_id, device=device, generation_config=gen
         )
-    new = out[:, enc["input_ids"].shape[1] :].tolist()
     stops = set(stop_ids)
-    answers = []
-    for ids in new:
-        end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-        answers.append(tok.decode(ids[:end], skip_special_tokens=True).strip())
-    return answers
+    return [
+        tok.decode(stop_at(new, stops, keep=False), skip_special_tokens=True).strip()
+        for new in got.new_ids
+    ]
 
 
 def response_logliks(model: Any, encoded: Sequence[Any], pad_id: int, device: Any) -> list[float]:
@@ -412,6 +395,7 @@ def response_logliks(model: Any, encoded: Sequence[Any], pad_id: int, device: An
     import torch
 
     from kdstudio.distill.batches import IGNORE, collate
+    from kdstudio.distill.losses import cross_entropy
 
     batch = collate(list(encoded), pad_id).to(device)
     with torch.inference_mode(), _autocast(device):
@@ -420,9 +404,8 @@ def response_logliks(model: Any, encoded: Sequence[Any], pad_id: int, device: An
     for row in range(logits.shape[0]):
         targets = batch.labels[row, 1:]
         keep = targets != IGNORE
-        logp = torch.log_softmax(logits[row, :-1][keep].float(), dim=-1)
-        picked = logp.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
-        out.append(float(picked.mean()) if picked.numel() else 0.0)
+        ce = cross_entropy(logits[row, :-1][keep], targets[keep])  # -log p(target) per token
+        out.append(-float(ce.mean()) if ce.numel() else 0.0)
     return out
 
 
@@ -599,7 +582,7 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
     run = runs.get_run(ws, config.run)
     examples = held_out_examples(ws, run)
     path = ckpt.resolve_checkpoint(ws, run.name, config.checkpoint)
-    device = pick_device(config.device)
+    device = plan.pick_device(config.device, setting="eval.device")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard loading bars would flood the console

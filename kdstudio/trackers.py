@@ -269,7 +269,7 @@ class TrackerSink:
         from kdstudio.distill import runs
 
         self.warn = warn or NullSink()
-        stored = runs.get_run_by_id(self.ws, self.run.id).summary.get("trackers", {})
+        stored = runs.get_run(self.ws, self.run.name).summary.get("trackers", {})
         started: dict[str, Any] = {}
         for name in self.names:
             if not installed(name):

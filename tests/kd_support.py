@@ -105,11 +105,6 @@ def metric_series(ws, run: str, name: str) -> list[float]:
 
 
 def train(ws, cfg, sink=None):
-    from kdstudio.distill.trainer import Trainer
+    from kdstudio.distill.trainer import Trainer, run_training
 
-    trainer = Trainer(cfg, ws, sink)
-    try:
-        trainer.setup()
-        return trainer.train()
-    finally:
-        trainer.close()
+    return run_training(Trainer(cfg, ws, sink))

@@ -53,12 +53,6 @@ def test_front_end_files_import_heavy_libraries_only_inside_functions():
 
 # -- import cycles ----------------------------------------------------------------------------
 
-#: Packages whose internal import cycles are being removed on another branch (issue 13's
-#: distill/ half). Their modules are still walked: only a cycle made entirely of their own
-#: modules is let through. Empty this set when that work lands.
-CYCLES_BEING_REMOVED_IN = {"kdstudio.distill"}
-
-
 def import_graph(root: Path, package: str = "kdstudio") -> dict[str, set[str]]:
     """{module: the package modules it imports}, from the AST of every module, counting
     imports inside functions (they run, just later) and leaving out `if TYPE_CHECKING:`
@@ -156,10 +150,7 @@ def _path_around(group: set[str], graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_import_cycles_among_kdstudio_modules():
-    def let_through(cycle: list[str]) -> bool:
-        return all(m.startswith(tuple(CYCLES_BEING_REMOVED_IN)) for m in cycle)
-
-    cycles = [c for c in import_cycles(import_graph(ROOT)) if not let_through(c)]
+    cycles = import_cycles(import_graph(ROOT))
     assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 

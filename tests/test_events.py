@@ -36,6 +36,7 @@ def test_store_sink_persists_metrics_and_events_for_reopening(ws):
     sink.emit(ev.Metrics(step=3, values={"loss": 1.25}))
     sink.emit(ev.Warning("tokenizer has no chat template", where="student"))
     sink.emit(ev.RowDone(row=1, status="done"))
+    sink.flush()  # metrics are committed together, once a second and on flush
     assert [(m["step"], m["name"], m["value"]) for m in ws.metrics(1)] == [(3, "loss", 1.25)]
     stored = ws.events("train", "r")
     assert [e["type"] for e in stored] == ["Warning"]
@@ -46,6 +47,22 @@ def test_store_sink_persists_metrics_and_events_for_reopening(ws):
         stored[0]["t"],
     )
     assert isinstance(rebuilt, ev.Warning)
+
+
+def test_store_sink_commits_a_runs_metrics_together_and_on_flush(ws):
+    ws.db.execute("INSERT INTO runs(name, config, created_at, updated_at) VALUES ('r','{}',0,0)")
+    held = ev.StoreSink(ws, "train", "r", run_id=1, metrics_every_s=3600)
+    for step in (1, 2):
+        held.emit(ev.Metrics(step=step, values={"loss": 1.0 / step}))
+    assert ws.metrics(1) == []  # within the interval: buffered, not yet written
+    held.flush()
+    assert [m["step"] for m in ws.metrics(1)] == [1, 2]
+    ev.StoreSink(ws, "train", "r", run_id=1, metrics_every_s=0).emit(
+        ev.Metrics(step=3, values={"loss": 0.3})
+    )
+    assert [m["step"] for m in ws.metrics(1)] == [1, 2, 3]
+    ev.StoreSink(ws, "eval", "7").emit(ev.Metrics(step=4, values={"loss": 0.2}))
+    assert [m["step"] for m in ws.metrics(1)] == [1, 2, 3]  # no run: metrics are not stored
 
 
 def test_console_sink_shows_rate_eta_and_extra_figures():

@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from kdstudio.distill.align import align_example, summarize_targets
 from kdstudio.distill.batches import encode_example, load_student_tokenizer
-from kdstudio.distill.kd import VocabBytes, align_example, summarize_targets
 from kdstudio.logprobs import make
+from kdstudio.teachers.vocab import VocabBytes
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}]
 RESPONSE = "The answer is 5. Reverse the string abc: cba."

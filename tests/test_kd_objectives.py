@@ -1,5 +1,6 @@
 """The KD objectives' loss and gradient against a reference computed from full logits with
-the loss library (kdstudio.distill.losses), and the fused LM head against plain autograd."""
+the loss library (kdstudio.distill.losses), and the fused LM head (kdstudio.distill.fused_head)
+against plain autograd."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from kd_support import add_local_teacher, config
 
 from kdstudio.distill import losses as L
-from kdstudio.distill.kd import fused_head_loss
+from kdstudio.distill.fused_head import fused_head_loss
 
 
 def _chunk_ce_fkl(labels, teacher):
@@ -57,6 +58,29 @@ def test_fused_head_leaves_frozen_weights_without_gradient():
     assert x.grad is not None and w.grad is None
 
 
+def test_chunk_metrics_report_top1_agreement_and_student_entropy():
+    import math
+
+    from kdstudio.distill.objectives.kd import chunk_terms
+
+    # the rows that carry loss: student argmax 0 and 1, the teacher's top candidate 0 for both
+    student = torch.tensor([[0.0, 0.0], [0.0, 5.0]])
+    labels, kd = torch.tensor([0, 1]), torch.zeros(2)
+    both = torch.tensor([True, True])
+    _, stats = chunk_terms(student, labels, kd, both, torch.tensor([0, 0]), 0.5, 1.0)
+    ce, _, n_kd, agree, entropy = stats.tolist()
+    q = 1 / (1 + math.exp(-5))
+    want_entropy = math.log(2) - q * math.log(q) - (1 - q) * math.log(1 - q)
+    assert (n_kd, agree) == (2, 1) and entropy == pytest.approx(want_entropy, rel=1e-6)
+    assert ce == pytest.approx(math.log(2) + math.log1p(math.exp(-5)), rel=1e-6)
+    _, stats = chunk_terms(student, labels, kd, both, torch.tensor([0, 1]), 0.5, 1.0)
+    assert stats[3].item() == 2  # by ids: both agree
+    _, stats = chunk_terms(student, labels, kd, ~both, torch.tensor([0, 1]), 0.5, 1.0)
+    assert stats[2].item() == stats[3].item() == 0  # agreement counts KD positions only
+    _, empty = chunk_terms(student[:0], labels[:0], kd[:0], both[:0], labels[:0], 0.5, 1.0)
+    assert empty.tolist() == [0.0] * 5
+
+
 # -- the objectives against full-logits references ------------------------------------------
 
 
@@ -66,8 +90,7 @@ def _setup(ws, kd_models, method, teacher_path=None, prepare=None, **distill):
 
     from kdstudio.collect.store import iter_examples
     from kdstudio.distill.batches import build_dataset, collate, load_student_tokenizer
-    from kdstudio.distill.kd import DenseKD, SparseKD
-    from kdstudio.distill.objectives import ObjectiveContext
+    from kdstudio.distill.objectives import DenseKD, ObjectiveContext, SparseKD
     from kdstudio.events import ListSink
 
     make_collection(ws, "tiny", memorisable_pairs(8))
@@ -208,7 +231,7 @@ def test_sparse_kd_equals_full_logits_reference(ws, kd_models, tail, fused):
     s = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     labels = batch.labels[:, 1:]
     mask = labels != -100
-    ce = L.ce_per_token(s, labels)
+    ce = L.cross_entropy(s, labels)
     kd = L.sparse_topk_kl_per_token(s, ids, lps, tail=tail)
     per = torch.where(is_kd, 0.4 * ce + 0.6 * kd, ce)
     ref = per[mask].sum()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from kd_support import add_local_teacher, config
 
-from kdstudio.distill import preflight
+from kdstudio.distill import plan
+from kdstudio.distill.objectives import dense
 from kdstudio.errors import ConfigError, UserError
 from kdstudio.events import ListSink, Log, Metrics
 
@@ -18,15 +19,11 @@ def _collection(ws, n=8):
 
 
 def _setup_fails(ws, cfg):
-    from kdstudio.distill.trainer import Trainer
+    from kdstudio.distill.trainer import Trainer, run_training
 
     sink = ListSink()
-    trainer = Trainer(cfg, ws, sink)
-    try:
-        with pytest.raises(UserError) as err:
-            trainer.setup()
-    finally:
-        trainer.close()
+    with pytest.raises(UserError) as err:
+        run_training(Trainer(cfg, ws, sink))
     assert not [e for e in sink.events if isinstance(e, Metrics)]
     assert ws.query("SELECT * FROM runs") == []  # nothing trained, no trace left
     assert not (ws.checkpoints_dir / cfg.run.name).exists()
@@ -46,7 +43,7 @@ def test_a_mismatched_tokenizer_pair_is_refused_before_any_step(ws, kd_models):
 def test_padding_rows_are_accepted_and_truncated_to_the_shared_vocabulary(ws, kd_models):
     add_local_teacher(ws, "padded", kd_models.padded)
     cfg = config(kd_models.student, "tiny", distill={"method": "dense_kd", "teacher": "padded"})
-    check = preflight.check_teacher(cfg, ws)
+    check = dense.check_teacher(cfg, ws)
     assert check.teacher_rows == check.student_rows + 16
     assert check.shared_rows == check.student_rows
     assert "padding rows" in check.message
@@ -57,9 +54,9 @@ def test_a_token_beyond_the_other_models_rows_is_a_real_mismatch(kd_models):
 
     tok = AutoTokenizer.from_pretrained(kd_models.tok)
     n = len(tok)
-    assert preflight.check_tokenizers(tok, tok, student_rows=n, teacher_rows=n + 8) == n
+    assert dense.check_tokenizers(tok, tok, student_rows=n, teacher_rows=n + 8) == n
     with pytest.raises(UserError, match="only .* rows"):
-        preflight.check_tokenizers(tok, tok, student_rows=n + 8, teacher_rows=n - 1)
+        dense.check_tokenizers(tok, tok, student_rows=n + 8, teacher_rows=n - 1)
 
 
 def test_dense_kd_refuses_an_api_teacher_and_names_sparse_kd(ws, kd_models):
@@ -90,11 +87,11 @@ def test_sparse_kd_at_a_temperature_needs_the_tail_off(kd_models):
 
 def test_memory_estimate_counts_teacher_optimizer_and_loss(ws, kd_models):
     add_local_teacher(ws, "t", kd_models.teacher)
-    dense = preflight.memory_estimate(
+    dense = plan.memory_estimate(
         config(kd_models.student, "c", distill={"method": "dense_kd", "teacher": "t"}), ws
     )
-    sft = preflight.memory_estimate(config(kd_models.student, "c"), ws)
-    lora = preflight.memory_estimate(config(kd_models.student, "c", lora={"r": 4}), ws)
+    sft = plan.memory_estimate(config(kd_models.student, "c"), ws)
+    lora = plan.memory_estimate(config(kd_models.student, "c", lora={"r": 4}), ws)
     parts = ("student_weights", "gradients", "optimizer", "teacher_weights", "activations", "loss")
     assert dense["total"] == sum(dense[k] for k in parts)
     assert dense["teacher_weights"] == 4 * dense["teacher_params"] > 0
@@ -103,7 +100,7 @@ def test_memory_estimate_counts_teacher_optimizer_and_loss(ws, kd_models):
     assert 0 < lora["trainable_params"] < lora["student_params"] / 4
     assert lora["optimizer"] == 8 * lora["trainable_params"]
     assert dense["available"] and dense["fits"] is True
-    line = preflight.describe_memory(dense)
+    line = plan.describe_memory(dense)
     assert line.startswith("memory estimate:") and "teacher" in line and "on cpu" in line
 
 

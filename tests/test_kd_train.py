@@ -155,8 +155,7 @@ def test_generated_batches_keep_the_prompt_and_mask_only_the_new_tokens(ws, kd_m
     from transformers import AutoModelForCausalLM
 
     from kdstudio.distill.batches import build_dataset, collate, load_student_tokenizer
-    from kdstudio.distill.kd import DenseKD
-    from kdstudio.distill.objectives import ObjectiveContext
+    from kdstudio.distill.objectives import DenseKD, ObjectiveContext
     from kdstudio.events import NullSink
 
     make_collection(ws, "tiny", memorisable_pairs(4))
@@ -188,7 +187,7 @@ def test_sparse_kd_from_a_local_teacher_of_the_same_tokenizer_maps_by_token_id(w
 
     from kdstudio.collect import CollectConfig, collect
     from kdstudio.distill.batches import load_student_tokenizer
-    from kdstudio.distill.kd import VocabBytes
+    from kdstudio.teachers.vocab import VocabBytes
 
     # a random teacher would write bytes that are not UTF-8 (decoded to U+FFFD, so its text
     # no longer spells its tokens, and nothing aligns): keep its answers to ASCII tokens

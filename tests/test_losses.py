@@ -1,4 +1,5 @@
-"""Distillation losses against independent references, hand-made cases and gradcheck."""
+"""Distillation losses against independent references, hand-made cases and gradcheck; the
+production chunk engine (kdstudio.distill.fused_head) against the unchunked references."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from train_support import single_thread
 
 from kdstudio.distill import losses as L
+from kdstudio.distill.fused_head import fused_head_loss
 
 NAMES = sorted(L.DIVERGENCES)
 F64 = torch.float64
@@ -91,6 +93,24 @@ def _np_sparse_kl(student_row, ids, logprobs, tail: bool) -> float:
         return _np_kl(p / p.sum(), qk / qk.sum())
     p_tail, q_tail = 1 - p.sum(), 1 - qk.sum()
     return _np_kl(np.append(p, p_tail), np.append(qk, q_tail))
+
+
+def _engine(per_token, x, *teacher, mask=None, weight=None, bias=None, chunk_size=1024, **options):
+    """Masked mean of a per-token loss computed by the trainer's engine (`fused_head_loss`):
+    the rows of `x [..., D]` where `mask` holds (logits, or hidden states when a head `weight
+    [V, D]` is given), `chunk_size` rows at a time; teacher tensors share x's leading shape."""
+    leading = x.shape[:-1]
+    keep = torch.ones(leading, dtype=torch.bool) if mask is None else mask
+    rows = keep.reshape(-1).nonzero().squeeze(-1)
+    flat = x.reshape(-1, x.shape[-1]).index_select(0, rows)
+    picked = [t.reshape(leading.numel(), *t.shape[len(leading) :]) for t in teacher]
+    picked = [t.index_select(0, rows) for t in picked]
+
+    def chunk_loss(logits, r):
+        return per_token(logits, *(t[r] for t in picked), **options).sum(), torch.zeros(0)
+
+    total, _ = fused_head_loss(chunk_loss, flat, weight, bias, chunk_size=chunk_size)
+    return total / max(rows.numel(), 1)
 
 
 def _sparse_case(n: int = 6, vocab: int = 9, k: int = 4, seed: int = 0):
@@ -220,8 +240,8 @@ def test_empty_mask_gives_zero_with_a_zero_gradient_not_nan():
     values = [L.divergence(name, student, teacher, none) for name in NAMES]
     values += [
         L.sparse_topk_kl(student, ids, lps, none),
-        L.chunked("fkl", student, teacher, mask=none),
-        L.chunked_lm_head_kd("jsd", hidden, weight, teacher, mask=none),
+        _engine(L.forward_kl_per_token, student, teacher, mask=none),
+        _engine(L.generalized_jsd_per_token, hidden, teacher, mask=none, weight=weight),
         L.masked_ce(student, torch.full((2, 3), -100)),
     ]
     for value in values:
@@ -342,28 +362,37 @@ def test_sparse_rejects_tail_with_temperature_and_ids_outside_the_vocab():
 
 
 # --------------------------------------------------------------------------- chunking
+# The trainer's engine (fused_head_loss) over chunks of masked-in rows, against the losses
+# computed unchunked on full logits.
 
-CHUNKED_CASES = [pytest.param(name, _options(name, 0.3), id=name) for name in NAMES] + [
-    pytest.param(L.sparse_topk_kl, {"tail": True}, id="sparse-tail"),
-    pytest.param(L.sparse_topk_kl, {"tail": False, "temperature": 1.4}, id="sparse-renormalised"),
+CHUNKED_CASES = [
+    pytest.param(L.PER_TOKEN[name], L.DIVERGENCES[name], _options(name, 0.3), id=name)
+    for name in NAMES
+] + [
+    pytest.param(L.sparse_topk_kl_per_token, L.sparse_topk_kl, {"tail": True}, id="sparse-tail"),
+    pytest.param(
+        L.sparse_topk_kl_per_token,
+        L.sparse_topk_kl,
+        {"tail": False, "temperature": 1.4},
+        id="sparse-renormalised",
+    ),
 ]
 
 
-def _teacher_for(loss, shape, seed=3):
-    if loss is L.sparse_topk_kl:
+def _teacher_for(full_fn, shape, seed=3):
+    if full_fn is L.sparse_topk_kl:
         _, ids, lps = _sparse_case(n=shape[0] * shape[1], vocab=shape[2], k=3, seed=seed)
         return ids.reshape(*shape[:2], 3), lps.reshape(*shape[:2], 3)
     return (_logits(*shape, seed=seed),)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 64])
-@pytest.mark.parametrize(("loss", "options"), CHUNKED_CASES)
-def test_chunked_equals_unchunked_in_value_and_gradient(loss, options, chunk_size):
+@pytest.mark.parametrize(("per_token", "full_fn", "options"), CHUNKED_CASES)
+def test_chunked_equals_unchunked_in_value_and_gradient(per_token, full_fn, options, chunk_size):
     student = _logits(3, 5, 9).requires_grad_()
-    teacher, mask = _teacher_for(loss, (3, 5, 9)), _mask(3, 5)
-    full_fn = L.DIVERGENCES[loss] if isinstance(loss, str) else loss
+    teacher, mask = _teacher_for(full_fn, (3, 5, 9)), _mask(3, 5)
     full = full_fn(student, *teacher, mask, **options)
-    part = L.chunked(loss, student, *teacher, mask=mask, chunk_size=chunk_size, **options)
+    part = _engine(per_token, student, *teacher, mask=mask, chunk_size=chunk_size, **options)
     assert part.item() == pytest.approx(full.item(), rel=1e-12)
     grad_full, grad_part = (torch.autograd.grad(v, student)[0] for v in (full, part))
     torch.testing.assert_close(grad_part, grad_full, rtol=1e-10, atol=1e-14)
@@ -377,8 +406,14 @@ def test_fused_lm_head_equals_full_logits_in_value_and_gradient(chunk_size, mask
     teacher = _logits(2, 6, 11, seed=3)
     mask = _mask(2, 6) if masked else None
     full = L.skew_kl(F.linear(hidden, weight, bias), teacher, mask)
-    fused = L.chunked_lm_head_kd(
-        "skl", hidden, weight, teacher, mask=mask, lm_head_bias=bias, chunk_size=chunk_size
+    fused = _engine(
+        L.skew_kl_per_token,
+        hidden,
+        teacher,
+        mask=mask,
+        weight=weight,
+        bias=bias,
+        chunk_size=chunk_size,
     )
     assert fused.item() == pytest.approx(full.item(), rel=1e-12)
     for a, b in zip(
@@ -389,31 +424,25 @@ def test_fused_lm_head_equals_full_logits_in_value_and_gradient(chunk_size, mask
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
 
 
-def test_fused_gradcheck_float64_through_checkpointed_chunks():
+def test_fused_gradcheck_float64_through_the_chunks():
     hidden, weight = _logits(5, 3).requires_grad_(), _logits(7, 3, seed=1).requires_grad_()
     teacher, mask = _logits(5, 7, seed=2), torch.tensor([True, False, True, True, True])
 
     def loss(h, w):
-        return L.chunked_lm_head_kd("fkl", h, w, teacher, mask=mask, chunk_size=2)
+        return _engine(L.forward_kl_per_token, h, teacher, mask=mask, weight=w, chunk_size=2)
 
     assert torch.autograd.gradcheck(loss, (hidden, weight))
 
 
-def test_chunked_rejects_a_loss_that_does_not_return_per_position_values():
-    student, teacher = _logits(4, 5), _logits(4, 5)
-    with pytest.raises(ValueError, match="one value per position"):
-        L.chunked(lambda s, t: L.forward_kl(s, t), student, teacher, chunk_size=2)
-
-
-def test_chunked_ce_per_token_equals_masked_ce():
+def test_chunked_cross_entropy_equals_masked_ce():
     student, labels = _logits(2, 5, 7).requires_grad_(), torch.randint(0, 7, (2, 5))
     labels[0, :2] = -100
     full = L.masked_ce(student, labels)
-    part = L.chunked(L.ce_per_token, student, labels, mask=labels != -100, chunk_size=3)
+    part = _engine(L.cross_entropy, student, labels, mask=labels != -100, chunk_size=3)
     assert part.item() == pytest.approx(full.item(), rel=1e-12)
 
 
-# --------------------------------------------------------------------------- CE and metrics
+# --------------------------------------------------------------------------- cross-entropy
 
 
 def test_masked_ce_matches_cross_entropy_over_non_ignored_labels():
@@ -423,17 +452,5 @@ def test_masked_ce_matches_cross_entropy_over_non_ignored_labels():
     assert L.masked_ce(student, labels).item() == pytest.approx(want.item(), rel=1e-12)
     total = L.masked_ce(student, labels, reduction="sum")
     assert total.item() == pytest.approx(want.item() * 8, rel=1e-12)
-
-
-def test_token_stats_reports_top1_agreement_and_student_entropy():
-    student = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])  # argmax 0, 0, 1
-    teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # argmax 0, 0, 0
-    mask = torch.tensor([True, False, True])
-    stats = L.token_stats(student, teacher, mask, chunk_size=1)
-    q = 1 / (1 + math.exp(-5))
-    entropy = (math.log(2) - q * math.log(q) - (1 - q) * math.log(1 - q)) / 2
-    assert stats == pytest.approx({"top1_agreement": 0.5, "student_entropy": entropy, "tokens": 2})
-    by_ids = L.token_stats(student, torch.tensor([0, 0, 1]))
-    assert by_ids["top1_agreement"] == 1.0
-    empty = L.token_stats(student, teacher, torch.zeros(3, dtype=torch.bool))
-    assert empty == {"top1_agreement": 0.0, "student_entropy": 0.0, "tokens": 0.0}
+    summed = L.cross_entropy(student, labels, reduction="sum")  # the trainer's form
+    assert summed.item() == pytest.approx(want.item() * 8, rel=1e-12)

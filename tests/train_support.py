@@ -68,18 +68,11 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
 
 
 def train(ws, config, sink=None, cancel=None, *, resume: bool = False):
-    from kdstudio.distill.trainer import Trainer
+    from kdstudio.distill.trainer import Trainer, run_training
 
-    trainer = (
-        Trainer.for_resume(ws, config.run.name, sink, cancel)
-        if resume
-        else Trainer(config, ws, sink, cancel)
-    )
-    try:
-        trainer.setup()
-        return trainer.train()
-    finally:
-        trainer.close()
+    if resume:
+        return run_training(Trainer.for_resume(ws, config.run.name, sink, cancel))
+    return run_training(Trainer(config, ws, sink, cancel))
 
 
 def losses(ws, run_name: str) -> dict[int, float]:

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace, ctx) -> int:
     from kdstudio.distill.config import load_config
-    from kdstudio.distill.trainer import Trainer
+    from kdstudio.distill.trainer import Trainer, run_training
     from kdstudio.events import CancelToken, ConsoleSink
 
     if args.preflight:
@@ -80,11 +80,7 @@ def cmd_train(args: argparse.Namespace, ctx) -> int:
     else:
         trainer = Trainer(load_config(args.config, args.set), ctx.ws, sink, cancel)
     with stop_on_signals(cancel, "after this step (saving a checkpoint)"):
-        try:
-            trainer.setup()
-            result = trainer.train()
-        finally:
-            trainer.close()
+        result = run_training(trainer)
     if result.status == "stopped":
         raise Cancelled(
             f"run {result.run} stopped at step {result.step}; checkpoint {result.checkpoint}"

@@ -570,7 +570,7 @@ class Demo:
     def _train(self, config: Any) -> bool:
         """Train run `config.run.name` to the end (resuming it when it was stopped)."""
         from kdstudio.distill import runs
-        from kdstudio.distill.trainer import Trainer
+        from kdstudio.distill.trainer import Trainer, run_training
 
         name = config.run.name
         if name in runs.run_names(self.ws):
@@ -581,11 +581,7 @@ class Demo:
             trainer = Trainer.for_resume(self.ws, name, self.job_sink, self.cancel)
         else:
             trainer = Trainer(config, self.ws, self.job_sink, self.cancel)
-        try:
-            trainer.setup()
-            result = trainer.train()
-        finally:
-            trainer.close()
+        result = run_training(trainer)
         if result.status != "finished":
             raise Cancelled(
                 f"run {name} stopped at step {result.step}; run the demo again to resume it"
@@ -659,7 +655,7 @@ class Demo:
         from transformers.utils import logging as hf_logging
 
         from kdstudio.distill import checkpoint as ckpt
-        from kdstudio.evaluate import pick_device
+        from kdstudio.distill.plan import pick_device
 
         hf_logging.disable_progress_bar()
         _, test = self.problems()

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdstudio.errors import UserError
+from kdstudio.teachers.vocab import special_ids
 
 if TYPE_CHECKING:
     import torch
@@ -91,12 +92,6 @@ def load_student_tokenizer(path: str, template: str = "auto") -> tuple[Any, bool
     return tok, fallback
 
 
-def special_ids(tok: Any) -> set[int]:
-    ids = set(tok.all_special_ids)
-    ids |= {i for i, t in getattr(tok, "added_tokens_decoder", {}).items() if t.special}
-    return ids
-
-
 # -- one example ----------------------------------------------------------------------------
 
 
@@ -122,12 +117,19 @@ class Encoded:
         return len(self.input_ids)
 
 
-def _common_prefix(a: str, b: str) -> int:
+def common_prefix(a: str | bytes, b: str | bytes) -> int:
+    """Length of the longest common prefix of two strings (or two byte strings)."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # binary search on the first difference
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def encode_example(
@@ -138,7 +140,7 @@ def encode_example(
     full = tok.apply_chat_template(
         [*messages, {"role": "assistant", "content": response}], tokenize=False
     )
-    cut = _common_prefix(prompt, full)
+    cut = common_prefix(prompt, full)
     prompt_ids = tok(full[:cut], add_special_tokens=False)["input_ids"]
     completion = full[cut:]
     enc = tok(completion, add_special_tokens=False, return_offsets_mapping=True)
@@ -385,10 +387,6 @@ class Batch:
     items: list[Encoded]
     n_target: int
     n_tokens: int
-
-    @property
-    def examples(self) -> list[Any]:
-        return [e.example for e in self.items]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -121,6 +121,22 @@ class DistillConfig(Section):
         max=1.0,
     )
 
+    @staticmethod
+    def fields_for(method: str, divergence: str = "fkl") -> frozenset[str]:
+        """The [distill] keys that apply to `method` (and, for dense_kd, to `divergence`).
+        The window shows only these and writes only these into a config; the others keep
+        their defaults, which the method ignores."""
+        fields = {"method"}
+        if method in ("sparse_kd", "dense_kd"):
+            fields |= {"temperature", "kd_weight", "chunk_size"}
+        if method == "sparse_kd":
+            fields.add("tail")
+        if method == "dense_kd":
+            fields |= {"teacher", "divergence", "on_policy"}
+            if divergence == "jsd":
+                fields.add("beta")
+        return frozenset(fields)
+
     def check(self) -> None:
         if self.method == "dense_kd" and not self.teacher:
             raise ConfigError(

@@ -12,32 +12,30 @@ Conventions shared by every function here:
   for normalising by the token count of a whole gradient-accumulation window). With no
   position masked in, the result is 0 and still carries a (zero) gradient, never NaN.
 - ``temperature`` divides both logits before the softmax. The ``tau**2`` factor is NOT
-  applied here; the trainer combines the terms with :func:`kd_total`.
+  applied here; the KD objectives combine the terms as :func:`kd_total` writes them.
 - Logits are assumed finite (-inf logits would give ``0 * inf`` terms).
 
-:func:`chunked` and :func:`chunked_lm_head_kd` evaluate any per-token loss over chunks of
-positions under activation checkpointing, so the full ``[N, V]`` float32 intermediates are
-never alive at once; value and gradient equal the unchunked ones.
+Production sums these per-token losses over chunks of positions with the LM head fused in
+(`kdstudio.distill.fused_head`, called by the objectives); the masked-mean wrappers, the
+divergence table and :func:`kd_total` are the plain references the tests hold it to.
+:func:`cross_entropy` is the one cross-entropy of the code base (training, evaluation).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "ABSENT_LOGPROB",
     "DIVERGENCES",
     "PER_TOKEN",
-    "ce_per_token",
-    "chunked",
-    "chunked_lm_head_kd",
+    "cross_entropy",
     "divergence",
     "forward_kl",
     "forward_kl_per_token",
@@ -46,16 +44,15 @@ __all__ = [
     "kd_total",
     "masked_ce",
     "masked_reduce",
-    "per_token_fn",
     "reverse_kl",
     "reverse_kl_per_token",
+    "rowdot",
     "skew_kl",
     "skew_kl_per_token",
     "skew_reverse_kl",
     "skew_reverse_kl_per_token",
     "sparse_topk_kl",
     "sparse_topk_kl_per_token",
-    "token_stats",
     "total_variation",
     "total_variation_per_token",
 ]
@@ -85,7 +82,7 @@ def _log_probs(logits: Tensor, temperature: float) -> Tensor:
     return torch.log_softmax(_scaled(logits, temperature), dim=-1)
 
 
-def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+def rowdot(a: Tensor, b: Tensor) -> Tensor:
     """``(a * b).sum(-1)`` as a batched matmul, without the ``[..., V]`` product."""
     return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
@@ -162,12 +159,12 @@ def forward_kl_per_token(
     _check_pair(student_logits, teacher_logits, temperature)
     log_p = _log_probs(teacher_logits, temperature)
     p = log_p.exp()
-    neg_entropy = _rowdot(p, log_p)
+    neg_entropy = rowdot(p, log_p)
     del log_p
     z = _scaled(student_logits, temperature)
     # sum p log q = p.z - logsumexp(z) because sum p = 1: no [..., V] log q, log p - log q
     # or product stays alive, which is the bulk of this default loss's memory.
-    return (neg_entropy - _rowdot(p, z) + torch.logsumexp(z, dim=-1)).clamp_min(0.0)
+    return (neg_entropy - rowdot(p, z) + torch.logsumexp(z, dim=-1)).clamp_min(0.0)
 
 
 def reverse_kl_per_token(
@@ -260,89 +257,31 @@ def total_variation_per_token(
     return 0.5 * (p - q).abs().sum(-1)
 
 
-def forward_kl(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`forward_kl_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = forward_kl_per_token(student_logits, teacher_logits, temperature=temperature)
-    return masked_reduce(values, mask, reduction)
+def _masked_mean(per_token: PerTokenLoss, n_teacher: int = 1) -> Callable[..., Tensor]:
+    """The masked-mean form of a per-token loss (see the module docstring):
+    ``loss(student_logits, *teacher, mask=None, *, reduction="mean", **options)`` with
+    ``n_teacher`` teacher tensors, the mask ``[...]`` after them (or as ``mask=``)."""
+
+    def loss(
+        student_logits: Tensor, *args: Tensor | None, reduction: str = "mean", **options: Any
+    ) -> Tensor:
+        if len(args) not in (n_teacher, n_teacher + 1):
+            raise TypeError(f"{loss.__name__} takes {n_teacher} teacher tensor(s) and a mask")
+        mask = args[n_teacher] if len(args) > n_teacher else options.pop("mask", None)
+        values = per_token(student_logits, *args[:n_teacher], **options)
+        return masked_reduce(values, mask, reduction)
+
+    loss.__name__ = loss.__qualname__ = per_token.__name__.removesuffix("_per_token")
+    loss.__doc__ = f"Masked mean (or sum) of :func:`{per_token.__name__}` over ``mask [...]``."
+    return loss
 
 
-def reverse_kl(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`reverse_kl_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = reverse_kl_per_token(student_logits, teacher_logits, temperature=temperature)
-    return masked_reduce(values, mask, reduction)
-
-
-def generalized_jsd(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`generalized_jsd_per_token` (beta=0: forward KL, 1: reverse)."""
-    values = generalized_jsd_per_token(
-        student_logits, teacher_logits, temperature=temperature, beta=beta
-    )
-    return masked_reduce(values, mask, reduction)
-
-
-def skew_kl(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    alpha: float = 0.1,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`skew_kl_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = skew_kl_per_token(student_logits, teacher_logits, temperature=temperature, alpha=alpha)
-    return masked_reduce(values, mask, reduction)
-
-
-def skew_reverse_kl(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    alpha: float = 0.1,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`skew_reverse_kl_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = skew_reverse_kl_per_token(
-        student_logits, teacher_logits, temperature=temperature, alpha=alpha
-    )
-    return masked_reduce(values, mask, reduction)
-
-
-def total_variation(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    mask: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`total_variation_per_token`; logits ``[..., V]``, mask ``[...]``."""
-    values = total_variation_per_token(student_logits, teacher_logits, temperature=temperature)
-    return masked_reduce(values, mask, reduction)
+forward_kl = _masked_mean(forward_kl_per_token)
+reverse_kl = _masked_mean(reverse_kl_per_token)
+generalized_jsd = _masked_mean(generalized_jsd_per_token)  # beta=0: forward KL, 1: reverse
+skew_kl = _masked_mean(skew_kl_per_token)
+skew_reverse_kl = _masked_mean(skew_reverse_kl_per_token)
+total_variation = _masked_mean(total_variation_per_token)
 
 
 DIVERGENCES: dict[str, Callable[..., Tensor]] = {
@@ -530,40 +469,31 @@ def _sparse_kl_renormalised(
     return torch.where(valid, t.exp() * (t - s), 0.0).sum(-1)
 
 
-def sparse_topk_kl(
-    student_logits: Tensor,
-    teacher_ids: Tensor,
-    teacher_logprobs: Tensor,
-    mask: Tensor | None = None,
-    *,
-    tail: bool = True,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> Tensor:
-    """Masked mean of :func:`sparse_topk_kl_per_token`; mask ``[...]``."""
-    values = sparse_topk_kl_per_token(
-        student_logits, teacher_ids, teacher_logprobs, tail=tail, temperature=temperature
-    )
-    return masked_reduce(values, mask, reduction)
+sparse_topk_kl = _masked_mean(sparse_topk_kl_per_token, n_teacher=2)  # ids, logprobs
 
 
 # --------------------------------------------------------------------------- cross-entropy
 
 
-def ce_per_token(student_logits: Tensor, labels: Tensor, *, ignore_index: int = -100) -> Tensor:
-    """fp32 cross-entropy per position, 0 where ``labels == ignore_index``.
+def cross_entropy(
+    student_logits: Tensor, labels: Tensor, *, ignore_index: int = -100, reduction: str = "none"
+) -> Tensor:
+    """fp32 cross-entropy, the one kdstudio computes: per position (``reduction="none"``, 0
+    where ``labels == ignore_index``) or summed over positions (``"sum"``).
 
     Shapes: ``student_logits [..., V]``, ``labels`` long ``[...]`` (already shifted so that
-    ``labels[..., i]`` is the target of ``student_logits[..., i, :]``) -> ``[...]``.
+    ``labels[..., i]`` is the target of ``student_logits[..., i, :]``) -> ``[...]`` or scalar.
+    The sum is torch's own reduction, so normalising it by the token count of a whole
+    gradient-accumulation window gives that window's mean.
     """
     logits = _fp32(student_logits)
     flat = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
         ignore_index=ignore_index,
-        reduction="none",
+        reduction=reduction,
     )
-    return flat.reshape(labels.shape)
+    return flat.reshape(labels.shape) if reduction == "none" else flat
 
 
 def masked_ce(
@@ -576,221 +506,7 @@ def masked_ce(
     """Cross-entropy averaged (or summed) over positions whose label is not ignored.
 
     For a gradient-accumulation window use ``reduction="sum"`` and divide by the window's
-    total ``(labels != ignore_index).sum()``. Shapes as in :func:`ce_per_token`.
+    total ``(labels != ignore_index).sum()``. Shapes as in :func:`cross_entropy`.
     """
-    values = ce_per_token(student_logits, labels, ignore_index=ignore_index)
+    values = cross_entropy(student_logits, labels, ignore_index=ignore_index)
     return masked_reduce(values, labels != ignore_index, reduction)
-
-
-# --------------------------------------------------------------------------- chunking
-
-_PER_TOKEN_OF: dict[Callable[..., Tensor], PerTokenLoss] = {
-    forward_kl: forward_kl_per_token,
-    reverse_kl: reverse_kl_per_token,
-    generalized_jsd: generalized_jsd_per_token,
-    skew_kl: skew_kl_per_token,
-    skew_reverse_kl: skew_reverse_kl_per_token,
-    total_variation: total_variation_per_token,
-    sparse_topk_kl: sparse_topk_kl_per_token,
-}
-
-
-def per_token_fn(loss_fn: str | Callable[..., Tensor]) -> PerTokenLoss:
-    """The per-token form of a loss given by name (``"fkl"``...), wrapper or per-token fn.
-
-    Any other callable is taken to be per-token already: ``(student_logits [n, V],
-    *teacher [n, ...], **options) -> [n]``.
-    """
-    if isinstance(loss_fn, str):
-        return _lookup(PER_TOKEN, loss_fn)
-    return _PER_TOKEN_OF.get(loss_fn, loss_fn)
-
-
-Rows = slice | Tensor  # one chunk of flat positions: a range, or indices of masked-in ones
-
-
-def _row_chunks(mask: Tensor | None, leading: torch.Size, chunk_size: int) -> list[Rows]:
-    """Chunks of at most ``chunk_size`` masked-in flat positions.
-
-    Without a mask the chunks are slices, so selecting them makes views, not copies.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if mask is None:
-        n = leading.numel()
-        return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
-    _check_mask(mask, leading)
-    return list(mask.reshape(-1).nonzero().squeeze(-1).split(chunk_size))
-
-
-def _count(chunks: list[Rows]) -> int:
-    return sum(c.stop - c.start if isinstance(c, slice) else c.numel() for c in chunks)
-
-
-def _take(x: Tensor, rows: Rows) -> Tensor:
-    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
-
-
-def _flatten(x: Tensor, leading: torch.Size) -> Tensor:
-    if x.shape[: len(leading)] != leading:
-        raise ValueError(
-            f"teacher tensor {tuple(x.shape)} must share the leading shape {tuple(leading)}"
-        )
-    return x.reshape(leading.numel(), *x.shape[len(leading) :])
-
-
-def _checked_sum(values: Tensor, rows: Rows) -> Tensor:
-    if values.shape != (_count([rows]),):
-        raise ValueError(
-            f"a chunked loss must return one value per position, got {tuple(values.shape)} "
-            f"for {_count([rows])} positions (pass a *_per_token function or a known loss)"
-        )
-    return values.sum()
-
-
-def _logits_chunk_sum(per_token: PerTokenLoss, rows: Rows, logits: Tensor, *teacher: Tensor):
-    # Selecting inside the checkpointed function means only the full inputs are saved,
-    # never a per-chunk copy of them.
-    picked = [_take(x, rows) for x in teacher]
-    return _checked_sum(per_token(_take(logits, rows), *picked), rows)
-
-
-def _lm_head_chunk_sum(
-    per_token: PerTokenLoss,
-    rows: Rows,
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    *teacher: Tensor,
-) -> Tensor:
-    logits = F.linear(_take(hidden, rows), weight, bias)
-    picked = [_take(x, rows) for x in teacher]
-    return _checked_sum(per_token(logits, *picked), rows)
-
-
-def _sum_over_chunks(
-    chunk_sum: Callable[..., Tensor], chunks: list[Rows], *inputs: Tensor | None
-) -> Tensor:
-    """Sum of ``chunk_sum(rows, *inputs)`` over chunks, each checkpointed if it needs grad.
-
-    With no chunks the result is a 0 connected to the inputs' graph (zero gradients).
-    """
-    tensors = [x for x in inputs if x is not None]
-    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
-    total = sum(_fp32(x).reshape(-1)[:0].sum() for x in tensors if x.is_floating_point())
-    for rows in chunks:
-        if needs_grad:
-            total = total + checkpoint(chunk_sum, rows, *inputs, use_reentrant=False)
-        else:
-            total = total + chunk_sum(rows, *inputs)
-    return total
-
-
-def _finish(total: Tensor, count: int, reduction: str) -> Tensor:
-    if reduction == "sum":
-        return total
-    if reduction == "mean":
-        return total / max(count, 1)
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-
-
-def chunked(
-    loss_fn: str | Callable[..., Tensor],
-    student_logits: Tensor,
-    *teacher: Tensor,
-    mask: Tensor | None = None,
-    chunk_size: int = 1024,
-    reduction: str = "mean",
-    **options: float | bool,
-) -> Tensor:
-    """Any loss of this module evaluated over chunks of masked-in positions.
-
-    ``chunked(forward_kl, s, t, mask=m)`` equals ``forward_kl(s, t, m)`` in value and
-    gradient, but float32 intermediates exist for one chunk of ``chunk_size`` positions at
-    a time (each chunk is recomputed in the backward pass). Masked-out positions are
-    skipped entirely. ``loss_fn`` is a name from ``DIVERGENCES``, a loss of this module, or
-    a per-token function; ``options`` are its keyword options (``temperature=``...). For
-    :func:`ce_per_token` pass ``mask=labels != ignore_index``.
-
-    The student's ``[N, V]`` logits and their gradient still exist in full here; use
-    :func:`chunked_lm_head_kd` to avoid those too.
-
-    Shapes: ``student_logits [..., V]``; each teacher tensor ``[..., *]`` (logits ``[..., V]``,
-    or ids and logprobs ``[..., K]``); ``mask [...]`` -> scalar.
-    """
-    leading = student_logits.shape[:-1]
-    chunks = _row_chunks(mask, leading, chunk_size)
-    logits = student_logits.reshape(-1, student_logits.shape[-1])
-    flat_teacher = [_flatten(x, leading) for x in teacher]
-    chunk_sum = partial(_logits_chunk_sum, partial(per_token_fn(loss_fn), **options))
-    total = _sum_over_chunks(chunk_sum, chunks, logits, *flat_teacher)
-    return _finish(total, _count(chunks), reduction)
-
-
-def chunked_lm_head_kd(
-    loss_fn: str | Callable[..., Tensor],
-    hidden: Tensor,
-    lm_head_weight: Tensor,
-    *teacher: Tensor,
-    mask: Tensor | None = None,
-    lm_head_bias: Tensor | None = None,
-    chunk_size: int = 1024,
-    reduction: str = "mean",
-    **options: float | bool,
-) -> Tensor:
-    """Student LM head fused with the loss: logits exist for one chunk at a time.
-
-    Equals ``loss_fn(F.linear(hidden, lm_head_weight, lm_head_bias), *teacher, mask)`` in
-    value and gradient (for hidden, weight and bias) without ever holding the student's
-    ``[N, V]`` logits, their float32 copies or their gradient.
-
-    Shapes: ``hidden [..., H]``, ``lm_head_weight [V, H]``, ``lm_head_bias [V]``; teacher
-    tensors and mask as in :func:`chunked` -> scalar.
-    """
-    leading = hidden.shape[:-1]
-    chunks = _row_chunks(mask, leading, chunk_size)
-    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-    flat_teacher = [_flatten(x, leading) for x in teacher]
-    chunk_sum = partial(_lm_head_chunk_sum, partial(per_token_fn(loss_fn), **options))
-    total = _sum_over_chunks(
-        chunk_sum, chunks, flat_hidden, lm_head_weight, lm_head_bias, *flat_teacher
-    )
-    return _finish(total, _count(chunks), reduction)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-@torch.no_grad()
-def token_stats(
-    student_logits: Tensor,
-    teacher: Tensor,
-    mask: Tensor | None = None,
-    *,
-    chunk_size: int = 1024,
-) -> dict[str, float]:
-    """Top-1 agreement with the teacher and mean student entropy (nats) over masked positions.
-
-    Shapes: ``student_logits [..., V]``; ``teacher`` float logits ``[..., V]`` or integer
-    top-1 ids ``[...]``; ``mask [...]``. Returns ``{"top1_agreement", "student_entropy",
-    "tokens"}``; both means are 0.0 when no position is masked in.
-    """
-    leading = student_logits.shape[:-1]
-    chunks = _row_chunks(mask, leading, chunk_size)
-    logits = student_logits.reshape(-1, student_logits.shape[-1])
-    if teacher.is_floating_point():
-        _check_pair(student_logits, teacher, 1.0)
-        teacher_top1 = teacher.reshape(logits.shape).argmax(-1)
-    else:
-        teacher_top1 = _flatten(teacher, leading)
-    agree = entropy = 0.0
-    for rows in chunks:
-        log_q = _log_probs(_take(logits, rows), 1.0)
-        entropy += float(-(log_q.exp() * log_q).sum())
-        agree += float((log_q.argmax(-1) == _take(teacher_top1, rows)).sum())
-    count = _count(chunks)
-    return {
-        "top1_agreement": agree / max(count, 1),
-        "student_entropy": entropy / max(count, 1),
-        "tokens": float(count),
-    }

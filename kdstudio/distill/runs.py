@@ -117,13 +117,6 @@ def get_run(ws: Workspace, name: str) -> Run:
     return _from_row(row)
 
 
-def get_run_by_id(ws: Workspace, run_id: int) -> Run:
-    row = ws.query_one("SELECT * FROM runs WHERE id=?", (run_id,))
-    if row is None:
-        raise NotFound("run", str(run_id), run_names(ws))
-    return _from_row(row)
-
-
 def list_runs(ws: Workspace) -> list[Run]:
     return [_from_row(r) for r in ws.query("SELECT * FROM runs ORDER BY id")]
 

@@ -3,11 +3,11 @@ close. The window runs it in a QThread; `kdstudio train` runs it headless, also 
 `torchrun --nproc-per-node N -m kdstudio train ...` (DDP, or FSDP with `run.parallel`).
 
     trainer = Trainer(config, ws, sink, cancel)        # or Trainer.for_resume(ws, "run", ...)
-    try:
-        trainer.setup()       # run row, data, student, objective pre-flight, optimizer, resume
-        result = trainer.train()   # result.status: finished | stopped
-    finally:
-        trainer.close()
+    result = run_training(trainer)   # setup, train, close; result.status: finished | stopped
+
+    trainer.setup()       # run row, data, student, objective pre-flight, optimizer, resume
+    trainer.train()       # the loop (sets up first when setup() was not called)
+    trainer.close()       # always, also after a failure: releases the model and the run
 
 What a step does: take `grad_accum` micro-batches from the data stream, count their target
 tokens (all ranks together), and backpropagate each micro-batch's summed loss divided by
@@ -34,16 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from kdstudio.distill import checkpoint as ckpt
-from kdstudio.distill import runs
-from kdstudio.distill.batches import (
-    Batch,
-    Dataset,
-    DataStream,
-    build_dataset,
-    collate,
-    load_student_tokenizer,
-)
+from kdstudio.distill import plan, runs
+from kdstudio.distill.batches import Batch, Dataset, collate, load_student_tokenizer
 from kdstudio.distill.config import TrainConfig
+from kdstudio.distill.hf import hf_model
+from kdstudio.distill.losses import cross_entropy
 from kdstudio.distill.objectives import ObjectiveContext, make_objective
 from kdstudio.errors import UserError
 from kdstudio.events import (
@@ -196,22 +191,16 @@ class Trainer:
         import torch
 
         cfg = self.config
-        self.metrics_writer = MetricsWriter(self.ws, self.run.id) if self.is_main else None
-        self.trackers = TrackerSink(cfg, self.ws, self.run) if self.is_main else None
-        self.sink = (
-            FanoutSink(
-                [
-                    StoreSink(self.ws, "train", self.run.id),
-                    self.metrics_writer,
-                    self.trackers,
-                    self.user_sink,
-                ]
-            )
-            if self.is_main
-            else NullSink()
-        )
-        self.device = self._pick_device()
-        self.amp_dtype, self.use_scaler = self._pick_precision()
+        # rank 0 alone reports and stores; metrics reach the table once a second (see flush)
+        self.store = self.trackers = None
+        self.sink = NullSink()
+        if self.is_main:
+            self.store = StoreSink(self.ws, "train", self.run.id, run_id=self.run.id)
+            self.trackers = TrackerSink(cfg, self.ws, self.run)
+            self.sink = FanoutSink([self.store, self.trackers, self.user_sink])
+        self.device = plan.pick_device(cfg.run.device, index=self.local_rank)
+        precision = plan.pick_precision(cfg.run.precision, self.device)
+        self.amp_dtype, self.use_scaler = precision.amp_dtype, precision.use_scaler
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -245,20 +234,9 @@ class Trainer:
             )
         )
         self.optimizer = self._make_optimizer()
-        self.stream = DataStream(
-            [len(e) for e in self.data.train],
-            cfg.optim.batch_size,
-            seed=cfg.run.seed,
-            rank=self.rank,
-            world_size=self.world,
-            group_by_length=cfg.data.group_by_length,
-        )
-        self.total_steps = self._total_steps()
-        warmup = int(
-            cfg.optim.warmup
-            if cfg.optim.warmup >= 1
-            else round(cfg.optim.warmup * self.total_steps)
-        )
+        self.stream = plan.data_stream(cfg, self.data.train, rank=self.rank, world_size=self.world)
+        self.total_steps = plan.total_steps(cfg.optim, self.stream.batches_per_epoch)
+        warmup = plan.warmup_steps(cfg.optim, self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             partial(
@@ -324,42 +302,11 @@ class Trainer:
         if not self.is_main:
             self.run = runs.get_run(self.ws, name)
 
-    def _pick_device(self) -> Any:
-        import torch
-
-        want = self.config.run.device
-        if want == "cuda" and not torch.cuda.is_available():
-            raise UserError('run.device = "cuda" but no CUDA GPU is available (use auto or cpu)')
-        if want == "cpu" or not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", self.local_rank)
-
-    def _pick_precision(self) -> tuple[Any, bool]:
-        import torch
-
-        want, cuda = self.config.run.precision, self.device.type == "cuda"
-        if want in ("bf16", "fp16") and not cuda:
-            raise UserError(f'run.precision = "{want}" needs a CUDA GPU; use auto or fp32 on CPU')
-        if want == "bf16" and not torch.cuda.is_bf16_supported():
-            raise UserError("this GPU does not support bf16: set run.precision to fp16 or fp32")
-        if want == "auto":
-            want = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[want], want == "fp16"
-
     def _load_data(self) -> Dataset:
-        from kdstudio.collect.store import iter_examples
-
         cfg = self.config.data
-        data = build_dataset(
-            self.tokenizer,
-            iter_examples(self.ws, cfg.collection, include_rejected=True),
-            max_length=cfg.max_length,
-            eval_fraction=cfg.eval_fraction,
-        )
+        data = plan.load_dataset(self.config, self.ws, self.tokenizer)
         if not data.train:
             raise UserError(data.why_no_train(cfg.collection, cfg.max_length))
-        if cfg.eval_max_examples:
-            data.eval = data.eval[: cfg.eval_max_examples]
         digest = hashlib.sha256()
         for e in data.train:
             digest.update(repr((e.example.row_id, e.example.sample, e.input_ids)).encode())
@@ -452,7 +399,7 @@ class Trainer:
         if self.config.run.parallel == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
-            blocks = set(getattr(self._hf_model(model), "_no_split_modules", None) or [])
+            blocks = set(getattr(hf_model(model), "_no_split_modules", None) or [])
             for module in model.modules():
                 if type(module).__name__ in blocks:
                     fully_shard(module)
@@ -462,11 +409,6 @@ class Trainer:
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
-
-    @staticmethod
-    def _hf_model(model: Any) -> Any:
-        base = getattr(model, "get_base_model", None)
-        return base() if base else model
 
     def _unwrapped(self) -> Any:
         return getattr(self.model, "module", self.model)
@@ -485,12 +427,6 @@ class Trainer:
         o = self.config.optim
         fused = self.device.type in ("cuda", "cpu")  # fused AdamW: one kernel for all tensors
         return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), fused=fused)
-
-    def _total_steps(self) -> int:
-        o = self.config.optim
-        if o.max_steps:
-            return o.max_steps
-        return max(1, math.ceil(o.epochs * self.stream.batches_per_epoch / o.grad_accum))
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if state.get("world_size", 1) != self.world:
@@ -701,11 +637,7 @@ class Trainer:
         return self.model.no_sync()
 
     def _autocast(self) -> Any:
-        import torch
-
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return plan.autocast(self.device, self.amp_dtype)
 
     def _global_sum(self, value: int) -> int:
         if self.world == 1:
@@ -735,9 +667,9 @@ class Trainer:
 
     # -- metrics ----------------------------------------------------------------------------
     def _flush_metrics(self) -> None:
-        writer = getattr(self, "metrics_writer", None)
-        if writer is not None:
-            writer.flush()
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.flush()
 
     def _new_interval(self) -> _Interval:
         return _Interval(self.device, time.perf_counter())
@@ -832,9 +764,7 @@ class Trainer:
                         use_cache=False,
                     ).logits
                 labels = batch.labels[:, 1:]
-                ce = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].flatten(0, 1).float(), labels.flatten(), reduction="sum"
-                )
+                ce = cross_entropy(logits[:, :-1], labels, reduction="sum")
                 hit = ((logits[:, :-1].argmax(-1) == labels) & (labels != -100)).sum()
                 total += weight * torch.stack(
                     [
@@ -945,30 +875,14 @@ class Trainer:
             self._owns_pg = False
 
 
-class MetricsWriter:
-    """Stores Metrics in `run_metrics`, one transaction per `every_s` seconds (the window tails
-    the table); flushed at every checkpoint and when the run ends, so a crash loses at most
-    the figures of steps that a resume repeats anyway."""
-
-    def __init__(self, ws: Workspace, run_id: int, every_s: float = 1.0) -> None:
-        self.ws, self.run_id, self.every_s = ws, run_id, every_s
-        self._buffer: list[Metrics] = []
-        self._last = time.monotonic()
-
-    def emit(self, event: Any) -> None:
-        if isinstance(event, Metrics):
-            self._buffer.append(event)
-            if time.monotonic() - self._last >= self.every_s:
-                self.flush()
-
-    def flush(self) -> None:
-        self._last = time.monotonic()
-        if not self._buffer:
-            return
-        with self.ws.tx():
-            for m in self._buffer:
-                self.ws.add_metrics(self.run_id, m.step, m.values, m.t)
-        self._buffer.clear()
+def run_training(trainer: Trainer) -> TrainResult:
+    """Set up, train and close `trainer`, closing it also when setup or training fails: how
+    every front end (CLI, window, demo) runs a training, in a thread or not."""
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        trainer.close()
 
 
 class _Interval:

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdstudio.errors import UserError
+from kdstudio.generation import generate_batch
 from kdstudio.logprobs import TokenLogprobs
 from kdstudio.teachers import Response
+from kdstudio.teachers.vocab import byte_decoder
 
 if TYPE_CHECKING:
     from kdstudio.config import TeacherConfig
@@ -36,23 +38,6 @@ def request_body(
     body = {"model": teacher.model or os.path.basename(str(teacher.path)), "messages": messages}
     body.update({k: v for k, v in params.items() if k not in ("samples", "token_ids")})
     return body
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-unicode -> byte table (the inverse of bytes_to_unicode)."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 class LocalTeacher:
@@ -82,7 +67,7 @@ class LocalTeacher:
         )
         self._bytes_cache: dict[int, bytes] = {}
         vocab = self.tok.get_vocab() if hasattr(self.tok, "get_vocab") else {}
-        decoder = _byte_decoder()
+        decoder = byte_decoder()
         self._byte_level = (
             bool(vocab) and sum(all(c in decoder for c in t) for t in list(vocab)[:200]) > 150
         )
@@ -122,14 +107,7 @@ class LocalTeacher:
 
         params = bodies[0]
         prompts = [self._prompt_ids(b["messages"]) for b in bodies]
-        width = max(len(p) for p in prompts)
         pad = self.tok.pad_token_id
-        input_ids = torch.tensor(
-            [[pad] * (width - len(p)) + p for p in prompts], device=self.device
-        )
-        attention = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
-        )
         temperature = float(params.get("temperature") or 0.0)
         kwargs: dict[str, Any] = {
             "max_new_tokens": int(params.get("max_tokens") or 256),
@@ -150,15 +128,13 @@ class LocalTeacher:
         k = params.get("top_logprobs")
         k = DEFAULT_TOP_K if k is None else int(k)
         t0 = time.monotonic()
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        got = generate_batch(self.model, prompts, pad_id=pad, device=self.device, **kwargs)
         latency = (time.monotonic() - t0) / len(bodies)
-        generated = out.sequences[:, width:]
-        logits = torch.stack(out.logits, dim=1).float()  # [B, steps, V]
+        logits = torch.stack(got.output.logits, dim=1).float()  # [B, steps, V]
         logp = torch.log_softmax(logits, dim=-1)
         results = []
         for b, prompt in enumerate(prompts):
-            ids = generated[b].tolist()
+            ids = got.new_ids[b]
             n = len(ids)
             for i, tid in enumerate(ids):
                 if tid == self.tok.eos_token_id:

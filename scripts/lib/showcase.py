@@ -21,14 +21,15 @@ KEY_ENV = "KDSTUDIO_SHOWCASE_KEY"
 
 def build_workspace(root: Path, *, steps: int = 150, log=print) -> dict:
     """Fill a workspace at root/ws; returns names of what it made. Takes ~1 minute on a CPU."""
+    from support.gui import tiny_student, write_prompts
+
     from kdstudio.config import TeacherConfig
     from kdstudio.data import import_dataset
     from kdstudio.distill.config import TrainConfig
-    from kdstudio.distill.trainer import Trainer
+    from kdstudio.distill.trainer import Trainer, run_training
     from kdstudio.evaluate import EvalConfig, evaluate
     from kdstudio.events import CancelToken, NullSink
     from kdstudio.export import ExportConfig, export
-    from support.gui import tiny_student, write_prompts
     from kdstudio.workspace import Workspace
 
     ws = Workspace.open(root / "ws")
@@ -46,12 +47,7 @@ def build_workspace(root: Path, *, steps: int = 150, log=print) -> dict:
             "run": {"name": "tiny-sft", "log_every": 1, "eval_every": 25, "checkpoint_every": 50},
         }
     )
-    trainer = Trainer(config, ws, NullSink(), CancelToken())
-    try:
-        trainer.setup()
-        trainer.train()
-    finally:
-        trainer.close()
+    run_training(Trainer(config, ws, NullSink(), CancelToken()))
     log("evaluating it")
     evaluate(EvalConfig(run="tiny-sft", limit=12, max_new_tokens=16), ws, NullSink(), CancelToken())
     log("exporting it as a local teacher and distilling a fresh student from it (dense_kd)")
@@ -63,12 +59,7 @@ def build_workspace(root: Path, *, steps: int = 150, log=print) -> dict:
     data = config.to_dict()
     data["distill"] = {"method": "dense_kd", "teacher": "tiny-sft-teacher", "kd_weight": 0.5}
     data["run"].update({"name": "tiny-kd", "checkpoint_every": 0})
-    trainer = Trainer(TrainConfig.from_dict(data), ws, NullSink(), CancelToken())
-    try:
-        trainer.setup()
-        trainer.train()
-    finally:
-        trainer.close()
+    run_training(Trainer(TrainConfig.from_dict(data), ws, NullSink(), CancelToken()))
     ws.close()
     return {"workspace": root / "ws", "run": "tiny-sft", "dataset": "arithmetic"}
 
@@ -91,10 +82,11 @@ def _wait(app, predicate, timeout: float) -> bool:
 
 
 def take_screenshots(out: Path, root: Path, *, log=print) -> list[Path]:
-    from kdstudio.config import TeacherConfig
-    from kdstudio.gui.main_window import MainWindow
     from support.gui import prepare_app
     from support.openai_server import OpenAIServer
+
+    from kdstudio.config import TeacherConfig
+    from kdstudio.gui.main_window import MainWindow
     from kdstudio.workspace import Workspace
 
     app = prepare_app(root / "settings")

@@ -95,7 +95,7 @@ def make_trained_run(
     from kdstudio.demo.tiny import make_model, make_tokenizer
     from kdstudio.distill import runs
     from kdstudio.distill.config import TrainConfig
-    from kdstudio.distill.trainer import Trainer
+    from kdstudio.distill.trainer import Trainer, run_training
 
     folder = Path(folder)
     pairs = pairs or SUMS
@@ -128,12 +128,7 @@ def make_trained_run(
     }
     if lora:
         data["lora"] = {"r": 4, "alpha": 8.0, "dropout": 0.0}
-    trainer = Trainer(TrainConfig.from_dict(data).resolved(), ws)
-    trainer.setup()
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
+    run_training(Trainer(TrainConfig.from_dict(data).resolved(), ws))
     return runs.get_run(ws, name)
 
 

@@ -374,20 +374,10 @@ class TrainPanel(Panel):
     def on_form_changed(self) -> None:
         self._cli_timer.start()
 
-    def distill_fields(self) -> set[str]:
+    def distill_fields(self) -> frozenset[str]:
         """The [distill] keys that apply to the method (and divergence) the form shows."""
         form = self.forms["distill"]
-        method = form.value("method")
-        fields = {"method"}
-        if method in ("sparse_kd", "dense_kd"):
-            fields |= {"temperature", "kd_weight", "chunk_size"}
-        if method == "sparse_kd":
-            fields.add("tail")
-        if method == "dense_kd":
-            fields |= {"teacher", "divergence", "on_policy"}
-            if form.value("divergence") == "jsd":
-                fields.add("beta")
-        return fields
+        return DistillConfig.fields_for(form.value("method"), form.value("divergence"))
 
     @Slot()
     def update_method_fields(self) -> None:
@@ -554,7 +544,7 @@ class TrainPanel(Panel):
         if report.kd:
             facts.append(f"{report.kd['kd_share']:.0%} of response tokens use KD")
         if report.memory:
-            from kdstudio.distill.preflight import fmt_bytes
+            from kdstudio.distill.plan import fmt_bytes
 
             facts.append(f"~{fmt_bytes(report.memory['total'])} estimated memory")
         summary = "Pre-flight passed (" + ", ".join(facts) + ")"
@@ -583,14 +573,9 @@ class TrainPanel(Panel):
         ws = self.ws
 
         def train(sink, cancel):
-            from kdstudio.distill.trainer import Trainer
+            from kdstudio.distill.trainer import Trainer, run_training
 
-            trainer = Trainer(config, ws, sink, cancel)
-            try:
-                trainer.setup()
-                return trainer.train()
-            finally:
-                trainer.close()
+            return run_training(Trainer(config, ws, sink, cancel))
 
         return self._launch(config.run.name, train, history=False, method=config.distill.method)
 
@@ -603,14 +588,9 @@ class TrainPanel(Panel):
         self.set_config(run.config)
 
         def train(sink, cancel):
-            from kdstudio.distill.trainer import Trainer
+            from kdstudio.distill.trainer import Trainer, run_training
 
-            trainer = Trainer.for_resume(ws, name, sink, cancel)
-            try:
-                trainer.setup()
-                return trainer.train()
-            finally:
-                trainer.close()
+            return run_training(Trainer.for_resume(ws, name, sink, cancel))
 
         self.leave_resume_mode()
         return self._launch(name, train, history=True, method=run.method)

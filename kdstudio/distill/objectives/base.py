@@ -1,4 +1,4 @@
-"""Training objectives: what the loss of a micro-batch is, one class per `[distill] method`.
+"""What every objective is: the `Objective` lifecycle, what it gets at setup, what it returns.
 
 The loop owns everything else (accumulation, normalisation, precision, parallelism,
 metrics, checkpoints). An objective gets the (possibly DDP/FSDP-wrapped) student and a
@@ -15,15 +15,12 @@ its loss from hidden states in chunks), and returns *sums over the batch's targe
 
 `setup(ctx)` runs once before the first step (pre-flight checks: load a teacher, compare
 tokenizers, estimate memory) and may raise UserError to refuse a run before any step.
-Register a new method with `@register("name")`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from kdstudio.errors import UserError
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -32,17 +29,6 @@ if TYPE_CHECKING:
     from kdstudio.distill.config import TrainConfig
     from kdstudio.events import Sink
     from kdstudio.workspace import Workspace
-
-OBJECTIVES: dict[str, type[Objective]] = {}
-
-
-def register(method: str):
-    def wrap(cls: type[Objective]) -> type[Objective]:
-        cls.method = method
-        OBJECTIVES[method] = cls
-        return cls
-
-    return wrap
 
 
 @dataclass
@@ -67,9 +53,7 @@ class ObjectiveOutput:
 
 
 class Objective:
-    """Base class: cross-entropy helpers shared by every method."""
-
-    method: ClassVar[str] = ""
+    """Base class of the `[distill] method`s (see the module docstring)."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -89,36 +73,3 @@ class Objective:
         return model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         ).logits
-
-    @staticmethod
-    def ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Summed next-token cross-entropy (fp32) over positions whose label is not -100."""
-        import torch.nn.functional as F
-
-        shifted = logits[:, :-1, :]
-        return F.cross_entropy(
-            shifted.reshape(-1, shifted.shape[-1]).float(),
-            labels[:, 1:].reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
-
-
-@register("sft")
-class SFT(Objective):
-    """Sequence-level distillation: cross-entropy on the teacher's response tokens."""
-
-    def loss(self, model: Any, batch: Batch) -> ObjectiveOutput:
-        ce = self.ce_sum(self.logits(model, batch), batch.labels)
-        return ObjectiveOutput(ce, {"ce": ce.detach()})
-
-
-def make_objective(config: TrainConfig) -> Objective:
-    """The objective for `config.distill.method`."""
-    import kdstudio.distill.kd  # noqa: F401 - registers sparse_kd and dense_kd
-
-    method = config.distill.method
-    cls = OBJECTIVES.get(method)
-    if cls is None:
-        raise UserError(f"distill.method {method!r} is not one of: {', '.join(sorted(OBJECTIVES))}")
-    return cls(config)

@@ -1,0 +1,280 @@
+"""What a run will use, decided before it starts: device, precision, data, steps, memory.
+
+The trainer, the pre-flight and evaluation all call these rules, so what the pre-flight
+reports is what the run does:
+
+    device = pick_device(config.run.device)                    # UserError: no CUDA GPU
+    precision = pick_precision(config.run.precision, device)   # .amp_dtype, .use_scaler
+    with autocast(device, precision.amp_dtype): ...
+    data = load_dataset(config, ws, tokenizer)                 # encoded, split, eval capped
+    stream = data_stream(config, data.train)                   # this rank's batch order
+    steps = total_steps(config.optim, stream.batches_per_epoch)
+    est = memory_estimate(config, ws, device=device); describe_memory(est)
+
+Memory (`memory_estimate`). Parameter counts come from the model configs (instantiated on
+the meta device: no weights are read). Student weights are fp32 (the trainer keeps a fp32
+master copy), gradients and AdamW's two moments fp32 for the trained parameters (all, or the
+LoRA adapters), a teacher in the autocast dtype, activations by the usual per-layer count
+(~34 values per hidden unit and token kept for backward, one layer's worth plus the layer
+inputs under gradient checkpointing), and the loss: full fp32 logits for SFT, one chunk for
+the fused KD losses. It is an estimate (±30%), meant to catch runs that cannot fit.
+
+torch is imported inside the functions: the window imports evaluation (and so this module)
+when it opens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kdstudio.errors import UserError
+
+if TYPE_CHECKING:
+    from kdstudio.distill.batches import Dataset, DataStream, Encoded
+    from kdstudio.distill.config import OptimConfig, TrainConfig
+    from kdstudio.workspace import Workspace
+
+
+# -- device and precision ----------------------------------------------------------------------
+
+
+def pick_device(want: str, *, index: int | None = None, setting: str = "run.device") -> Any:
+    """The torch device for `want` (auto | cuda | cpu): auto takes the CUDA GPU when there is
+    one. `index` picks a GPU (a torchrun process's local rank). `setting` names the option in
+    the message when CUDA is asked for but absent."""
+    import torch
+
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError(f'{setting} = "cuda" but no CUDA GPU is available (use auto or cpu)')
+    if want == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda") if index is None else torch.device("cuda", index)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward pass runs: `amp_dtype` is the autocast dtype (None: fp32, no autocast);
+    fp16 needs a gradient scaler."""
+
+    name: str  # bf16 | fp16 | fp32
+    amp_dtype: Any
+    use_scaler: bool
+
+
+def pick_precision(want: str, device: Any) -> Precision:
+    """`want` (auto | bf16 | fp16 | fp32) on `device`: auto is bf16 autocast on a CUDA GPU that
+    supports it, else fp32. bf16 and fp16 need a CUDA GPU (UserError otherwise)."""
+    import torch
+
+    cuda = device.type == "cuda"
+    if want in ("bf16", "fp16") and not cuda:
+        raise UserError(f'run.precision = "{want}" needs a CUDA GPU; use auto or fp32 on CPU')
+    if want == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU does not support bf16: set run.precision to fp16 or fp32")
+    if want == "auto":
+        want = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[want]
+    return Precision(want, dtype, want == "fp16")
+
+
+def autocast(device: Any, amp_dtype: Any) -> Any:
+    """The autocast context of a precision's `amp_dtype` on `device` (none for fp32)."""
+    import torch
+
+    if amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+# -- data and steps ----------------------------------------------------------------------------
+
+
+def load_dataset(config: TrainConfig, ws: Workspace, tokenizer: Any) -> Dataset:
+    """The run's examples: its collection rendered with the student's tokenizer, split by row,
+    the held-out part capped at `data.eval_max_examples`; rejected and empty outputs are
+    skipped and counted, edited ones used. The caller decides what an empty train part means."""
+    from kdstudio.collect.store import iter_examples
+    from kdstudio.distill.batches import build_dataset
+
+    cfg = config.data
+    data = build_dataset(
+        tokenizer,
+        iter_examples(ws, cfg.collection, include_rejected=True),
+        max_length=cfg.max_length,
+        eval_fraction=cfg.eval_fraction,
+    )
+    if cfg.eval_max_examples:
+        data.eval = data.eval[: cfg.eval_max_examples]
+    return data
+
+
+def data_stream(
+    config: TrainConfig, train: list[Encoded], *, rank: int = 0, world_size: int = 1
+) -> DataStream:
+    """The endless, resumable stream of this rank's micro-batches of the training examples."""
+    from kdstudio.distill.batches import DataStream
+
+    return DataStream(
+        [len(e) for e in train],
+        config.optim.batch_size,
+        seed=config.run.seed,
+        rank=rank,
+        world_size=world_size,
+        group_by_length=config.data.group_by_length,
+    )
+
+
+def total_steps(optim: OptimConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of the run: `optim.max_steps`, else `epochs` over the data (at least 1)."""
+    if optim.max_steps:
+        return optim.max_steps
+    return max(1, math.ceil(optim.epochs * batches_per_epoch / optim.grad_accum))
+
+
+def warmup_steps(optim: OptimConfig, total: int) -> int:
+    """Warmup steps: `optim.warmup` itself when >= 1, else that share of the total."""
+    return int(optim.warmup if optim.warmup >= 1 else round(optim.warmup * total))
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def _meta_model(path: str) -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+def _shape(model: Any) -> dict[str, int]:
+    cfg = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "hidden": int(getattr(cfg, "hidden_size", 0) or 0),
+        "layers": int(getattr(cfg, "num_hidden_layers", 0) or 0),
+        "intermediate": int(getattr(cfg, "intermediate_size", 0) or 0),
+        "vocab": int(getattr(cfg, "vocab_size", 0) or 0),
+    }
+
+
+def _lora_params(model: Any, r: int, targets: list[str]) -> int:
+    import torch
+
+    head = model.get_output_embeddings()
+    total = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        if targets != ["all-linear"] and name.rsplit(".", 1)[-1] not in targets:
+            continue
+        total += r * (module.in_features + module.out_features)
+    return total
+
+
+def _available(device: Any) -> tuple[str, int | None]:
+    import torch
+
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        return str(device), int(torch.cuda.mem_get_info(device)[1])
+    try:
+        return "cpu", int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return "cpu", None
+
+
+def memory_estimate(
+    config: TrainConfig, ws: Workspace | None = None, *, device: Any = None
+) -> dict[str, Any]:
+    """Estimated peak memory of a run, in bytes per part (see the module docstring).
+
+    Keys: device, available (bytes or None), fits, total, student_weights, gradients,
+    optimizer, teacher_weights, activations, loss, and the counts student_params,
+    trainable_params, teacher_params. Reads configs only (no weights).
+    """
+    cfg = config
+    student = _meta_model(cfg.student.path)
+    s = _shape(student)
+    trainable = (
+        _lora_params(student, cfg.lora.r, list(cfg.lora.target_modules))
+        if cfg.lora is not None
+        else s["params"]
+    )
+    dev_name, available = _available(device)
+    amp = cfg.run.precision in ("bf16", "fp16") or (
+        cfg.run.precision == "auto" and dev_name.startswith("cuda")
+    )
+    act_bytes = 2 if amp else 4
+    tokens = cfg.optim.batch_size * cfg.data.max_length
+    t = None
+    if cfg.distill.method == "dense_kd" and ws is not None and cfg.distill.teacher:
+        teacher = ws.get_teacher(cfg.distill.teacher)
+        if teacher.kind == "local" and teacher.path:
+            t = _shape(_meta_model(teacher.path))
+    per_layer = 34 * tokens * s["hidden"] * act_bytes // 2
+    if cfg.run.gradient_checkpointing:
+        activations = s["layers"] * tokens * s["hidden"] * act_bytes + per_layer
+    else:
+        activations = s["layers"] * per_layer
+    if cfg.distill.method == "sft":
+        loss = 3 * tokens * s["vocab"] * 4  # logits, their fp32 log-softmax, the gradient
+    else:
+        chunk = min(cfg.distill.chunk_size, tokens)
+        loss = 6 * chunk * s["vocab"] * 4 + 4 * s["vocab"] * s["hidden"]  # + head-grad buffer
+    teacher_weights = teacher_act = 0
+    if t is not None:
+        teacher_weights = t["params"] * act_bytes
+        teacher_act = tokens * (2 * t["hidden"] + t["intermediate"]) * act_bytes
+    est = {
+        "device": dev_name,
+        "available": available,
+        "student_params": s["params"],
+        "trainable_params": trainable,
+        "teacher_params": t["params"] if t else 0,
+        "student_weights": 4 * s["params"],
+        "gradients": 4 * trainable,
+        "optimizer": 8 * trainable,
+        "teacher_weights": teacher_weights,
+        "activations": activations + teacher_act,
+        "loss": loss,
+    }
+    parts = ("student_weights", "gradients", "optimizer", "teacher_weights", "activations", "loss")
+    est["total"] = sum(est[k] for k in parts)
+    est["fits"] = None if available is None else est["total"] <= available
+    return est
+
+
+def fmt_bytes(n: int) -> str:
+    """1.52 GiB, 46 MiB, 1.3 MiB, 420 KiB: tiny students read as more than "0 MiB"."""
+    if n >= 2**28:
+        return f"{n / 2**30:.2f} GiB"
+    if n >= 10 * 2**20:
+        return f"{n / 2**20:.0f} MiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{max(n, 0) / 2**10:.0f} KiB"
+
+
+def describe_memory(est: dict[str, Any]) -> str:
+    """One line: the parts and the total against what the device has."""
+    parts = [
+        ("student", "student_weights"),
+        ("gradients", "gradients"),
+        ("optimizer", "optimizer"),
+        ("teacher", "teacher_weights"),
+        ("activations", "activations"),
+        ("loss", "loss"),
+    ]
+    body = " + ".join(f"{label} {fmt_bytes(est[key])}" for label, key in parts if est[key])
+    of = f" of {fmt_bytes(est['available'])}" if est.get("available") else ""
+    return f"memory estimate: {body} = {fmt_bytes(est['total'])}{of} on {est['device']}"
