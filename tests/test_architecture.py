@@ -53,6 +53,7 @@ def test_front_end_files_import_heavy_libraries_only_inside_functions():
 
 # -- import cycles ----------------------------------------------------------------------------
 
+
 def import_graph(root: Path, package: str = "kdstudio") -> dict[str, set[str]]:
     """{module: the package modules it imports}, from the AST of every module, counting
     imports inside functions (they run, just later) and leaving out `if TYPE_CHECKING:`
