@@ -1057,27 +1057,40 @@ class Check:
             # first half: stop at the checkpoint by lowering max_steps is not a resume, so
             # stop it with SIGINT once its checkpoint exists
             first = self._run_until_checkpoint(launch + ["--config", str(path)], name)
+            stopped = self._run_info(name)
             second = subprocess.run(
                 launch + ["--resume", name], capture_output=True, text=True, timeout=600
             )
-            show = self.kdstudio("runs", "show", name, "--json", check=False)
-            info = json.loads(show.stdout) if show.returncode == 0 else {}
-            status = (info.get("run") or info).get("status")
-            ok = first["rc"] == 130 and second.returncode == 0 and status == "finished"
+            finished = self._run_info(name)
+            ok = (
+                stopped.get("status") == "stopped"
+                and second.returncode == 0
+                and finished.get("status") == "finished"
+                and finished.get("step") == 2 * self.sz.warm
+            )
             rows.append(
                 row(
-                    f"torchrun nproc 1, run.parallel = {parallel}: stop, resume",
-                    f"{'ok' if ok else 'FAILED'} (exit {first['rc']} then {second.returncode}, "
-                    f"status {status})",
+                    f"torchrun nproc 1, run.parallel = {parallel}: Ctrl-C, resume",
+                    f"{'ok' if ok else 'FAILED'} (stopped at step {stopped.get('step')} as "
+                    f"{stopped.get('status')}, torchrun exit {first['rc']}; resumed: exit "
+                    f"{second.returncode}, {finished.get('status')} at {finished.get('step')})",
                 )
             )
             detail[parallel] = {
                 "first": first,
+                "stopped": stopped,
                 "second_rc": second.returncode,
                 "second_tail": (second.stdout + second.stderr)[-3000:],
-                "status": status,
+                "finished": finished,
             }
         return {"rows": rows, "detail": detail}
+
+    def _run_info(self, name: str) -> dict:
+        show = self.kdstudio("runs", "show", name, "--json", check=False)
+        if show.returncode != 0:
+            return {"error": show.stderr[-500:]}
+        doc = json.loads(show.stdout)
+        return doc.get("run", doc)
 
     def _run_until_checkpoint(self, cmd: list[str], name: str) -> dict:
         import signal
