@@ -47,18 +47,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
+# in the order they run: what matters most first (a run cut short keeps what it measured)
 SECTIONS = [
     "peak",
     "sft",
     "packing",
-    "sparse_kd",
-    "dense_kd",
-    "kd_memory",
-    "checkpointing",
-    "resume",
-    "thread",
-    "torchrun",
     "compile",
+    "dense_kd",
+    "sparse_kd",
+    "kd_memory",
+    "torchrun",
+    "resume",
+    "checkpointing",
+    "thread",
 ]
 
 
@@ -75,7 +76,8 @@ class Shape:
 class Sizes:
     student: Shape
     teacher: Shape
-    small: Shape  # resume / torchrun checks: same family, fewer layers
+    small: Shape  # resume / torchrun checks: same family, fewer layers, a small vocabulary
+    small_vocab: int
     vocab: int
     seq: int
     batch: int
@@ -89,13 +91,14 @@ class Sizes:
 GPU = Sizes(
     student=Shape(896, 24, 14, 2, 4864),  # Qwen2-0.5B
     teacher=Shape(1536, 28, 12, 2, 8960),  # Qwen2-1.5B
-    small=Shape(896, 4, 14, 2, 4864),
+    small=Shape(256, 2, 4, 2, 1024),
+    small_vocab=2048,
     vocab=151_936,
     seq=1024,
     batch=16,
-    examples=1600,
-    steps=30,
-    warm=10,
+    examples=900,
+    steps=18,
+    warm=6,
     matmul=8192,
     kd_positions=8192,
 )
@@ -103,6 +106,7 @@ DRY = Sizes(
     student=Shape(64, 2, 4, 2, 128),
     teacher=Shape(96, 2, 4, 2, 192),
     small=Shape(64, 1, 4, 2, 128),
+    small_vocab=2048,
     vocab=2048,
     seq=128,
     batch=4,
@@ -265,7 +269,9 @@ class Check:
         texts = self._texts()
         self.tok_dir = make_tokenizer(self.work / "tok", texts[:400])
         self.student = self._model(self.work / "student", self.sz.student, seed=0)
-        self.small = self._model(self.work / "small", self.sz.small, seed=0)
+        self.small = self._model(
+            self.work / "small", self.sz.small, seed=0, vocab=self.sz.small_vocab
+        )
         self.ws_path = self.work / "ws"
         self._collections(texts)
         print(f"set-up took {time.monotonic() - t0:.1f} s", flush=True)
@@ -283,12 +289,14 @@ class Check:
             pairs.append((prompt, resp))
         return pairs
 
-    def _model(self, path: Path, shape: Shape, *, seed: int, dtype: str = "bfloat16") -> Path:
+    def _model(
+        self, path: Path, shape: Shape, *, seed: int, dtype: str = "bfloat16", vocab: int = 0
+    ) -> Path:
         import torch
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         cfg = Qwen2Config(
-            vocab_size=self.sz.vocab,
+            vocab_size=vocab or self.sz.vocab,
             hidden_size=shape.hidden,
             intermediate_size=shape.intermediate,
             num_hidden_layers=shape.layers,
@@ -328,10 +336,15 @@ class Check:
         self.pairs, self.data_file = pairs, data
 
     def _topk_collection(self) -> None:
+        """Only as many examples as the sparse run reads (building logprobs takes time)."""
         if getattr(self, "_have_topk", False):
             return
-        self.kdstudio("data", "import", str(self.data_file), "--name", "topk")
-        self._add_logprobs("topk", [r for _, r in self.pairs])
+        n = min(len(self.pairs), (self.sz.warm + self.sz.steps + 2) * self.sz.batch)
+        lines = self.data_file.read_text().splitlines()[:n]
+        part = self.work / "topk.jsonl"
+        part.write_text("\n".join(lines) + "\n")
+        self.kdstudio("data", "import", str(part), "--name", "topk")
+        self._add_logprobs("topk", [r for _, r in self.pairs[:n]])
         self._have_topk = True
 
     def _add_logprobs(self, name: str, responses: list[str]) -> None:
@@ -425,6 +438,7 @@ class Check:
         resume: bool = False,
         stop_at: int | None = None,
         on_metrics: Any = None,
+        skip_intervals: tuple[int, ...] = (),
     ) -> dict:
         """Train `config` in this process; the measured interval excludes the warm-up steps
         and the final checkpoint. Returns throughput, memory and the loss curve."""
@@ -473,7 +487,8 @@ class Check:
         ws.close()
         metrics = [e for e in sink.events if isinstance(e, Metrics)]
         train_m = [m for m in metrics if "tokens_per_s" in m.values]
-        measured = train_m[1:] if len(train_m) > 1 else train_m
+        measured = [m for i, m in enumerate(train_m) if i > 0 and i not in skip_intervals]
+        measured = measured or train_m
         tps = statistics.fmean(m.values["tokens_per_s"] for m in measured) if measured else 0.0
         result.update(
             tokens_per_s=tps,
@@ -513,8 +528,12 @@ class Check:
         dtype = torch.bfloat16 if self.cuda else torch.float32
         a = torch.randn(n, n, device=self.device, dtype=dtype)
         b = torch.randn(n, n, device=self.device, dtype=dtype)
-        for _ in range(3):
+        # ~3 s of matmuls first: an idle GPU's clocks ramp up under load, and the first
+        # training run measured after this must not pay for that
+        t = time.perf_counter()
+        while time.perf_counter() - t < (3.0 if self.cuda else 0.1):
             a @ b
+            self.sync()
         times = []
         for _ in range(10):
             self.sync()
@@ -547,13 +566,18 @@ class Check:
             tok, store.iter_examples(ws, "sft"), max_length=self.sz.seq, eval_fraction=0.0
         )
         ws.close()
+        from kdstudio.distill.batches import packed_epoch_batches
+
         lengths = [len(e) for e in data.train]
         batches = epoch_batches(lengths, self.sz.batch, 0, 0)
         real = sum(lengths)
         padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+        packed = packed_epoch_batches(lengths, self.sz.batch, 0, 0, max_length=self.sz.seq)
+        width = sum(max(sum(lengths[i] for i in r) for r in b) * len(b) for b in packed)
         return {
             "mean_len": real / len(lengths),
             "padded_share": 1 - real / padded,
+            "packed_padded_share": 1 - real / width,
             "examples": len(lengths),
             "target_share": sum(e.n_target for e in data.train) / real
             if hasattr(data.train[0], "n_target")
@@ -562,9 +586,10 @@ class Check:
 
     def s_sft(self) -> dict:
         stats = self._data_stats()
-        res = self.train(self.config("sft"))
+        profiler = IntervalProfiler(self.cuda, profile_interval=3)
+        res = self.train(self.config("sft"), on_metrics=profiler.step, skip_intervals=(3,))
         self.sft_tps = res["tokens_per_s"]
-        busy = self._busy_share(self.config("sft-prof"))
+        busy = profiler.result(Path(self.args.out) / "profile_sft.txt")
         ref = self._hf_trainer_tps()
         mfu = self.mfu(res["tokens_per_s"], self.sz.student, stats["mean_len"])
         ref_mfu = self.mfu(ref, self.sz.student, stats["mean_len"]) if ref else None
@@ -594,41 +619,6 @@ class Check:
             "trainer_tps": ref,
             "profile": busy,
             "n_params": res.get("n_params"),
-        }
-
-    def _busy_share(self, config: Any) -> dict | None:
-        """The share of one logging interval (after the warm-up interval) in which the GPU
-        runs kernels, and the top kernels. Only CUDA activity is traced (CUPTI), so the
-        profiler adds little CPU time to the steps."""
-        if not self.cuda:
-            return None
-        import torch
-        from torch.profiler import ProfilerActivity, profile, schedule
-
-        marks: list[float] = []
-        prof = profile(
-            activities=[ProfilerActivity.CUDA], schedule=schedule(wait=0, warmup=0, active=1)
-        )
-
-        def step(_event: Any) -> None:
-            marks.append(time.perf_counter())
-            if len(marks) == 1:
-                prof.start()
-            elif len(marks) == 2:
-                prof.stop()
-
-        self.train(config, on_metrics=step)
-        events = prof.key_averages()
-        cuda = torch.autograd.DeviceType.CUDA
-        kernel_us = sum(e.self_device_time_total for e in events if e.device_type == cuda)
-        top = sorted(events, key=lambda e: -e.self_device_time_total)[:25]
-        (Path(self.args.out) / "profile_sft.txt").write_text(
-            events.table(sort_by="self_device_time_total", row_limit=40)
-        )
-        return {
-            "busy": kernel_us / 1e6 / (marks[1] - marks[0]),
-            "interval_s": marks[1] - marks[0],
-            "top": [(e.key, round(e.self_device_time_total / 1e3, 2)) for e in top],
         }
 
     def _hf_trainer_tps(self) -> float | None:
@@ -709,8 +699,9 @@ class Check:
         if "packing" not in DataConfig.__dataclass_fields__:
             return {"error": "data.packing is not in this build"}
         res = self.train(self.config("packed", data={"packing": True}))
+        self.packed_res = res
         stats = self._data_stats()
-        mfu = self.mfu(res["tokens_per_s"], self.sz.student, self.sz.seq)
+        mfu = self.mfu(res["tokens_per_s"], self.sz.student, stats["mean_len"])
         base = self.sft_tps
         return {
             "rows": [
@@ -727,9 +718,17 @@ class Check:
                     "",
                     ">= 45%",
                 ),
+                row(
+                    "padded share of the rows, packed / unpacked",
+                    f"{stats['packed_padded_share']:.1%} / {stats['padded_share']:.1%}",
+                ),
+                row(
+                    "peak memory with packing",
+                    f"{res['peak_gb']:.1f} GiB" if res["peak_gb"] else "",
+                ),
             ],
             "kdstudio": res,
-            "unpacked_padded_share": stats["padded_share"],
+            "data": stats,
         }
 
     def s_sparse_kd(self) -> dict:
@@ -829,7 +828,8 @@ class Check:
         import torch
         import torch.nn.functional as F
 
-        from kdstudio.distill.kd import _dense_fkl_chunk, fused_head_loss
+        from kdstudio.distill.fused_head import cross_entropy_chunk, fused_head_loss
+        from kdstudio.distill.objectives.dense import dense_fkl_chunk
 
         n, h, v = self.sz.kd_positions, self.sz.student.hidden, self.sz.vocab
         dtype = torch.bfloat16 if self.cuda else torch.float32
@@ -855,7 +855,7 @@ class Check:
 
         def fused(x, w, th, tw, y):
             teacher = lambda r: F.linear(th[r], tw)  # noqa: E731
-            chunk = _dense_fkl_chunk(y, teacher, vocab=v, w=0.5, tau=1.0)
+            chunk = dense_fkl_chunk(y, teacher, vocab=v, w=0.5, tau=1.0)
             with torch.autocast(self.device, dtype=dtype, enabled=self.cuda):
                 total, _ = fused_head_loss(chunk, x, w, None, chunk_size=512, n_stats=5)
             return total
@@ -865,23 +865,28 @@ class Check:
                 z = F.linear(x, w).float()
             return F.cross_entropy(z, y, reduction="sum")
 
-        def fused_ce(x, w, th, tw, y):
-            def chunk(logits, r):
-                z = logits.float()
-                yy = y[r].unsqueeze(-1)
-                lse = torch.logsumexp(z, -1)
-                ce = lse - z.gather(-1, yy).squeeze(-1)
-                grad = torch.exp(z - lse.unsqueeze(-1))
-                grad.scatter_add_(-1, yy, torch.full_like(yy, -1, dtype=grad.dtype))
-                return ce.sum(), torch.zeros(1, device=z.device), grad
-
-            chunk.analytic = True
+        def fused_ce(x, w, th, tw, y):  # what the SFT objective runs
             with torch.autocast(self.device, dtype=dtype, enabled=self.cuda):
-                total, _ = fused_head_loss(chunk, x, w, None, chunk_size=512, n_stats=1)
+                total, _ = fused_head_loss(
+                    cross_entropy_chunk(y), x, w, None, chunk_size=512, n_stats=1
+                )
             return total
 
+        def fused_ce_2048(x, w, th, tw, y):
+            with torch.autocast(self.device, dtype=dtype, enabled=self.cuda):
+                total, _ = fused_head_loss(
+                    cross_entropy_chunk(y), x, w, None, chunk_size=2048, n_stats=1
+                )
+            return total
+
+        variants = (
+            ("full", full),
+            ("fused", fused),
+            ("full_ce", full_ce),
+            ("fused_ce", fused_ce),
+            ("fused_ce_2048", fused_ce_2048),
+        )
         out = {}
-        variants = (("full", full), ("fused", fused), ("full_ce", full_ce), ("fused_ce", fused_ce))
         for name, fn in variants:
             x, w, th, tw, y = inputs()
             fn(x, w, th, tw, y).backward()  # warm-up
@@ -901,7 +906,7 @@ class Check:
             del x, w, th, tw, y
             self.free()
         f, u = out["fused"], out["full"]
-        fc, uc = out["fused_ce"], out["full_ce"]
+        fc, uc, f2 = out["fused_ce"], out["full_ce"], out["fused_ce_2048"]
         return {
             "rows": [
                 row(
@@ -912,6 +917,14 @@ class Check:
                     + (f"{uc['peak_gb']:.2f} GiB" if self.cuda else "-")
                     + " (full logits)",
                     f"{fc['seconds'] / uc['seconds']:.2f}x time",
+                    "< 1.00x",
+                ),
+                row(
+                    "CE alone, fused at chunk 2048, time / peak memory",
+                    f"{f2['seconds'] * 1e3:.1f} ms / "
+                    + (f"{f2['peak_gb']:.2f} GiB" if self.cuda else "-"),
+                    f"{uc['seconds'] * 1e3:.1f} ms (full logits)",
+                    f"{f2['seconds'] / uc['seconds']:.2f}x time",
                 ),
                 row(
                     f"KD loss peak memory, N={n} V={v} (fwd+bwd)",
@@ -955,22 +968,33 @@ class Check:
         }
 
     def s_compile(self) -> dict:
+        """torch.compile (each transformer block) on packed rows: one shape, one compile."""
         t = time.monotonic()
         res = self.train(
             self.config(
                 "compiled",
+                data={"packing": True},
                 optim={"max_steps": self.sz.warm * 2 + self.sz.steps},
                 run={"compile": True, "log_every": self.sz.warm * 2},
             )
         )
-        base = self.report.sections.get("sft", {}).get("kdstudio", {})
+        base = getattr(self, "packed_res", None)
+        stats = self._data_stats()
+        mfu = self.mfu(res["tokens_per_s"], self.sz.student, stats["mean_len"])
         return {
             "rows": [
                 row(
-                    "torch.compile tokens/s (after warm-up)",
+                    "torch.compile + packing tokens/s (after warm-up)",
                     fmt(res["tokens_per_s"]),
-                    f"{fmt(base['tokens_per_s'])} (eager)" if base else "",
+                    f"{fmt(base['tokens_per_s'])} (packing, eager)" if base else "",
                     f"{res['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "",
+                ),
+                row(
+                    "SFT MFU, compile + packing",
+                    f"{mfu:.1%}" if mfu is not None else "",
+                    "",
+                    "",
+                    ">= 45%",
                 ),
                 row(
                     "torch.compile peak memory",
@@ -1012,7 +1036,9 @@ class Check:
         }
 
     def s_thread(self) -> dict:
-        main = self.sft_tps
+        """The SFT run again, in a background thread (as the window runs it) while this thread
+        times a 10 ms timer; against the same run on the main thread (the sft section)."""
+        main = self.sft_tps  # measured after the GPU's clocks had ramped up (see s_peak)
         res = self.train(self.config("thread"), thread=True)
         return {
             "rows": [
@@ -1035,65 +1061,141 @@ class Check:
         }
 
     def s_torchrun(self) -> dict:
-        """`torchrun --nproc-per-node 1 -m kdstudio train` with ddp and fsdp: stop, resume."""
+        """`torchrun --nproc-per-node 1 -m kdstudio train` with ddp and with fsdp (both at
+        once, small student): Ctrl-C to the launcher's process group once a checkpoint
+        exists, as a terminal does, then `--resume` to the end."""
+        import signal
+
         from kdstudio.config import dumps_toml
 
-        rows, detail = [], {}
+        steps = 300
+        launch = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", "1", "-m", "kdstudio", "--workspace", str(self.ws_path),
+            "train", "--quiet",
+        ]  # fmt: skip
+        procs = {}
         for parallel in ("ddp", "fsdp"):
             name = f"tr-{parallel}"
             cfg = self.config(
                 name,
                 self.small,
-                optim={"max_steps": 2 * self.sz.warm},
-                run={"parallel": parallel, "checkpoint_every": self.sz.warm, "log_every": 1},
+                optim={"max_steps": steps},
+                run={"parallel": parallel, "checkpoint_every": self.sz.warm, "log_every": 5},
             )
             path = self.work / f"{name}.toml"
             path.write_text(dumps_toml(cfg.to_dict()))
-            launch = [
-                sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "1", "-m", "kdstudio", "--workspace", str(self.ws_path),
-                "train",
-            ]  # fmt: skip
-            # first half: stop at the checkpoint by lowering max_steps is not a resume, so
-            # stop it with SIGINT once its checkpoint exists
-            first = self._run_until_checkpoint(launch + ["--config", str(path)], name)
-            second = subprocess.run(
-                launch + ["--resume", name], capture_output=True, text=True, timeout=600
+            procs[parallel] = subprocess.Popen(
+                [*launch, "--config", str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
             )
-            show = self.kdstudio("runs", "show", name, "--json", check=False)
-            info = json.loads(show.stdout) if show.returncode == 0 else {}
-            status = (info.get("run") or info).get("status")
-            ok = first["rc"] == 130 and second.returncode == 0 and status == "finished"
+        first = {}
+        t = time.monotonic()
+        while len(first) < len(procs) and time.monotonic() - t < 300:
+            for parallel, proc in procs.items():
+                folder = self.ws_path / "checkpoints" / f"tr-{parallel}"
+                if parallel not in first and (
+                    proc.poll() is not None
+                    or (
+                        folder.exists()
+                        and any(p.name.startswith("step-") for p in folder.iterdir())
+                    )
+                ):
+                    if proc.poll() is None:
+                        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+                    first[parallel] = proc
+            time.sleep(0.05)
+        results = {}
+        for parallel, proc in procs.items():
+            out, _ = proc.communicate(timeout=300)
+            results[parallel] = {"rc": proc.returncode, "tail": out[-3000:]}
+        stopped = {p: self._run_info(f"tr-{p}") for p in procs}
+        resumed = {
+            p: subprocess.Popen(
+                [*launch, "--resume", f"tr-{p}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for p in procs
+        }
+        rows, detail = [], {}
+        for parallel, proc in resumed.items():
+            out, _ = proc.communicate(timeout=300)
+            finished = self._run_info(f"tr-{parallel}")
+            ok = (
+                stopped[parallel].get("status") == "stopped"
+                and proc.returncode == 0
+                and finished.get("status") == "finished"
+                and finished.get("step") == steps
+            )
             rows.append(
                 row(
-                    f"torchrun nproc 1, run.parallel = {parallel}: stop, resume",
-                    f"{'ok' if ok else 'FAILED'} (exit {first['rc']} then {second.returncode}, "
-                    f"status {status})",
+                    f"torchrun nproc 1, run.parallel = {parallel}: Ctrl-C, resume",
+                    f"{'ok' if ok else 'FAILED'} (stopped at step {stopped[parallel].get('step')} "
+                    f"as {stopped[parallel].get('status')}, torchrun exit "
+                    f"{results[parallel]['rc']}; resumed: exit {proc.returncode}, "
+                    f"{finished.get('status')} at step {finished.get('step')} of {steps})",
                 )
             )
             detail[parallel] = {
-                "first": first,
-                "second_rc": second.returncode,
-                "second_tail": (second.stdout + second.stderr)[-3000:],
-                "status": status,
+                "first": results[parallel],
+                "stopped": stopped[parallel],
+                "resume_rc": proc.returncode,
+                "resume_tail": out[-3000:],
+                "finished": finished,
             }
         return {"rows": rows, "detail": detail}
 
-    def _run_until_checkpoint(self, cmd: list[str], name: str) -> dict:
-        import signal
+    def _run_info(self, name: str) -> dict:
+        show = self.kdstudio("runs", "show", name, "--json", check=False)
+        if show.returncode != 0:
+            return {"error": show.stderr[-500:]}
+        doc = json.loads(show.stdout)
+        return doc.get("run", doc)
 
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        folder = self.ws_path / "checkpoints" / name
-        t = time.monotonic()
-        while proc.poll() is None and time.monotonic() - t < 600:
-            if folder.exists() and any(p.name.startswith("step-") for p in folder.iterdir()):
-                os.killpg(proc.pid, signal.SIGINT)
-                break
-            time.sleep(0.2)
-        out, _ = proc.communicate(timeout=600)
-        return {"rc": proc.returncode, "tail": out[-3000:]}
+
+class IntervalProfiler:
+    """Profiles the CUDA kernels of one logging interval of a run (CUPTI only, so the steps
+    keep their CPU time): the share of the interval's wall time the GPU is busy, and the
+    kernels that take it. `step` is the run's on_metrics hook."""
+
+    def __init__(self, cuda: bool, profile_interval: int) -> None:
+        self.cuda, self.at = cuda, profile_interval
+        self.marks: list[float] = []
+        self.prof = None
+
+    def step(self, _event: Any) -> None:
+        if not self.cuda:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        self.marks.append(time.perf_counter())
+        if len(self.marks) == self.at:
+            self.prof = profile(activities=[ProfilerActivity.CUDA])
+            self.prof.start()
+        elif len(self.marks) == self.at + 1 and self.prof is not None:
+            self.prof.stop()
+
+    def result(self, table: Path) -> dict | None:
+        if self.prof is None or len(self.marks) <= self.at:
+            return None
+        import torch
+
+        events = self.prof.key_averages()
+        cuda = torch.autograd.DeviceType.CUDA
+        kernel_us = sum(e.self_device_time_total for e in events if e.device_type == cuda)
+        top = sorted(events, key=lambda e: -e.self_device_time_total)[:25]
+        table.write_text(events.table(sort_by="self_device_time_total", row_limit=40))
+        wall = self.marks[self.at] - self.marks[self.at - 1]
+        return {
+            "busy": kernel_us / 1e6 / wall,
+            "interval_s": wall,
+            "top": [(e.key, round(e.self_device_time_total / 1e3, 2)) for e in top],
+        }
 
 
 class Recorder:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 import typing
 from collections.abc import Iterator, Sequence
@@ -232,14 +233,23 @@ def _option_help(f: dataclasses.Field, default: Any, *, switch: bool, repeat: bo
 @contextmanager
 def stop_on_signals(cancel: CancelToken, message: str) -> Iterator[None]:
     """While a job runs: the first Ctrl-C (or SIGTERM) cancels it cleanly, saying `message`
-    (the job finishes its step, row or batch and saves); a second Ctrl-C stops at once."""
+    (the job finishes its step, row or batch and saves); a second Ctrl-C stops at once.
+
+    A second signal within `SAME_CTRL_C_S` of the first counts as the same Ctrl-C: under
+    torchrun the terminal's Ctrl-C reaches each worker once directly and once more through
+    the launcher, which passes it on to its workers at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    first: list[float] = []
 
     def handler(signum: int, frame: Any) -> None:
+        now = time.monotonic()
         if cancel.cancelled and signum == signal.SIGINT:
+            if first and now - first[0] < SAME_CTRL_C_S:
+                return
             raise KeyboardInterrupt
+        first.append(now)
         cancel.cancel("stopped by Ctrl-C" if signum == signal.SIGINT else "stopped by SIGTERM")
         print(f"\nkdstudio: stopping: {message}; Ctrl-C again to quit now", file=sys.stderr)
 
@@ -249,6 +259,9 @@ def stop_on_signals(cancel: CancelToken, message: str) -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+SAME_CTRL_C_S = 1.0
 
 
 def read_secret_from_stdin(what: str = "API key") -> str:

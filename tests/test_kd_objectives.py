@@ -241,3 +241,18 @@ def test_sparse_kd_equals_full_logits_reference(ws, kd_models, tail, fused):
     assert out.counts["kd"][0].item() == pytest.approx(kd[is_kd & mask].sum().item(), rel=1e-5)
     for g, p in zip(got, model.parameters(), strict=True):
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_sparse_kd_on_a_packed_batch_equals_the_unpacked_loss(ws, kd_models):
+    """Packed rows carry the teacher's targets at each example's own offset."""
+    from kdstudio.distill.batches import collate_rows
+
+    cfg, obj, model, batch = _setup(ws, kd_models, "sparse_kd", prepare=_with_logprobs)
+    items = batch.items
+    packed = collate_rows([items[:2], items[2:]], pad_id=0)  # pads carry no loss
+    plain, got_plain = _run(obj, model, batch)
+    both, got_packed = _run(obj, model, packed)
+    assert both.counts["kd_share"][0].item() == plain.counts["kd_share"][0].item() > 0
+    assert both.loss_sum.item() == pytest.approx(plain.loss_sum.item(), rel=1e-5)
+    for a, b in zip(got_packed, got_plain, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

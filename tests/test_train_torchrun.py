@@ -4,6 +4,7 @@ world size; rank 0 alone writes metrics and checkpoints; the CLI runs unchanged.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -129,3 +130,62 @@ def test_two_processes_match_one_and_resume(tmp_path):
     assert [e.step for e in acc.Scalars("loss")] == [1, 2]
     ws.close()
     shutil.rmtree(tmp_path / "ws", ignore_errors=True)
+
+
+def test_one_process_under_torchrun_runs_fsdp_and_a_ctrl_c_stops_it_after_a_checkpoint(tmp_path):
+    """torchrun --nproc-per-node 1 joins a process group, so `run.parallel = "fsdp"` shards
+    (refused before: "needs several processes"); the terminal's Ctrl-C reaches the worker twice
+    (directly and relayed by torchrun) and still stops it cleanly, then --resume finishes it."""
+    import signal
+    import time
+
+    from train_support import config_dict, write_toml
+
+    from kdstudio.distill.checkpoint import list_checkpoints
+    from kdstudio.distill.runs import get_run
+
+    path = student(tmp_path)
+    ws = workspace_with_collection(tmp_path / "ws")
+    conf = write_toml(
+        tmp_path / "c.toml",
+        config_dict(
+            path,
+            optim={"max_steps": 120, "batch_size": 2},
+            run={"name": "one", "parallel": "fsdp", "checkpoint_every": 2, "log_every": 10},
+        ),
+    )
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launch += ["--nproc-per-node", "1", "-m", "kdstudio", "--workspace", str(tmp_path / "ws")]
+    proc = subprocess.Popen(
+        [*launch, "train", "--config", str(conf), "--quiet"],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    folder = tmp_path / "ws" / "checkpoints" / "one"
+    deadline = time.monotonic() + 180
+    while not (folder.exists() and any(folder.glob("step-*"))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, _ = proc.communicate(timeout=120)
+    run = get_run(ws, "one")
+    assert run.status == "stopped", out[-3000:]
+    stopped_at = run.step
+    assert 2 <= stopped_at < 120
+    assert list_checkpoints(ws, "one")[-1].step == stopped_at  # the stop's own checkpoint
+    done = subprocess.run(
+        [*launch, "train", "--resume", "one", "--quiet"],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = get_run(ws, "one")
+    assert (run.status, run.step, run.world_size) == ("finished", 120, 1)
+    ws.close()

@@ -32,6 +32,15 @@ the batches), dynamically padded on the right. The order is a pure function of (
 epoch), so a data position `(epoch, batch)` is all a checkpoint needs to resume exactly.
 Under torchrun a global batch of `batch_size * world_size` examples is formed and each rank
 takes every world_size-th example of it, so ranks see similar lengths.
+
+Packing (`data.packing`). Short examples are packed into rows of up to `max_length` tokens
+(first fit, longest first, within windows of 50 batches' worth of examples; then the rows
+are shuffled), so a batch is `batch_size` nearly full rows instead of `batch_size` padded
+examples. Each example keeps its own positions (position ids restart at 0) and the model
+gets no 2-D attention mask, so attention stays within an example: Hugging Face models read
+packed sequences from the position ids (`plan.check_packing` verifies that on the model
+before the first step). The loss is unchanged: labels are the examples' own, an example's
+first token carries none, and the sum over target tokens is the same as unpacked.
 """
 
 from __future__ import annotations
@@ -310,10 +319,48 @@ def epoch_batches(
     return batches
 
 
+def pack_rows(
+    lengths: Sequence[int], order: Sequence[int], max_length: int, *, window: int
+) -> list[list[int]]:
+    """`order`'s examples packed into rows of at most `max_length` tokens: first fit, longest
+    first, within consecutive windows of `window` examples (so packing never reaches far
+    from the shuffled order). Deterministic: a pure function of its arguments."""
+    rows: list[list[int]] = []
+    for start in range(0, len(order), window):
+        part = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        free: list[int] = []
+        first = len(rows)
+        for i in part:
+            n = min(lengths[i], max_length)
+            slot = next((r for r, room in enumerate(free) if room >= n), None)
+            if slot is None:
+                rows.append([i])
+                free.append(max_length - n)
+            else:
+                rows[first + slot].append(i)
+                free[slot] -= n
+    return rows
+
+
+def packed_epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, *, max_length: int
+) -> list[list[list[int]]]:
+    """Batches of `batch_size` packed rows (lists of example indexes) for one epoch: a pure
+    function of (seed, epoch), like `epoch_batches`."""
+    rng = random.Random(f"kdstudio:{seed}:{epoch}:packed")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    rows = pack_rows(lengths, order, max_length, window=batch_size * MEGA_BATCH)
+    rng.shuffle(rows)
+    return [rows[s : s + batch_size] for s in range(0, len(rows), batch_size)]
+
+
 class DataStream:
     """An endless stream of this rank's micro-batches, epoch after epoch, resumable exactly.
 
     Position is `(epoch, index)`: the next global batch is batch `index` of epoch `epoch`.
+    A micro-batch is a list of rows, each a list of example indexes: one example per row,
+    or several with `pack_length` (packing into rows of that many tokens).
     """
 
     def __init__(
@@ -325,6 +372,7 @@ class DataStream:
         rank: int = 0,
         world_size: int = 1,
         group_by_length: bool = True,
+        pack_length: int | None = None,
     ) -> None:
         if len(lengths) < world_size:
             raise UserError(
@@ -333,16 +381,22 @@ class DataStream:
             )
         self.lengths, self.seed, self.rank, self.world = list(lengths), seed, rank, world_size
         self.global_batch = batch_size * world_size
-        self.group = group_by_length
+        self.group, self.pack_length = group_by_length, pack_length
         self.epoch, self.index = 0, 0
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self._cache: tuple[int, list[list[list[int]]]] | None = None
 
-    def _batches(self, epoch: int) -> list[list[int]]:
+    def _batches(self, epoch: int) -> list[list[list[int]]]:
         if self._cache is None or self._cache[0] != epoch:
-            batches = epoch_batches(
-                self.lengths, self.global_batch, self.seed, epoch, group_by_length=self.group
-            )
-            # every rank needs at least one example: fold a too-small last batch away
+            if self.pack_length:
+                batches = packed_epoch_batches(
+                    self.lengths, self.global_batch, self.seed, epoch, max_length=self.pack_length
+                )
+            else:
+                flat = epoch_batches(
+                    self.lengths, self.global_batch, self.seed, epoch, group_by_length=self.group
+                )
+                batches = [[[i] for i in b] for b in flat]
+            # every rank needs at least one row: fold a too-small last batch away
             batches = [b for b in batches if len(b) >= self.world]
             self._cache = (epoch, batches)
         return self._cache[1]
@@ -351,7 +405,8 @@ class DataStream:
     def batches_per_epoch(self) -> int:
         return len(self._batches(0))
 
-    def next(self) -> list[int]:
+    def next(self) -> list[list[int]]:
+        """This rank's rows of the next micro-batch (lists of example indexes)."""
         batches = self._batches(self.epoch)
         if self.index >= len(batches):
             self.epoch, self.index = self.epoch + 1, 0
@@ -379,45 +434,103 @@ class DataStream:
 class Batch:
     """A padded micro-batch. `n_target` (tokens with loss) and `n_tokens` (non-pad tokens)
     are Python ints, known without touching the device. `items` keep each example's
-    `Encoded` (its `example` has row_id/sample/logprobs for sparse KD)."""
+    `Encoded` (its `example` has row_id/sample/logprobs for sparse KD), and `offsets` where
+    each one starts: (row, first position). A packed batch (several examples per row) has
+    `position_ids` restarting at each example and no `attention_mask` (see the module
+    docstring); an unpacked one has a mask and one example per row at position 0."""
 
     input_ids: torch.Tensor  # [B, T] long
-    attention_mask: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor | None  # [B, T] long; None when packed
     labels: torch.Tensor  # [B, T] long, -100 = no loss
     items: list[Encoded]
     n_target: int
     n_tokens: int
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    position_ids: torch.Tensor | None = None  # [B, T] long when packed
+    # flat indexes of the positions of logits[:, :-1] whose next token carries loss, made on
+    # the CPU with the batch (finding them on the device would wait for it)
+    target_index: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.offsets:
+            self.offsets = [(row, 0) for row in range(len(self.items))]
+        if self.target_index is None:
+            self.target_index = (self.labels[:, 1:] != IGNORE).reshape(-1).nonzero().squeeze(-1)
 
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """What the model's forward takes for this batch (with `use_cache=False`)."""
+        if self.position_ids is not None:
+            return {"input_ids": self.input_ids, "position_ids": self.position_ids}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
     def to(self, device: Any) -> Batch:
         nb = str(device).startswith("cuda")
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=nb)
+
         return Batch(
-            self.input_ids.to(device, non_blocking=nb),
-            self.attention_mask.to(device, non_blocking=nb),
-            self.labels.to(device, non_blocking=nb),
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.labels),
             self.items,
             self.n_target,
             self.n_tokens,
+            self.offsets,
+            move(self.position_ids),
+            move(self.target_index),
         )
 
 
 def collate(items: Sequence[Encoded], pad_id: int, *, pin: bool = False) -> Batch:
-    """Pad on the right to the longest example in the batch."""
+    """One example per row, padded on the right to the longest."""
+    return collate_rows([[e] for e in items], pad_id, pin=pin, packed=False)
+
+
+def collate_rows(
+    rows: Sequence[Sequence[Encoded]], pad_id: int, *, pin: bool = False, packed: bool = True
+) -> Batch:
+    """Rows of examples laid end to end, padded on the right to the longest row. `packed`
+    gives position ids that restart at each example (and no attention mask); else each row
+    must hold one example and gets an attention mask."""
     import torch
 
-    width = max(len(e) for e in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    for row, e in enumerate(items):
-        n = len(e)
-        ids[row, :n] = torch.tensor(e.input_ids, dtype=torch.long)
-        mask[row, :n] = 1
-        labels[row, :n] = torch.tensor(e.labels, dtype=torch.long)
-    n_target = sum(sum(1 for x in e.labels[1:] if x != IGNORE) for e in items)
-    n_tokens = sum(len(e) for e in items)
+    width = max(sum(len(e) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long) if packed else None
+    items, offsets, n_target, n_tokens = [], [], 0, 0
+    for r, row in enumerate(rows):
+        if not packed and len(row) != 1:
+            raise ValueError("an unpacked batch holds one example per row")
+        at = 0
+        for e in row:
+            n = len(e)
+            ids[r, at : at + n] = torch.tensor(e.input_ids, dtype=torch.long)
+            labels[r, at : at + n] = torch.tensor(e.labels, dtype=torch.long)
+            labels[r, at] = IGNORE  # nothing predicts an example's first token
+            mask[r, at : at + n] = 1
+            if pos is not None:
+                pos[r, at : at + n] = torch.arange(n)
+            items.append(e)
+            offsets.append((r, at))
+            n_target += sum(1 for x in e.labels[1:] if x != IGNORE)
+            n_tokens += n
+            at += n
+        if pos is not None and at < width:  # padding: a "sequence" of its own, no loss
+            pos[r, at:] = torch.arange(width - at)
+    target = (labels[:, 1:] != IGNORE).reshape(-1).nonzero().squeeze(-1)
     if pin:
-        ids, mask, labels = ids.pin_memory(), mask.pin_memory(), labels.pin_memory()
-    return Batch(ids, mask, labels, list(items), n_target, n_tokens)
+        ids, mask, labels, target = (t.pin_memory() for t in (ids, mask, labels, target))
+        pos = pos.pin_memory() if pos is not None else None
+    return Batch(
+        ids, None if packed else mask, labels, items, n_target, n_tokens, offsets, pos, target
+    )

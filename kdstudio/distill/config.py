@@ -68,6 +68,13 @@ class DataConfig(Section):
     group_by_length: bool = setting(
         True, "Batch examples of similar length together (less padding, same results)."
     )
+    packing: bool = setting(
+        False,
+        "Pack several examples into each row of `max_length` tokens (positions restart at each "
+        "example and attention stays within it, checked on the model before the first step): "
+        "fuller rows, little padding. `optim.batch_size` then counts rows, so a step holds more "
+        "examples; losses are the same sums over the answer tokens.",
+    )
     eval_max_examples: int = setting(
         256, "Cap on held-out examples scored at each evaluation (0 = all).", min=0
     )

@@ -4,7 +4,8 @@ hidden states, and whether the loss may run fused with the head.
     hf_model(model)                  the PreTrainedModel under DDP (`.module`) and PEFT
     lm_head(model)                   (weight, bias) of a plain Linear head, else None
     supports_fusion(model, ids)      hidden states x head weight reproduce the model's logits
-    final_hidden(model, ids, mask)   [B, T, H], with no logits computed
+    final_hidden(model, inputs)      [B, T, H], with no logits computed (inputs: input_ids and
+                                     attention_mask or position_ids)
 
 A KD objective computes its loss from the final hidden states and the head weight in chunks
 (`kdstudio.distill.fused_head`), never holding `[B, T, V]` logits; that is only right when
@@ -54,7 +55,7 @@ def supports_fusion(model: Any, batch_ids: Tensor) -> bool:
         with torch.no_grad():
             ids = batch_ids[:1, : min(8, batch_ids.shape[1])]
             full = hf(input_ids=ids, use_cache=False).logits.float()
-            hidden = final_hidden(hf, ids, None)
+            hidden = final_hidden(hf, {"input_ids": ids})
             weight, bias = lm_head(hf)
             fused = F.linear(hidden.to(weight.dtype), weight, bias).float()
     finally:
@@ -63,22 +64,16 @@ def supports_fusion(model: Any, batch_ids: Tensor) -> bool:
     return bool(torch.allclose(full, fused, atol=tol, rtol=tol))
 
 
-def final_hidden(model: Any, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+def final_hidden(model: Any, inputs: dict[str, Tensor]) -> Tensor:
     """The final hidden states [B, T, H] (what the LM head sees), with no logits computed.
 
     Taken from the decoder's output by a hook, so that a no_grad teacher does not keep every
     layer's output alive (as `output_hidden_states` would)."""
     hf = hf_model(model)
     decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else None
-    no_logits = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+    no_logits = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
     if decoder is None or decoder is hf:
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            output_hidden_states=True,
-            logits_to_keep=no_logits,
-        )
+        out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=no_logits)
         return out.hidden_states[-1]
     seen: list[Tensor] = []
 
@@ -87,12 +82,7 @@ def final_hidden(model: Any, input_ids: Tensor, attention_mask: Tensor | None) -
 
     handle = decoder.register_forward_hook(grab)
     try:
-        model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            logits_to_keep=no_logits,
-        )
+        model(**inputs, use_cache=False, logits_to_keep=no_logits)
     finally:
         handle.remove()
     return seen[-1]

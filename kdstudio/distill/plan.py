@@ -125,7 +125,35 @@ def data_stream(
         rank=rank,
         world_size=world_size,
         group_by_length=config.data.group_by_length,
+        pack_length=config.data.max_length if config.data.packing else None,
     )
+
+
+def check_packing(model: Any, device: Any) -> None:
+    """Refuse `data.packing` for a model whose attention would mix packed examples: two short
+    sequences run packed in one row must give the logits each gives alone."""
+    import torch
+
+    hf = getattr(model, "module", model)
+    vocab = hf.get_input_embeddings().num_embeddings
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(0, vocab, (1, n), generator=gen).to(device) for n in (5, 7))
+    was_training = hf.training
+    hf.eval()
+    try:
+        with torch.no_grad():
+            alone = torch.cat([hf(input_ids=x, use_cache=False).logits for x in (a, b)], dim=1)
+            pos = torch.cat([torch.arange(5), torch.arange(7)]).unsqueeze(0).to(device)
+            packed = hf(input_ids=torch.cat([a, b], dim=1), position_ids=pos, use_cache=False)
+    finally:
+        hf.train(was_training)
+    if not torch.allclose(alone.float(), packed.logits.float(), atol=1e-3, rtol=1e-3):
+        impl = getattr(hf.config, "_attn_implementation", "?")
+        raise UserError(
+            f"data.packing: this student's attention ({impl}) lets packed examples see each "
+            'other; turn data.packing off, or load the model with attn_implementation "sdpa" '
+            'or "flash_attention_2"'
+        )
 
 
 def total_steps(optim: OptimConfig, batches_per_epoch: int) -> int:

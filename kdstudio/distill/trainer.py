@@ -35,7 +35,13 @@ from typing import Any
 
 from kdstudio.distill import checkpoint as ckpt
 from kdstudio.distill import plan, runs
-from kdstudio.distill.batches import Batch, Dataset, collate, load_student_tokenizer
+from kdstudio.distill.batches import (
+    Batch,
+    Dataset,
+    collate,
+    collate_rows,
+    load_student_tokenizer,
+)
 from kdstudio.distill.config import TrainConfig
 from kdstudio.distill.hf import hf_model
 from kdstudio.distill.losses import cross_entropy
@@ -121,6 +127,18 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _compile_blocks(model: Any) -> None:
+    """torch.compile each transformer block (the modules a model names in `_no_split_modules`)
+    rather than the whole model: identical blocks share one compiled graph, so compiling takes
+    one block's time, and the hooks and the fused loss around the blocks stay eager."""
+    blocks = set(getattr(hf_model(model), "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in blocks]
+    for layer in layers:
+        layer.compile()
+    if not layers:
+        model.compile()
+
+
 class Trainer:
     """One training run with a visible lifecycle (see the module docstring)."""
 
@@ -144,6 +162,7 @@ class Trainer:
         self.step = 0
         self.total_steps = 0
         self.rank, self.world, self.local_rank = 0, 1, 0
+        self.distributed = self.sharded = False
         self._owns_pg = False
         self._ready = False
         self._last_saved_step = -1
@@ -262,14 +281,19 @@ class Trainer:
         import torch.distributed as dist
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and not dist.is_initialized():
+        # under torchrun even one process joins a process group, so DDP and FSDP run as they
+        # would on several GPUs (and checkpoint the same way)
+        launched = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+        if launched and not dist.is_initialized():
             use_cuda = self.config.run.device != "cpu" and torch.cuda.is_available()
             self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             if use_cuda:
                 torch.cuda.set_device(self.local_rank)
             dist.init_process_group("nccl" if use_cuda else "gloo")
             self._owns_pg = True
-        if dist.is_initialized():
+        self.distributed = dist.is_initialized()
+        self.sharded = self.distributed and self.config.run.parallel == "fsdp"
+        if self.distributed:
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
             self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
             # control flags (stop requests) travel on CPU: no device sync per step
@@ -366,9 +390,11 @@ class Trainer:
             model = self._apply_lora(model, state)
         model.to(self.device)
         model.train()
+        if cfg.data.packing:
+            plan.check_packing(model, self.device)
         self._base = model
         if cfg.run.compile:
-            model.compile()
+            _compile_blocks(model)
         return self._wrap(model)
 
     def _apply_lora(self, model: Any, state: dict[str, Any] | None) -> Any:
@@ -394,9 +420,9 @@ class Trainer:
         )
 
     def _wrap(self, model: Any) -> Any:
-        if self.world == 1:
+        if not self.distributed:
             return model
-        if self.config.run.parallel == "fsdp":
+        if self.sharded:
             from torch.distributed.fsdp import fully_shard
 
             blocks = set(getattr(hf_model(model), "_no_split_modules", None) or [])
@@ -434,7 +460,7 @@ class Trainer:
                 f"run {self.run.name!r} was checkpointed with {state['world_size']} processes; "
                 f"resume it with the same number (now {self.world})"
             )
-        if self.config.run.parallel == "fsdp" and self.world > 1:
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 set_optimizer_state_dict,
@@ -622,16 +648,21 @@ class Trainer:
     _last_loss: float | None = None
     _outcome: str | None = None
 
+    @property
+    def packed(self) -> bool:
+        return self.config.data.packing
+
     def _next_batch(self) -> Batch:
-        items = [self.data.train[i] for i in self.stream.next()]
-        return collate(items, self.tokenizer.pad_token_id, pin=self.device.type == "cuda")
+        rows = [[self.data.train[i] for i in row] for row in self.stream.next()]
+        pin = self.device.type == "cuda"
+        return collate_rows(rows, self.tokenizer.pad_token_id, pin=pin, packed=self.packed)
 
     def _sync_context(self, last: bool) -> Any:
-        if self.world == 1 or last:
-            if self.world > 1 and self.config.run.parallel == "fsdp":
+        if not self.distributed or last:
+            if self.sharded:
                 self.model.set_requires_gradient_sync(True)
             return nullcontext()
-        if self.config.run.parallel == "fsdp":
+        if self.sharded:
             self.model.set_requires_gradient_sync(False)
             return nullcontext()
         return self.model.no_sync()
@@ -742,7 +773,7 @@ class Trainer:
 
         if not self.data.eval:
             return None
-        model = self._unwrapped() if self.config.run.parallel != "fsdp" else self.model
+        model = self.model if self.sharded else self._unwrapped()
         was_training = model.training
         model.eval()
         bs = self.config.optim.batch_size
@@ -758,11 +789,7 @@ class Trainer:
                     self.device
                 )
                 with self._autocast():
-                    logits = model(
-                        input_ids=batch.input_ids,
-                        attention_mask=batch.attention_mask,
-                        use_cache=False,
-                    ).logits
+                    logits = model(**batch.model_inputs(), use_cache=False).logits
                 labels = batch.labels[:, 1:]
                 ce = cross_entropy(logits[:, :-1], labels, reduction="sum")
                 hit = ((logits[:, :-1].argmax(-1) == labels) & (labels != -100)).sum()
@@ -831,7 +858,7 @@ class Trainer:
         return path
 
     def _gather_state(self) -> tuple[Any, Any]:
-        if self.world > 1 and self.config.run.parallel == "fsdp":
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 get_model_state_dict,

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kdstudio.distill.hf import final_hidden, lm_head, supports_fusion
+
 if TYPE_CHECKING:
     import torch
 
@@ -57,6 +59,8 @@ class Objective:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+        self.fused: bool | None = None  # decided on the first batch (`supports_fusion`)
+        self.chunk_size = config.distill.chunk_size
 
     def setup(self, ctx: ObjectiveContext) -> None:
         """Pre-flight before any step; raise UserError to refuse the run."""
@@ -70,6 +74,34 @@ class Objective:
     @staticmethod
     def logits(model: Any, batch: Batch) -> torch.Tensor:
         """Student logits [B, T, V] (the model's dtype; upcast per use)."""
-        return model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-        ).logits
+        return model(**batch.model_inputs(), use_cache=False).logits
+
+    def student_rows(
+        self, model: Any, batch: Batch, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(x, head weight, head bias) of the target rows for `fused_head_loss`: the final
+        hidden states [N, H] and the LM head when the model allows (no [B, T, V] logits ever
+        exist), else the full logits' rows [N, V] and None."""
+        if self.fused is None:
+            self.fused = supports_fusion(model, batch.input_ids)
+        if self.fused:
+            hidden = final_hidden(model, batch.model_inputs())
+            weight, bias = lm_head(model)
+            return pick_rows(hidden, rows), weight, bias
+        return pick_rows(self.logits(model, batch), rows), None, None
+
+
+def target_rows(batch: Batch) -> torch.Tensor:
+    """Flat indexes of positions (of logits[:, :-1]) whose next token carries loss (made on
+    the CPU with the batch: no device sync)."""
+    return batch.target_index
+
+
+def pick_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`x[:, :-1]` flattened, rows selected: [N, D]."""
+    return x[:, :-1].reshape(-1, x.shape[-1]).index_select(0, rows)
+
+
+def target_labels(batch: Batch, rows: torch.Tensor) -> torch.Tensor:
+    """The next-token targets of `rows` (the shifted labels, rows selected): [N]."""
+    return batch.labels[:, 1:].reshape(-1).index_select(0, rows)

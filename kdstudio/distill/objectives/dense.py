@@ -33,14 +33,14 @@ from kdstudio.distill.batches import IGNORE, Encoded, collate
 from kdstudio.distill.fused_head import fused_head_loss
 from kdstudio.distill.hf import final_hidden, hf_model, lm_head, supports_fusion
 from kdstudio.distill.losses import PER_TOKEN, rowdot
-from kdstudio.distill.objectives.base import ObjectiveContext, ObjectiveOutput
-from kdstudio.distill.objectives.kd import (
-    KDObjective,
-    chunk_terms,
-    log_memory,
+from kdstudio.distill.objectives.base import (
+    ObjectiveContext,
+    ObjectiveOutput,
     pick_rows,
+    target_labels,
     target_rows,
 )
+from kdstudio.distill.objectives.kd import KDObjective, chunk_terms, log_memory
 from kdstudio.errors import UserError
 from kdstudio.events import Log, Warning
 from kdstudio.generation import generate_batch, stop_at
@@ -231,12 +231,10 @@ class DenseKD(KDObjective):
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         with torch.no_grad():
             if self.teacher_fused:
-                hidden = final_hidden(self.teacher, batch.input_ids, batch.attention_mask)
+                hidden = final_hidden(self.teacher, batch.model_inputs())
                 weight, bias = lm_head(self.teacher)
                 return pick_rows(hidden, rows), weight, bias
-            logits = self.teacher(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-            ).logits
+            logits = self.teacher(**batch.model_inputs(), use_cache=False).logits
             return pick_rows(logits, rows), None, None
 
     def loss(self, model: Any, batch: Batch) -> ObjectiveOutput:
@@ -245,10 +243,10 @@ class DenseKD(KDObjective):
         on_policy = d.on_policy > 0 and random.random() < d.on_policy
         scored = self._generate(model, batch) if on_policy else batch
         w = 1.0 if on_policy else d.kd_weight
-        rows = target_rows(scored.labels)
-        labels = scored.labels[:, 1:].reshape(-1).index_select(0, rows)
+        rows = target_rows(scored)
+        labels = target_labels(scored, rows)
         tx, tw, tb = self._teacher_rows(scored, rows)
-        x, weight, bias = self._student_rows(model, scored, rows)
+        x, weight, bias = self.student_rows(model, scored, rows)
         v = self.shared
         per_token = partial(self.per_token, **self.options)
 

@@ -25,15 +25,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from kdstudio.distill.batches import IGNORE
-from kdstudio.distill.hf import final_hidden, lm_head, supports_fusion
 from kdstudio.distill.losses import cross_entropy
 from kdstudio.distill.objectives.base import Objective, ObjectiveContext, ObjectiveOutput
 from kdstudio.distill.plan import describe_memory, memory_estimate
 from kdstudio.events import Log, Warning
 
 if TYPE_CHECKING:
-    from kdstudio.distill.batches import Batch
+    pass
 
 
 class KDObjective(Objective):
@@ -41,23 +39,6 @@ class KDObjective(Objective):
     (see the module docstring)."""
 
     N_STATS = 5  # ce, kd, n_kd, top1 agree, entropy
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.fused: bool | None = None
-        self.chunk_size = config.distill.chunk_size
-
-    def _student_rows(
-        self, model: Any, batch: Batch, rows: Tensor
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """(x [N, H] hidden states or [N, V] logits of the target rows, head weight, bias)."""
-        if self.fused is None:
-            self.fused = supports_fusion(model, batch.input_ids)
-        if self.fused:
-            hidden = final_hidden(model, batch.input_ids, batch.attention_mask)
-            weight, bias = lm_head(model)
-            return pick_rows(hidden, rows), weight, bias
-        return pick_rows(self.logits(model, batch), rows), None, None
 
     def _output(self, total: Tensor, stats: Tensor, n_target: int) -> ObjectiveOutput:
         ce, kd, n_kd, agree, entropy = stats.unbind()
@@ -72,16 +53,6 @@ class KDObjective(Objective):
                 "student_entropy": (entropy, n),
             },
         )
-
-
-def target_rows(labels: Tensor) -> Tensor:
-    """Flat indexes of positions (of logits[:, :-1]) whose next token carries loss."""
-    return (labels[:, 1:] != IGNORE).reshape(-1).nonzero().squeeze(-1)
-
-
-def pick_rows(x: Tensor, rows: Tensor) -> Tensor:
-    """`x[:, :-1]` flattened, rows selected: [N, D]."""
-    return x[:, :-1].reshape(-1, x.shape[-1]).index_select(0, rows)
 
 
 def chunk_terms(

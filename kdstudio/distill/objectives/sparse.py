@@ -25,8 +25,13 @@ from kdstudio.distill.align import (
 )
 from kdstudio.distill.fused_head import fused_head_loss
 from kdstudio.distill.losses import sparse_topk_kl_per_token
-from kdstudio.distill.objectives.base import ObjectiveContext, ObjectiveOutput
-from kdstudio.distill.objectives.kd import KDObjective, chunk_terms, log_memory, target_rows
+from kdstudio.distill.objectives.base import (
+    ObjectiveContext,
+    ObjectiveOutput,
+    target_labels,
+    target_rows,
+)
+from kdstudio.distill.objectives.kd import KDObjective, chunk_terms, log_memory
 from kdstudio.errors import UserError
 from kdstudio.events import Log, Warning
 from kdstudio.teachers.vocab import VocabBytes
@@ -87,12 +92,12 @@ class SparseKD(KDObjective):
         ids = np.full((b, t - 1, k1), -1, np.int64)
         lps = np.full((b, t - 1, k1), -np.inf, np.float32)
         is_kd = np.zeros((b, t - 1), bool)
-        for row, (enc, tg) in enumerate(zip(batch.items, found, strict=True)):
+        for (row, start), enc, tg in zip(batch.offsets, batch.items, found, strict=True):
             if not tg.n_kd:
                 continue
             pos = enc.prompt_len + tg.pos.astype(np.int64) - 1
-            keep = pos < min(t - 1, len(enc) - 1)
-            pos = pos[keep]
+            keep = pos < len(enc) - 1
+            pos = start + pos[keep]
             ids[row, pos, : tg.ids.shape[1]] = tg.ids[keep]
             lps[row, pos, : tg.ids.shape[1]] = tg.logprobs[keep]
             is_kd[row, pos] = True
@@ -105,16 +110,16 @@ class SparseKD(KDObjective):
 
     def loss(self, model: Any, batch: Batch) -> ObjectiveOutput:
         d = self.config.distill
-        rows = target_rows(batch.labels)
+        rows = target_rows(batch)
         ids, lps, is_kd = self.batch_targets(batch)
         k1 = ids.shape[-1]
         ids = ids.reshape(-1, k1).index_select(0, rows)
         lps = lps.reshape(-1, k1).index_select(0, rows)
         is_kd = is_kd.reshape(-1).index_select(0, rows)
-        labels = batch.labels[:, 1:].reshape(-1).index_select(0, rows)
+        labels = target_labels(batch, rows)
         best = lps.argmax(-1, keepdim=True)
         teacher_top1 = ids.gather(-1, best).squeeze(-1)
-        x, weight, bias = self._student_rows(model, batch, rows)
+        x, weight, bias = self.student_rows(model, batch, rows)
 
         def chunk_loss(logits: Tensor, r: slice) -> tuple[Tensor, Tensor]:
             kd = sparse_topk_kl_per_token(
