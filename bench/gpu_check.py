@@ -52,7 +52,6 @@ SECTIONS = [
     "peak",
     "sft",
     "packing",
-    "compile",
     "dense_kd",
     "sparse_kd",
     "kd_memory",
@@ -60,6 +59,7 @@ SECTIONS = [
     "resume",
     "checkpointing",
     "thread",
+    "compile",
 ]
 
 
