@@ -295,12 +295,12 @@ def test_sft_loss_plot_draws_ce_once_kd_methods_draw_all_three(qtbot):
         board.add_metrics(step, {"loss": 1.0, "ce": 1.0}, run="a")
         board.add_metrics(step, {"loss": 1.0, "ce": 0.8, "kd": 1.2}, run="b")
     loss = board.plot_for("loss")
-    labels = sorted(item.opts["name"] for item in (s.curve for s in loss.series.values()))
+    labels = sorted(s.label for s in loss.series.values())
     assert labels == ["a total (= CE)", "b CE", "b KD", "b total"]
     assert board.point_count("ce") == 3  # only run b's
 
 
-def test_loss_legend_lists_total_ce_kd_whatever_order_the_history_loads_in(qtbot):
+def test_loss_legend_lists_total_ce_kd_in_the_title_whatever_order_the_history_loads_in(qtbot):
     import numpy as np
 
     from kdstudio.gui.plots import PlotBoard
@@ -313,8 +313,12 @@ def test_loss_legend_lists_total_ce_kd_whatever_order_the_history_loads_in(qtbot
         board.add_history("", name, steps, steps)
     board.add_history("", "lr", steps, steps)
     loss = board.plot_for("loss")
-    assert [label.text for _, label in loss.legend.items] == ["total", "CE", "KD"]
-    assert loss.legend.isVisible() and not board.plot_for("lr").legend.isVisible()
+    assert [metric for metric, _, _ in loss.legend_entries()] == ["total", "CE", "KD"]
+    title = loss.getPlotItem().titleLabel.text
+    assert title.index("total") < title.index("CE") < title.index("KD")
+    assert "lr" not in board.plot_for("lr").getPlotItem().titleLabel.text  # one curve: no key
+    # No legend box over the data: the newest points (at the right edge) are never covered.
+    assert all(plot.getPlotItem().legend is None for plot in board.plots)
 
 
 def test_plot_board_keeps_its_redraws_within_a_share_of_the_gui_thread(qtbot):

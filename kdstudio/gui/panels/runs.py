@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -281,19 +280,27 @@ class RunsPanel(Panel):
         chosen = self.selected_runs()
         ids = [r.id for r in chosen]
         if ids != self._shown:
-            self._shown = ids
-            self.board.clear()
-            self.board.overlay = len(chosen) > 1  # one run: a colour per metric
-            self._tail = {}
-            for r in chosen:
-                self.board.set_run_label(str(r.id), r.name if len(chosen) > 1 else "")
-                self.board.set_run_method(str(r.id), r.method)
-            self.tail()
-            gpu = self.board.plot_for("gpu_mem_gb")
-            if gpu is not None and chosen and self.board.point_count("gpu_mem_gb") == 0:
-                gpu.set_empty_text("no GPU: CPU runs")
+            self.show_curves(chosen)
         self.fill_evaluations()
         self.update_buttons()
+
+    def show_curves(self, chosen: list[runs.Run]) -> None:
+        """Curves of the chosen runs: one run in a colour per metric, several in a colour
+        per run. Adding a run loads only that run; removing one takes only its curves away."""
+        wanted = {r.id for r in chosen}
+        for run_id in [i for i in self._shown if i not in wanted]:
+            self.board.remove_run(str(run_id))
+            self._tail.pop(run_id, None)
+        for r in chosen:
+            self.board.set_run_label(str(r.id), r.name)
+            if r.id not in self._tail:
+                self.board.set_run_method(str(r.id), r.method)
+        self.board.overlay = len(chosen) > 1
+        self._shown = [r.id for r in chosen]
+        self.tail()
+        gpu = self.board.plot_for("gpu_mem_gb")
+        if gpu is not None and chosen and self.board.point_count("gpu_mem_gb") == 0:
+            gpu.set_empty_text("no GPU: CPU runs")
 
     def update_buttons(self) -> None:
         chosen = self.selected_runs()
@@ -315,16 +322,9 @@ class RunsPanel(Panel):
         if self.ws is None or not self.isVisible() and self._tail:
             return
         for run_id in self._shown:
-            rows = self.ws.metrics(run_id, after_rowid=self._tail.get(run_id, 0))
-            if not rows:
-                continue
-            self._tail[run_id] = rows[-1]["rowid"]
-            by_name: dict[str, list[tuple[int, float]]] = {}
-            for r in rows:
-                by_name.setdefault(r["name"], []).append((r["step"], r["value"]))
-            for name, points in by_name.items():
-                arr = np.asarray(points, dtype=float)
-                self.board.add_history(str(run_id), name, arr[:, 0], arr[:, 1])
+            self._tail[run_id] = self.board.load_stored(
+                self.ws, run_id, str(run_id), self._tail.get(run_id, 0)
+            )
         if self.isVisible():
             self.refresh()  # statuses and steps of runs other processes write
 
