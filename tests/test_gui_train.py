@@ -70,6 +70,7 @@ def test_train_panel_runs_a_tiny_student_and_the_plots_fill(qtbot, window, stude
     )
     assert 'collection = "answers"' in panel.toml_view.toPlainText()
     job = panel.start()
+    assert panel.progress.maximum() == 12  # the configured steps from the start, not "of 100"
     with qtbot.waitSignal(job.ended, timeout=120_000):
         pass
     assert job.outcome == "succeeded", job.error
@@ -80,6 +81,54 @@ def test_train_panel_runs_a_tiny_student_and_the_plots_fill(qtbot, window, stude
     assert "finished" in panel.message.text
     saved = panel.ws.root / "configs" / "t12.toml"
     assert saved.exists() and "max_steps = 12" in saved.read_text()
+
+
+def test_a_refused_start_says_why_and_is_not_left_setting_up(qtbot, window, student):
+    from kdstudio.distill import runs
+
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=5, name="taken")
+    runs.create_run(panel.ws, panel.build_config().resolved())  # the name is in use
+    job = panel.start()
+    assert "setting up" in panel.progress_label.text()
+    with qtbot.waitSignal(job.ended, timeout=60_000):
+        pass
+    assert job.outcome == "errored"
+    label = panel.progress_label.text()
+    assert "setting up" not in label and "did not start" in label and "already exists" in label
+    assert panel.message.level == "error" and panel.start_button.isEnabled()
+
+
+def test_the_form_is_restored_when_the_window_opens_again(qtbot, window, student, tmp_path):
+    from kdstudio.gui.main_window import MainWindow
+
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=321, name="remembered")
+    panel.forms["distill"].set_values({"method": "sparse_kd", "kd_weight": 0.25})
+    panel.use_lora.setChecked(True)
+    panel.update_cli()
+    again = MainWindow(window.ws)  # the same settings: as if reopened
+    qtbot.addWidget(again)
+    restored = again.panels["train"]
+    assert restored.config_dict() == panel.config_dict()
+    assert restored.build_config().optim.max_steps == 321 and restored.use_lora.isChecked()
+    assert restored.build_config().distill.kd_weight == 0.25
+
+
+def test_copy_command_writes_the_toml_it_names(window, student):
+    import shlex
+
+    from PySide6.QtGui import QGuiApplication
+
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=7, name="copied")
+    panel.update_cli()
+    path = panel.ws.root / "configs" / "copied.toml"
+    assert not path.exists()
+    panel.copy_command()
+    command = QGuiApplication.clipboard().text()
+    named = shlex.split(command)[shlex.split(command).index("--config") + 1]
+    assert named == str(path) and path.exists() and "max_steps = 7" in path.read_text()
 
 
 def test_a_bad_form_value_is_an_inline_message_naming_the_key(window, student):
@@ -109,8 +158,13 @@ def test_stop_saves_a_checkpoint_and_resume_continues_the_same_curve(qtbot, wind
     runs_panel.refresh()
     runs_panel.select_run("long")
     assert runs_panel.resume_button.isEnabled()
+    said = [line for line in panel.log.toPlainText().splitlines() if line.startswith("stopped")]
+    assert said
     runs_panel.resume_selected()  # -> the Train panel resumes it
     assert window.tabs.currentWidget() is panel
+    assert panel.progress.maximum() == 400 and panel.progress.value() == stopped_at
+    log = panel.log.toPlainText()  # what the run said before is still there
+    assert all(line in log for line in said) and f"resuming long from step {stopped_at}" in log
     job = panel.job
     qtbot.waitUntil(lambda: panel.progress.value() >= stopped_at + 2, timeout=120_000)
     panel.stop()

@@ -79,6 +79,16 @@ class ImportResult:
             text += f"; answers stored in collection {self.collection!r}"
         return text
 
+    def describe_skipped(self) -> str:
+        """'skipped 3 bad lines: lines 3, 7-9' ('' when none was skipped)."""
+        if not self.skipped:
+            return ""
+        unit = "row" if self.file_format == "parquet" else "line"
+        return (
+            f"skipped {plural(len(self.skipped), 'bad ' + unit)}: "
+            f"{skipped_summary(self.skipped, unit)}"
+        )
+
 
 def plural(n: int, noun: str) -> str:
     """'1 row', '2 rows', '1,000 rows'."""
@@ -346,8 +356,7 @@ def _convert_rows(writer: _Writer, items, reader, schema: Schema, skip_bad, resu
     limit = reader.max_row_bytes
     did = writer.dataset_id
     acc = store.StatsAccumulator()
-    shapes, hist = acc.shapes, acc.hist
-    total_chars, max_chars, min_chars = 0, 0, 1 << 62
+    shapes, lengths = acc.shapes, acc.lengths
     batch: list[tuple] = []
     idx = 0
     next_progress = time.time() + 0.5
@@ -380,13 +389,7 @@ def _convert_rows(writer: _Writer, items, reader, schema: Schema, skip_bad, resu
                       encode(meta) if meta else None, n, from_bytes(digest, "big", signed=True)))  # fmt: skip
         idx += 1
         shapes[shape, reference is not None] += 1
-        b = n.bit_length()
-        hist[b * 4 + ((n >> (b - 3)) & 3) if b > 2 else n] += 1
-        total_chars += n
-        if n > max_chars:
-            max_chars = n
-        if n < min_chars:
-            min_chars = n
+        lengths[n] += 1
         if len(batch) >= BATCH:
             cancel.raise_if_cancelled()
             writer.put(batch)
@@ -398,8 +401,6 @@ def _convert_rows(writer: _Writer, items, reader, schema: Schema, skip_bad, resu
     if batch:
         writer.put(batch)
     result.n_rows = idx
-    acc.total_chars, acc.max_chars = total_chars, max_chars
-    acc.min_chars = min_chars if idx else 0
     return acc
 
 

@@ -6,6 +6,7 @@ torchrun shows up and updates live: a timer tails `ws.metrics(run_id, after_rowi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,21 @@ def _total(run: runs.Run) -> Any:
     return run.summary.get("total_steps") or (run.config.get("optim", {}).get("max_steps") or None)
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:.4f}" if isinstance(x, (int, float)) else ""
+@dataclass(frozen=True)
+class RunRow:
+    """A run as the table shows it: its record and the latest value of each metric, read by
+    the one function `kdstudio runs list` reads them with (`runs.latest_metrics`), so a
+    running run shows the same loss in both at the same moment."""
+
+    run: runs.Run
+    latest: dict[str, tuple[int, float]]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.run, name)
+
+    def metric(self, name: str) -> str:
+        """As `runs list` prints it (4 decimals), or nothing before the first value."""
+        return f"{self.latest[name][1]:.4f}" if name in self.latest else ""
 
 
 RUN_COLUMNS = [
@@ -66,11 +80,11 @@ RUN_COLUMNS = [
         lambda r: f"{r.step:,}" + (f" / {_total(r):,}" if _total(r) else ""),
         align_right=True,
     ),
-    Column("Loss", lambda r: _fmt(r.summary.get("loss")), align_right=True),
-    Column("Eval loss", lambda r: _fmt(r.summary.get("eval_loss")), align_right=True),
+    Column("Loss", lambda r: r.metric("loss"), align_right=True),
+    Column("Eval loss", lambda r: r.metric("eval_loss"), align_right=True),
     Column("GPUs", lambda r: r.world_size, align_right=True),
     Column("Updated", lambda r: fmt_time(r.updated_at)),
-    Column("Error", lambda r: r.error or "", tooltip=True),
+    Column("Error", lambda r: r.error or "", tooltip=True),  # elided to the width left
 ]
 
 
@@ -110,7 +124,15 @@ class RunsPanel(Panel):
         self.model = ListTableModel(RUN_COLUMNS)
         self.table = row_table(self.model, Selection.ExtendedSelection)
         self.table.setAlternatingRowColors(True)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        # Every column as wide as its longest value (a running run's "1,200 / 1,200"
+        # included, as it grows); the error takes what is left, elided, whole in a tooltip.
+        header = self.table.horizontalHeader()
+        for i, column in enumerate(RUN_COLUMNS):
+            mode = QHeaderView.ResizeMode.ResizeToContents
+            header.setSectionResizeMode(
+                i, QHeaderView.ResizeMode.Stretch if column.tooltip else mode
+            )
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.selectionModel().selectionChanged.connect(self.on_selection_changed)
 
         self.resume_button = QPushButton("Resume")
@@ -241,7 +263,7 @@ class RunsPanel(Panel):
         if self.ws is None:
             return
         selected = {r.name for r in self.selected_runs()}
-        all_runs = runs.list_runs(self.ws)
+        all_runs = [RunRow(r, runs.latest_metrics(self.ws, r.id)) for r in runs.list_runs(self.ws)]
         old = [r.name for r in self.model.rows]
         if old == [r.name for r in all_runs]:
             for i, r in enumerate(all_runs):
@@ -249,7 +271,6 @@ class RunsPanel(Panel):
                     self.model.replace_row(i, r)
         else:
             self.model.set_rows(all_runs)
-            self.table.resizeColumnsToContents()
             for i, r in enumerate(all_runs):
                 if r.name in selected:
                     self.table.selectionModel().select(
@@ -267,7 +288,7 @@ class RunsPanel(Panel):
             self.message.clear()
         self.update_buttons()
 
-    def selected_runs(self) -> list[runs.Run]:
+    def selected_runs(self) -> list[RunRow]:
         return [self.model.row(i.row()) for i in self.table.selectionModel().selectedRows()]
 
     def select_run(self, name: str) -> None:
@@ -284,7 +305,7 @@ class RunsPanel(Panel):
         self.fill_evaluations()
         self.update_buttons()
 
-    def show_curves(self, chosen: list[runs.Run]) -> None:
+    def show_curves(self, chosen: list[RunRow]) -> None:
         """Curves of the chosen runs: one run in a colour per metric, several in a colour
         per run. Adding a run loads only that run; removing one takes only its curves away."""
         wanted = {r.id for r in chosen}
