@@ -176,7 +176,7 @@ class RunsPanel(Panel):
         buttons.addWidget(self.job_label, 1)
         self.cancel_button.hide()
 
-        self.board = PlotBoard(overlay=True)
+        self.board = PlotBoard(overlay=True, settings_key="runs")
         self.board_hint = hint(
             "Select one or more runs to overlay their curves. Running runs (also ones started from the CLI or torchrun) update live."
         )
