@@ -117,11 +117,13 @@ def test_discard_drops_the_edit_and_an_unchanged_editor_asks_nothing(panel, monk
 def test_ctrl_enter_saves_the_edit(panel, qtbot):
     from PySide6.QtCore import Qt
 
+    from kdstudio.gui.testing import key_chord
+
     panel.table.selectRow(done_rows(panel)[0])
     item = panel.detail.item
     panel.start_edit()
     panel.editor.setPlainText("Saved by keyboard.")
-    qtbot.keyClick(panel.editor, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    key_chord(qtbot, panel.editor, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     assert stored(panel, item).response == "Saved by keyboard."
     assert panel.response_stack.currentWidget() is panel.response_view
 

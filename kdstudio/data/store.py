@@ -257,6 +257,19 @@ def get_row(ws: Workspace, dataset: str | int | DatasetInfo, idx: int) -> Datase
     return _row(r)
 
 
+def rows_by_id(ws: Workspace, row_ids: Iterable[int]) -> dict[int, DatasetRow]:
+    """Rows by their id (whatever their dataset): what an evaluation or a collection item
+    refers to. Ids that are gone are left out."""
+    ids = sorted({int(i) for i in row_ids})
+    found: dict[int, DatasetRow] = {}
+    for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for r in ws.query(f"SELECT {ROW_COLUMNS} FROM dataset_rows WHERE id IN ({marks})", chunk):
+            found[r["id"]] = _row(r)
+    return found
+
+
 def iter_rows(
     ws: Workspace,
     dataset: str | int | DatasetInfo,

@@ -60,8 +60,6 @@ class MainWindow(QMainWindow):
         self.ws: Workspace | None = None
         self.setWindowTitle("kdstudio")
         self.setAcceptDrops(True)
-        self.message = MessageBar(self)
-        self.message.action_triggered.connect(self.open_workspace_dialog)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.panels: dict[str, Panel] = {}
@@ -79,9 +77,12 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        layout.addWidget(self.message)
         layout.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
+        # Over the top of the window, not in its layout: the rare message about the
+        # workspace itself moves nothing when it appears.
+        self.message = MessageBar(central, overlay=True)
+        self.message.action_triggered.connect(self.open_workspace_dialog)
         self.workspace_label = QLabel()
         self.jobs_label = QLabel()
         self.statusBar().addPermanentWidget(self.jobs_label)
@@ -120,6 +121,13 @@ class MainWindow(QMainWindow):
         view.addAction(
             self.action("&Refresh", QKeySequence.StandardKey.Refresh, self.refresh_current)
         )
+
+        actions = self.menuBar().addMenu("&Actions")
+        for panel in self.panels.values():
+            for text, keys, method in panel.window_actions:
+                act = self.action(text, keys, self.trigger_panel_action)
+                act.setData((panel.key, method))
+                actions.addAction(act)
 
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self.action("&About kdstudio", None, self.show_about))
@@ -162,6 +170,27 @@ class MainWindow(QMainWindow):
         self.open_workspace(self.sender().data())
 
     @Slot()
+    def trigger_panel_action(self) -> None:
+        """A panel's command from the window (any panel may have the focus)."""
+        key, method = self.sender().data()
+        getattr(self.panels[key], method)()
+
+    def shortcut_lines(self) -> list[str]:
+        """What Help lists: the window's keys and every panel's window actions."""
+        panel_keys = " · ".join(
+            f"{keys} {text.replace('&', '').rstrip('…').lower()}"
+            for panel in self.panels.values()
+            for text, keys, _ in panel.window_actions
+        )
+        return [
+            f"Ctrl+1…{len(self.panels)} panels · Ctrl+O open workspace · Ctrl+I import a "
+            "dataset · F5 refresh",
+            panel_keys,
+            "Ctrl+Enter start (Collect, Train) · Outputs: Ctrl+F search · A accept · R reject · "
+            "E edit · Ctrl+Enter save an edit",
+        ]
+
+    @Slot()
     def show_panel_from_action(self) -> None:
         self.show_panel(self.sender().data())
 
@@ -188,10 +217,7 @@ class MainWindow(QMainWindow):
             "About kdstudio",
             f"<b>kdstudio {__version__}</b><p>A desktop studio for knowledge distillation of "
             "language models: teachers, prompts, outputs, training and evaluation, in one "
-            "workspace.</p><p><b>Keyboard</b><br>"
-            "Ctrl+1…6 panels · Ctrl+O open workspace · Ctrl+I import a dataset · F5 refresh<br>"
-            "Ctrl+N add a teacher · Ctrl+Enter start (Collect, Train) · Ctrl+. stop training<br>"
-            "Outputs: Ctrl+F search · A accept · R reject · E edit</p>",
+            "workspace.</p><p><b>Keyboard</b><br>" + "<br>".join(self.shortcut_lines()) + "</p>",
         )
 
     # -- workspace -----------------------------------------------------------------------
@@ -224,7 +250,11 @@ class MainWindow(QMainWindow):
         gui_settings.set_last_workspace(ws.root)
         gui_settings.add_recent("workspaces", ws.root)
         self.workspace_label.setText(f"workspace: {ws.root}")
-        self.setWindowTitle(f"kdstudio — {ws.root.name}")
+        # Ending in the application's display name, so the platform does not add it a
+        # second time ("kdstudio — ws — kdstudio"): "ws — kdstudio" on every system.
+        self.setWindowTitle(
+            f"{ws.root.name} — {QApplication.applicationDisplayName() or 'kdstudio'}"
+        )
         self.message.clear()
         for panel in self.panels.values():
             panel.set_workspace(ws)

@@ -293,7 +293,7 @@ class DatasetsPanel(Panel):
         self.importer = dialog
         if len(files) > 1:
             self.message.show_message(
-                f"Importing {files[0].name}; drop the other {len(files) - 1} file(s) one at a time.",
+                f"Importing {files[0].name}; drop the other {plural(len(files) - 1, 'file')} one at a time.",
                 "info",
             )
 

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from kdstudio import evaluate as ev
+from kdstudio.data import store
 from kdstudio.distill import runs
 from kdstudio.errors import UserError
 from kdstudio.events import Progress
@@ -93,8 +94,25 @@ def _score(item: Any, side: str) -> str:
     return "" if value is None else f"{value:.3f}"  # as the summary shows them
 
 
+@dataclass(frozen=True)
+class EvalRow:
+    """A held-out prompt of an evaluation with the dataset row it came from (its system
+    turn, earlier turns and reference answer); `row` is None when that row is gone."""
+
+    item: ev.EvalItem
+    row: store.DatasetRow | None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.item, name)
+
+    @property
+    def system(self) -> str:
+        return (self.row.system or "") if self.row else ""
+
+
 EVAL_COLUMNS = [
     Column("#", lambda it: it.idx, align_right=True),
+    Column("System", lambda it: it.system, tooltip=True, max_chars=60),
     Column("Prompt", lambda it: it.prompt, tooltip=True, max_chars=80),
     Column("Teacher", lambda it: it.teacher, tooltip=True, max_chars=60),
     Column("Student before", lambda it: it.student_before, tooltip=True, max_chars=60),
@@ -503,8 +521,12 @@ class RunsPanel(Panel):
             )
             return
         e = ev.get_evaluation(self.ws, eval_id)
+        items = ev.eval_items(self.ws, eval_id)
+        rows = store.rows_by_id(self.ws, [it.row_id for it in items if it.row_id is not None])
         self.summary_view.setHtml(summary_html(e))
-        self.items_model.set_rows(ev.eval_items(self.ws, eval_id))
+        self.items_model.set_rows([EvalRow(it, rows.get(it.row_id)) for it in items])
+        # a System column only when some prompt has a system turn
+        self.items_table.setColumnHidden(1, not any(r.system for r in self.items_model.rows))
         if self.items_model.rowCount():
             self.items_table.selectRow(0)
 
@@ -530,10 +552,27 @@ class RunsPanel(Panel):
                 )
             return f"<div style='white-space:pre-wrap'>{escape(text)}</div>{tail}"
 
-        self.side["prompt"].setHtml(block(it.prompt))
+        self.side["prompt"].setHtml(prompt_html(it))
         self.side["teacher"].setHtml(block(it.teacher))
         self.side["before"].setHtml(block(it.student_before, m.get("before")))
         self.side["after"].setHtml(block(it.student_after, m.get("after")))
+
+
+def prompt_html(it: EvalRow) -> str:
+    """The prompt as the student saw it: the system turn and earlier turns before the
+    question, and the dataset's reference answer when it has one."""
+    turns = it.row.messages if it.row else [{"role": "user", "content": it.prompt}]
+    parts = [
+        f"<p><b>{escape(m.get('role', ''))}</b><br>"
+        f"<span style='white-space:pre-wrap'>{escape(str(m.get('content', '')))}</span></p>"
+        for m in turns
+    ]
+    if it.row and it.row.reference:
+        parts.append(
+            "<p style='color:gray'><b>reference answer (from the dataset)</b><br>"
+            f"<span style='white-space:pre-wrap'>{escape(it.row.reference)}</span></p>"
+        )
+    return "".join(parts)
 
 
 def summary_html(e: ev.Evaluation) -> str:

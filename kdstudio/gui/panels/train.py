@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 
 from kdstudio import outputs
 from kdstudio.config import dumps_toml
+from kdstudio.data.importer import plural
 from kdstudio.distill import runs
 from kdstudio.distill.config import (
     DataConfig,
@@ -130,6 +131,7 @@ def log_line(kind: str, event: dict[str, Any]) -> str | None:
 class TrainPanel(Panel):
     title = "Train"
     key = "train"
+    window_actions = (("&Stop training", "Ctrl+.", "stop"),)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -210,7 +212,6 @@ class TrainPanel(Panel):
         self.start_button.setToolTip("Start a run with this config (Ctrl+Enter)")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Finish the current step, save a checkpoint and stop (Ctrl+.)")
-        self.add_shortcut("Ctrl+.", self.stop)
         self.resume_box = QComboBox()
         self.resume_box.setMinimumWidth(160)
         self.resume_button = QPushButton("Resume")
@@ -582,8 +583,7 @@ class TrainPanel(Panel):
         summary = "Pre-flight passed (" + ", ".join(facts) + ")"
         if report.notes:
             self.message.show_message(
-                f"{summary} with {len(report.notes)} warning"
-                f"{'s' * (len(report.notes) > 1)}: {report.notes[0]}",
+                f"{summary} with {plural(len(report.notes), 'warning')}: {report.notes[0]}",
                 "warning",
             )
         else:
