@@ -242,3 +242,19 @@ def test_the_view_shades_against_its_own_palette_in_dark_mode(qtbot):
     view.setPalette(dark)
     view.show_tokens(tokens(b"maybe", probs=[0.6]), "maybe")
     assert colour_for(0.6, QColor("#1e1e1e")) in view.toHtml()
+
+
+def test_switching_to_a_dark_palette_shades_the_shown_answer_again(qtbot):
+    from PySide6.QtGui import QColor, QPalette
+
+    from kdstudio.gui.tokenview import TokenView, colour_for
+
+    view = TokenView()
+    qtbot.addWidget(view)
+    view.show_tokens(tokens(b"maybe", probs=[0.6]), "maybe")
+    light = colour_for(0.6, view.palette().color(QPalette.ColorRole.Base))
+    assert light in view.toHtml()
+    dark = view.palette()
+    dark.setColor(QPalette.ColorRole.Base, QColor("#1e1e1e"))
+    view.setPalette(dark)  # after the answer is shown, as when the system turns dark
+    assert colour_for(0.6, QColor("#1e1e1e")) in view.toHtml() and light not in view.toHtml()

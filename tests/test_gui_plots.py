@@ -224,3 +224,37 @@ def test_stored_curves_load_whole_then_tail_without_repeats(board, ws):
     loss = next(s for k, s in board.plot_for("loss").series.items() if k.endswith("loss"))
     xs, ys = loss.buffer.view()
     assert list(xs) == sorted(xs) and ys[-1] == 0.5
+
+
+def test_log_y_does_not_count_as_a_zoom_and_clears_the_outlier_note(board):
+    loss = healthy_and_diverged(board)
+    assert board.outlier_note.text()
+    board.controls.log_y.setChecked(True)
+    board.flush()
+    assert loss._follow and not loss.outliers and board.outlier_note.text() == ""
+    board.controls.log_y.setChecked(False)
+    board.flush()
+    assert loss._follow and board.outlier_note.text()
+
+
+def test_a_plot_whose_curves_all_went_shows_no_values_again(board):
+    board.add_history("a", "grad_norm", np.arange(1.0, 101.0), np.linspace(1, 2, 100))
+    board.add_history("b", "loss", np.arange(1.0, 101.0), np.linspace(3, 1, 100))
+    board.flush()
+    plot = board.plot_for("grad_norm")
+    assert plot.getPlotItem().getAxis("left").style["showValues"]
+    board.remove_run("a")  # run b has no grad norm
+    board.flush()
+    assert plot.empty.isVisible() and not plot.getPlotItem().getAxis("left").style["showValues"]
+    assert not board.plot_for("loss").empty.isVisible()
+
+
+def test_histogram_labels_keep_apart_and_end_at_the_data_min_and_max():
+    from kdstudio.gui.plots import spaced
+
+    edges = [(16.5, 23), (33.5, 128), (34.5, 160), (35.5, 176), (48.5, 2048), (49.5, 2100)]
+    chosen = spaced(edges, 5)
+    assert chosen[0] == (16.5, 23) and chosen[-1] == (49.5, 2100)
+    positions = [p for p, _ in chosen]
+    assert all(b - a >= (49.5 - 16.5) / 4 for a, b in zip(positions, positions[1:], strict=False))
+    assert spaced(edges[:2], 5) == edges[:2]

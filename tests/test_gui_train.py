@@ -64,6 +64,7 @@ def test_train_panel_runs_a_tiny_student_and_the_plots_fill(qtbot, window, stude
     panel = window.show_panel("train")
     fill_form(panel, student, steps=12, name="t12")
     panel.update_cli()
+    assert panel.progress.text() == "0 / 12 steps"  # before any run: the form's steps
     assert (
         "kdstudio --workspace" in panel.command_view.text()
         and "train --config" in panel.command_view.text()

@@ -74,7 +74,7 @@ LEVELS = (4, 16, 64, 256, 1024, 4096, 16384, 65536)  # bucket sizes of the pyram
 # curves get the wider pen; raw curves behind smoothed ones are always hairlines.
 THICK_BELOW = 500  # drawn points
 THICK, THIN = 1.6, 1.0
-RAW_ALPHA = 60  # the raw curve behind a smoothed one: faint, same colour
+RAW_ALPHA = 80  # the raw curve behind a smoothed one: faint, same colour (seen on dark too)
 MAX_SMOOTHING = 0.99
 DEFAULT_SMOOTHING = 0.6  # TensorBoard's default
 # A curve is left out of the default y range when it runs more than this many times the
@@ -393,7 +393,12 @@ class MetricPlot(BasePlot):
     def set_view_options(self, smoothing: float, log_y: bool, ignore_outliers: bool) -> None:
         if log_y != self.log_y:
             self.log_y = log_y
-            self.getPlotItem().setLogMode(y=log_y)
+            self._setting_range = True  # not the user's zoom: the axis changed its units
+            try:
+                self.getPlotItem().setLogMode(y=log_y)
+            finally:
+                self._setting_range = False
+            self._follow, self._fitted = True, {}  # a range in the old units means nothing
         self.ignore_outliers = ignore_outliers
         if smoothing != self.smoothing:
             self.smoothing = smoothing
@@ -639,6 +644,9 @@ class MetricPlot(BasePlot):
                 self.getPlotItem().removeItem(series.curve)
                 self.getPlotItem().removeItem(series.raw_curve)
         self._fit_key, self._range_dirty = (), True
+        if not self.point_count():  # nothing left: no axis values from the curves gone
+            self.clear_series()
+            return
         self.update_title()
         self._changed()
 
@@ -697,7 +705,7 @@ class HistogramPlot(BasePlot):
     bounds; an empty histogram shows no ticks.
     """
 
-    MAX_LABELS = 6
+    MAX_LABELS = 5
 
     def __init__(self, title: str, x_label: str = "", parent: QWidget | None = None) -> None:
         super().__init__(title, "", x_label, parent)
@@ -728,14 +736,27 @@ class HistogramPlot(BasePlot):
         edges = [(x[0] - 0.5, smallest)]
         edges += [(p - 0.5, max(lo, smallest)) for p, lo, _ in buckets[1:]]
         edges.append((x[-1] + 0.5, largest))
-        step = max(1, math.ceil((len(edges) - 1) / (self.MAX_LABELS - 1)))
-        chosen = edges[:-1:step] + [edges[-1]]
-        self.ticks = [(pos, _short(value)) for pos, value in chosen]
+        self.ticks = [(pos, _short(value)) for pos, value in spaced(edges, self.MAX_LABELS)]
+        if smallest == largest:  # one length: one label, under its bar
+            self.ticks = [(float(x[0]), _short(smallest))]
         self.getPlotItem().getAxis("bottom").setTicks([self.ticks, []])
         self.getPlotItem().getViewBox().setRange(
             xRange=(x[0] - 0.6, x[-1] + 0.6), yRange=(0, max(k for _, _, k in buckets))
         )
         self.set_empty(False)
+
+
+def spaced(edges: list[tuple[float, int]], most: int) -> list[tuple[float, int]]:
+    """At most `most` of `edges` (position, value), the first and the last always, the
+    others only where they keep a fair share of the axis clear (labels never overlap)."""
+    if len(edges) <= 2:
+        return edges
+    gap = (edges[-1][0] - edges[0][0]) / (most - 1)
+    kept = [edges[0]]
+    for edge in edges[1:-1]:
+        if edge[0] - kept[-1][0] >= gap and edges[-1][0] - edge[0] >= gap:
+            kept.append(edge)
+    return [*kept, edges[-1]]
 
 
 def _short(n: int) -> str:
@@ -945,7 +966,8 @@ class PlotBoard(QWidget):
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().showEvent(event)
-        self._wake()  # hidden plots kept their changes: draw them now
+        self._next_redraw = 0.0  # hidden plots kept their changes: draw them now,
+        self._wake()  # as the user looks, not after the budget of the last redraw
 
     def run_colour(self, run: str) -> str:
         """The run's colour: the first free one, kept while the run is shown."""

@@ -90,6 +90,7 @@ class TokenView(QTextBrowser):
         self.viewport().setMouseTracking(True)
         self.viewport().installEventFilter(self)
         self.tl: TokenLogprobs | None = None
+        self._response = ""
         self._starts: list[int] = []
 
     def show_text(self, text: str) -> None:
@@ -104,7 +105,7 @@ class TokenView(QTextBrowser):
     def show_tokens(self, tl: TokenLogprobs, response: str = "") -> None:
         """Render the tokens of `response`; remembers where each starts for the hover
         lookup. Special tokens outside the answer show as a muted marker."""
-        self.tl = tl
+        self.tl, self._response = tl, response
         base = self.palette().color(QPalette.ColorRole.Base)
         muted = self.palette().color(QPalette.ColorRole.PlaceholderText).name()
         parts, starts, pos = [], [], 0
@@ -124,6 +125,12 @@ class TokenView(QTextBrowser):
             )
         self._starts = starts
         self.setHtml(f'<div style="white-space: pre-wrap">{"".join(parts)}</div>')
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt's name
+        """Light <-> dark: shade again against the new background."""
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange and getattr(self, "tl", None) is not None:
+            self.show_tokens(self.tl, self._response)
 
     def token_at(self, char_pos: int) -> int | None:
         if not self._starts:

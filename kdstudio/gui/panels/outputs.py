@@ -345,15 +345,16 @@ class OutputsPanel(Panel):
     def set_filter_state(self, state: dict[str, object]) -> None:
         """Put a collection's search and filters back, without a query per widget."""
         for key, w in self._filter_widgets().items():
-            w.blockSignals(True)
-            if isinstance(w, QLineEdit):
+            if isinstance(w, QLineEdit):  # its own signals too (the clear button follows)
                 w.setText(str(state[key]))
-            elif isinstance(w, QComboBox):
+                continue
+            w.blockSignals(True)
+            if isinstance(w, QComboBox):
                 w.setCurrentIndex(int(state[key]))
             else:
                 w.setValue(state[key])
             w.blockSignals(False)
-        self._debounce.stop()
+        self._debounce.stop()  # the search text's change: one query, by the caller
 
     def current_filter(self) -> outputs.ItemFilter:
         lp = self.logprobs.currentIndex()

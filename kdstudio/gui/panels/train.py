@@ -231,8 +231,10 @@ class TrainPanel(Panel):
         controls.addWidget(self.resume_button)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
+        self.progress.setRange(0, OptimConfig().max_steps or 1)  # set from the form below
         self.progress.setValue(0)
         self.progress_label = QLabel("No run yet.")
+        self.progress_label.setWordWrap(True)  # a long reason wraps, never widens the panel
         self.board = PlotBoard(settings_key="train")
 
         # -- bottom tabs: what the student sees, pre-flight/log, CLI ----------------------
@@ -429,6 +431,8 @@ class TrainPanel(Panel):
             return
         self.toml_view.setPlainText(self.toml_text(config))
         self.command_view.setText(self.command_for(self.config_path(config)))
+        if self.run_name is None:  # nothing run or shown yet: the steps the form sets
+            self.show_steps(0, config.optim.max_steps or None, running=False)
 
     def write_config(self, config: TrainConfig) -> Path:
         """Write the TOML the command names (workspace/configs/<run>.toml) and show the
@@ -679,14 +683,20 @@ class TrainPanel(Panel):
         self.status_changed.emit(f"training {name}")
         return job
 
-    def show_steps(self, step: int, total: int | None) -> None:
-        """The step bar: `step` of the run's configured steps; busy while unknown (a run
-        by epochs counts its steps once the data is loaded)."""
+    def show_steps(self, step: int, total: int | None, *, running: bool = True) -> None:
+        """The step bar: `step` of the configured steps (never Qt's default "of 100").
+        Unknown totals (a run by epochs counts its steps once the data is loaded) show
+        busy while running and say so when idle."""
+        self.progress.setFormat("%v / %m steps")
         if total:
             self.progress.setRange(0, total)
             self.progress.setValue(min(step, total))
-        else:
+        elif running:
             self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.progress.setFormat("steps: counted from the epochs at the start")
 
     def show_run(self, name: str) -> None:
         """Show a stored run: its config in the form, its whole curves, where it ended."""
@@ -823,7 +833,7 @@ class TrainPanel(Panel):
             summary = job.error.summary if job.error else "an error"
             self.progress_label.setText(f"Run {self.run_name} {what}: {summary}")
             if not started:
-                self.show_steps(0, self.progress.maximum() or None)
+                self.show_steps(0, self.progress.maximum() or None, running=False)
         elif job is not None and job.outcome == "cancelled" and self._step0 is None:
             self.progress_label.setText(f"Run {self.run_name}: stopped before its first step.")
         self.board.flush()
