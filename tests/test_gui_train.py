@@ -424,3 +424,20 @@ def test_plot_board_keeps_its_redraws_within_a_share_of_the_gui_thread(qtbot):
     assert drawn() == 3
     board.show()
     qtbot.waitUntil(lambda: drawn() == 4, timeout=5000)
+
+
+def test_an_overlay_legend_names_each_line_style_once(qtbot):
+    from kdstudio.gui.plots import PlotBoard
+
+    board = PlotBoard(overlay=True)
+    qtbot.addWidget(board)
+    board.set_run_method("a", "sft")
+    board.set_run_method("b", "dense_kd")
+    board.add_metrics(1, {"loss": 1.0, "ce": 1.0}, run="a")
+    board.add_metrics(1, {"loss": 1.0, "ce": 0.8, "kd": 1.2}, run="b")
+    entries = board.plot_for("loss").legend_entries()
+    assert [(metric, style) for metric, style, _ in entries] == [
+        ("total", "solid"),
+        ("CE", "dash"),
+        ("KD", "dot"),
+    ]

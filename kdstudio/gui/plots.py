@@ -396,6 +396,9 @@ class MetricPlot(BasePlot):
             self._setting_range = True  # not the user's zoom: the axis changed its units
             try:
                 self.getPlotItem().setLogMode(y=log_y)
+                # pyqtgraph turns its own auto range on with log mode; the view follows
+                # the data here instead (`_follow_data`), outliers left out
+                self.getPlotItem().getViewBox().enableAutoRange(x=False, y=False)
             finally:
                 self._setting_range = False
             self._follow, self._fitted = True, {}  # a range in the old units means nothing
@@ -664,14 +667,12 @@ class MetricPlot(BasePlot):
 
     # -- the title: legend of metrics, curves out of view -------------------------------
     def legend_entries(self) -> list[tuple[str, str, str]]:
-        """(metric label, style, colour) of each metric drawn, in legend order."""
-        seen: dict[str, tuple[tuple, str, str]] = {}
-        for s in self.series.values():
-            style = _style_of(s.curve)
-            if s.metric not in seen or s.order[1:] < seen[s.metric][0]:
-                seen[s.metric] = (s.order[1:], style, s.colour)
-        ordered = sorted(seen.items(), key=lambda item: item[1][0])
-        return [(metric, style, colour) for metric, (_, style, colour) in ordered]
+        """(metric label, style, colour) of each metric drawn, in legend order: one entry
+        per line style, named plainly ("total", not one run's "total (= CE)")."""
+        seen: dict[tuple, tuple[str, str, str]] = {}
+        for s in sorted(self.series.values(), key=lambda s: (len(s.metric), s.order)):
+            seen.setdefault(s.order[1:], (s.metric, _style_of(s.curve), s.colour))
+        return [seen[key] for key in sorted(seen)]
 
     def title_html(self, foreground: str) -> str:
         parts = [f"<b>{html.escape(self.title)}</b>"]
