@@ -10,7 +10,7 @@ level-of-detail pyramid (each bucket's min and max, kept up to date incrementall
 million-point run costs a few thousand drawn points per frame, and zooming in brings back
 full detail. bench/bench_gui.py measures this pyramid against pyqtgraph's own
 `setDownsampling(mode="peak")` + `setClipToView(True)`, which rescans every visible point
-on every frame (about 10x the GUI-thread time on a million points).
+on every frame (about 4x the GUI-thread time per frame on a million points).
 
 What a plot shows is what the data says: a single point is a marker; an axis whose data
 has one value shows that value as its only tick (no range invented around it); an empty
