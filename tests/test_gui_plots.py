@@ -258,3 +258,14 @@ def test_histogram_labels_keep_apart_and_end_at_the_data_min_and_max():
     positions = [p for p, _ in chosen]
     assert all(b - a >= (49.5 - 16.5) / 4 for a, b in zip(positions, positions[1:], strict=False))
     assert spaced(edges[:2], 5) == edges[:2]
+
+
+def test_a_histogram_of_one_length_has_one_label_under_its_bar(qtbot):
+    from kdstudio.gui.plots import HistogramPlot
+
+    hist = HistogramPlot("Rows by length", "characters")
+    qtbot.addWidget(hist)
+    hist.set_buckets([(18, 20, 5)], 20, 20, "#4c8bf5")
+    assert hist.ticks == [(18.0, "20")] and hist._is_empty is False
+    hist.set_buckets([(17, 16, 1), (40, 2048, 2)], 17, 2100, "#4c8bf5")
+    assert [label for _, label in hist.ticks][0] == "17" and hist.ticks[-1][1] == "2,100"

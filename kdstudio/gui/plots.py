@@ -711,6 +711,12 @@ class HistogramPlot(BasePlot):
     def __init__(self, title: str, x_label: str = "", parent: QWidget | None = None) -> None:
         super().__init__(title, "", x_label, parent)
         self.getPlotItem().hideAxis("left")
+        # The first and last labels sit on the outer edges (the data's min and max): draw
+        # them even where they pass the axis' ends, with room left for them on both sides.
+        # (pyqtgraph lets a label pass an axis' end by this many pixels only without a grid)
+        self.getPlotItem().showGrid(x=False, y=False)
+        self.getPlotItem().getAxis("bottom").setStyle(hideOverlappingLabels=40)
+        self.getPlotItem().layout.setContentsMargins(18, 4, 22, 4)
         self.setMouseEnabled(False, False)
         self.getPlotItem().hideButtons()
         self.bars: pg.BarGraphItem | None = None
