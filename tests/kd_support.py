@@ -35,7 +35,9 @@ def sharpen_head(model_dir: Path, factor: float) -> Path:
 def make_kd_models(root: Path) -> SimpleNamespace:
     """Tiny models: `student` (tokenizer `tok`), `teacher` (same tokenizer, other weights,
     peaked head), `padded` (same tokenizer, 16 extra padding rows), `foreign` (a tokenizer
-    trained on other text), `partial` (a student whose tokenizer lacks MISSING)."""
+    trained on other text), `partial` (a student whose tokenizer lacks MISSING), `sp` (a
+    SentencePiece-style student with a ChatML template, trained on the same text: another
+    tokenizer of the same words)."""
     from support.train_data import memorisable_pairs, texts_of
 
     from kdstudio.demo.tiny import make_model, make_tokenizer
@@ -53,6 +55,8 @@ def make_kd_models(root: Path) -> SimpleNamespace:
     ns.foreign = make_model(root / "foreign", foreign_tok, seed=3, layers=1, hidden=32)
     partial_tok = make_tokenizer(root / "partial-tok", PARTIAL_TEXTS, vocab_size=380)
     ns.partial = make_model(root / "partial", partial_tok, seed=4, layers=1, hidden=32)
+    sp_tok = make_tokenizer(root / "sp-tok", texts, vocab_size=640, style="sentencepiece")
+    ns.sp = make_model(root / "sp", sp_tok, seed=5, layers=1, hidden=32)
     return ns
 
 
