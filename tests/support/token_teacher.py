@@ -79,7 +79,7 @@ class TokenTeacher:
         key = json.dumps([body.get("messages"), body.get("seed")], sort_keys=True)
         rng = random.Random(hashlib.sha256(key.encode()).digest())
         ids: list[int] = []
-        for _ in range(rng.randint(3, 7)):
+        for _ in range(rng.randint(6, 10)):
             word = rng.choice(self.words)
             if word in self.splits and rng.random() < 0.3:
                 ids += list(self.splits[word])
@@ -90,7 +90,16 @@ class TokenTeacher:
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if limit is not None:
             ids = ids[: int(limit)]
+            while not self._whole(ids):  # never stop inside a character
+                ids.pop()
         return [*ids, self.eos]
+
+    def _whole(self, ids: list[int]) -> bool:
+        try:
+            b"".join(self.vocab.of(i) or b"" for i in ids).decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
 
     def answer(self, body: dict[str, Any], k: int) -> tuple[str, list[dict], str]:
         """(content, logprobs content entries, finish reason) rendered in this teacher's style."""
