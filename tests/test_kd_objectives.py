@@ -278,9 +278,8 @@ def test_dense_kd_across_tokenizers_trains_a_sentencepiece_student(ws, kd_models
     """A ChatML/SentencePiece student and a byte-level teacher: the teacher reads each example
     in its own template and tokens, and every student response token gets its distribution
     (the end of turn from the teacher's own end token)."""
-    from support.train_data import make_collection, memorisable_pairs
-
     from kd_support import metric_series, train
+    from support.train_data import make_collection, memorisable_pairs
 
     make_collection(ws, "pairs", memorisable_pairs(16))
     add_local_teacher(ws, "local", kd_models.teacher)
