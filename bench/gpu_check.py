@@ -828,7 +828,6 @@ class Check:
         states at V = 151,936: the trainer's fused chunked head vs full logits."""
         import torch
         import torch.nn.functional as F
-
         from kdstudio.distill.kd import _dense_fkl_chunk, fused_head_loss
 
         n, h, v = self.sz.kd_positions, self.sz.student.hidden, self.sz.vocab

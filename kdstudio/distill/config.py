@@ -67,7 +67,10 @@ class DataConfig(Section):
         min=8,
     )
     group_by_length: bool = setting(
-        True, "Batch examples of similar length together (less padding, same results)."
+        True,
+        "Batch examples of similar length together (less padding). The batches then depend "
+        "on optim.batch_size: batch_size 4 and 2 x grad_accum 2 train identically only with "
+        "this off.",
     )
     eval_max_examples: int = setting(
         256, "Cap on held-out examples scored at each evaluation (0 = all).", min=0

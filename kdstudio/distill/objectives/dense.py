@@ -8,13 +8,15 @@ other divergences (`losses.PER_TOKEN`) go through autograd per chunk. `distill.o
 batch's prompts and the teacher scores them: those train on the divergence alone (CE of the
 student's own samples teaches nothing) and count as much as the batch they replace.
 
-Tokenizers (`check_tokenizers`, run at setup and by the pre-flight). Dense KD compares the
-two models' distributions id by id, so the tokenizers must be the same: the same token for
-every id, and the same ids for a probe text. Models of one family may differ only in padding
-rows of the embedding (e.g. a vocab_size of 152064 vs 151936 for the same 151,665 tokens):
-then both distributions are truncated to the shared rows, after checking that no token lives
-beyond them. Anything else is refused with a message naming both tokenizers and the methods
-that still work.
+Tokenizers (`check_tokenizers`, run at setup and by the pre-flight). With one tokenizer the
+two distributions are compared id by id: the same token for every id, and the same ids for a
+probe text. Models of one family may differ only in padding rows of the embedding (e.g. a
+vocab_size of 152064 vs 151936 for the same 151,665 tokens): then both distributions are
+truncated to the shared rows, after checking that no token lives beyond them. A teacher with
+another tokenizer (or `distill.align = "bytes"`/`"uld"`) reads each example in its own
+template and tokens and its distribution is moved onto the student's tokens by the byte
+alignment sparse KD uses (`objectives.cross`); `distill.align = "exact"` refuses it instead,
+with a message naming both tokenizers.
 """
 
 from __future__ import annotations
