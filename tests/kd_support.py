@@ -98,6 +98,28 @@ def collect_from_loopback(ws, server, *, n: int = 24, top_logprobs: int = 5, **k
     return "prompts.t"
 
 
+def collect_from_local(ws, path: Path, *, n: int = 8, top_logprobs: int = 4, **kw: Any) -> str:
+    """Prompts + a real collection job answered by the local teacher at `path` (greedy unless
+    `temperature` says otherwise); returns the collection's name."""
+    from collect_support import make_prompts
+
+    from kdstudio.collect import CollectConfig, collect
+
+    make_prompts(ws, n=n)
+    add_local_teacher(ws, "local", path)
+    collect(
+        CollectConfig(
+            teacher="local",
+            dataset="prompts",
+            max_tokens=8,
+            top_logprobs=top_logprobs,
+            **{"temperature": 0.0, **kw},
+        ),
+        ws,
+    )
+    return "prompts.local"
+
+
 def metric_series(ws, run: str, name: str) -> list[float]:
     from kdstudio.distill.runs import get_run
 

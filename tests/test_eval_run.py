@@ -213,22 +213,19 @@ def test_kl_to_the_teacher_and_its_nll_of_the_answers_where_the_data_allows(ws, 
     the teacher's answer (as sparse KD aligns it, checked here against a direct computation)
     and the teacher's NLL of each model's own answer (its own answers: the least surprising)."""
     import torch
-    from collect_support import make_prompts
-    from kd_support import add_local_teacher, config, train
+    from kd_support import collect_from_local, config, train
     from transformers import AutoModelForCausalLM
 
-    from kdstudio.collect import CollectConfig, collect
     from kdstudio.distill.align import align_example
     from kdstudio.distill.batches import encode_example, load_student_tokenizer
     from kdstudio.distill.losses import sparse_topk_kl_per_token
     from kdstudio.teachers.vocab import VocabBytes
 
-    make_prompts(ws, n=16)
-    add_local_teacher(ws, "local", kd_models.teacher)
-    collect(CollectConfig(teacher="local", dataset="prompts", max_tokens=8, top_logprobs=5), ws)
+    # sampled: this random teacher's greedy answers are bytes that are no UTF-8 text
+    name = collect_from_local(ws, kd_models.teacher, n=16, top_logprobs=5, temperature=1.0)
     cfg = config(
         kd_models.student,
-        "prompts.local",
+        name,
         distill={"method": "sparse_kd"},
         data={"eval_fraction": 0.25},
         optim={"max_steps": 2},
@@ -243,7 +240,7 @@ def test_kl_to_the_teacher_and_its_nll_of_the_answers_where_the_data_allows(ws, 
     assert result.summary["reference"] is None  # these prompts have no reference answers
     # one item's KL of the starting weights, computed directly
     item = next(it for it in eval_items(ws, result.id) if "n_kd" in it.metrics["before"])
-    example = next(e for e in iter_examples(ws, "prompts.local") if e.row_id == item.row_id)
+    example = next(e for e in iter_examples(ws, name) if e.row_id == item.row_id)
     tok, _ = load_student_tokenizer(str(kd_models.student))
     enc = encode_example(tok, example.messages, example.response, 64)
     tg = align_example(enc, example.response, example.logprobs, VocabBytes(tok), mode="bytes")

@@ -179,10 +179,9 @@ def test_generated_batches_keep_the_prompt_and_mask_only_the_new_tokens(ws, kd_m
 
 def test_sparse_kd_from_a_local_teacher_of_the_same_tokenizer_maps_by_token_id(ws, kd_models):
     import torch
-    from collect_support import make_prompts
+    from kd_support import collect_from_local
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdstudio.collect import CollectConfig, collect
     from kdstudio.distill.batches import load_student_tokenizer
     from kdstudio.teachers.vocab import VocabBytes
 
@@ -198,17 +197,10 @@ def test_sparse_kd_from_a_local_teacher_of_the_same_tokenizer_maps_by_token_id(w
     folder = ws.folder("ascii-teacher")
     teacher.save_pretrained(folder)
     AutoTokenizer.from_pretrained(kd_models.teacher).save_pretrained(folder)
-    make_prompts(ws, n=8)
-    add_local_teacher(ws, "local", folder)
-    collect(
-        CollectConfig(
-            teacher="local", dataset="prompts", max_tokens=8, temperature=0.0, top_logprobs=4
-        ),
-        ws,
-    )
+    name = collect_from_local(ws, folder, n=8, top_logprobs=4)
     cfg = config(
         kd_models.student,
-        "prompts.local",
+        name,
         distill={"method": "sparse_kd"},
         data={"eval_fraction": 0.0},
         optim={"max_steps": 2},

@@ -655,9 +655,7 @@ class Demo:
         distill: dict[str, Any] = {"method": self.plan.method, "kd_weight": self.plan.kd_weight}
         if self.plan.method == "dense_kd":
             distill["teacher"] = TEACHER
-        did = self.train(
-            self.train_config(STUDENT, self.student_init, self.collection, **distill)
-        )
+        did = self.train(self.train_config(STUDENT, self.student_init, self.collection, **distill))
         sft = self.train_config(SFT_STUDENT, self.student_init, self.collection, method="sft")
         return self.train(sft) or did
 
