@@ -279,9 +279,9 @@ def test_method_fields_show_only_what_applies_and_hidden_ones_stay_default(windo
     form.set_values({"method": "sft"})
     assert shown() == {"method"} and not panel.jsd_hint.isVisibleTo(panel)
     form.set_values({"method": "sparse_kd"})
-    assert shown() == {"method", "tail"} | kd
+    assert shown() == {"method", "tail", "align"} | kd
     form.set_values({"method": "dense_kd", "divergence": "fkl"})
-    assert shown() == {"method", "teacher", "divergence", "on_policy"} | kd
+    assert shown() == {"method", "teacher", "divergence", "on_policy", "align"} | kd
     form.set_values({"divergence": "jsd"})
     assert "beta" in shown() and panel.jsd_hint.isVisibleTo(panel)
     fill_form(panel, student, steps=2, name="m")
