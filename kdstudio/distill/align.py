@@ -51,7 +51,8 @@ in their own tokenizer. Everything meets on the bytes of the response:
    not on a re-tokenisation that may split it otherwise. Mode "uld": every position paired
    with the teacher token holding its first byte is trained by Universal Logit Distillation's
    sorted-probability distance (Boizard et al. 2024), for vocabularies that share no pieces.
-   Mode "auto" picks "exact" when the teacher's tokens are the student's, else "bytes".
+   Mode "auto" picks "exact" when the teacher's ids are the student's, else whichever of
+   "exact" and "bytes" reaches more response tokens on a sample (`choose_mode`).
 4. The student's end-of-turn token takes the teacher's stop-token distribution; a teacher
    that sent none (llama.cpp) costs that one position, never the example.
 
@@ -613,43 +614,48 @@ def _reencode(
 
 
 def choose_mode(
-    examples: Iterable[tuple[Encoded, str, TokenLogprobs | None]], vocab: VocabBytes, mode: str
+    examples: Iterable[tuple[Encoded, str, TokenLogprobs | None]],
+    vocab: VocabBytes,
+    mode: str,
+    *,
+    sample: int = 256,
 ) -> tuple[str, str]:
-    """(the mode to align a collection with, why). `auto` is "exact" when the teacher's tokens
-    are the student's: its ids are (in 90% of the examples), or 98% of the candidates it spelled
-    out are exactly one student token each; else "bytes". (Two real tokenizers of different
-    families share far fewer: the top-k of a teacher holds the pieces its merges made.)"""
+    """(the mode to align a collection with, why). `auto` is "exact" when the teacher's ids
+    are the student's (in 90% of the examples), else whichever of "exact" and "bytes" gives
+    the teacher's signal to more response tokens on the first `sample` examples with
+    logprobs, "exact" when it reaches 98% of what "bytes" does (its targets are the
+    teacher's own, where "bytes" approximates across token boundaries). Vocabularies alone
+    do not tell: a tokenizer trained on the same text may hold every piece of the teacher's
+    and still split the text otherwise (a SentencePiece space in front of the first word)."""
     if mode not in ALIGN_MODES:
         raise ValueError(f"align must be one of {', '.join(ALIGN_MODES)}, got {mode!r}")
     if mode != "auto":
         return mode, f"distill.align = {mode!r}"
-    n = by_ids = pieces = exact = 0
-    for _enc, response, tl in examples:
-        if tl is None or not len(tl):
-            continue
-        n += 1
-        lay = _layout(tl, vocab, response.encode("utf-8"))
-        if lay.by_ids:
-            by_ids += 1
-            continue
-        for row in lay.cands:
-            for c in row:
-                if not _opaque(c.spelled):
-                    pieces += 1
-                    exact += vocab.find(c.spelled) >= 0
-    if not n:
+    chosen = []
+    for enc, response, tl in examples:
+        if tl is not None and len(tl):
+            chosen.append((enc, response, tl))
+            if len(chosen) == sample:
+                break
+    if not chosen:
         return "bytes", "no example has logprobs"
-    if by_ids >= 0.9 * n:
+    by_ids = sum(_ids_are_students(tl, vocab, r.encode("utf-8")) for _, r, tl in chosen)
+    if by_ids >= 0.9 * len(chosen):
+        n = len(chosen)
         return "exact", f"the teacher's token ids are the student's ({by_ids:,} of {n:,} examples)"
-    share = exact / max(pieces, 1)
-    if share >= 0.98:
-        return "exact", (
-            f"{share:.1%} of the teacher's candidates are student tokens: the same tokenizer"
-        )
-    return "bytes", (
-        f"{share:.1%} of the teacher's candidates are single student tokens: another "
-        "tokenizer, aligned by bytes"
+    share = {
+        m: summarize_targets(align_example(e, r, tl, vocab, mode=m) for e, r, tl in chosen)[
+            "kd_share"
+        ]
+        for m in ("exact", "bytes")
+    }
+    figures = (
+        f"on {len(chosen):,} examples exact gives the teacher's signal to {share['exact']:.1%} "
+        f"of the response tokens, bytes to {share['bytes']:.1%}"
     )
+    if share["exact"] >= 0.98 * share["bytes"]:
+        return "exact", f"{figures}: the same tokenizer"
+    return "bytes", f"{figures}: another tokenizer, aligned by bytes"
 
 
 # -- reporting ---------------------------------------------------------------------------------
