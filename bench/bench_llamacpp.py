@@ -163,6 +163,12 @@ def train_and_score(demo, name: str, student: Path, collection: str, method: str
     return demo.score_model(name, model, tok, device)[0].accuracy
 
 
+def seeds_figure(accs: list[float]) -> str:
+    """The mean accuracy over seeds, then each seed's."""
+    mean = sum(accs) / len(accs)
+    return f"{mean:.1%}" + (f" ({' '.join(f'{a:.1%}' for a in accs)})" if len(accs) > 1 else "")
+
+
 def describe_kinds(kd: dict) -> str:
     shares = kd["kind_shares"]
     return ", ".join(f"{k} {v:.0%}" for k, v in shares.items() if v) or "-"
@@ -221,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for seed in args.seeds
             ]
-            accs[method] = sum(got) / len(got)
+            accs[method] = got
         table.append(
             [
                 label,
@@ -229,15 +235,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{kd['kd_share']:.1%}",
                 kd["align"],
                 describe_kinds(kd),
-                f"{accs['sparse_kd']:.1%}",
-                f"{accs['sft']:.1%}" if "sft" in accs else "-",
+                seeds_figure(accs["sparse_kd"]),
+                seeds_figure(accs["sft"]) if "sft" in accs else "-",
             ]
         )
         rows.append(
             Row(f"{label}: KD share / sparse_kd accuracy", f"{table[-1][2]} / {table[-1][5]}")
         )
         print(f"  {label}: {table[-1]}", flush=True)
-    header = ["STUDENT", "TEACHER", "KD SHARE", "ALIGN", "KINDS", "SPARSE_KD", "SFT"]
+    header = ["STUDENT", "TEACHER", "KD SHARE", "ALIGN", "KINDS", "SPARSE_KD (SEEDS)", "SFT"]
     widths = [max(len(r[k]) for r in [header, *table]) for k in range(len(header))]
     print()
     for r in [header, *table]:
