@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
 import os
 import signal
 import sys
@@ -189,6 +190,17 @@ def add_config_options(
         repeat = kw.get("action") == "append"
         kw["help"] = _option_help(f, default, switch=tp is bool, repeat=repeat).replace("%", "%%")
         parser.add_argument(*names, **kw)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a number, but not nan or inf (`float()` accepts both)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def config_from_args(section: type[SectionT], args: argparse.Namespace, **values: Any) -> SectionT:

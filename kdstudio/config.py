@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import tomllib
 import types
@@ -107,6 +108,10 @@ class Section:
 
     @staticmethod
     def _check_bounds(key: str, value: Any, meta: Any) -> None:
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            # nan passes every `<` and `>` below; inf is no setting's meaning either
+            raise ConfigError(f"{key} must be a finite number; got {value!r}")
         choices, lo, hi = meta.get("choices"), meta.get("min"), meta.get("max")
         if choices and value not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kdstudio.cli import finite_float
 from kdstudio.errors import UserError
 
 
@@ -89,7 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "probe", help="check a teacher: reachable, key, model, logprobs, token ids, latency"
     )
     pr.add_argument("name")
-    pr.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request")
+    pr.add_argument(
+        "--timeout", type=finite_float, default=30.0, metavar="S", help="seconds per request"
+    )
     pr.add_argument("--json", action="store_true", help="print one JSON document")
     pr.set_defaults(func=cmd_probe)
 
