@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kdstudio.errors import UserError
+from kdstudio.errors import JobFailed, UserError
 
 if TYPE_CHECKING:
     from kdstudio.config import TeacherConfig
@@ -36,8 +36,9 @@ HOW_TO_FIX = (
 )
 
 
-class KeyringUnavailable(UserError):
-    """No working keyring backend; the message says how to fix it."""
+class KeyringUnavailable(JobFailed):
+    """No working keyring backend, or it failed or did not answer: a failure at run time
+    (exit 1), not bad input; the message says how to fix it."""
 
 
 class KeyMissing(UserError):

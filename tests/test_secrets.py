@@ -160,7 +160,7 @@ def test_without_a_keyring_backend_the_message_says_how_to_fix_it(run_cli, tmp_p
         input=PLANTED + "\n",
         env=env,
     )
-    assert out.returncode == 2
+    assert out.returncode == 1  # a failure at run time, not bad input (README: exit codes)
     assert "no usable OS keyring backend" in out.stderr
     assert "--api-key-env" in out.stderr
     assert PLANTED not in out.stderr + out.stdout
@@ -207,3 +207,25 @@ def test_cli_add_and_remove_in_another_workspace_leave_this_ones_key(run_cli, tm
             assert '"auth": "ok"' in probe.stdout
         finally:
             forget((ids[0], "fake"), (ids[1], "fake"))
+
+
+def test_collect_with_a_broken_keyring_exits_1_before_estimating_or_writing(run_cli, tmp_path):
+    """The key is read before anything else: no "N requests to make" line, no collection
+    left marked failed, exit 1 (a run-time failure) with one line."""
+    from collect_support import make_prompts
+
+    from kdstudio.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    make_prompts(ws, n=3)
+    ws.add_teacher(
+        TeacherConfig(name="kr", base_url="http://127.0.0.1:9/v1", model="m", key_source="keyring")
+    )
+    ws.close()
+    env = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    out = run_cli("collect", "--teacher", "kr", "--dataset", "prompts", env=env)
+    assert out.returncode == 1, out.stderr
+    assert "no usable OS keyring backend" in out.stderr
+    assert "requests to make" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert run_cli("outputs", "list", "--json", env=env).stdout.strip() == "[]"

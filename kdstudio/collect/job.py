@@ -75,6 +75,8 @@ def collect(
     back) when cancelled, JobFailed when the teacher refuses the key, UserError on bad input."""
     cancel = cancel or CancelToken()
     col = Collection(config, ws)
+    # The key first: a keyring that fails leaves no collection behind and prints no estimate.
+    key = _key(col)
     col.open()
     col.claim()
     col.save_settings()  # so a later resume starts from them
@@ -83,8 +85,8 @@ def collect(
     status, message = "failed", "stopped by an error"
     try:
         estimate = col.estimate()
+        runner = _runner(col, sink, cancel, _stats(estimate), key)
         sink.emit(Log(estimate.line()))
-        runner = _runner(col, sink, cancel, _stats(estimate))
         sink.emit(Progress(done=0, total=estimate.requests, unit="request"))
         with col.lease.beating():  # a long request, batch poll or generate must not look dead
             runner.run()
@@ -119,14 +121,22 @@ def _stats(estimate: CostEstimate) -> RunStats:
     return RunStats(estimate.requests, estimate.spent, estimate.usd if priced else None)
 
 
-def _runner(col: Collection, sink: Sink, cancel: CancelToken, stats: RunStats) -> Runner:
+def _key(col: Collection) -> str | None:
+    """The teacher's API key (None for a local teacher, or one that needs none)."""
+    if col.teacher.kind == "local":
+        return None
+    from kdstudio.secrets import resolve_key
+
+    return resolve_key(col.teacher, col.ws.id)
+
+
+def _runner(
+    col: Collection, sink: Sink, cancel: CancelToken, stats: RunStats, key: str | None
+) -> Runner:
     if col.teacher.kind == "local":
         from kdstudio.collect.local import LocalRunner
 
         return LocalRunner(col, sink, cancel, stats)
-    from kdstudio.secrets import resolve_key
-
-    key = resolve_key(col.teacher, col.ws.id)
     if col.config.batch_api:
         from kdstudio.collect.batch import BatchRunner
 
