@@ -24,6 +24,7 @@ from collect_support import (
 from support.openai_server import OpenAIServer
 
 from kdstudio.collect import CollectConfig, collect
+from kdstudio.config import TeacherConfig
 from kdstudio.workspace import Workspace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,3 +215,25 @@ def test_key_from_the_keyring_works_and_never_reaches_the_workspace(ws, run_cli)
         finally:
             run_cli("teacher", "remove", name, workspace=ws.root)
     assert files_containing(ws.root, secret) == []
+
+
+def test_collect_exits_1_with_the_reason_when_every_request_failed(ws, run_cli):
+    """An unreachable endpoint: every row fails after its retries; that is a failed job
+    (exit 1, one last line saying why), not a finished one."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    make_prompts(ws, n=3)
+    ws.add_teacher(TeacherConfig(name="gone", base_url=f"http://127.0.0.1:{port}/v1", model="m"))
+    ws.close()
+    args = ["--teacher", "gone", "--dataset", "prompts", "--max-retries", "1", "--json"]
+    result = run_cli("collect", *args, workspace=ws.root)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("kdstudio: failed: collection 'prompts.gone': none of 3 done")
+    assert "connection error" in last and "kdstudio teacher probe gone" in last
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    doc = json.loads(run_cli("outputs", "list", "--json", workspace=ws.root).stdout)
+    assert doc[0]["status"] == "failed" and doc[0]["counts"]["failed"] == 3

@@ -51,7 +51,9 @@ class CollectSummary:
     """How a collection run ended (`collect --json` prints it)."""
 
     collection: str
-    status: str  # done | incomplete | stopped (budget) | cancelled | failed
+    status: (
+        str  # done | incomplete | stopped (budget) | cancelled | failed (also: every row failed)
+    )
     counts: dict[str, int]
     spent: float
     requests: int
@@ -171,6 +173,13 @@ def _outcome(col: Collection, runner: Runner) -> tuple[str, str]:
         return (
             "cancelled",
             f"{runner.stop_reason}: {done}{failed}; re-run the same command to resume",
+        )
+    if counts["failed"] and not counts["done"]:
+        return (
+            "failed",
+            f"collection {col.name!r}: none of {counts['total']:,} done, {counts['failed']:,} "
+            f"failed: {col.top_failure()}; check the teacher with "
+            f"`kdstudio teacher probe {col.teacher.name}`, then re-run the same command",
         )
     if counts["queued"] or counts["failed"]:
         return (

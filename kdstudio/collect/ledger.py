@@ -277,6 +277,15 @@ class Collection:
     def counts(self) -> dict[str, int]:
         return collection_status_counts(self.ws, self.id)
 
+    def top_failure(self) -> str:
+        """The reason most failed items give (the one line a failed job ends with)."""
+        row = self.ws.query_one(
+            "SELECT error FROM collection_items WHERE collection_id=? AND status='failed'"
+            " GROUP BY error ORDER BY COUNT(*) DESC LIMIT 1",
+            (self.id,),
+        )
+        return (row[0] if row else None) or "no reason recorded"
+
     def cached_count(self) -> int:
         return self.ws.query_one(
             "SELECT COUNT(*) FROM collection_items WHERE collection_id=? AND cached=1", (self.id,)
