@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from kdstudio import __version__
 from kdstudio.config import Section, _base_type, field_default
-from kdstudio.errors import Cancelled, KdError, UserError
+from kdstudio.errors import Cancelled, KdError, UserError, disk_full
 from kdstudio.events import CancelToken
 
 SectionT = TypeVar("SectionT", bound=Section)
@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence: say what broke
+        full = disk_full(exc)
+        if full is not None:
+            print(f"kdstudio: failed: {full}", file=sys.stderr)
+            return full.exit_code
         if os.environ.get("KDSTUDIO_DEBUG"):
             traceback.print_exc()
         print(f"kdstudio: failed: {type(exc).__name__}: {exc}", file=sys.stderr)

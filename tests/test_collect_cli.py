@@ -237,3 +237,87 @@ def test_collect_exits_1_with_the_reason_when_every_request_failed(ws, run_cli):
     assert "Traceback" not in result.stderr and result.stdout == ""
     doc = json.loads(run_cli("outputs", "list", "--json", workspace=ws.root).stdout)
     assert doc[0]["status"] == "failed" and doc[0]["counts"]["failed"] == 3
+
+
+def test_a_second_ctrl_c_while_requests_hang_quits_at_once_with_one_line(ws, monkeypatch):
+    """The first Ctrl-C waits for the requests in flight; the second quits now. It used to
+    print one asyncio CancelledError traceback per request in flight (325 lines for 4)."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with OpenAIServer(api_key=KEY, latency=60) as server:
+        make_prompts(ws, n=10)
+        add_teacher(ws, server)
+        ws.close()
+        proc = _spawn(
+            ws.root, "collect", "--teacher", "t", "--dataset", "prompts", "--concurrency", "4"
+        )
+        _wait_for(ws.db_path, "in_flight", 4)
+        proc.send_signal(signal.SIGINT)
+        line = proc.stderr.readline()
+        while "stopping" not in line:
+            line = proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "CancelledError" not in err
+    assert err.strip().splitlines() == ["kdstudio: interrupted"]
+    again = Workspace.open(ws.root)
+    assert again.integrity_check() == "ok"
+    again.close()
+
+
+def test_a_full_disk_during_collect_ends_with_one_line_and_keeps_every_stored_answer(
+    ws, monkeypatch, tmp_path, capsys
+):
+    """The workspace on a small tmpfs that fills up mid-collection (where this machine can
+    mount one; else a store that fails like a full disk at a random answer): one line,
+    exit 1, no traceback; what was committed is intact and a re-run completes it."""
+    from support.small_disk import mount_namespace, run_on_tmpfs
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    n = 60  # answers of ~30 kB each (200 tokens, 20 alternatives): the disk fills after ~20
+    args = ["collect", "--teacher", "t", "--dataset", "prompts", "--max-tokens", "200"]
+    args += ["--top-logprobs", "20", "--concurrency", "16"]
+    with OpenAIServer(api_key=KEY, latency=0.05, min_tokens=150, max_tokens=200) as server:
+        make_prompts(ws, n=n)
+        add_teacher(ws, server)
+        ws.close()
+        prefix = mount_namespace()
+        if prefix is not None:
+            mnt, out = tmp_path / "mnt", tmp_path / "out"
+            out.mkdir()
+            size = f"{ws.db_path.stat().st_size // 1024 + 600}k"
+            cli = " ".join([sys.executable, "-m", "kdstudio", "--workspace", f"{mnt}/ws", *args])
+            script = f"cp -a {ws.root} {mnt}/ws && {cli}\nrc=$?\ncp -a {mnt}/ws {out}/ws\nexit $rc"
+            result = run_on_tmpfs(prefix, mnt, size, script, env={"PYTHONPATH": ROOT})
+            code, err, root = result.returncode, result.stderr, out / "ws"
+        else:
+            from kdstudio.cli import main
+            from kdstudio.collect import ledger
+
+            real, calls, fail_at = ledger.insert_response, [0], random.randint(5, n // 2)
+
+            def full_disk(*a, **kw):
+                calls[0] += 1
+                if calls[0] >= fail_at:
+                    raise sqlite3.OperationalError("database or disk is full")
+                return real(*a, **kw)
+
+            monkeypatch.setattr(ledger, "insert_response", full_disk)
+            code = main(["--workspace", str(ws.root), *args])
+            err, root = capsys.readouterr().err, ws.root
+            monkeypatch.setattr(ledger, "insert_response", real)
+        assert code == 1, err
+        assert "Traceback" not in err and "CancelledError" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("kdstudio: failed: the disk is full"), err
+        assert "free some space" in last
+        after = Workspace.open(root)
+        assert after.integrity_check() == "ok"
+        done = _count(after.db_path, "done")
+        assert 0 < done < n
+        assert after.query_one("SELECT COUNT(*) FROM responses")[0] == done
+        summary = collect(
+            CollectConfig(teacher="t", dataset="prompts", max_tokens=200, top_logprobs=20), after
+        )
+        assert summary.counts["done"] == n and summary.requests <= n - done + 16
+        after.close()

@@ -32,7 +32,7 @@ from kdstudio.collect.config import CollectConfig
 from kdstudio.collect.cost import CostEstimate
 from kdstudio.collect.ledger import Collection
 from kdstudio.collect.runner import Runner, RunStats
-from kdstudio.errors import Cancelled, JobFailed, UserError
+from kdstudio.errors import Cancelled, JobFailed, UserError, disk_full
 from kdstudio.events import (
     CancelToken,
     FanoutSink,
@@ -97,7 +97,10 @@ def collect(
         status, message = "cancelled", "interrupted; re-run the same command to resume"
         raise
     except Exception as exc:
-        message = str(exc) or type(exc).__name__
+        full = disk_full(exc)
+        message = str(full or exc) or type(exc).__name__
+        if full is not None:
+            raise full from None
         raise
     finally:
         col.release(status, message)

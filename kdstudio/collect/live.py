@@ -15,6 +15,7 @@ import asyncio
 import functools
 import json
 import random
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -48,10 +49,41 @@ class LiveRunner:
         self.followers: dict[str, list[Request]] = {}
 
     def run(self) -> None:
-        asyncio.run(self._main())
+        """Run the requests on an asyncio loop in a thread of its own. A second Ctrl-C then
+        raises KeyboardInterrupt here, in this thread's wait, never inside asyncio's own
+        machinery (where it left tasks pending and printed a traceback per request in
+        flight): the loop is cancelled, closes cleanly, and the interrupt goes on."""
+        box: dict[str, Any] = {}
 
-    async def _main(self) -> None:
+        def target() -> None:
+            try:
+                asyncio.run(self._main(box))
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                box["error"] = exc
+            finally:
+                self.col.ws.release_thread()
+
+        thread = threading.Thread(target=target, name=f"collect-{self.col.name}", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.25)
+        except KeyboardInterrupt:
+            loop, task = box.get("loop"), box.get("task")
+            if loop is not None and task is not None:
+                try:
+                    loop.call_soon_threadsafe(task.cancel)
+                except RuntimeError:
+                    pass  # the loop has just closed by itself
+            thread.join(10.0)  # bounded: the interrupt is what the person asked for
+            raise
+        if "error" in box:
+            raise box["error"]
+
+    async def _main(self, box: dict[str, Any]) -> None:
         from kdstudio.teachers.openai_api import make_client
+
+        box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
 
         client = make_client(
             self.col.teacher,
@@ -59,12 +91,19 @@ class LiveRunner:
             max_connections=self.cfg.concurrency,
             timeout=self.cfg.timeout,
         )
+        tasks: set[asyncio.Task] = set()
         try:
-            await self._loop(client)
+            await self._loop(client, tasks)
         finally:
+            # Leaving early (a failed write, a second Ctrl-C): the requests still in flight
+            # are cancelled here and awaited, so none is left for asyncio to report. Their
+            # items stay in flight in the ledger and go back to the queue on the next run.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
 
-    async def _loop(self, client: Any) -> None:
+    async def _loop(self, client: Any, tasks: set[asyncio.Task]) -> None:
         queue = self.col.iter_queued()
         pending: deque[Request] = deque()
         exhausted = False
@@ -78,6 +117,9 @@ class LiveRunner:
                 wake[0].set_result(None)
 
         def on_done(item: Request, task: asyncio.Task) -> None:
+            tasks.discard(task)
+            if task.cancelled():  # only when the loop is being left: nothing to store
+                return
             finished.append((item, task.result()))
             wake_up()
 
@@ -103,6 +145,7 @@ class LiveRunner:
                     self.stats.requests += 1
                     in_flight += 1
                     task = loop.create_task(self._attempt(client, item))
+                    tasks.add(task)
                     task.add_done_callback(functools.partial(on_done, item))
             nothing_left = not pending and exhausted and not self.retry
             if not in_flight and (self.stop_reason or self.fatal or nothing_left):
