@@ -19,7 +19,8 @@ from kdstudio.collect import CollectConfig, collect, estimate_cost
 from kdstudio.collect import store as outputs
 from kdstudio.collect.pacing import AdaptiveLimit, backoff
 from kdstudio.errors import Cancelled, JobFailed, UserError
-from kdstudio.events import ListSink, Log, RowDone
+from kdstudio.events import ListSink, RowDone
+from kdstudio.formatting import usd
 
 
 @pytest.fixture
@@ -197,7 +198,32 @@ def test_budget_stops_launching_and_says_so(ws, server):
     assert (
         0 < summary.counts["done"] < 40 and summary.counts["queued"] == 40 - summary.counts["done"]
     )
-    assert any("budget reached" in e.message for e in sink.of(Log))
+    said = [e.message for e in sink.events if "budget reached" in getattr(e, "message", "")]
+    assert said == [summary.message]  # once, at the end
+
+
+@pytest.mark.parametrize("concurrency", [1, 16])
+def test_the_budget_is_used_up_to_the_last_affordable_request_at_any_concurrency(
+    ws, server, concurrency
+):
+    """Reservations of the requests in flight are released as they answer, and launching
+    goes on until the next request could exceed the budget. At concurrency 16 it used to
+    stop as soon as 16 reservations filled it ($0.124 of $0.20 here), and said a spend from
+    before the requests in flight came back."""
+    make_prompts(ws, n=60)
+    add_teacher(ws, server, price_in=0.0, price_out=1000.0)  # worst case: 16 tokens, $0.016
+    worst, budget = 0.016, 0.2
+    sink = ListSink()
+    summary = collect(cfg(budget=budget, concurrency=concurrency), ws, sink)
+    assert summary.status == "stopped"
+    assert budget - worst < summary.spent <= budget
+    billed = sum(i.cost for i in outputs.list_items(ws, "prompts.t", limit=100))
+    assert billed == pytest.approx(summary.spent)
+    assert summary.message.startswith(
+        f"budget reached: {usd(summary.spent)} spent of {usd(budget)}"
+    )
+    said = [e.message for e in sink.events if "budget reached" in getattr(e, "message", "")]
+    assert said == [summary.message]
 
 
 def test_cost_estimate_counts_prompt_tokens_and_max_output(ws, server):

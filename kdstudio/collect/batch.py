@@ -25,7 +25,6 @@ from kdstudio.collect.pacing import backoff
 from kdstudio.collect.runner import Request, RunStats
 from kdstudio.errors import JobFailed
 from kdstudio.events import CancelToken, Log, Progress, RowDone, Sink
-from kdstudio.formatting import usd
 from kdstudio.teachers.openai_api import classify, fatal_message, parse_completion, redact
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -129,11 +128,9 @@ class BatchRunner:
             if worst > left:
                 self.budget_reached = True
                 self.stop_reason = (
-                    f"budget reached: submitting {len(out):,} of {len(items):,} requests keeps the "
-                    f"worst case within {usd(budget)} ({usd(self.stats.spent)} spent); re-run with "
-                    "a larger --budget for the rest"
+                    f"{len(out):,} of {len(items):,} requests were submitted, to keep the worst "
+                    "case within it; re-run with a larger --budget for the rest"
                 )
-                self.sink.emit(Log(self.stop_reason, level="warning"))
                 break
             left -= worst
             out.append(item)

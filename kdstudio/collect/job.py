@@ -43,6 +43,7 @@ from kdstudio.events import (
     Sink,
     StoreSink,
 )
+from kdstudio.formatting import usd
 from kdstudio.workspace import Workspace
 
 
@@ -171,7 +172,9 @@ def _outcome(col: Collection, runner: Runner) -> tuple[str, str]:
         else ""
     )
     if runner.budget_reached:
-        return "stopped", f"{runner.stop_reason} ({done}{failed})"
+        # said once, here, with what was spent in the end (answers in flight included)
+        spent = f"{usd(col.spent())} spent of {usd(col.config.budget or 0.0)}"
+        return "stopped", f"budget reached: {spent}; {runner.stop_reason} ({done}{failed})"
     if runner.stop_reason:
         return (
             "cancelled",

@@ -23,7 +23,7 @@ from typing import Any
 from kdstudio.collect.ledger import Collection
 from kdstudio.collect.pacing import MAX_RATE_LIMITED, AdaptiveLimit, backoff
 from kdstudio.collect.runner import Request, RunStats
-from kdstudio.events import CancelToken, Log, RowDone, Sink
+from kdstudio.events import CancelToken, RowDone, Sink
 from kdstudio.formatting import usd
 
 
@@ -204,21 +204,25 @@ class LiveRunner:
             pending.appendleft(item)
 
     def _affordable(self, item: Request) -> bool:
+        """Whether `item` may go now: its worst case fits beside what is spent and what the
+        requests in flight hold. When it does not fit only because of them, it waits for
+        their answers (which release what they hold); when nothing is in flight, the budget
+        is reached."""
         budget = self.cfg.budget
         if budget is None:
             return True
         worst = self.col.worst_cost(item, self.prompt_ratio)
-        if self.stats.spent + self.reserved + worst > budget:
+        if self.stats.spent + self.reserved + worst <= budget:
+            self.reserved += worst
+            item.reserved = worst
+            return True
+        if self.reserved <= 0:
             self.budget_reached = True
             self.stop_reason = (
-                f"budget reached: {usd(self.stats.spent)} spent of {usd(budget)}; the next request "
-                f"could cost up to {usd(worst)}; re-run with a larger --budget to continue"
+                f"the next request could cost up to {usd(worst)}; re-run with a larger "
+                "--budget to continue"
             )
-            self.sink.emit(Log(self.stop_reason, level="warning"))
-            return False
-        self.reserved += worst
-        item.reserved = worst
-        return True
+        return False
 
     async def _attempt(self, client: Any, item: Request) -> Any:
         from kdstudio.teachers.openai_api import Outcome, classify, parse_completion, split_body
