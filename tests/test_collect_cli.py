@@ -321,3 +321,44 @@ def test_a_full_disk_during_collect_ends_with_one_line_and_keeps_every_stored_an
         )
         assert summary.counts["done"] == n and summary.requests <= n - done + 16
         after.close()
+
+
+@pytest.mark.parametrize("change", ["model", "base-url"])
+def test_a_changed_teacher_is_never_mixed_into_an_existing_collection(ws, run_cli, change):
+    """After `teacher add t --replace` with another --model or --base-url, the same collect
+    used to continue the collection with the new model: five answers from each. It is
+    refused (exit 2) saying what changed, before anything is sent."""
+    from kdstudio.resume import collect_conflict
+
+    with OpenAIServer(models=("teacher-1", "teacher-2")) as one, OpenAIServer() as two:
+        make_prompts(ws, n=10)
+        ws.close()
+        add = ["teacher", "add", "t", "--base-url", one.url, "--model", "teacher-1"]
+        assert run_cli(*add, workspace=ws.root).returncode == 0
+        collect_args = ["collect", "--teacher", "t", "--dataset", "prompts", "--max-tokens", "8"]
+        first = run_cli(*collect_args, "--limit", "5", workspace=ws.root)
+        assert first.returncode == 0, first.stderr
+        new = {"model": ["--model", "teacher-2"], "base-url": ["--base-url", two.url]}[change]
+        replaced = add[:3] + ["--base-url", one.url, "--model", "teacher-1", "--replace"]
+        replaced[replaced.index(f"--{change}") + 1] = new[1]
+        assert run_cli(*replaced, workspace=ws.root).returncode == 0
+        sent_before = one.stats()["requests"].get("chat", 0) + two.stats()["requests"].get(
+            "chat", 0
+        )
+        again = run_cli(*collect_args, workspace=ws.root)
+        sent_after = one.stats()["requests"].get("chat", 0) + two.stats()["requests"].get("chat", 0)
+    assert again.returncode == 2, again.stderr
+    err = again.stderr.strip()
+    assert len(err.splitlines()) == 1 and "was collected from another model" in err
+    was, now = ("'teacher-1'", "'teacher-2'") if change == "model" else (one.url, two.url)
+    assert f"{was} -> " in err.replace(f"'{one.url}'", one.url) and now in err
+    assert sent_after == sent_before  # nothing was asked of the new model
+    reopened = Workspace.open(ws.root)
+    config = CollectConfig(teacher="t", dataset="prompts", max_tokens=8)
+    assert "was collected from another model" in collect_conflict(reopened, config)
+    done = reopened.query(
+        "SELECT DISTINCT r.model, r.endpoint FROM collection_items ci"
+        " JOIN responses r ON r.hash = ci.hash WHERE ci.status='done'"
+    )
+    assert [tuple(r) for r in done] == [("teacher-1", one.url)]
+    reopened.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -18,6 +19,7 @@ from support.openai_server import OpenAIServer
 from kdstudio.collect import CollectConfig, collect, estimate_cost
 from kdstudio.collect import store as outputs
 from kdstudio.collect.pacing import AdaptiveLimit, backoff
+from kdstudio.config import TeacherConfig
 from kdstudio.errors import Cancelled, JobFailed, UserError
 from kdstudio.events import ListSink, RowDone
 from kdstudio.formatting import usd
@@ -435,3 +437,56 @@ def test_heartbeat_stays_fresh_while_a_long_call_holds_the_collector(ws, server)
         beat = ws.query_one("SELECT heartbeat FROM collections WHERE id=?", (col.id,))[0]
     assert beat > time.time() - 5
     assert not [t for t in threading.enumerate() if t.name.startswith("heartbeat-")]
+
+
+def test_a_collection_made_before_teachers_were_recorded_learns_its_model_from_its_answers(
+    tmp_path, server
+):
+    """A workspace from before migration 7: its collections' model and endpoint come from
+    their stored answers, so a teacher changed before the upgrade is caught too."""
+    import sqlite3
+
+    from kdstudio.workspace import DB_NAME, Workspace, migrations
+
+    root = tmp_path / "old"
+    root.mkdir()
+    con = sqlite3.connect(root / DB_NAME)
+    for version, _name, module in migrations()[:6]:
+        if hasattr(module, "upgrade"):
+            module.upgrade(con)
+        else:
+            con.executescript(module.SQL)
+        con.execute(f"PRAGMA user_version={version}")
+    con.execute(
+        "INSERT INTO teachers(name, kind, base_url, model, created_at, updated_at)"
+        " VALUES ('t', 'openai', ?, 'teacher-2', 0, 0)",  # replaced since: another model
+        (server.url,),
+    )
+    con.execute("INSERT INTO datasets(id, name, n_rows, created_at) VALUES (1, 'prompts', 1, 0)")
+    con.execute(
+        "INSERT INTO dataset_rows(id, dataset_id, idx, messages, prompt, row_hash)"
+        ' VALUES (1, 1, 0, \'[{"role": "user", "content": "prompt 0"}]\', \'prompt 0\', 0)'
+    )
+    params = cfg().request_params(TeacherConfig(name="t", base_url=server.url, model="x"))
+    con.execute(
+        "INSERT INTO collections(id, name, teacher_name, dataset_id, params, created_at,"
+        " updated_at) VALUES (1, 'prompts.t', 't', 1, ?, 0, 0)",
+        (json.dumps(params, sort_keys=True),),
+    )
+    con.execute(
+        "INSERT INTO responses(hash, endpoint, model, text, created_at)"
+        " VALUES ('h0', ?, 'teacher-1', 'an answer', 0)",
+        (server.url,),
+    )
+    con.execute(
+        "INSERT INTO collection_items(collection_id, row_id, sample, hash, status)"
+        " VALUES (1, 1, 0, 'h0', 'done')"
+    )
+    con.commit()
+    con.close()
+    ws = Workspace.open(root)
+    row = ws.query_one("SELECT teacher_model, teacher_endpoint FROM collections")
+    assert tuple(row) == ("teacher-1", server.url)
+    with pytest.raises(UserError, match="model: 'teacher-1' -> 'teacher-2'"):
+        collect(cfg(), ws)
+    ws.close()

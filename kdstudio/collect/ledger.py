@@ -107,6 +107,8 @@ class Collection:
             dataset_id=self.dataset["id"],
             teacher_name=self.teacher.name,
             params=self.params,
+            teacher_model=self.teacher.model,
+            teacher_endpoint=self.endpoint,
         )
         n_rows = self.dataset["n_rows"]
         if self.config.limit:

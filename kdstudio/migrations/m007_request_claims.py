@@ -1,0 +1,46 @@
+"""Claims on the requests in flight, and the teacher each collection asks.
+
+- `request_claims`: a request (by its content hash, the key of `responses`) that one
+  collector has in flight. Another collection that needs the same answer at the same time
+  waits for it instead of paying for it again. A claim lives as long as the lease of the
+  collection that made it: it counts only while that collection's row still names the
+  claim's pid and host and that holder is alive (`kdstudio.workspace.Lease.holder_alive`),
+  so a killed collector's claims are taken over (see `kdstudio.collect.ledger`).
+- `collections.teacher_model`, `collections.teacher_endpoint`: the model and the endpoint
+  (as hashed: the base URL, or `local:<folder>:<fingerprint>` for a local teacher) that a
+  collection's answers come from. Resuming it after the teacher changed (`teacher add NAME
+  --replace --model OTHER`) is refused instead of mixing two models' answers. Collections
+  made before are filled in from their stored answers where those say (a local teacher's
+  fingerprint was never stored: the next run records it).
+"""
+
+SQL = """
+CREATE TABLE request_claims (
+    hash TEXT PRIMARY KEY,
+    collection_id INTEGER NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    claimed_at REAL NOT NULL
+);
+CREATE INDEX request_claims_by_collection ON request_claims (collection_id);
+
+ALTER TABLE collections ADD COLUMN teacher_model TEXT;
+ALTER TABLE collections ADD COLUMN teacher_endpoint TEXT;
+
+UPDATE collections SET
+    teacher_model = (
+        SELECT r.model FROM collection_items ci JOIN responses r ON r.hash = ci.hash
+        WHERE ci.collection_id = collections.id AND ci.status = 'done'
+          AND r.source IN ('teacher', 'batch') AND r.endpoint NOT LIKE 'local:%'
+          AND r.model IS NOT NULL AND r.endpoint IS NOT NULL
+        LIMIT 1
+    ),
+    teacher_endpoint = (
+        SELECT r.endpoint FROM collection_items ci JOIN responses r ON r.hash = ci.hash
+        WHERE ci.collection_id = collections.id AND ci.status = 'done'
+          AND r.source IN ('teacher', 'batch') AND r.endpoint NOT LIKE 'local:%'
+          AND r.model IS NOT NULL AND r.endpoint IS NOT NULL
+        LIMIT 1
+    )
+WHERE source = 'teacher';
+"""
