@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -362,3 +363,126 @@ def test_a_changed_teacher_is_never_mixed_into_an_existing_collection(ws, run_cl
     )
     assert [tuple(r) for r in done] == [("teacher-1", one.url)]
     reopened.close()
+
+
+def test_two_collections_needing_the_same_requests_at_once_pay_for_each_once(ws, monkeypatch):
+    """A dataset and its `data derive` subset collected at the same time by two processes:
+    a request one has in flight is awaited by the other, an answer one got is reused by
+    the other, and what each paid is its spend. Before, every shared prompt was billed
+    twice and the second collection recorded it as cached at $0."""
+    from kdstudio.collect import store as outputs
+    from kdstudio.data.store import derive
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with OpenAIServer(api_key=KEY, latency=0.15) as server:
+        make_prompts(ws, n=40)
+        derive(ws, "prompts", "subset", drop=range(0, 40, 4))  # 30 of the 40, shared
+        add_teacher(ws, server)
+        ws.close()
+        both = []
+        for dataset in ("prompts", "subset"):
+            both.append(
+                _spawn(
+                    ws.root, "collect", "--teacher", "t", "--dataset", dataset, "--concurrency", "4"
+                )  # fmt: skip
+            )
+            _wait_for(ws.db_path, "in_flight", 1)
+        errors = [p.communicate(timeout=120)[1] for p in both]
+        billed = billed_per_prompt(server)
+        stats = server.stats()
+    assert [p.returncode for p in both] == [0, 0], errors
+    assert len(billed) == 40 and stats["paid_twice"] == 0, billed
+    after = Workspace.open(ws.root)
+    spends = [outputs.get_collection(after, c).spend for c in ("prompts.t", "subset.t")]
+    paid = after.query_one("SELECT SUM(cost) FROM responses")[0]
+    assert sum(spends) == pytest.approx(paid)  # every answer paid for is some collection's spend
+    assert after.query_one("SELECT COUNT(*) FROM request_claims")[0] == 0
+    after.close()
+
+
+def _claim_all(ws, collection: str, pid: int) -> None:
+    """Make `collection` look collected by process `pid`, with all its requests in flight."""
+    host = os.uname().nodename
+    ws.db.execute(
+        "UPDATE collections SET pid=?, host=?, heartbeat=?, status='running' WHERE name=?",
+        (pid, host, time.time(), collection),
+    )
+    ws.db.execute(
+        "INSERT INTO request_claims(hash, collection_id, pid, host, claimed_at)"
+        " SELECT ci.hash, c.id, ?, ?, 0 FROM collection_items ci"
+        " JOIN collections c ON c.id = ci.collection_id WHERE c.name=?",
+        (pid, host, collection),
+    )
+
+
+def _other_collection(ws, n: int) -> None:
+    """Collection `other` asks the same requests as prompts.t (same teacher and settings)."""
+    from kdstudio.collect.ledger import Collection
+
+    col = Collection(CollectConfig(teacher="t", dataset="prompts", name="other", limit=n), ws)
+    col.open()
+
+
+def test_a_request_claimed_by_a_dead_collector_is_taken_over(ws, server):
+    """kill -9 left claims behind: they count only while their collector lives."""
+    make_prompts(ws, n=5)
+    add_teacher(ws, server)
+    _other_collection(ws, 5)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _claim_all(ws, "other", dead.pid)
+    summary = collect(CollectConfig(teacher="t", dataset="prompts"), ws)
+    assert summary.counts["done"] == 5 and summary.requests == 5
+    assert set(billed_per_prompt(server).values()) == {1}
+
+
+def test_a_request_a_live_collector_has_in_flight_is_awaited_not_paid_again(ws, server):
+    """Another live collector holds prompts 3 and 4: this one asks for 0-2 only, waits, and
+    takes 3 and 4 from the cache once they are answered there."""
+    from kdstudio.collect.store import insert_response
+    from kdstudio.events import RowDone
+    from kdstudio.teachers import Response
+
+    make_prompts(ws, n=5)
+    add_teacher(ws, server)
+    _other_collection(ws, 5)
+    _claim_all(ws, "other", os.getppid())  # alive, on this host
+    ws.db.execute(
+        "DELETE FROM request_claims WHERE hash IN (SELECT ci.hash FROM collection_items ci"
+        " JOIN dataset_rows d ON d.id = ci.row_id WHERE d.idx < 3)"
+    )
+    held = [r[0] for r in ws.query("SELECT hash FROM request_claims ORDER BY hash")]
+    three_done = threading.Event()
+
+    class Watch:
+        def emit(self, event):
+            if isinstance(event, RowDone) and event.row == 2:
+                three_done.set()
+
+    box = {}
+    job = threading.Thread(
+        target=lambda: box.update(summary=collect(
+            CollectConfig(teacher="t", dataset="prompts"), Workspace.open(ws.root), Watch()
+        ))
+    )  # fmt: skip
+    job.start()
+    assert three_done.wait(30)
+    time.sleep(0.5)
+    assert job.is_alive()  # waiting for the other collector's answers
+    with ws.tx() as con:  # the other collector's answers arrive
+        for h in held:
+            insert_response(con, h, Response(text="from the other one", cost=0.5))
+        con.execute("DELETE FROM request_claims")
+    job.join(30)
+    summary = box["summary"]
+    assert summary.status == "done" and summary.requests == 3 and summary.cached == 2
+    assert sorted(billed_per_prompt(server)) == ["prompt 0", "prompt 1", "prompt 2"]
+    assert summary.spent == pytest.approx(sum(
+        i.cost for i in outputs_items(ws, "prompts.t") if not i.cached
+    ))  # fmt: skip
+
+
+def outputs_items(ws, name):
+    from kdstudio.collect import store as outputs
+
+    return outputs.list_items(ws, name, limit=100)

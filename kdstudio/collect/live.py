@@ -5,8 +5,10 @@ One loop launches requests up to the adaptive concurrency limit (`pacing`), stor
 answer in the ledger as it arrives (one transaction per wake-up), retries transient errors
 after their backoff, and stops launching on cancel, on the budget, or on a fatal answer
 (a rejected key, no quota). Identical requests (duplicate prompts) are sent once: the
-others follow their leader's outcome. When it stops, the requests not answered go back to
-the queue, so a resumed collection asks for them again and nothing is paid twice.
+others follow their leader's outcome. A request is claimed before it goes (`ledger`): one
+that another collection has in flight waits for that answer, one answered meanwhile comes
+from the cache. When it stops, the requests not answered go back to the queue, so a
+resumed collection asks for them again and nothing is paid twice.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from kdstudio.collect.pacing import MAX_RATE_LIMITED, AdaptiveLimit, backoff
 from kdstudio.collect.runner import Request, RunStats
 from kdstudio.events import CancelToken, RowDone, Sink
 from kdstudio.formatting import usd
+
+AWAIT_CHECK_S = 0.25  # how often requests awaited from another collector are looked up
 
 
 class LiveRunner:
@@ -47,6 +51,8 @@ class LiveRunner:
         # Identical requests (duplicate prompts) are sent once: the others follow the leader.
         self.leader_of: dict[str, Request] = {}
         self.followers: dict[str, list[Request]] = {}
+        # Leaders whose request another collector has in flight: they wait for its answer.
+        self.awaiting: dict[str, Request] = {}
 
     def run(self) -> None:
         """Run the requests on an asyncio loop in a thread of its own. A second Ctrl-C then
@@ -111,6 +117,7 @@ class LiveRunner:
         finished: list[tuple[Request, Any]] = []
         loop = asyncio.get_running_loop()
         wake: list[asyncio.Future] = []
+        last_check = 0.0
 
         def wake_up() -> None:
             if wake and not wake[0].done():
@@ -136,10 +143,12 @@ class LiveRunner:
                 while pending and pending[-1] is None:
                     pending.pop()
                     exhausted = True
+            if self.awaiting and now - last_check >= AWAIT_CHECK_S:
+                last_check = now
+                self._check_awaiting(pending)
             launch = self._launchable(pending, in_flight, now)
             if launch:
-                with self.col.ws.tx() as con:
-                    self.col.mark(con, launch, "in_flight", bump=True)
+                launch = self._claim(launch)
                 for item in launch:
                     item.attempts += 1
                     self.stats.requests += 1
@@ -147,7 +156,7 @@ class LiveRunner:
                     task = loop.create_task(self._attempt(client, item))
                     tasks.add(task)
                     task.add_done_callback(functools.partial(on_done, item))
-            nothing_left = not pending and exhausted and not self.retry
+            nothing_left = not pending and exhausted and not self.retry and not self.awaiting
             if not in_flight and (self.stop_reason or self.fatal or nothing_left):
                 break
             self._progress()
@@ -157,7 +166,47 @@ class LiveRunner:
                 await wake[0]
                 timer.cancel()
         self._progress(force=True)
-        self._requeue(list(pending) + self.retry)
+        self._requeue(list(pending) + self.retry + list(self.awaiting.values()))
+
+    def _claim(self, launch: list[Request]) -> list[Request]:
+        """Claim the requests about to go (across collections): those another collector has
+        in flight wait for its answer, those answered meanwhile come from the cache; the
+        rest are marked in flight and returned, to send."""
+        events: list[RowDone] = []
+        with self.col.ws.tx() as con:
+            send, held, answered = self.col.claim_requests(con, launch)
+            self.col.mark(con, send, "in_flight", bump=True)
+            for item in answered:
+                events += self._from_cache(con, item)
+        for item in held + answered:
+            self.reserved -= item.reserved  # this collection does not pay for them
+            item.reserved = 0.0
+        for item in held:
+            self.awaiting[item.hash] = item
+        for event in events:
+            self.sink.emit(event)
+        return send
+
+    def _check_awaiting(self, pending: deque[Request]) -> None:
+        """Requests another collector had in flight: take the answered ones from the cache;
+        ask for the others once no live collector holds them (it failed, stopped or died)."""
+        answered, free = self.col.awaited(list(self.awaiting))
+        events: list[RowDone] = []
+        if answered:
+            with self.col.ws.tx() as con:
+                for h in answered:
+                    events += self._from_cache(con, self.awaiting.pop(h))
+        for h in free:
+            pending.appendleft(self.awaiting.pop(h))
+        for event in events:
+            self.sink.emit(event)
+
+    def _from_cache(self, con: Any, item: Request) -> list[RowDone]:
+        """`item` (and its duplicates) answered by another collection: done, at no cost."""
+        self.col.mark_cached(con, [item])
+        self.stats.done += 1
+        event = RowDone(row=item.idx, status="done", extra={**item.ids, "cached": True})
+        return [event, *self._settle_followers(con, item, event)]
 
     def _idle_wait(self, now: float) -> float:
         waits = [0.1]
