@@ -60,9 +60,10 @@ class Cancelled(KdError):
     exit_code = 130
 
 
-def disk_full(exc: BaseException) -> JobFailed | None:
+def disk_full(exc: BaseException, then: str = "run the same command again") -> JobFailed | None:
     """A full disk (ENOSPC or a quota from a write; SQLITE_FULL from the workspace) as one
-    run-time failure that says what to do; None for any other error."""
+    run-time failure that says what to do (`then`, after freeing space); None for any other
+    error."""
     import errno
     import sqlite3
 
@@ -76,6 +77,5 @@ def disk_full(exc: BaseException) -> JobFailed | None:
     else:
         return None
     return JobFailed(
-        f"the disk is full ({detail}); free some space, then run the same command again: "
-        "what was saved before is kept"
+        f"the disk is full ({detail}); free some space, then {then}: what was saved before is kept"
     )

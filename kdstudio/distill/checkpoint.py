@@ -21,6 +21,7 @@ while saving leaves the previous checkpoint untouched. The folders are the truth
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -217,16 +218,25 @@ def write_checkpoint(
     tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    write(tmp)
-    meta = {"step": step, "time": time.time(), **meta}
-    with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if final.exists():  # the same step saved again after a resume: replace it
-        _discard(final)
-    os.rename(tmp, final)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        meta = {"step": step, "time": time.time(), **meta}
+        with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():  # the same step saved again after a resume: replace it
+            _discard(final)
+        os.rename(tmp, final)
+    except BaseException as exc:
+        # A half-written checkpoint is never kept: on a full disk it would hold the space
+        # that the next attempt (and the workspace's own database) needs.
+        full = isinstance(exc, Exception) and _out_of_space(exc, root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from exc
+        raise
     _fsync_dir(root)
     if run_id is not None:
         ws.db.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
@@ -235,6 +245,23 @@ def write_checkpoint(
             (run_id, step, str(final), meta.get("eval_loss"), meta["time"]),
         )
     return final
+
+
+def _out_of_space(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space. torch.save reports a full disk as a bare
+    RuntimeError ("unexpected pos ..."), so besides ENOSPC anywhere in the chain, a failure
+    that leaves under 64 MiB free on the folder's disk counts too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < 64 << 20
+    except OSError:
+        return False
 
 
 def _discard(path: Path) -> None:

@@ -40,7 +40,7 @@ from kdstudio.distill.config import TrainConfig
 from kdstudio.distill.hf import hf_model
 from kdstudio.distill.losses import cross_entropy
 from kdstudio.distill.objectives import ObjectiveContext, make_objective
-from kdstudio.errors import UserError
+from kdstudio.errors import UserError, disk_full
 from kdstudio.events import (
     CancelToken,
     Failed,
@@ -507,12 +507,18 @@ class Trainer:
             raise
         except BaseException as exc:
             self._outcome = "failed"
+            resume = f"continue the run with `kdstudio train --resume {self.config.run.name}`"
+            full = disk_full(exc, then=resume)
+            if full is not None:
+                exc = full
             self._flush_metrics()
             if self.is_main and self.run is not None:
                 runs.set_status(
                     self.ws, self.run.id, "failed", error=f"{type(exc).__name__}: {exc}"
                 )
                 self.sink.emit(Failed(str(exc), details=type(exc).__name__))
+            if full is not None:
+                raise full from None
             raise
 
     def _train(self) -> TrainResult:
