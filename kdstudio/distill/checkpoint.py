@@ -227,6 +227,8 @@ def write_checkpoint(
             fh.flush()
             os.fsync(fh.fileno())
         if final.exists():  # the same step saved again after a resume: replace it
+            if run_id is not None:  # its row first (see prune_checkpoints)
+                ws.db.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
             _discard(final)
         os.rename(tmp, final)
     except BaseException as exc:
@@ -274,22 +276,23 @@ def _discard(path: Path) -> None:
 def prune_checkpoints(
     ws: Workspace, run: Any, keep_last: int, *, run_id: int | None = None
 ) -> list[int]:
-    """Keep the last `keep_last` checkpoints and the best by eval loss; returns removed steps."""
+    """Keep the last `keep_last` checkpoints and the best by eval loss; returns removed steps.
+
+    The index rows go first, the folders after: a kill in between leaves a complete folder
+    that no row names (the next prune removes it), never a row naming a missing folder."""
     items = list_checkpoints(ws, run)
     keep = {c.step for c in items[-keep_last:]} | {c.step for c in items if c.is_best}
-    removed = []
-    for c in items:
-        if c.step not in keep:
-            _discard(c.path)
-            removed.append(c.step)
+    doomed = [c for c in items if c.step not in keep]
     if run_id is not None:
         with ws.tx() as con:
-            for step in removed:
-                con.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
+            for c in doomed:
+                con.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, c.step))
             best = [c.step for c in items if c.is_best]
             con.execute("UPDATE checkpoints SET is_best=0 WHERE run_id=?", (run_id,))
             if best:
                 con.execute(
                     "UPDATE checkpoints SET is_best=1 WHERE run_id=? AND step=?", (run_id, best[0])
                 )
-    return removed
+    for c in doomed:
+        _discard(c.path)
+    return [c.step for c in doomed]
