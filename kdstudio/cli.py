@@ -267,12 +267,11 @@ def stop_on_signals(cancel: CancelToken, message: str) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def read_secret_from_stdin(what: str = "API key") -> str:
-    """Read a secret from stdin (never argv): the first line, stripped."""
+def read_secret_from_stdin(what: str = "API key", flag: str = "--api-key-stdin") -> str:
+    """Read a secret from stdin (never argv): the next line, stripped; on a terminal, a
+    prompt that does not echo. `flag` is the option that asked for it."""
     if sys.stdin is None or sys.stdin.closed:
-        raise UserError(
-            f"--api-key-stdin was given but there is no standard input to read the {what} from"
-        )
+        raise UserError(f"{flag} was given but there is no standard input to read the {what} from")
     if sys.stdin.isatty():
         import getpass
 
@@ -281,5 +280,5 @@ def read_secret_from_stdin(what: str = "API key") -> str:
         value = sys.stdin.readline()
     value = value.strip()
     if not value:
-        raise UserError(f"--api-key-stdin was given but standard input held no {what}")
+        raise UserError(f"{flag} was given but standard input held no {what}")
     return value

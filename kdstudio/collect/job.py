@@ -128,12 +128,15 @@ def _stats(estimate: CostEstimate) -> RunStats:
 
 
 def _key(col: Collection) -> str | None:
-    """The teacher's API key (None for a local teacher, or one that needs none)."""
+    """The teacher's API key (None for a local teacher, or one that needs none); the values
+    of its secret headers go to the collection's requests."""
     if col.teacher.kind == "local":
         return None
-    from kdstudio.secrets import resolve_key
+    from kdstudio.secrets import resolve_headers, resolve_key
 
-    return resolve_key(col.teacher, col.ws.id)
+    key = resolve_key(col.teacher, col.ws.id)
+    col.unlock(resolve_headers(col.teacher, col.ws.id))
+    return key
 
 
 def _runner(

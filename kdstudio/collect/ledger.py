@@ -77,7 +77,20 @@ class Collection:
             self.endpoint = self.teacher.base_url
         else:
             self.endpoint = f"local:{self.teacher.path}:{_folder_fingerprint(self.teacher.path)}"
+        # The extra HTTP headers its requests carry; the job puts in the values of secret
+        # ones from the keyring (`unlock`). Never stored, never shown.
+        self.headers: dict[str, str] = dict(self.teacher.headers)
         self.id: int | None = None
+
+    def unlock(self, headers: dict[str, str]) -> None:
+        """Give the requests the teacher's headers with their secret values."""
+        self.headers = dict(headers)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values that no message may repeat: those of the secret headers."""
+        wanted = {h.lower() for h in self.teacher.secret_headers}
+        return [v for k, v in self.headers.items() if k.lower() in wanted]
 
     # -- requests and hashes ----------------------------------------------------------------
     def body(self, messages: list[dict], sample: int) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class LiveRunner:
         self, col: Collection, sink: Sink, cancel: CancelToken, stats: RunStats, key: str | None
     ) -> None:
         self.col, self.sink, self.cancel, self.stats, self.key = col, sink, cancel, stats, key
+        self.hidden = [key, *col.secrets]  # what no message may repeat
         self.cfg = col.config
         self.limit = AdaptiveLimit(self.cfg.concurrency, adaptive=self.cfg.adaptive)
         self.rng = random.Random()
@@ -96,6 +97,7 @@ class LiveRunner:
             self.key,
             max_connections=self.cfg.concurrency,
             timeout=self.cfg.timeout,
+            headers=self.col.headers,
         )
         tasks: set[asyncio.Task] = set()
         try:
@@ -287,7 +289,7 @@ class LiveRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
-            return classify(exc, self.key)
+            return classify(exc, self.hidden)
 
     def _handle(self, results: list[tuple[Request, Any]]) -> None:
         now = time.monotonic()

@@ -1,4 +1,5 @@
-"""Claims on the requests in flight, and the teacher each collection asks.
+"""Claims on the requests in flight, the teacher each collection asks, and which of a
+teacher's headers are credentials.
 
 - `request_claims`: a request (by its content hash, the key of `responses`) that one
   collector has in flight. Another collection that needs the same answer at the same time
@@ -12,6 +13,9 @@
   --replace --model OTHER`) is refused instead of mixing two models' answers. Collections
   made before are filled in from their stored answers where those say (a local teacher's
   fingerprint was never stored: the next run records it).
+- `teachers.secret_headers`: the names (JSON list) of a teacher's extra HTTP headers whose
+  values are credentials (`api-key: ...`): their values live in the OS keyring like the
+  API key (`kdstudio.secrets`), never in `teachers.headers`.
 """
 
 SQL = """
@@ -23,6 +27,8 @@ CREATE TABLE request_claims (
     claimed_at REAL NOT NULL
 );
 CREATE INDEX request_claims_by_collection ON request_claims (collection_id);
+
+ALTER TABLE teachers ADD COLUMN secret_headers TEXT NOT NULL DEFAULT '[]';
 
 ALTER TABLE collections ADD COLUMN teacher_model TEXT;
 ALTER TABLE collections ADD COLUMN teacher_endpoint TEXT;
