@@ -34,6 +34,8 @@ from kdstudio.events import Metrics
 from kdstudio.workspace import Workspace
 
 ws_path, student, mode = sys.argv[1:4]
+import kdstudio.distill.runs
+kdstudio.distill.runs.HEARTBEAT_EVERY_S = 0  # the run's row says every step it reaches
 
 class KillAtStep6:
     def emit(self, event):
@@ -81,8 +83,10 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_loss(referenc
     code = DRIVER.format(tests=str(ROOT / "tests"), config=KW)
     proc = python(code, str(tmp_path / "ws"), str(path), mode)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert get_run(ws, "victim").status == "interrupted"
+    killed = get_run(ws, "victim")
+    assert killed.status == "interrupted"
     assert [c.step for c in list_checkpoints(ws, "victim")] == [4]
+    assert killed.step == 4  # where a resume continues, not the step it died at (`runs list`)
     if mode == "during-save":
         assert any(p.name.startswith(".tmp-") for p in (ws.checkpoints_dir / "victim").iterdir())
     before = losses(ws, "victim")

@@ -49,6 +49,7 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    checkpoint_step: int | None = None  # the step of its last checkpoint (None: none yet)
 
     def train_config(self) -> TrainConfig:
         from kdstudio.distill.config import TrainConfig
@@ -71,9 +72,20 @@ def effective_status(row: dict[str, Any]) -> str:
     return "interrupted" if status == "running" and not alive else status
 
 
+# Each run's row with the step of its last checkpoint (the window's index of the folders).
+_SELECT = (
+    "SELECT r.*, (SELECT MAX(c.step) FROM checkpoints c WHERE c.run_id = r.id)"
+    " AS checkpoint_step FROM runs r"
+)
+
+
 def _from_row(row: Any) -> Run:
     data = dict(row)
     data["status"] = effective_status(data)
+    if data["status"] == "interrupted":
+        # Its row says the step it last reported before it died (the heartbeat's); what
+        # counts is where `--resume` continues: its last checkpoint (0: it starts over).
+        data["step"] = data.get("checkpoint_step") or 0
     data["config"] = json.loads(data["config"])
     data["eval_rows"] = json.loads(data["eval_rows"]) if data.get("eval_rows") else None
     data["summary"] = json.loads(data.get("summary") or "{}")
@@ -114,14 +126,14 @@ def create_run(ws: Workspace, config: TrainConfig, *, world_size: int = 1) -> Ru
 
 
 def get_run(ws: Workspace, name: str) -> Run:
-    row = ws.query_one("SELECT * FROM runs WHERE name=?", (name,))
+    row = ws.query_one(f"{_SELECT} WHERE r.name=?", (name,))
     if row is None:
         raise NotFound("run", name, run_names(ws))
     return _from_row(row)
 
 
 def list_runs(ws: Workspace) -> list[Run]:
-    return [_from_row(r) for r in ws.query("SELECT * FROM runs ORDER BY id")]
+    return [_from_row(r) for r in ws.query(f"{_SELECT} ORDER BY r.id")]
 
 
 def claim(ws: Workspace, run_id: int) -> Run:
@@ -136,7 +148,7 @@ def claim(ws: Workspace, run_id: int) -> Run:
             f"run {name!r} is being trained by process {held.pid} on {held.host}; wait for "
             "it to end, or stop it first"
         ) from None
-    return _from_row(ws.query_one("SELECT * FROM runs WHERE id=?", (run_id,)))
+    return _from_row(ws.query_one(f"{_SELECT} WHERE r.id=?", (run_id,)))
 
 
 def release(ws: Workspace, run_id: int) -> None:
