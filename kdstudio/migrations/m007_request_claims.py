@@ -18,35 +18,35 @@ teacher's headers are credentials.
   API key (`kdstudio.secrets`), never in `teachers.headers`.
 """
 
-SQL = """
-CREATE TABLE request_claims (
-    hash TEXT PRIMARY KEY,
-    collection_id INTEGER NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
-    pid INTEGER NOT NULL,
-    host TEXT NOT NULL,
-    claimed_at REAL NOT NULL
-);
-CREATE INDEX request_claims_by_collection ON request_claims (collection_id);
+SCHEMA = [
+    """CREATE TABLE request_claims (
+        hash TEXT PRIMARY KEY,
+        collection_id INTEGER NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        claimed_at REAL NOT NULL
+    )""",
+    "CREATE INDEX request_claims_by_collection ON request_claims (collection_id)",
+    "ALTER TABLE teachers ADD COLUMN secret_headers TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE collections ADD COLUMN teacher_model TEXT",
+    "ALTER TABLE collections ADD COLUMN teacher_endpoint TEXT",
+]
 
-ALTER TABLE teachers ADD COLUMN secret_headers TEXT NOT NULL DEFAULT '[]';
-
-ALTER TABLE collections ADD COLUMN teacher_model TEXT;
-ALTER TABLE collections ADD COLUMN teacher_endpoint TEXT;
-
-UPDATE collections SET
-    teacher_model = (
-        SELECT r.model FROM collection_items ci JOIN responses r ON r.hash = ci.hash
-        WHERE ci.collection_id = collections.id AND ci.status = 'done'
-          AND r.source IN ('teacher', 'batch') AND r.endpoint NOT LIKE 'local:%'
-          AND r.model IS NOT NULL AND r.endpoint IS NOT NULL
-        LIMIT 1
-    ),
-    teacher_endpoint = (
-        SELECT r.endpoint FROM collection_items ci JOIN responses r ON r.hash = ci.hash
-        WHERE ci.collection_id = collections.id AND ci.status = 'done'
-          AND r.source IN ('teacher', 'batch') AND r.endpoint NOT LIKE 'local:%'
-          AND r.model IS NOT NULL AND r.endpoint IS NOT NULL
-        LIMIT 1
-    )
-WHERE source = 'teacher';
+# One answer of each teacher collection that came from an endpoint (not a local teacher).
+ANSWERED_BY = """
+SELECT c.id, r.model, r.endpoint FROM collections c
+JOIN collection_items ci ON ci.collection_id = c.id AND ci.status = 'done'
+JOIN responses r ON r.hash = ci.hash
+WHERE c.source = 'teacher' AND r.source IN ('teacher', 'batch')
+  AND r.model IS NOT NULL AND r.endpoint IS NOT NULL AND r.endpoint NOT LIKE 'local:%'
+GROUP BY c.id
 """
+
+
+def upgrade(con) -> None:
+    for statement in SCHEMA:
+        con.execute(statement)
+    con.executemany(
+        "UPDATE collections SET teacher_model=?, teacher_endpoint=? WHERE id=?",
+        [(model, endpoint, cid) for cid, model, endpoint in con.execute(ANSWERED_BY).fetchall()],
+    )
