@@ -490,3 +490,24 @@ def test_a_collection_made_before_teachers_were_recorded_learns_its_model_from_i
     with pytest.raises(UserError, match="model: 'teacher-1' -> 'teacher-2'"):
         collect(cfg(), ws)
     ws.close()
+
+
+def test_the_budget_is_reached_when_nothing_is_in_flight_whatever_the_float_sum_says(ws, server):
+    """Reservations are floats: 0.1 + 0.2 - 0.1 - 0.2 leaves 2.8e-17, not 0. Deciding "nothing
+    in flight" from that sum waited forever for answers that would never come (a hang seen
+    once in the full suite); the count of requests in flight decides."""
+    from kdstudio.collect.ledger import Collection
+    from kdstudio.collect.live import LiveRunner
+    from kdstudio.collect.runner import RunStats
+    from kdstudio.events import CancelToken, NullSink
+
+    make_prompts(ws, n=1)
+    add_teacher(ws, server, price_in=0.0, price_out=1000.0)
+    col = Collection(cfg(budget=0.01), ws)
+    col.open()
+    runner = LiveRunner(col, NullSink(), CancelToken(), RunStats(), None)
+    runner.reserved = 0.1 + 0.2 - 0.1 - 0.2
+    assert runner.reserved > 0
+    item = next(col.iter_queued())
+    assert not runner._affordable(item, holding=0)  # $0.016 > $0.01, and nothing will answer
+    assert runner.budget_reached and runner.stop_reason

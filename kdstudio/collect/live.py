@@ -140,6 +140,8 @@ class LiveRunner:
                 done, finished[:] = list(finished), []
                 in_flight -= len(done)
                 self._handle(done)
+                if not in_flight:
+                    self.reserved = 0.0  # no rounding left over from the additions
             if not pending and not exhausted:
                 pending.extend(next(queue, None) for _ in range(256))
                 while pending and pending[-1] is None:
@@ -231,7 +233,7 @@ class LiveRunner:
             if leader is not None and leader is not item:
                 self.followers[item.hash].append(item)
                 continue
-            if not self._affordable(item):
+            if not self._affordable(item, holding=in_flight + len(out)):
                 self._put_back(item, pending)
                 break
             out.append(item)
@@ -254,11 +256,11 @@ class LiveRunner:
         else:
             pending.appendleft(item)
 
-    def _affordable(self, item: Request) -> bool:
+    def _affordable(self, item: Request, *, holding: int) -> bool:
         """Whether `item` may go now: its worst case fits beside what is spent and what the
-        requests in flight hold. When it does not fit only because of them, it waits for
-        their answers (which release what they hold); when nothing is in flight, the budget
-        is reached."""
+        `holding` requests in flight (or about to go) hold. When it does not fit only
+        because of them, it waits for their answers (which release what they hold); when
+        none holds anything, the budget is reached."""
         budget = self.cfg.budget
         if budget is None:
             return True
@@ -267,7 +269,7 @@ class LiveRunner:
             self.reserved += worst
             item.reserved = worst
             return True
-        if self.reserved <= 0:
+        if not holding:  # a count: the float sum of reservations may not come back to 0
             self.budget_reached = True
             self.stop_reason = (
                 f"the next request could cost up to {usd(worst)}; re-run with a larger "
