@@ -21,6 +21,7 @@ while saving leaves the previous checkpoint untouched. The folders are the truth
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -217,16 +218,27 @@ def write_checkpoint(
     tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    write(tmp)
-    meta = {"step": step, "time": time.time(), **meta}
-    with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if final.exists():  # the same step saved again after a resume: replace it
-        _discard(final)
-    os.rename(tmp, final)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        meta = {"step": step, "time": time.time(), **meta}
+        with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():  # the same step saved again after a resume: replace it
+            if run_id is not None:  # its row first (see prune_checkpoints)
+                ws.db.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
+            _discard(final)
+        os.rename(tmp, final)
+    except BaseException as exc:
+        # A half-written checkpoint is never kept: on a full disk it would hold the space
+        # that the next attempt (and the workspace's own database) needs.
+        full = isinstance(exc, Exception) and _out_of_space(exc, root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from exc
+        raise
     _fsync_dir(root)
     if run_id is not None:
         ws.db.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
@@ -235,6 +247,23 @@ def write_checkpoint(
             (run_id, step, str(final), meta.get("eval_loss"), meta["time"]),
         )
     return final
+
+
+def _out_of_space(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space. torch.save reports a full disk as a bare
+    RuntimeError ("unexpected pos ..."), so besides ENOSPC anywhere in the chain, a failure
+    that leaves under 64 MiB free on the folder's disk counts too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < 64 << 20
+    except OSError:
+        return False
 
 
 def _discard(path: Path) -> None:
@@ -247,22 +276,23 @@ def _discard(path: Path) -> None:
 def prune_checkpoints(
     ws: Workspace, run: Any, keep_last: int, *, run_id: int | None = None
 ) -> list[int]:
-    """Keep the last `keep_last` checkpoints and the best by eval loss; returns removed steps."""
+    """Keep the last `keep_last` checkpoints and the best by eval loss; returns removed steps.
+
+    The index rows go first, the folders after: a kill in between leaves a complete folder
+    that no row names (the next prune removes it), never a row naming a missing folder."""
     items = list_checkpoints(ws, run)
     keep = {c.step for c in items[-keep_last:]} | {c.step for c in items if c.is_best}
-    removed = []
-    for c in items:
-        if c.step not in keep:
-            _discard(c.path)
-            removed.append(c.step)
+    doomed = [c for c in items if c.step not in keep]
     if run_id is not None:
         with ws.tx() as con:
-            for step in removed:
-                con.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
+            for c in doomed:
+                con.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, c.step))
             best = [c.step for c in items if c.is_best]
             con.execute("UPDATE checkpoints SET is_best=0 WHERE run_id=?", (run_id,))
             if best:
                 con.execute(
                     "UPDATE checkpoints SET is_best=1 WHERE run_id=? AND step=?", (run_id, best[0])
                 )
-    return removed
+    for c in doomed:
+        _discard(c.path)
+    return [c.step for c in doomed]
