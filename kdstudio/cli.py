@@ -254,18 +254,19 @@ def stop_on_signals(cancel: CancelToken, message: str) -> Iterator[None]:
     """While a job runs: the first Ctrl-C (or SIGTERM) cancels it cleanly, saying `message`
     (the job finishes its step, row or batch and saves); a second Ctrl-C stops at once.
 
-    A second signal within `SAME_CTRL_C_S` of the first counts as the same Ctrl-C: under
-    torchrun the terminal's Ctrl-C reaches each worker once directly and once more through
-    the launcher, which passes it on to its workers at once."""
+    Under torchrun, a second signal within `SAME_CTRL_C_S` of the first counts as the same
+    Ctrl-C: the terminal's Ctrl-C reaches each worker once directly and once more through the
+    launcher, which passes it on at once. (Elsewhere a quick second Ctrl-C quits, as asked.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     first: list[float] = []
+    same_within = SAME_CTRL_C_S if "TORCHELASTIC_RUN_ID" in os.environ else 0.0
 
     def handler(signum: int, frame: Any) -> None:
         now = time.monotonic()
         if cancel.cancelled and signum == signal.SIGINT:
-            if first and now - first[0] < SAME_CTRL_C_S:
+            if first and now - first[0] < same_within:
                 return
             raise KeyboardInterrupt
         first.append(now)
