@@ -582,6 +582,7 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
     run = runs.get_run(ws, config.run)
     examples = held_out_examples(ws, run)
     path = ckpt.resolve_checkpoint(ws, run.name, config.checkpoint)
+    ckpt.base_student_path(ws, run)  # "before" needs the starting weights: said before loading
     device = plan.pick_device(config.device, setting="eval.device")
     from transformers.utils import logging as hf_logging
 

@@ -131,8 +131,13 @@ def _run_config(ws: Workspace, run: Any) -> dict[str, Any]:
 
 
 def base_student_path(ws: Workspace, run: Any) -> Path:
-    """The Hugging Face folder the run's student started from."""
-    return Path(_run_config(ws, run)["student"]["path"])
+    """The Hugging Face folder the run's student started from (a UserError when it is gone:
+    evaluation and a LoRA export need it)."""
+    from kdstudio.model_folder import check_model_folder
+
+    return check_model_folder(
+        _run_config(ws, run)["student"]["path"], f"run {_name(run)!r}: its student (student.path)"
+    )
 
 
 def load_tokenizer(ws: Workspace, run: Any) -> Any:
@@ -140,7 +145,8 @@ def load_tokenizer(ws: Workspace, run: Any) -> Any:
     from kdstudio.distill.batches import load_student_tokenizer
 
     config = _run_config(ws, run)
-    tok, _ = load_student_tokenizer(config["student"]["path"], config["student"]["template"])
+    base = str(base_student_path(ws, run))
+    tok, _ = load_student_tokenizer(base, config["student"]["template"])
     return tok
 
 
@@ -154,7 +160,7 @@ def load_student(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = _run_config(ws, run)
-    base = config["student"]["path"]
+    base = base_student_path(ws, run) if which == "base" or config.get("lora") else None
     if which == "base":
         model = AutoModelForCausalLM.from_pretrained(base)
         tok = load_tokenizer(ws, run)

@@ -60,6 +60,7 @@ from kdstudio.events import (
     StoreSink,
     Warning,
 )
+from kdstudio.model_folder import check_model_folder
 from kdstudio.trackers import TrackerSink
 from kdstudio.workspace import Workspace
 
@@ -192,6 +193,7 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------
     def setup(self) -> None:
         """Everything before the first step; raises UserError for bad input, before any step."""
+        check_model_folder(self.config.student.path, "student.path")  # at once, before imports
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # per-shard save/load bars would flood the console
