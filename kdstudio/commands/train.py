@@ -2,7 +2,8 @@
 
 Ctrl-C (or SIGTERM) asks the run to stop: it finishes the current step, saves a checkpoint
 and exits with 130; a second Ctrl-C aborts at once (the run then reads as interrupted and
-resumes from its last checkpoint). Under torchrun only rank 0 prints.
+resumes from its last checkpoint). A run that diverges exits with 1 after saying what
+happened and what to change. Under torchrun only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from typing import Any
 
 from kdstudio.cli import stop_on_signals
-from kdstudio.errors import Cancelled, UserError
+from kdstudio.errors import Cancelled, JobFailed, UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,6 +86,9 @@ def cmd_train(args: argparse.Namespace, ctx) -> int:
         raise Cancelled(
             f"run {result.run} stopped at step {result.step}; checkpoint {result.checkpoint}"
         )
+    if result.status == "diverged":  # the whole story was printed as the run's error
+        kept = result.checkpoint or "none (no checkpoint was confirmed good)"
+        raise JobFailed(f"run {result.run} diverged; last good checkpoint: {kept}")
     return 0
 
 

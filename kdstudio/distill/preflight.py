@@ -221,8 +221,22 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
             )
         else:
             report.checks.append(line)
+    _lr_check(cfg, report)
     _tracker_checks(cfg, report)
     return report
+
+
+def _lr_check(cfg: TrainConfig, report: PreflightReport) -> None:
+    """A learning rate far outside the usual range is a note (the run may still be meant)."""
+    problem = plan.lr_problem(cfg)
+    if problem:
+        report.notes.append(f"{problem} [optim.lr]")
+    else:
+        usual, lr = plan.usual_lr(cfg), cfg.optim.lr
+        where = "within" if usual.low <= lr <= usual.high else "near"
+        report.checks.append(
+            f"optim.lr {plan.fmt_lr(lr)}: {where} the usual range for {usual.what} ({usual.span()})"
+        )
 
 
 def _tracker_checks(cfg: TrainConfig, report: PreflightReport) -> None:

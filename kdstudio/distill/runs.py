@@ -1,7 +1,8 @@
 """Training runs in the workspace: create, look up, list, and track status.
 
 Status: `created`, `running`, `finished`, `stopped` (by the user, after a checkpoint),
-`failed`. A running run holds a `Lease` on its row (pid, host, heartbeat); one stored as
+`failed`, `diverged` (its loss blew up: `kdstudio.distill.divergence`; its `error` says
+what happened and what to change). A running run holds a `Lease` on its row (pid, host, heartbeat); one stored as
 `running` whose process is gone (its pid is dead, when it ran on this host; else its
 heartbeat is older than `STALE_AFTER_S`) reads as `interrupted`; `--resume` continues it.
 No torch here: the GUI and `runs list` use this module cheaply.
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from kdstudio.distill.config import TrainConfig
     from kdstudio.workspace import Workspace
 
-STATUSES = ("created", "running", "finished", "stopped", "failed", "interrupted")
+STATUSES = ("created", "running", "finished", "stopped", "failed", "diverged", "interrupted")
 HEARTBEAT_EVERY_S = 10.0
 STALE_AFTER_S = 120.0
 
