@@ -203,9 +203,7 @@ def test_a_run_that_diverges_later_keeps_its_last_good_checkpoint_for_everything
         trainer.close()
 
 
-def test_with_stop_on_divergence_off_the_run_trains_on_and_still_ends_diverged(
-    tiny, student_path
-):
+def test_with_stop_on_divergence_off_the_run_trains_on_and_still_ends_diverged(tiny, student_path):
     sink = ListSink()
     cfg = _exploding(student_path, name="on", checkpoint_every=10, stop_on_divergence=False)
     result = train(tiny, cfg, sink)
