@@ -24,10 +24,10 @@ holds after the interval's all-reduce, so all of them decide alike, with no extr
    for 4 intervals); ours stands higher because an interval's mean over a small batch is
    noisier than their windowed average.
 
-The running minimum starts from the loss of the run's first step (the weights as loaded,
-read once when the run starts, its one extra sync): a run that explodes within its first
-interval is measured against where it began; without that, the uniform guess it collapsed
-to would have looked like its best.
+The running minimum starts from the loss of the run's first step (the weights as loaded;
+kept on the device and read with the first report, so no extra sync): a run that explodes
+within its first interval is measured against where it began; without that, the uniform
+guess it collapsed to would have looked like its best.
 
 Which checkpoints are good: a checkpoint's weights are first measured by the loss of the
 next interval. `good_until` is the last step of the latest healthy interval, so a

@@ -608,8 +608,9 @@ class Trainer:
             self.step += 1
             interval.grad_norm = interval.grad_norm + grad_norm.detach().float()
             interval.steps += 1
-            if self.divergence.needs_start:  # the loss of the weights the run starts from
-                self.divergence.start(self._first_step_loss(interval), self.step - 1)
+            if self.divergence.needs_start and interval.first is None:
+                # the loss of the weights the run starts from, read with the first report
+                interval.first = (interval.loss, interval.n_target, self.step - 1)
 
             last = self.step >= self.total_steps
             if self.step % cfg.run.log_every == 0 or last:
@@ -689,20 +690,6 @@ class Trainer:
         )
 
     # -- divergence -------------------------------------------------------------------------
-    def _first_step_loss(self, iv: _Interval) -> float:
-        """The mean loss of the first step (all processes): one sync, once per run."""
-        import torch
-
-        figures = torch.stack(
-            [iv.loss.reshape(()), torch.tensor(float(iv.n_target), device=self.device)]
-        )
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(figures)
-        loss_sum, n_target = figures.tolist()
-        return loss_sum / max(n_target, 1)
-
     def _judge(self, loss: float) -> bool:
         """Give a report's loss to the divergence check; True when the run must stop now."""
         found = self.divergence.observe(self.step, loss)
@@ -822,10 +809,15 @@ class Trainer:
             *(iv.counts[k][0] for k in sorted(iv.counts)),
             *(iv.counts[k][1] for k in sorted(iv.counts)),
         ]
+        first_target = first_step = 0
+        if iv.first is not None:  # the run's first step: the divergence check's baseline
+            first_loss, first_target, first_step = iv.first
+            names.append("first:loss")
+            values.append(first_loss)
         local = torch.stack(
             [torch.as_tensor(v, device=self.device).float().reshape(()) for v in values]
         )
-        counts = [iv.n_target, iv.n_tokens, iv.n_samples]
+        counts = [iv.n_target, iv.n_tokens, iv.n_samples, first_target]
         if self.world > 1:
             import torch.distributed as dist
 
@@ -836,7 +828,9 @@ class Trainer:
         figures = dict(zip(names, local.tolist(), strict=True))  # the interval's one device sync
         # every rank holds the same (global) gradient norm: average it, do not sum it
         grad_norm = figures["grad_norm"] / self.world / max(iv.steps, 1)
-        n_target, n_tokens, n_samples = counts
+        n_target, n_tokens, n_samples, first_target = counts
+        if "first:loss" in figures:
+            self.divergence.start(figures["first:loss"] / max(first_target, 1), first_step)
         seconds = max(time.perf_counter() - iv.t0, 1e-9)
         values_out = {"loss": figures["loss"] / max(n_target, 1)}
         for k in sorted(iv.sums):
@@ -1034,6 +1028,7 @@ class _Interval:
         self.counts: dict[str, list[Any]] = {}
         self.n_target = self.n_tokens = self.n_samples = self.steps = 0
         self.lr = 0.0
+        self.first: tuple[Any, int, int] | None = None  # (loss sum, target tokens, step)
 
     def add(self, out: Any, batch: Batch) -> None:
         self.loss = self.loss + out.loss_sum.detach().float()
