@@ -142,10 +142,21 @@ def tiny(student_path, tmp_path):
     workspace.close()
 
 
-def _exploding(student_path, **run):
+def _exploding(student_path, lr=1000.0, **run):
     """The issue's run: lr 1000, clipping off, no warmup."""
-    optim = {"max_steps": 40, "lr": 1000.0, "clip": 0.0, "warmup": 0}
+    optim = {"max_steps": 40, "lr": lr, "clip": 0.0, "warmup": 0}
     return make_config(student_path, optim=optim, run={"log_every": 2, **run})
+
+
+def test_the_remedies_make_the_next_run_to_try(student_path):
+    from kdstudio.distill.divergence import remedied, remedies
+
+    fixed = remedied(_exploding(student_path, name="x"))
+    assert (fixed.optim.lr, fixed.optim.clip, fixed.optim.warmup) == (1e-3, 1.0, 0.03)
+    assert fixed.run.name is None  # a new run
+    mild = make_config(student_path, optim={"lr": 3e-4})
+    assert [r.key for r in remedies(mild)] == ["optim.lr"]
+    assert remedied(mild).optim.lr == pytest.approx(3e-5)
 
 
 def test_an_exploding_run_is_marked_diverged_stopped_and_told_what_to_change(tiny, student_path):
@@ -157,7 +168,7 @@ def test_an_exploding_run_is_marked_diverged_stopped_and_told_what_to_change(tin
     assert run.status == "diverged" and run.error == result.message
     assert run.summary["diverged"]["kind"] == "exploded"
     assert "run boom diverged: the loss exploded to" in run.error
-    assert "lower optim.lr (now 1000; 1e-6 to 1e-3 is usual" in run.error
+    assert "lower optim.lr from 1000 to 1e-3 (1e-6 to 1e-3 is usual for AdamW" in run.error
     assert "turn gradient clipping on (optim.clip = 1.0)" in run.error
     (failed,) = sink.of(Failed)
     assert failed.details == "diverged" and failed.message == run.error
@@ -165,6 +176,24 @@ def test_an_exploding_run_is_marked_diverged_stopped_and_told_what_to_change(tin
     assert lr_warning and "far above the usual range (1e-6 to 1e-3" in lr_warning[0].message
     assert all(c.diverged for c in ckpt.list_checkpoints(tiny, "boom"))
     assert max(losses(tiny, "boom").values()) > 1e4
+
+
+def test_a_nan_loss_stops_the_run_at_its_first_report_and_is_not_stored(tiny, student_path):
+    """SQLite has no NaN (it reads back as NULL): the metric is left out, the run says it."""
+    result = train(tiny, _exploding(student_path, lr=1e12, name="nan"))
+    run = runs.get_run(tiny, "nan")
+    assert result.status == run.status == "diverged" and result.step == 2
+    assert "the loss became NaN at step 2" in run.error
+    assert run.summary["diverged"]["loss"] == "nan"
+    assert losses(tiny, "nan") == {}  # nothing of the NaN report in the table
+
+
+def test_infinite_metrics_are_stored_and_nan_ones_left_out(tiny, student_path):
+    import time
+
+    run = runs.create_run(tiny, make_config(student_path, run={"name": "m"}))
+    tiny.add_metrics(run.id, 3, {"loss": float("nan"), "grad_norm": float("inf")}, time.time())
+    assert runs.latest_metrics(tiny, run.id) == {"grad_norm": (3, float("inf"))}
 
 
 def test_a_run_that_diverges_later_keeps_its_last_good_checkpoint_for_everything(

@@ -157,19 +157,48 @@ class DivergenceCheck:
         self.found = Divergence(**found) if found else None
 
 
-def advice(config: TrainConfig) -> str:
-    """What to change so the next run does not diverge, from the settings that cause it."""
+@dataclass(frozen=True)
+class Remedy:
+    """One setting to change so the next run does not diverge."""
+
+    key: str  # "optim.lr"
+    value: Any
+    text: str  # said in the run's message
+
+
+def remedies(config: TrainConfig) -> list[Remedy]:
+    """What to change, from the settings that make a run diverge: a learning rate a tenth
+    as large (and at most the top of its usual range), clipping, warmup, and fp16."""
     from kdstudio.distill.plan import fmt_lr, usual_lr
 
     o, usual = config.optim, usual_lr(config)
-    if o.lr > usual.high:
-        fixes = [f"lower optim.lr (now {fmt_lr(o.lr)}; {usual.span()} is usual for {usual.what})"]
-    else:
-        fixes = [f"lower optim.lr (now {fmt_lr(o.lr)}), for instance to {fmt_lr(o.lr / 10)}"]
+    lr = min(o.lr / 10, usual.high)
+    why = f" ({usual.span()} is usual for {usual.what})" if o.lr > usual.high else ""
+    out = [Remedy("optim.lr", lr, f"lower optim.lr from {fmt_lr(o.lr)} to {fmt_lr(lr)}{why}")]
     if o.clip == 0:
-        fixes.append("turn gradient clipping on (optim.clip = 1.0)")
+        out.append(Remedy("optim.clip", 1.0, "turn gradient clipping on (optim.clip = 1.0)"))
     if o.warmup == 0:
-        fixes.append("warm the learning rate up (optim.warmup = 0.03)")
+        out.append(Remedy("optim.warmup", 0.03, "warm the learning rate up (optim.warmup = 0.03)"))
     if config.run.precision == "fp16":
-        fixes.append('train in bf16 or fp32 (run.precision = "auto"): fp16 overflows')
-    return "; ".join(fixes)
+        out.append(
+            Remedy("run.precision", "auto", 'train in bf16 or fp32 (run.precision = "auto")')
+        )
+    return out
+
+
+def advice(config: TrainConfig) -> str:
+    """The remedies in words, for the run's message."""
+    return "; ".join(r.text for r in remedies(config))
+
+
+def remedied(config: TrainConfig) -> TrainConfig:
+    """`config` with its remedies applied and no run name: the next run to try (the
+    window's "New run with these changes")."""
+    from kdstudio.distill.config import TrainConfig
+
+    data = config.to_dict()
+    for r in remedies(config):
+        section, key = r.key.split(".")
+        data[section][key] = r.value
+    data["run"]["name"] = None
+    return TrainConfig.from_dict(data)
