@@ -135,7 +135,8 @@ def test_no_figure_of_a_previous_job_or_teacher_stays_on_the_card(qtbot, window,
     _estimate(qtbot, panel)
     job = panel.start()
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
-    qtbot.waitUntil(lambda: panel.rate_label.text().startswith("Finished"), timeout=5000)
+    qtbot.waitUntil(lambda: panel.rate_label.text().startswith("This run:"), timeout=5000)
+    assert panel.progress_title.text() == "Collection 'arith.loop'"  # no longer "Collecting"
     assert "$" in panel.spend_label.text()
 
     panel.teacher_box.setCurrentText("other")  # another teacher: another collection
@@ -189,7 +190,7 @@ def test_a_local_teacher_shows_no_cost(qtbot, window, ws, arith, tiny_teacher):
     job = panel.start()
     assert job is not None
     qtbot.waitUntil(lambda: not panel.running(), timeout=120_000)
-    qtbot.waitUntil(lambda: panel.rate_label.text().startswith("Finished"), timeout=5000)
+    qtbot.waitUntil(lambda: panel.rate_label.text().startswith("This run:"), timeout=5000)
     assert panel.spend_label.text() == "" and not panel.spend_bar.isVisible()
     assert "$" not in panel.message.text and "spent" not in panel.message.text
     assert panel.message.text.startswith("Collection 'arith.loc': 4 of 4 answers stored")

@@ -66,7 +66,7 @@ def test_a_loss_that_is_not_finite_diverges_at_once():
 def test_an_explosion_diverges_at_once_and_a_rising_loss_after_patience():
     _, found = judge([5.0, 1e6], start=6.0)
     assert (found.kind, found.step, found.best, found.best_step) == ("exploded", 20, 5.0, 10)
-    assert "200,000x its best, 5 at step 10" in found.describe()
+    assert "200,000x its best (5 at step 10)" in found.describe()
     # three reports in a row far above the best; a healthy one in between resets the count
     _, found = judge([2.0, 7.0, 8.0, 2.5, 7.0, 8.0, 9.0], start=6.0)
     assert (found.kind, found.step, found.good_until) == ("rising", 70, 40)

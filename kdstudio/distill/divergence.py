@@ -68,18 +68,19 @@ class Divergence:
 
     def describe(self) -> str:
         """What happened, in words: "the loss became NaN at step 40"."""
-        best = f"its best, {self.best:.4g} at step {self.best_step}"
+        best = f"{self.best:.4g} at step {self.best_step}"
         if self.kind == "not finite":
             value = "NaN" if math.isnan(self.loss) else "infinite"
             return f"the loss became {value} at step {self.step}"
         if self.kind == "exploded":
+            times = self.loss / max(self.best, 1e-12)
             return (
-                f"the loss exploded to {self.loss:.3g} at step {self.step} "
-                f"({self.loss / max(self.best, 1e-12):,.0f}x {best})"
+                f"the loss exploded to {self.loss:.3g} at step {self.step}, {times:,.0f}x its "
+                f"best ({best})"
             )
         return (
-            f"the loss stayed above {RATIO:g}x {best}, for {PATIENCE} reports in a row, "
-            f"reaching {self.loss:.4g} at step {self.step}"
+            f"the loss stayed above {RATIO:g}x its best ({best}) for {PATIENCE} reports in a "
+            f"row, reaching {self.loss:.4g} at step {self.step}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -230,16 +230,16 @@ def lr_problem(config: TrainConfig) -> str | None:
     span = f"{usual.span()} for {usual.what}: {usual.source}"
     if lr > usual.high * LR_FAR:
         return (
-            f"optim.lr {fmt_lr(lr)} is far above the usual range ({span}); "
+            f"learning rate {fmt_lr(lr)} (optim.lr) is far above the usual range ({span}); "
             f"{LR_FAR:g}x past it, the loss usually explodes"
         )
     if 0 < lr < usual.low / LR_FAR:
         return (
-            f"optim.lr {fmt_lr(lr)} is far below the usual range ({span}); the weights would "
-            "barely move"
+            f"learning rate {fmt_lr(lr)} (optim.lr) is far below the usual range ({span}); the "
+            "weights would barely move"
         )
     if lr == 0:
-        return "optim.lr is 0: the weights would not change"
+        return "learning rate 0 (optim.lr): the weights would not change"
     return None
 
 

@@ -697,8 +697,9 @@ class CollectPanel(Panel):
                 outcome_text(summary), "success" if summary.status == "done" else "warning"
             )
         self.rate_label.setText(
-            f"Finished in {duration(summary.elapsed)}: {summary.requests:,} requests, "
-            f"{summary.retries:,} retries, {summary.cached:,} answers reused from the cache."
+            f"This run: {summary.requests:,} requests in {duration(summary.elapsed)}, "
+            f"{summary.retries:,} retries. The whole collection: {summary.cached:,} answers "
+            "reused from the cache (never paid twice)."
         )
         self.collection_finished.emit(summary.collection)
 
@@ -727,6 +728,8 @@ class CollectPanel(Panel):
 
     @Slot()
     def on_ended(self) -> None:
+        if self.shown is not None:
+            self.progress_title.setText(f"Collection {self.shown!r}")
         if self.config is not None:
             self.status_changed.emit(f"collection {self.config.collection_name()} ended")
         self.counts_timer.stop()

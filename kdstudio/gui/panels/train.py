@@ -933,6 +933,8 @@ class TrainPanel(Panel):
             self.message.show_message(
                 f"Run {result.run} finished: {result.step} steps{loss}{ev}.", "success"
             )
+        # the step it ended at (its last progress event may have been throttled away)
+        self.show_steps(result.step, result.total_steps, running=False)
         self.progress_label.setText(
             f"Run {result.run}: {status} at step {result.step:,} of {result.total_steps:,}."
         )
@@ -960,7 +962,7 @@ class TrainPanel(Panel):
         self.set_config(remedied(stored))
         changes = "; ".join(r.text for r in remedies(stored))
         self.show_message(
-            f"Run {name!r}'s settings are in the form, with these changes: {changes}. "
+            f"The settings of run {name!r} are in the form, with these changes: {changes}. "
             "Press Start training for a new run.",
             "info",
         )
