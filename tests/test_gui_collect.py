@@ -4,8 +4,6 @@ job or teacher stays on the card; a local teacher shows no cost."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 pytest.importorskip("pytestqt")
@@ -23,13 +21,10 @@ def window(qtbot, ws, tmp_path):
 
 @pytest.fixture
 def server():
-    from support.openai_server import OpenAIServer
+    from support.gui import loopback_server
 
-    os.environ[KEY_ENV] = "sk-gui-loopback"
     models = ("model-of-loop", "model-of-other")  # another model: not the cached answers
-    srv = OpenAIServer(latency=0.002, api_key="sk-gui-loopback", models=models).start()
-    yield srv
-    srv.stop()
+    yield from loopback_server(KEY_ENV, latency=0.002, models=models)
 
 
 @pytest.fixture

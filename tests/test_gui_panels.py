@@ -29,12 +29,9 @@ def prompts(tmp_path):
 
 @pytest.fixture
 def server():
-    from support.openai_server import OpenAIServer
+    from support.gui import loopback_server
 
-    os.environ[KEY_ENV] = "sk-gui-loopback"
-    srv = OpenAIServer(latency=0.005, api_key="sk-gui-loopback").start()
-    yield srv
-    srv.stop()
+    yield from loopback_server(KEY_ENV, latency=0.005)
 
 
 def wait_idle(qtbot, panel, timeout=60_000):

@@ -83,6 +83,19 @@ def add_answers_collection(ws, folder: str | Path, n: int = 40) -> str:
     return "answers"
 
 
+def loopback_server(key_env: str, **kwargs):
+    """Fixture body: a loopback OpenAI-protocol server whose key is in env var `key_env`
+    (a teacher added with key_source "env" reads it); stopped on teardown."""
+    import os
+
+    from support.openai_server import OpenAIServer
+
+    os.environ[key_env] = "sk-gui-loopback"
+    server = OpenAIServer(api_key="sk-gui-loopback", **kwargs).start()
+    yield server
+    server.stop()
+
+
 def studio_window(qtbot, ws, settings_dir: str | Path, *, size: tuple[int, int] | None = None):
     """Fixture body for GUI tests: a shown MainWindow on `ws`; on teardown its jobs are
     stopped (bounded) and the error hooks put back. Use with `yield from`."""
