@@ -16,9 +16,10 @@ from pathlib import Path
 from kdstudio.errors import UserError
 
 
-def model_folder_problem(path: str | Path) -> str | None:
-    """What is wrong with `path` as a model folder ("folder … does not exist", …), or None.
-    Cheap (a few stat calls): the window asks it while a path is typed."""
+def model_folder_problem(path: str | Path, *, model: bool = True) -> str | None:
+    """What is wrong with `path` as a model folder ("folder … does not exist", …), or None;
+    `model=False` asks only for a folder (one that holds just a tokenizer). Cheap (a few
+    stat calls): the window asks it while a path is typed."""
     folder = Path(path).expanduser()
     if not str(path).strip():
         return "no folder given"
@@ -26,7 +27,7 @@ def model_folder_problem(path: str | Path) -> str | None:
         return f"folder {folder} does not exist"
     if not folder.is_dir():
         return f"{folder} is a file, not a model folder"
-    if not (folder / "config.json").is_file():
+    if model and not (folder / "config.json").is_file():
         return (
             f"folder {folder} has no config.json (expected a Hugging Face model folder: "
             "config.json, the weights and the tokenizer)"
@@ -34,10 +35,11 @@ def model_folder_problem(path: str | Path) -> str | None:
     return None
 
 
-def check_model_folder(path: str | Path, what: str) -> Path:
-    """`path` as a Path when it is a Hugging Face model folder, else a UserError naming
-    `what` (the setting or the thing: "student.path", "teacher 'big'") and the problem."""
-    problem = model_folder_problem(path)
+def check_model_folder(path: str | Path, what: str, *, model: bool = True) -> Path:
+    """`path` as a Path when it is a Hugging Face model folder (any folder with
+    `model=False`), else a UserError naming `what` (the setting or the thing:
+    "student.path", "teacher 'big'") and the problem."""
+    problem = model_folder_problem(path, model=model)
     if problem is not None:
         raise UserError(f"{what}: {problem}")
     return Path(path).expanduser()

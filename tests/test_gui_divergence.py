@@ -113,7 +113,9 @@ def test_a_student_folder_that_does_not_exist_is_said_at_once(qtbot, window, tmp
     assert panel.start() is None and not panel.running_jobs()
     assert panel.message.level == "error"
     assert panel.message.text == f"Student model folder: folder {missing} does not exist."
-    panel.preflight()
-    assert not panel.running_jobs()  # no worker spent seconds on a Hub lookup
+    panel.preflight()  # lists it with every other problem, as the first
+    qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=60_000)
+    assert panel.last_preflight.errors[0] == f"student.path: folder {missing} does not exist"
+    assert "Repo id" not in panel.log.toPlainText()
     panel.student_path.set_value("")
     assert not panel.student_path.note.isVisible()

@@ -153,3 +153,10 @@ def test_a_merged_lora_export_says_the_base_folder_is_gone_and_writes_nothing(ws
     with pytest.raises(UserError, match=r"its student \(student.path\): folder .* does not exist"):
         export(config, ws, ListSink(), CancelToken())
     assert not out.exists() and not list(tmp_path.glob(".export.kdstudio-tmp-*"))
+
+
+def test_a_tokenizer_folder_needs_no_model_config(tmp_path):
+    """Reading only the student's tokenizer (runs preview, the batches) asks for a folder."""
+    (tmp_path / "tok").mkdir()
+    assert model_folder_problem(tmp_path / "tok", model=False) is None
+    assert "does not exist" in model_folder_problem(tmp_path / "gone", model=False)

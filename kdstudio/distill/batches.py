@@ -81,7 +81,7 @@ def load_student_tokenizer(path: str, template: str = "auto") -> tuple[Any, bool
 
     from kdstudio.model_folder import check_model_folder
 
-    check_model_folder(path, "student.path")
+    check_model_folder(path, "student.path", model=False)  # the tokenizer's own files suffice
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:

@@ -370,12 +370,12 @@ class Trainer:
         import torch
 
         name = self.config.run.name
-        good = [c for c in ckpt.list_checkpoints(self.ws, name) if not c.diverged]
-        if not good:
+        good = self._last_good()
+        if good is None:
             if self.is_main:
                 self.sink.emit(Log(f"run {name} has no good checkpoint: starting it over"))
             return None
-        path = good[-1].path
+        path = good.path
         if self.is_main and self.run.status == "diverged":
             self.sink.emit(
                 Warning(
@@ -647,8 +647,9 @@ class Trainer:
         eval_loss = self._last_eval[1] if self._last_eval else None
         message = ""
         if self.is_main and found is not None:
-            path = self._last_good()
-            message = self._divergence_message(found, path)
+            good = self._last_good()
+            path = good.path if good is not None else None
+            message = self._divergence_message(found, good)
         if self.is_main:
             runs.update_run(self.ws, self.run.id, step=self.step)
             runs.merge_summary(  # keeps what others stored (the trackers' run ids)
@@ -681,8 +682,8 @@ class Trainer:
                         summary={"loss": loss, "eval_loss": eval_loss},
                     )
                 )
-        if path is None and self.is_main:
-            path = self._last_good()
+        if path is None and self.is_main and (good := self._last_good()) is not None:
+            path = good.path
         self._barrier()  # every rank returns after rank 0 has recorded how the run ended
         self._outcome = status
         return TrainResult(
@@ -709,11 +710,11 @@ class Trainer:
                 )
         return self.config.run.stop_on_divergence
 
-    def _last_good(self) -> Path | None:
+    def _last_good(self) -> ckpt.CheckpointInfo | None:
         good = [c for c in ckpt.list_checkpoints(self.ws, self.run.name) if not c.diverged]
-        return good[-1].path if good else None
+        return good[-1] if good else None
 
-    def _divergence_message(self, found: Divergence, last_good: Path | None) -> str:
+    def _divergence_message(self, found: Divergence, last_good: ckpt.CheckpointInfo | None) -> str:
         """What happened, what is kept, what to change: the run's error and the Failed event."""
         if self.config.run.stop_on_divergence:
             outcome = "Stopped there"
@@ -721,7 +722,7 @@ class Trainer:
             outcome = f"It trained on to step {self.step} (run.stop_on_divergence = false)"
         if last_good is not None:
             kept = (
-                f"its last good checkpoint is step {int(last_good.name.split('-')[1])} "
+                f"its last good checkpoint is step {last_good.step} "
                 "(resume, evaluation and export use it)"
             )
         else:

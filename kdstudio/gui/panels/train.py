@@ -512,10 +512,6 @@ class TrainPanel(Panel):
         except UserError as exc:
             self.message.show_message(str(exc), "error")
             return None
-        problem = self.student_path.check()  # said at once, before any worker starts
-        if problem is not None:
-            self.message.show_message(f"Student model folder: {problem}.", "error")
-            return None
         if self.ws is None:
             return None
         return config
@@ -651,6 +647,10 @@ class TrainPanel(Panel):
             return self.resume_run(self.resume_target)
         config = self._checked_config()
         if config is None or self.running_training() or self.check_conflict():
+            return None
+        problem = self.student_path.check()  # said at once, before any worker starts
+        if problem is not None:  # (pre-flight lists it among every other problem)
+            self.message.show_message(f"Student model folder: {problem}.", "error")
             return None
         config = config.resolved()
         self.write_config(config)
