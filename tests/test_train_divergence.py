@@ -232,7 +232,11 @@ def test_a_run_that_diverges_later_keeps_its_last_good_checkpoint_for_everything
         trainer.close()
 
 
-def test_with_stop_on_divergence_off_the_run_trains_on_and_still_ends_diverged(tiny, student_path):
+def test_with_stop_on_divergence_off_the_run_trains_on_and_still_ends_diverged(
+    tiny, student_path, capsys
+):
+    from kdstudio.cli import main
+
     sink = ListSink()
     cfg = _exploding(student_path, name="on", checkpoint_every=10, stop_on_divergence=False)
     result = train(tiny, cfg, sink)
@@ -240,6 +244,11 @@ def test_with_stop_on_divergence_off_the_run_trains_on_and_still_ends_diverged(t
     assert "It trained on to step 40 (run.stop_on_divergence = false)" in result.message
     assert any(w.where == "run.stop_on_divergence" for w in sink.of(Warning))
     assert [c.diverged for c in ckpt.list_checkpoints(tiny, "on")] == [True, True]
+    capsys.readouterr()
+    assert main(["--workspace", str(tiny.root), "runs", "show", "on"]) == 0
+    shown = capsys.readouterr().out
+    assert "run on: diverged at step 40 of 40" in shown
+    assert shown.count("yes (never last or best)") == 2
 
 
 def test_cli_exits_1_and_runs_list_says_diverged(tiny, student_path, tmp_path, capsys):
@@ -262,3 +271,5 @@ def test_cli_exits_1_and_runs_list_says_diverged(tiny, student_path, tmp_path, c
     assert main([*ws_args, "runs", "list", "--json"]) == 0
     (doc,) = json.loads(capsys.readouterr().out)
     assert doc["status"] == "diverged" and "lower optim.lr" in doc["error"]
+    assert main([*ws_args, "runs", "list"]) == 0
+    assert "cli   diverged" in capsys.readouterr().out

@@ -200,12 +200,13 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
     print("\ncheckpoints:" if checkpoints else "\nno checkpoints")
     if checkpoints:
         ctx.print_table(
-            ["STEP", "EVAL LOSS", "BEST", "PATH"],
+            ["STEP", "EVAL LOSS", "BEST", "AFTER DIVERGING", "PATH"],
             [
                 [
                     c.step,
                     "-" if c.eval_loss is None else f"{c.eval_loss:.4f}",
                     "*" if c.is_best else "",
+                    "yes (never last or best)" if c.diverged else "",
                     c.path,
                 ]
                 for c in checkpoints
