@@ -699,7 +699,7 @@ class CollectPanel(Panel):
         self.rate_label.setText(
             f"This run: {summary.requests:,} requests in {duration(summary.elapsed)}, "
             f"{summary.retries:,} retries. The whole collection: {summary.cached:,} answers "
-            "reused from the cache (never paid twice)."
+            "reused from the cache (never asked twice)."
         )
         self.collection_finished.emit(summary.collection)
 
