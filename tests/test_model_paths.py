@@ -71,10 +71,17 @@ def test_preflight_says_the_student_folder_does_not_exist(ws, tmp_path):
     assert "Repo id" not in report.describe()
 
 
-def test_cli_train_exits_2_with_the_folder_message(tmp_path, run_cli):
+def test_cli_train_exits_2_with_the_folder_message_before_loading_torch(tmp_path):
     conf = write_toml(tmp_path / "c.toml", config_dict(tmp_path / "nowhere"))
-    out = run_cli("train", "--config", str(conf))
-    assert out.returncode == 2
+    out = python(
+        "import sys\n"
+        "from kdstudio.cli import main\n"
+        "code = main(['--workspace', sys.argv[2], 'train', '--config', sys.argv[1]])\n"
+        "print(code, 'torch' in sys.modules)\n",
+        str(conf),
+        str(tmp_path / "ws"),
+    )
+    assert out.stdout.split() == ["2", "False"], out.stderr
     assert f"student.path: folder {tmp_path / 'nowhere'} does not exist" in out.stderr
     assert "Repo id" not in out.stderr
 

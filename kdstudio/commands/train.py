@@ -66,20 +66,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace, ctx) -> int:
     from kdstudio.distill.config import load_config
-    from kdstudio.distill.trainer import Trainer, run_training
     from kdstudio.events import CancelToken, ConsoleSink
+    from kdstudio.model_folder import check_model_folder
 
     if args.preflight:
         return _preflight(args, ctx)
+    if args.resume and args.set:
+        raise UserError("--set cannot change a run being resumed (its config is fixed)")
+    config = None if args.resume else load_config(args.config, args.set)
+    if config is not None:  # said before torch and transformers load (seconds)
+        check_model_folder(config.student.path, "student.path")
+    from kdstudio.distill.trainer import Trainer, run_training
+
     rank = int(os.environ.get("RANK", "0"))
     sink = ConsoleSink(quiet=args.quiet) if rank == 0 else None
     cancel = CancelToken()
     if args.resume:
-        if args.set:
-            raise UserError("--set cannot change a run being resumed (its config is fixed)")
         trainer = Trainer.for_resume(ctx.ws, args.resume, sink, cancel)
     else:
-        trainer = Trainer(load_config(args.config, args.set), ctx.ws, sink, cancel)
+        trainer = Trainer(config, ctx.ws, sink, cancel)
     with stop_on_signals(cancel, "after this step (saving a checkpoint)"):
         result = run_training(trainer)
     if result.status == "stopped":
