@@ -217,7 +217,7 @@ def test_evaluate_and_export_from_the_runs_panel(qtbot, window, student, tmp_pat
     panel.items_table.selectRow(0)
     panel.show_eval_item()
     assert "vs reference" in panel.side["after"].toPlainText()
-    assert "reference answer:" in panel.side["prompt"].toPlainText()
+    assert "reference answer" in panel.side["prompt"].toPlainText()
     job = panel.export_selected(tmp_path / "exported")
     with qtbot.waitSignal(job.ended, timeout=120_000):
         pass
