@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
 import os
 import signal
 import sys
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from kdstudio import __version__
 from kdstudio.config import Section, _base_type, field_default
-from kdstudio.errors import Cancelled, KdError, UserError
+from kdstudio.errors import Cancelled, KdError, UserError, disk_full
 from kdstudio.events import CancelToken
 
 SectionT = TypeVar("SectionT", bound=Section)
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence: say what broke
+        full = disk_full(exc)
+        if full is not None:
+            print(f"kdstudio: failed: {full}", file=sys.stderr)
+            return full.exit_code
         if os.environ.get("KDSTUDIO_DEBUG"):
             traceback.print_exc()
         print(f"kdstudio: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -193,6 +198,17 @@ def add_config_options(
         repeat = kw.get("action") == "append"
         kw["help"] = _option_help(f, default, switch=tp is bool, repeat=repeat).replace("%", "%%")
         parser.add_argument(*names, **kw)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a number, but not nan or inf (`float()` accepts both)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def config_from_args(section: type[SectionT], args: argparse.Namespace, **values: Any) -> SectionT:
@@ -267,12 +283,11 @@ def stop_on_signals(cancel: CancelToken, message: str) -> Iterator[None]:
 SAME_CTRL_C_S = 1.0
 
 
-def read_secret_from_stdin(what: str = "API key") -> str:
-    """Read a secret from stdin (never argv): the first line, stripped."""
+def read_secret_from_stdin(what: str = "API key", flag: str = "--api-key-stdin") -> str:
+    """Read a secret from stdin (never argv): the next line, stripped; on a terminal, a
+    prompt that does not echo. `flag` is the option that asked for it."""
     if sys.stdin is None or sys.stdin.closed:
-        raise UserError(
-            f"--api-key-stdin was given but there is no standard input to read the {what} from"
-        )
+        raise UserError(f"{flag} was given but there is no standard input to read the {what} from")
     if sys.stdin.isatty():
         import getpass
 
@@ -281,5 +296,5 @@ def read_secret_from_stdin(what: str = "API key") -> str:
         value = sys.stdin.readline()
     value = value.strip()
     if not value:
-        raise UserError(f"--api-key-stdin was given but standard input held no {what}")
+        raise UserError(f"{flag} was given but standard input held no {what}")
     return value

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import tomllib
 import types
@@ -107,6 +108,10 @@ class Section:
 
     @staticmethod
     def _check_bounds(key: str, value: Any, meta: Any) -> None:
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            # nan passes every `<` and `>` below; inf is no setting's meaning either
+            raise ConfigError(f"{key} must be a finite number; got {value!r}")
         choices, lo, hi = meta.get("choices"), meta.get("min"), meta.get("max")
         if choices and value not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
@@ -267,6 +272,10 @@ class TeacherConfig(Section):
     )
     key_env: str | None = setting(None, "Name of the environment variable holding the key.")
     headers: dict[str, str] = setting(help="Extra HTTP headers.", default_factory=dict)
+    secret_headers: list[str] = setting(
+        help="Names of extra headers whose values are credentials (kept in the OS keyring).",
+        default_factory=list,
+    )
     price_in: float = setting(0.0, "USD per million input (prompt) tokens.", min=0)
     price_out: float = setting(0.0, "USD per million output (completion) tokens.", min=0)
     capabilities: dict[str, Any] | None = setting(None, "What `teacher probe` found.")
@@ -282,6 +291,9 @@ class TeacherConfig(Section):
                 raise ConfigError(
                     "--path (a Hugging Face model folder) is required for a local teacher"
                 )
+        for header in self.secret_headers:
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header):
+                raise ConfigError(f"header name {header!r} is not a valid HTTP header name")
         if self.key_source == "env" and not (
             self.key_env and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.key_env)
         ):
@@ -298,8 +310,14 @@ class TeacherConfig(Section):
         return usd * 0.5 if batch else usd
 
     def to_row(self) -> dict[str, Any]:
+        """The workspace row: never the value of a secret header (those live in the keyring;
+        a teacher whose secrets were resolved for a job stores without them)."""
         row = self.to_dict()
-        row["headers"] = json.dumps(row["headers"])
+        secret = {n.lower() for n in self.secret_headers}
+        row["headers"] = json.dumps(
+            {k: v for k, v in row["headers"].items() if k.lower() not in secret}
+        )
+        row["secret_headers"] = json.dumps(list(self.secret_headers))
         row["capabilities"] = json.dumps(row["capabilities"]) if row["capabilities"] else None
         return row
 
@@ -308,7 +326,35 @@ class TeacherConfig(Section):
         names = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in row.items() if k in names}
         data["headers"] = json.loads(data.get("headers") or "{}")
+        data["secret_headers"] = json.loads(data.get("secret_headers") or "[]")
         data["capabilities"] = (
             json.loads(data["capabilities"]) if data.get("capabilities") else None
         )
         return cls(**data)
+
+    def public_dict(self) -> dict[str, Any]:
+        """What may be shown (`teacher list --json`, the window): the base URL without its
+        password, header values that carry credentials as `***` (also any stored before
+        kdstudio kept them in the keyring), secret headers by name only."""
+        from kdstudio.formatting import url
+
+        doc = self.to_dict()
+        doc["base_url"] = url(self.base_url) if self.base_url else self.base_url
+        secret = {n.lower() for n in self.secret_headers}
+        doc["headers"] = {
+            k: "***" if k.lower() in secret or credential_header(k) else v
+            for k, v in self.headers.items()
+            if k.lower() not in secret
+        }
+        return doc
+
+
+CREDENTIAL_WORDS = ("auth", "key", "token", "secret", "password", "cookie", "session", "sig")
+
+
+def credential_header(name: str) -> bool:
+    """Whether an HTTP header's name says its value is a credential (`Authorization`,
+    `api-key`, `X-Auth-Token`, `Cookie` ...): such a value never goes on a command line
+    or into the workspace."""
+    lowered = name.lower()
+    return any(word in lowered for word in CREDENTIAL_WORDS)

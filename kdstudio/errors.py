@@ -58,3 +58,24 @@ class Cancelled(KdError):
     """A job was cancelled and stopped cleanly (after checkpointing where that applies)."""
 
     exit_code = 130
+
+
+def disk_full(exc: BaseException, then: str = "run the same command again") -> JobFailed | None:
+    """A full disk (ENOSPC or a quota from a write; SQLITE_FULL from the workspace) as one
+    run-time failure that says what to do (`then`, after freeing space); None for any other
+    error."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        detail = f"{exc.strerror}{where}"
+    elif isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    ):
+        detail = f"SQLite: {exc}"
+    else:
+        return None
+    return JobFailed(
+        f"the disk is full ({detail}); free some space, then {then}: what was saved before is kept"
+    )

@@ -476,6 +476,29 @@ def _write_weights(tmp: Path, checkpoint: Path, kind: str, base_path: Path | Non
     model.save_pretrained(tmp)
 
 
+def _same_modes(folder: Path) -> None:
+    """Give every file of an export the mode a new file gets here, and every folder a new
+    folder's (0644 and 0755 under the usual umask): safetensors writes the weights through
+    a private temporary file (0600), so they were the one file that whoever may read the
+    export could not."""
+    mask = _umask()
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the system says (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back at once
+    os.umask(mask)
+    return mask
+
+
 def _kind(run: Any, checkpoint: Path, merge: bool, sink: Sink) -> str:
     lora = bool(run.config.get("lora")) or (checkpoint / "model" / "adapter_config.json").exists()
     if not lora:
@@ -534,6 +557,7 @@ def export(config: ExportConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
                 )
                 (tmp / CARD).write_text(model_card(doc), encoding="utf-8")
         cancel.raise_if_cancelled()
+        _same_modes(tmp)
         _check_target(out)  # nothing appeared there meanwhile
         if out.is_dir():
             out.rmdir()

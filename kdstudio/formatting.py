@@ -1,4 +1,5 @@
-"""How front ends write numbers for people: one way for durations, one way for money.
+"""How front ends write numbers for people: one way for durations, one way for money, and
+URLs with any password masked.
 
 Jobs report plain numbers (seconds, USD); the CLI's console, the window and messages all
 format them here, so "$0.0123" and "01:05" read the same wherever they appear.
@@ -28,3 +29,23 @@ def usd(amount: float | None) -> str:
     if 0 < amount < 0.001:
         return f"${amount:.6f}"
     return f"${amount:,.4f}" if amount < 1 else f"${amount:,.2f}"
+
+
+def url(text: str | None) -> str:
+    """A URL as shown to people: credentials in it become `***` (`http://user:***@host/v1`;
+    a lone user part, often a token, as `http://***@host/v1`), wherever it is shown (lists,
+    probe results, error hints, the window, model cards). Other text comes back unchanged."""
+    if not text or "@" not in text:
+        return text or ""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    if "@" not in parts.netloc:
+        return text
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, has_password = userinfo.split(":", 1)[0], ":" in userinfo
+    shown = f"{user}:***" if has_password and user else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))

@@ -46,7 +46,9 @@ def collect_conflict(ws: Workspace, config: CollectConfig) -> str | None:
     dataset, teacher or request parameters), or None when it can (or is new)."""
     name = config.collection_name()
     row = ws.query_one(
-        "SELECT dataset_id, teacher_name, params, source FROM collections WHERE name=?", (name,)
+        "SELECT dataset_id, teacher_name, params, source, teacher_model, teacher_endpoint"
+        " FROM collections WHERE name=?",
+        (name,),
     )
     if row is None:
         return None
@@ -56,14 +58,13 @@ def collect_conflict(ws: Workspace, config: CollectConfig) -> str | None:
         new = Collection(config, ws)
     except UserError as exc:
         return str(exc)
-    old = json.loads(row["params"] or "{}")
-    if (
-        row["dataset_id"] == new.dataset["id"]
-        and row["teacher_name"] == new.teacher.name
-        and old == new.params
-    ):
+    diff = outputs.settings_difference(
+        row, new.dataset["id"], new.teacher.name, new.params, new.teacher.model, new.endpoint
+    )
+    if diff is None:
         return None
-    diff = outputs._describe_difference(row, new.dataset["id"], new.teacher.name, old, new.params)
+    if diff.teacher:
+        return f"collection {name!r} was collected from another model ({diff})"
     return f"collection {name!r} was collected with other settings ({diff})"
 
 

@@ -1,5 +1,9 @@
 """API keys in the OS keyring, never on disk: service "kdstudio", user `<workspace id>/<teacher>`.
 
+Extra HTTP headers that carry credentials (`api-key: ...`, named in the teacher's
+`secret_headers`) are kept the same way, under `<workspace id>/<teacher>/header:<name>`,
+and read back for a job by `resolve_headers`.
+
 A key belongs to one teacher of one workspace, so a teacher of the same name in another
 workspace has its own key: adding, replacing or removing it there never touches this one.
 Keys stored by kdstudio 0.1 under the bare teacher name (user = teacher name, shared by
@@ -20,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kdstudio.errors import UserError
+from kdstudio.errors import JobFailed, UserError
 
 if TYPE_CHECKING:
     from kdstudio.config import TeacherConfig
@@ -36,8 +40,9 @@ HOW_TO_FIX = (
 )
 
 
-class KeyringUnavailable(UserError):
-    """No working keyring backend; the message says how to fix it."""
+class KeyringUnavailable(JobFailed):
+    """No working keyring backend, or it failed or did not answer: a failure at run time
+    (exit 1), not bad input; the message says how to fix it."""
 
 
 class KeyMissing(UserError):
@@ -170,6 +175,71 @@ def delete_key(workspace_id: str, teacher: str, *, timeout: float = TIMEOUT_S) -
         return True
 
     return _call(delete, "delete the key", timeout)
+
+
+def header_account(workspace_id: str, teacher: str, header: str) -> str:
+    """The keyring user a workspace's teacher keeps a secret header's value under."""
+    return f"{workspace_id}/{teacher}/header:{header.lower()}"
+
+
+def store_header(
+    workspace_id: str, teacher: str, header: str, value: str, *, timeout: float = TIMEOUT_S
+) -> None:
+    """Store (or replace) the value of a teacher's secret header, and read it back."""
+    if not value or not value.strip():
+        raise UserError(f"the value of header {header!r} is empty")
+    if any(c in value for c in "\r\n"):
+        raise UserError(f"the value of header {header!r} contains a line break")
+    backend = _require_backend(timeout)
+    user = header_account(workspace_id, teacher, header)
+    _call(lambda: backend.set_password(SERVICE, user, value.strip()), "store a header", timeout)
+    stored = _call(lambda: backend.get_password(SERVICE, user), "read a header back", timeout)
+    if stored != value.strip():
+        raise KeyringUnavailable(
+            f"the OS keyring did not keep header {header!r} of {teacher!r}; {HOW_TO_FIX}"
+        )
+
+
+def delete_headers(
+    workspace_id: str, teacher: str, headers: list[str], *, timeout: float = TIMEOUT_S
+) -> None:
+    """Delete the stored values of these secret headers (the user removed them)."""
+    if not headers:
+        return
+    import keyring.errors
+
+    backend = _require_backend(timeout)
+
+    def delete() -> None:
+        for header in headers:
+            try:
+                backend.delete_password(SERVICE, header_account(workspace_id, teacher, header))
+            except keyring.errors.PasswordDeleteError:
+                pass  # never stored, or already gone
+
+    _call(delete, "delete a header", timeout)
+
+
+def resolve_headers(
+    teacher: TeacherConfig, workspace_id: str, *, timeout: float = TIMEOUT_S
+) -> dict[str, str]:
+    """Every extra header a teacher's requests carry: the plain ones, and the values of
+    its secret ones from the keyring (KeyMissing when one is not stored)."""
+    headers = dict(teacher.headers)
+    if not teacher.secret_headers:
+        return headers
+    backend = _require_backend(timeout)
+    for header in teacher.secret_headers:
+        user = header_account(workspace_id, teacher.name, header)
+        value = _call(lambda u=user: backend.get_password(SERVICE, u), "read a header", timeout)
+        if not value:
+            raise KeyMissing(
+                f"no value of header {header!r} is stored in the OS keyring for teacher "
+                f"{teacher.name!r}; store one with `kdstudio teacher add {teacher.name} ... "
+                f"--secret-header {header} --replace`"
+            ).with_fix("edit_teacher", teacher.name)
+        headers[header] = value
+    return headers
 
 
 def resolve_key(

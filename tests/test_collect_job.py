@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -18,8 +19,10 @@ from support.openai_server import OpenAIServer
 from kdstudio.collect import CollectConfig, collect, estimate_cost
 from kdstudio.collect import store as outputs
 from kdstudio.collect.pacing import AdaptiveLimit, backoff
+from kdstudio.config import TeacherConfig
 from kdstudio.errors import Cancelled, JobFailed, UserError
-from kdstudio.events import ListSink, Log, RowDone
+from kdstudio.events import ListSink, RowDone
+from kdstudio.formatting import usd
 
 
 @pytest.fixture
@@ -197,7 +200,32 @@ def test_budget_stops_launching_and_says_so(ws, server):
     assert (
         0 < summary.counts["done"] < 40 and summary.counts["queued"] == 40 - summary.counts["done"]
     )
-    assert any("budget reached" in e.message for e in sink.of(Log))
+    said = [e.message for e in sink.events if "budget reached" in getattr(e, "message", "")]
+    assert said == [summary.message]  # once, at the end
+
+
+@pytest.mark.parametrize("concurrency", [1, 16])
+def test_the_budget_is_used_up_to_the_last_affordable_request_at_any_concurrency(
+    ws, server, concurrency
+):
+    """Reservations of the requests in flight are released as they answer, and launching
+    goes on until the next request could exceed the budget. At concurrency 16 it used to
+    stop as soon as 16 reservations filled it ($0.124 of $0.20 here), and said a spend from
+    before the requests in flight came back."""
+    make_prompts(ws, n=60)
+    add_teacher(ws, server, price_in=0.0, price_out=1000.0)  # worst case: 16 tokens, $0.016
+    worst, budget = 0.016, 0.2
+    sink = ListSink()
+    summary = collect(cfg(budget=budget, concurrency=concurrency), ws, sink)
+    assert summary.status == "stopped"
+    assert budget - worst < summary.spent <= budget
+    billed = sum(i.cost for i in outputs.list_items(ws, "prompts.t", limit=100))
+    assert billed == pytest.approx(summary.spent)
+    assert summary.message.startswith(
+        f"budget reached: {usd(summary.spent)} spent of {usd(budget)}"
+    )
+    said = [e.message for e in sink.events if "budget reached" in getattr(e, "message", "")]
+    assert said == [summary.message]
 
 
 def test_cost_estimate_counts_prompt_tokens_and_max_output(ws, server):
@@ -409,3 +437,77 @@ def test_heartbeat_stays_fresh_while_a_long_call_holds_the_collector(ws, server)
         beat = ws.query_one("SELECT heartbeat FROM collections WHERE id=?", (col.id,))[0]
     assert beat > time.time() - 5
     assert not [t for t in threading.enumerate() if t.name.startswith("heartbeat-")]
+
+
+def test_a_collection_made_before_teachers_were_recorded_learns_its_model_from_its_answers(
+    tmp_path, server
+):
+    """A workspace from before migration 7: its collections' model and endpoint come from
+    their stored answers, so a teacher changed before the upgrade is caught too."""
+    import sqlite3
+
+    from kdstudio.workspace import DB_NAME, Workspace, migrations
+
+    root = tmp_path / "old"
+    root.mkdir()
+    con = sqlite3.connect(root / DB_NAME)
+    for version, _name, module in migrations()[:6]:
+        if hasattr(module, "upgrade"):
+            module.upgrade(con)
+        else:
+            con.executescript(module.SQL)
+        con.execute(f"PRAGMA user_version={version}")
+    con.execute(
+        "INSERT INTO teachers(name, kind, base_url, model, created_at, updated_at)"
+        " VALUES ('t', 'openai', ?, 'teacher-2', 0, 0)",  # replaced since: another model
+        (server.url,),
+    )
+    con.execute("INSERT INTO datasets(id, name, n_rows, created_at) VALUES (1, 'prompts', 1, 0)")
+    con.execute(
+        "INSERT INTO dataset_rows(id, dataset_id, idx, messages, prompt, row_hash)"
+        ' VALUES (1, 1, 0, \'[{"role": "user", "content": "prompt 0"}]\', \'prompt 0\', 0)'
+    )
+    params = cfg().request_params(TeacherConfig(name="t", base_url=server.url, model="x"))
+    con.execute(
+        "INSERT INTO collections(id, name, teacher_name, dataset_id, params, created_at,"
+        " updated_at) VALUES (1, 'prompts.t', 't', 1, ?, 0, 0)",
+        (json.dumps(params, sort_keys=True),),
+    )
+    con.execute(
+        "INSERT INTO responses(hash, endpoint, model, text, created_at)"
+        " VALUES ('h0', ?, 'teacher-1', 'an answer', 0)",
+        (server.url,),
+    )
+    con.execute(
+        "INSERT INTO collection_items(collection_id, row_id, sample, hash, status)"
+        " VALUES (1, 1, 0, 'h0', 'done')"
+    )
+    con.commit()
+    con.close()
+    ws = Workspace.open(root)
+    row = ws.query_one("SELECT teacher_model, teacher_endpoint FROM collections")
+    assert tuple(row) == ("teacher-1", server.url)
+    with pytest.raises(UserError, match="model: 'teacher-1' -> 'teacher-2'"):
+        collect(cfg(), ws)
+    ws.close()
+
+
+def test_the_budget_is_reached_when_nothing_is_in_flight_whatever_the_float_sum_says(ws, server):
+    """Reservations are floats: 0.1 + 0.2 - 0.1 - 0.2 leaves 2.8e-17, not 0. Deciding "nothing
+    in flight" from that sum waited forever for answers that would never come (a hang seen
+    once in the full suite); the count of requests in flight decides."""
+    from kdstudio.collect.ledger import Collection
+    from kdstudio.collect.live import LiveRunner
+    from kdstudio.collect.runner import RunStats
+    from kdstudio.events import CancelToken, NullSink
+
+    make_prompts(ws, n=1)
+    add_teacher(ws, server, price_in=0.0, price_out=1000.0)
+    col = Collection(cfg(budget=0.01), ws)
+    col.open()
+    runner = LiveRunner(col, NullSink(), CancelToken(), RunStats(), None)
+    runner.reserved = 0.1 + 0.2 - 0.1 - 0.2
+    assert runner.reserved > 0
+    item = next(col.iter_queued())
+    assert not runner._affordable(item, holding=0)  # $0.016 > $0.01, and nothing will answer
+    assert runner.budget_reached and runner.stop_reason

@@ -149,3 +149,26 @@ def test_bulk_import_matches_one_by_one_and_is_idempotent(ws):
         f"answer {i}" for i in range(5)
     ]
     assert outputs.count_items(ws, "bulk.import", outputs.ItemFilter(search="answer")) == 5
+
+
+def test_a_local_teachers_changed_files_or_folder_are_a_teacher_difference(ws):
+    """A local teacher's endpoint is its folder and a fingerprint of its files."""
+    from kdstudio.collect.store import settings_difference
+
+    ws.db.execute("INSERT INTO datasets(id, name, created_at) VALUES (7, 'd', 0)")
+    outputs.create_collection(
+        ws, "c", dataset_id=7, teacher_name="big", params={}, teacher_model="m",
+        teacher_endpoint="local:/models/big:aaaa",
+    )  # fmt: skip
+    row = ws.query_one("SELECT * FROM collections WHERE name='c'")
+    same = settings_difference(row, 7, "big", {}, "m", "local:/models/big:aaaa")
+    files = settings_difference(row, 7, "big", {}, "m", "local:/models/big:bbbb")
+    folder = settings_difference(row, 7, "big", {}, "m", "local:/models/other:aaaa")
+    assert same is None
+    assert files.teacher and "the files of its model folder /models/big changed" in files
+    assert folder.teacher and "endpoint: '/models/big' -> '/models/other'" in folder
+    with pytest.raises(UserError, match="was collected from another model"):
+        outputs.create_collection(
+            ws, "c", dataset_id=7, teacher_name="big", params={}, teacher_model="m",
+            teacher_endpoint="local:/models/big:bbbb",
+        )  # fmt: skip

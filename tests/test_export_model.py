@@ -72,6 +72,25 @@ def test_export_loads_offline_with_the_checkpoints_logits(trained_runs, exported
     )
 
 
+@pytest.mark.parametrize("run", ["demo", "lo"])  # a full model, and a LoRA adapter
+def test_every_exported_file_and_folder_has_the_mode_new_ones_get_here(
+    trained_runs, exported, tmp_path, run
+):
+    """The weights came out 0600 (safetensors writes through a private temporary file)
+    while the rest were 0644: whoever may read the export reads all of it."""
+    result = exported if run == "demo" else _export(trained_runs, tmp_path / "a", run=run)
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    (tmp_path / "probe-dir").mkdir()
+    file_mode, dir_mode = probe.stat().st_mode & 0o777, (tmp_path / "probe-dir").stat().st_mode
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [result.path, *result.path.rglob("*")]}
+    expected = {
+        p.name: (dir_mode & 0o777) if p.is_dir() else file_mode
+        for p in [result.path, *result.path.rglob("*")]
+    }
+    assert modes == expected
+
+
 def test_no_exported_file_contains_the_teachers_key(trained_runs, exported):
     secret = trained_runs.secret.encode()
     for path in exported.path.rglob("*"):

@@ -167,3 +167,24 @@ def test_a_local_teacher_folder_that_does_not_exist_is_refused_in_the_dialog(pan
     dialog.path.setText(str(tmp_path / "empty"))
     dialog.try_accept()
     assert "has no config.json" in dialog.message.text and dialog.isVisible()
+
+
+def test_a_url_password_is_masked_in_the_panel_and_kept_when_the_dialog_leaves_it(qtbot, panel, ws):
+    from kdstudio.config import TeacherConfig
+
+    real = "http://user:s3cr3t-PASS@localhost:9/v1"
+    ws.add_teacher(
+        TeacherConfig(name="pw", base_url=real, model="m", headers={"X-Api-Key": "plain-old"})
+    )
+    panel.refresh()
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 1, timeout=5000)
+    panel.select_teacher("pw")
+    shown = [panel.model.data(panel.model.index(0, c)) for c in range(panel.model.columnCount())]
+    assert "http://user:***@localhost:9/v1" in shown and not any("s3cr3t" in str(s) for s in shown)
+    detail = panel.detail.toPlainText()
+    assert "s3cr3t" not in detail and "plain-old" not in detail and "X-Api-Key: ***" in detail
+    panel.edit_selected()
+    assert panel.dialog.base_url.text() == "http://user:***@localhost:9/v1"
+    assert panel.dialog.build().base_url == real  # left as shown: the stored one is kept
+    panel.dialog.base_url.setText("http://other:9/v1")
+    assert panel.dialog.build().base_url == "http://other:9/v1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -160,7 +161,7 @@ def test_without_a_keyring_backend_the_message_says_how_to_fix_it(run_cli, tmp_p
         input=PLANTED + "\n",
         env=env,
     )
-    assert out.returncode == 2
+    assert out.returncode == 1  # a failure at run time, not bad input (README: exit codes)
     assert "no usable OS keyring backend" in out.stderr
     assert "--api-key-env" in out.stderr
     assert PLANTED not in out.stderr + out.stdout
@@ -207,3 +208,86 @@ def test_cli_add_and_remove_in_another_workspace_leave_this_ones_key(run_cli, tm
             assert '"auth": "ok"' in probe.stdout
         finally:
             forget((ids[0], "fake"), (ids[1], "fake"))
+
+
+def test_collect_with_a_broken_keyring_exits_1_before_estimating_or_writing(run_cli, tmp_path):
+    """The key is read before anything else: no "N requests to make" line, no collection
+    left marked failed, exit 1 (a run-time failure) with one line."""
+    from collect_support import make_prompts
+
+    from kdstudio.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    make_prompts(ws, n=3)
+    ws.add_teacher(
+        TeacherConfig(name="kr", base_url="http://127.0.0.1:9/v1", model="m", key_source="keyring")
+    )
+    ws.close()
+    env = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    out = run_cli("collect", "--teacher", "kr", "--dataset", "prompts", env=env)
+    assert out.returncode == 1, out.stderr
+    assert "no usable OS keyring backend" in out.stderr
+    assert "requests to make" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert run_cli("outputs", "list", "--json", env=env).stdout.strip() == "[]"
+
+
+@pytest.mark.keyring
+def test_header_credentials_go_to_the_keyring_and_url_passwords_are_never_shown(run_cli, tmp_path):
+    """A key sent as a header (Azure's `api-key`) was stored in the workspace and printed by
+    `teacher list --json`; a password in --base-url was printed by `teacher list` and the
+    401 hint. Header credentials now go to the keyring (from stdin, never argv) and URLs are
+    shown with the password masked."""
+    from collect_support import make_prompts
+    from support.openai_server import OpenAIServer
+
+    from kdstudio.workspace import Workspace
+
+    header_value, url_password = "hdr-SECRET-0123456789abcdef", "URLPASS-s3cr3t"
+    ws = Workspace.open(tmp_path / "ws")
+    make_prompts(ws, n=3)
+    ws_id = ws.id
+    ws.close()
+    with OpenAIServer(header_key=("api-key", header_value)) as server:
+        base = server.url.replace("http://", f"http://user:{url_password}@")
+        add = ["teacher", "add", "az", "--base-url", base, "--model", "teacher-1"]
+        on_argv = run_cli(*add, "--header", f"api-key={header_value}")
+        assert on_argv.returncode == 2 and "--secret-header api-key" in on_argv.stderr
+        assert header_value not in on_argv.stderr
+        assert "no teachers yet" in run_cli("teacher", "list").stdout
+        try:
+            added = run_cli(*add, "--secret-header", "api-key", "--header", "X-Trace=on",
+                            input=header_value + "\n")  # fmt: skip
+            assert added.returncode == 0, added.stderr
+            listed = run_cli("teacher", "list")
+            as_json = run_cli("teacher", "list", "--json")
+            doc = json.loads(as_json.stdout)[0]
+            assert doc["secret_headers"] == ["api-key"] and doc["headers"] == {"X-Trace": "on"}
+            assert doc["base_url"] == server.url.replace("http://", "http://user:***@")
+            probed = run_cli("teacher", "probe", "az", "--json")
+            assert probed.returncode == 0, probed.stderr
+            assert json.loads(probed.stdout)["model_exists"] is True  # the header went along
+            collected = run_cli("collect", "--teacher", "az", "--dataset", "prompts",
+                                "--max-tokens", "4")  # fmt: skip
+            assert collected.returncode == 0, collected.stderr
+            wrong = "hdr-WRONG-9876543210fedcba"
+            replaced = run_cli(*add, "--secret-header", "api-key", "--replace", input=wrong)
+            assert replaced.returncode == 0, replaced.stderr
+            refused = run_cli("collect", "--teacher", "az", "--dataset", "prompts", "--name",
+                              "again", "--max-tokens", "5")  # fmt: skip
+            assert refused.returncode == 1 and "rejected the API key" in refused.stderr
+            assert "http://user:***@127.0.0.1" in refused.stderr
+            outputs = [on_argv, added, listed, as_json, probed, collected, replaced, refused]
+            for out in outputs:
+                for secret in (header_value, url_password, wrong):
+                    assert secret not in out.stdout + out.stderr, (secret, out.args)
+            assert files_containing(tmp_path, header_value) == []
+            assert files_containing(tmp_path, wrong) == []
+            assert secrets.read_key(ws_id, "az") is None  # no API key: the header is the key
+            assert run_cli("teacher", "remove", "az").returncode == 0
+            import keyring
+
+            account = secrets.header_account(ws_id, "az", "api-key")
+            assert keyring.get_password(secrets.SERVICE, account) is None
+        finally:
+            secrets.delete_headers(ws_id, "az", ["api-key"])

@@ -90,3 +90,19 @@ def test_probe_notices_models_that_want_max_completion_tokens_and_collect_uses_i
         make_prompts(ws, n=3)
         summary = collect(CollectConfig(teacher="t", dataset="prompts", max_tokens=5), ws)
     assert summary.counts["done"] == 3
+
+
+def test_probe_retries_a_transient_5xx_like_the_collection_does():
+    """A passing 503 on the model list and a 500 on the first question are not findings:
+    they used to read as "no /models" and "cannot ask the model" (so no logprobs probed)."""
+    from kdstudio.config import TeacherConfig
+
+    with OpenAIServer() as server:
+        server.add_fault("503", endpoint="models", retry_after=0.05)
+        server.add_fault("500")
+        caps = probe(TeacherConfig(name="f", base_url=server.url, model="teacher-1"), None)
+        status = server.stats()["status"]
+    assert status.get("503") == 1 and status.get("500") == 1  # both happened, both retried
+    assert caps["reachable"] and caps["model_exists"] is True and caps["models"]
+    assert caps["logprobs"] is True and caps["latency_ms"]["min"] is not None
+    assert not [e for e in caps["errors"] if "500" in e or "503" in e], caps["errors"]

@@ -125,3 +125,42 @@ def test_the_cli_refuses_a_bad_config_with_exit_2_and_one_line(tmp_path, capsys)
     assert err.count("\n") == 0 and "optim.lr must be >= 0.0" in err and str(path) in err
     code = main(["--workspace", str(tmp_path / "ws"), "train", "--resume", "x", "--set", "a=1"])
     assert code == 2 and "--set cannot change a run being resumed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "key"),
+    [
+        ("file", "lr = nan", "optim.lr"),
+        ("file", "lr = inf", "optim.lr"),
+        ("file", "betas = [0.9, -inf]", "optim.betas"),
+        ("set", "optim.clip=nan", "optim.clip"),
+        ("set", "distill.temperature=+inf", "distill.temperature"),
+    ],
+)
+def test_non_finite_numbers_are_bad_input_at_load_with_exit_2(tmp_path, capsys, where, text, key):
+    """nan passes every `<`/`>` bound check, so it used to reach the optimizer."""
+    from kdstudio.cli import main
+
+    path = write_toml(tmp_path / "c.toml", config_dict(tmp_path))
+    overrides = []
+    if where == "file":
+        content = path.read_text(encoding="utf-8").replace("[optim]\n", f"[optim]\n{text}\n")
+        path.write_text(content.replace("lr = 0.003\n", "", 1 if "lr" in text else 0))
+    else:
+        overrides = ["--set", text]
+    with pytest.raises(ConfigError, match=rf"{key} must be a finite number"):
+        load_config(path, overrides[1:])
+    code = main(["--workspace", str(tmp_path / "ws"), "train", "--config", str(path), *overrides])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and f"{key} must be a finite number" in err
+
+
+def test_the_collect_and_teacher_options_refuse_non_finite_numbers(tmp_path, capsys):
+    from kdstudio.cli import main
+
+    ws = ["--workspace", str(tmp_path / "ws")]
+    code = main([*ws, "collect", "--teacher", "t", "--dataset", "d", "--budget", "nan"])
+    assert code == 2 and "collect.budget must be a finite number" in capsys.readouterr().err
+    url = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+    code = main([*ws, "teacher", "add", "t", *url, "--price-in", "nan"])
+    assert code == 2 and "price_in must be a finite number" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from train_support import (
@@ -195,6 +196,49 @@ def test_checkpoints_keep_the_last_k_and_the_best(tmp_path):
     assert resolve_checkpoint(ws, "k", 8).name == "step-0000008"
     with pytest.raises(Exception, match="known: 4, 8, 10"):
         resolve_checkpoint(ws, "k", 6)
+    ws.close()
+
+
+PRUNE_KILLED = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from train_support import make_config
+from kdstudio.distill import checkpoint, runs
+from kdstudio.workspace import Workspace
+
+ws = Workspace.open(sys.argv[1])
+run = runs.create_run(ws, make_config(sys.argv[1]).resolved())
+for step in (2, 4, 6):
+    checkpoint.write_checkpoint(
+        ws, run, step, lambda d: (d / "x").write_text("w"), {{}}, run_id=run.id
+    )
+real = checkpoint._discard
+def killed_after_one(path):
+    real(path)
+    os.kill(os.getpid(), signal.SIGKILL)  # between removing one folder and the next step
+checkpoint._discard = killed_after_one
+checkpoint.prune_checkpoints(ws, run, keep_last=1, run_id=run.id)
+"""
+
+
+def test_a_kill_while_pruning_leaves_no_row_pointing_to_a_missing_folder(tmp_path):
+    """Pruning used to delete folders first and their rows after: a kill between left rows
+    (the window's index) naming folders that were gone."""
+    import signal
+
+    from train_support import ROOT, python
+
+    from kdstudio.distill.checkpoint import list_checkpoints, prune_checkpoints
+    from kdstudio.workspace import Workspace
+
+    proc = python(PRUNE_KILLED.format(tests=str(ROOT / "tests")), str(tmp_path / "ws"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ws = Workspace.open(tmp_path / "ws")
+    rows = ws.query("SELECT step, path FROM checkpoints ORDER BY step")
+    assert rows and all(Path(r["path"]).is_dir() for r in rows), [tuple(r) for r in rows]
+    assert [r["step"] for r in rows] == [6]
+    prune_checkpoints(ws, "t", keep_last=1, run_id=1)  # the next prune finishes the job
+    assert [c.step for c in list_checkpoints(ws, "t")] == [6]
     ws.close()
 
 

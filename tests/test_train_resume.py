@@ -34,6 +34,8 @@ from kdstudio.events import Metrics
 from kdstudio.workspace import Workspace
 
 ws_path, student, mode = sys.argv[1:4]
+import kdstudio.distill.runs
+kdstudio.distill.runs.HEARTBEAT_EVERY_S = 0  # the run's row says every step it reaches
 
 class KillAtStep6:
     def emit(self, event):
@@ -81,8 +83,10 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_loss(referenc
     code = DRIVER.format(tests=str(ROOT / "tests"), config=KW)
     proc = python(code, str(tmp_path / "ws"), str(path), mode)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert get_run(ws, "victim").status == "interrupted"
+    killed = get_run(ws, "victim")
+    assert killed.status == "interrupted"
     assert [c.step for c in list_checkpoints(ws, "victim")] == [4]
+    assert killed.step == 4  # where a resume continues, not the step it died at (`runs list`)
     if mode == "during-save":
         assert any(p.name.startswith(".tmp-") for p in (ws.checkpoints_dir / "victim").iterdir())
     before = losses(ws, "victim")
@@ -141,3 +145,77 @@ def test_ctrl_c_checkpoints_exits_130_and_the_run_reads_stopped(reference, tmp_p
     assert main(["--workspace", str(tmp_path / "ws"), "runs", "list", "--json"]) == 0
     assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["cc"]
     ws.close()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_leaves_no_temporary_folder(reference, tmp_path):
+    """The checkpoints on a small tmpfs (one checkpoint fits, two do not; where this machine
+    can mount one, else a save that fails with ENOSPC half-way): the failed save removes
+    its temporary folder at once, so the space is free again, the run records the failure
+    in one line, and `train --resume` works once there is room."""
+    from support.small_disk import mount_namespace, run_on_tmpfs
+
+    from kdstudio.distill.runs import get_run
+
+    path, _ = reference
+    ws = workspace_with_collection(tmp_path / "ws")
+    data = config_dict(path, optim={"max_steps": 6}, run={"name": "full", "checkpoint_every": 2})
+    conf = write_toml(tmp_path / "c.toml", data)
+    folder = ws.checkpoints_dir / "full"
+    cli = f"{sys.executable} -m kdstudio --workspace {ws.root}"
+    prefix = mount_namespace()
+    if prefix is not None:
+        out = tmp_path / "out"
+        out.mkdir()
+        script = (
+            f"{cli} train --config {conf} --quiet 2> {out}/err1\n"
+            f"echo $? > {out}/rc1\n"
+            f"ls -a {folder} > {out}/left\n"
+            f"mount -o remount,size=40m tmpfs {ws.checkpoints_dir}\n"  # room again
+            f"{cli} train --resume full --quiet 2> {out}/err2\n"
+            f"echo $? > {out}/rc2\n"
+        )
+        result = run_on_tmpfs(prefix, ws.checkpoints_dir, "3500k", script, env=env())
+        assert result.returncode == 0, result.stderr
+        rc1, rc2 = (int((out / f"rc{i}").read_text()) for i in (1, 2))
+        err1, err2 = (out / "err1").read_text(), (out / "err2").read_text()
+        left = (out / "left").read_text().split()
+    else:
+        code = DRIVER_ENOSPC.format(tests=str(ROOT / "tests"))
+        failed = python(code, str(ws.root), str(conf))
+        rc1, err1 = failed.returncode, failed.stderr
+        left = [p.name for p in folder.iterdir()]
+        resumed = python(RESUME, str(ws.root))
+        rc2, err2 = resumed.returncode, resumed.stderr
+    assert rc1 == 1, err1
+    assert err1.strip().splitlines()[-1].startswith("kdstudio: failed: the disk is full"), err1
+    assert "Traceback" not in err1
+    assert not [name for name in left if name.startswith(".tmp-")], left
+    assert "step-0000002" in left
+    run = get_run(ws, "full")
+    assert run.status in ("failed", "finished")
+    assert rc2 == 0, err2
+    assert get_run(ws, "full").status == "finished"
+    ws.close()
+
+
+DRIVER_ENOSPC = """
+import errno, sys
+sys.path.insert(0, {tests!r})
+from kdstudio.cli import main
+from kdstudio.distill.trainer import Trainer
+
+original = Trainer._write_files
+def full_disk(self, model_state, state, folder):
+    if self.step == 4:  # the second checkpoint: the disk fills up half-way through it
+        self._unwrapped().save_pretrained(folder / "model")
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "trainer_state.pt"))
+    original(self, model_state, state, folder)
+Trainer._write_files = full_disk
+ws_path, conf = sys.argv[1:3]
+sys.exit(main(["--workspace", ws_path, "train", "--config", conf, "--quiet"]))
+"""
+RESUME = """
+import sys
+from kdstudio.cli import main
+sys.exit(main(["--workspace", sys.argv[1], "train", "--resume", "full", "--quiet"]))
+"""

@@ -25,7 +25,6 @@ from kdstudio.collect.pacing import backoff
 from kdstudio.collect.runner import Request, RunStats
 from kdstudio.errors import JobFailed
 from kdstudio.events import CancelToken, Log, Progress, RowDone, Sink
-from kdstudio.formatting import usd
 from kdstudio.teachers.openai_api import classify, fatal_message, parse_completion, redact
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -53,6 +52,7 @@ class BatchRunner:
         self, col: Collection, sink: Sink, cancel: CancelToken, stats: RunStats, key: str | None
     ) -> None:
         self.col, self.sink, self.cancel, self.stats, self.key = col, sink, cancel, stats, key
+        self.hidden = [key, *col.secrets]  # what no message may repeat
         self.cfg = col.config
         self.rng = random.Random()
         self.fatal: str | None = None
@@ -65,7 +65,7 @@ class BatchRunner:
             try:
                 return fn(*args, **kw)
             except Exception as exc:  # noqa: BLE001 - classified below
-                outcome = classify(exc, self.key)
+                outcome = classify(exc, self.hidden)
                 if outcome.kind == "fatal":
                     self.fatal = fatal_message(self.col.teacher, outcome)
                     raise _Stop from None
@@ -85,7 +85,7 @@ class BatchRunner:
             api_key=self.key or "not-needed",
             max_retries=0,
             timeout=self.cfg.timeout,
-            default_headers=dict(teacher.headers),
+            default_headers=dict(self.col.headers),
         )
         try:
             for _round in range(self.cfg.max_retries + 1):
@@ -129,11 +129,9 @@ class BatchRunner:
             if worst > left:
                 self.budget_reached = True
                 self.stop_reason = (
-                    f"budget reached: submitting {len(out):,} of {len(items):,} requests keeps the "
-                    f"worst case within {usd(budget)} ({usd(self.stats.spent)} spent); re-run with "
-                    "a larger --budget for the rest"
+                    f"{len(out):,} of {len(items):,} requests were submitted, to keep the worst "
+                    "case within it; re-run with a larger --budget for the rest"
                 )
-                self.sink.emit(Log(self.stop_reason, level="warning"))
                 break
             left -= worst
             out.append(item)
@@ -258,7 +256,8 @@ class BatchRunner:
         if failed and not results:
             errors = getattr(getattr(failed[0], "errors", None), "data", None) or []
             detail = (
-                "; ".join(redact(str(e.message), self.key) for e in errors[:3]) or "no reason given"
+                "; ".join(redact(str(e.message), self.hidden) for e in errors[:3])
+                or "no reason given"
             )
             with self.col.ws.tx() as con:
                 self._mark_processed(con, active)
@@ -305,7 +304,7 @@ class BatchRunner:
                 resp = parse_completion(body, self.col.teacher, batch=True)
             except Exception as exc:  # noqa: BLE001 - a malformed line goes back to the queue
                 self.col.mark(
-                    con, [item], "queued", redact(f"malformed batch result: {exc}", self.key)
+                    con, [item], "queued", redact(f"malformed batch result: {exc}", self.hidden)
                 )
                 return None
             self.stats.spent += self.col.store(con, item, resp)
@@ -313,7 +312,7 @@ class BatchRunner:
             return RowDone(row=item.idx, status="done", extra=item.ids)
         error = body.get("error") if isinstance(body, dict) else None
         message = redact(
-            str((error or {}).get("message") or doc.get("error") or f"HTTP {status}"), self.key
+            str((error or {}).get("message") or doc.get("error") or f"HTTP {status}"), self.hidden
         )
         if status in (400, 404, 422):
             self.col.mark(con, [item], "failed", f"HTTP {status}: {message}")

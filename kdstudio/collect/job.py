@@ -32,7 +32,7 @@ from kdstudio.collect.config import CollectConfig
 from kdstudio.collect.cost import CostEstimate
 from kdstudio.collect.ledger import Collection
 from kdstudio.collect.runner import Runner, RunStats
-from kdstudio.errors import Cancelled, JobFailed, UserError
+from kdstudio.errors import Cancelled, JobFailed, UserError, disk_full
 from kdstudio.events import (
     CancelToken,
     FanoutSink,
@@ -43,6 +43,7 @@ from kdstudio.events import (
     Sink,
     StoreSink,
 )
+from kdstudio.formatting import usd
 from kdstudio.workspace import Workspace
 
 
@@ -51,7 +52,9 @@ class CollectSummary:
     """How a collection run ended (`collect --json` prints it)."""
 
     collection: str
-    status: str  # done | incomplete | stopped (budget) | cancelled | failed
+    status: (
+        str  # done | incomplete | stopped (budget) | cancelled | failed (also: every row failed)
+    )
     counts: dict[str, int]
     spent: float
     requests: int
@@ -75,6 +78,8 @@ def collect(
     back) when cancelled, JobFailed when the teacher refuses the key, UserError on bad input."""
     cancel = cancel or CancelToken()
     col = Collection(config, ws)
+    # The key first: a keyring that fails leaves no collection behind and prints no estimate.
+    key = _key(col)
     col.open()
     col.claim()
     col.save_settings()  # so a later resume starts from them
@@ -83,8 +88,8 @@ def collect(
     status, message = "failed", "stopped by an error"
     try:
         estimate = col.estimate()
+        runner = _runner(col, sink, cancel, _stats(estimate), key)
         sink.emit(Log(estimate.line()))
-        runner = _runner(col, sink, cancel, _stats(estimate))
         sink.emit(Progress(done=0, total=estimate.requests, unit="request"))
         with col.lease.beating():  # a long request, batch poll or generate must not look dead
             runner.run()
@@ -93,7 +98,10 @@ def collect(
         status, message = "cancelled", "interrupted; re-run the same command to resume"
         raise
     except Exception as exc:
-        message = str(exc) or type(exc).__name__
+        full = disk_full(exc)
+        message = str(full or exc) or type(exc).__name__
+        if full is not None:
+            raise full from None
         raise
     finally:
         col.release(status, message)
@@ -119,14 +127,25 @@ def _stats(estimate: CostEstimate) -> RunStats:
     return RunStats(estimate.requests, estimate.spent, estimate.usd if priced else None)
 
 
-def _runner(col: Collection, sink: Sink, cancel: CancelToken, stats: RunStats) -> Runner:
+def _key(col: Collection) -> str | None:
+    """The teacher's API key (None for a local teacher, or one that needs none); the values
+    of its secret headers go to the collection's requests."""
+    if col.teacher.kind == "local":
+        return None
+    from kdstudio.secrets import resolve_headers, resolve_key
+
+    key = resolve_key(col.teacher, col.ws.id)
+    col.unlock(resolve_headers(col.teacher, col.ws.id))
+    return key
+
+
+def _runner(
+    col: Collection, sink: Sink, cancel: CancelToken, stats: RunStats, key: str | None
+) -> Runner:
     if col.teacher.kind == "local":
         from kdstudio.collect.local import LocalRunner
 
         return LocalRunner(col, sink, cancel, stats)
-    from kdstudio.secrets import resolve_key
-
-    key = resolve_key(col.teacher, col.ws.id)
     if col.config.batch_api:
         from kdstudio.collect.batch import BatchRunner
 
@@ -156,11 +175,20 @@ def _outcome(col: Collection, runner: Runner) -> tuple[str, str]:
         else ""
     )
     if runner.budget_reached:
-        return "stopped", f"{runner.stop_reason} ({done}{failed})"
+        # said once, here, with what was spent in the end (answers in flight included)
+        spent = f"{usd(col.spent())} spent of {usd(col.config.budget or 0.0)}"
+        return "stopped", f"budget reached: {spent}; {runner.stop_reason} ({done}{failed})"
     if runner.stop_reason:
         return (
             "cancelled",
             f"{runner.stop_reason}: {done}{failed}; re-run the same command to resume",
+        )
+    if counts["failed"] and not counts["done"]:
+        return (
+            "failed",
+            f"collection {col.name!r}: none of {counts['total']:,} done, {counts['failed']:,} "
+            f"failed: {col.top_failure()}; check the teacher with "
+            f"`kdstudio teacher probe {col.teacher.name}`, then re-run the same command",
         )
     if counts["queued"] or counts["failed"]:
         return (

@@ -1,5 +1,5 @@
 """The ledger of one collection: its items (one per dataset row and sample), their states,
-and the claim of the process collecting them.
+and the claims of the process collecting them.
 
 Each item's state is `queued`, `in_flight`, `retrying`, `done` or `failed` (+ reason), and
 its request is keyed by a content hash of (endpoint, body, sample): an answer another
@@ -7,12 +7,22 @@ collection already paid for is reused (`cached`), duplicate prompts share one an
 a resumed collection asks only for what is missing. The collecting process holds a `Lease`
 on the collection's row; a second process is refused while the first is alive, and the
 items a dead one left in flight go back to the queue.
+
+Requests in flight are claimed too, by content hash across collections (`request_claims`):
+when two collections need the same answer at the same time (a dataset and its derived
+subset, the window and the CLI), one asks and the other waits for its answer instead of
+paying for it again. A request claim lives as long as the lease of the collection that
+made it (its row names the claim's pid and host, and that holder is alive), so a killed
+collector's claims are taken over. An answer that was paid for is always this
+collection's spend, even if another collection stored the same answer first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -67,7 +77,20 @@ class Collection:
             self.endpoint = self.teacher.base_url
         else:
             self.endpoint = f"local:{self.teacher.path}:{_folder_fingerprint(self.teacher.path)}"
+        # The extra HTTP headers its requests carry; the job puts in the values of secret
+        # ones from the keyring (`unlock`). Never stored, never shown.
+        self.headers: dict[str, str] = dict(self.teacher.headers)
         self.id: int | None = None
+
+    def unlock(self, headers: dict[str, str]) -> None:
+        """Give the requests the teacher's headers with their secret values."""
+        self.headers = dict(headers)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values that no message may repeat: those of the secret headers."""
+        wanted = {h.lower() for h in self.teacher.secret_headers}
+        return [v for k, v in self.headers.items() if k.lower() in wanted]
 
     # -- requests and hashes ----------------------------------------------------------------
     def body(self, messages: list[dict], sample: int) -> dict[str, Any]:
@@ -107,6 +130,8 @@ class Collection:
             dataset_id=self.dataset["id"],
             teacher_name=self.teacher.name,
             params=self.params,
+            teacher_model=self.teacher.model,
+            teacher_endpoint=self.endpoint,
         )
         n_rows = self.dataset["n_rows"]
         if self.config.limit:
@@ -173,6 +198,7 @@ class Collection:
                     " ('in_flight', 'retrying', 'failed')",
                     (self.id,),
                 )
+                con.execute("DELETE FROM request_claims WHERE collection_id=?", (self.id,))
         except LeaseHeld as held:
             raise UserError(
                 f"collection {self.name!r} is being collected by process {held.pid} on "
@@ -188,8 +214,75 @@ class Collection:
         )
 
     def release(self, status: str, message: str | None) -> None:
-        """Give the claim up, recording how the run ended."""
-        self.lease.release(status=status, message=message, updated_at=time.time())
+        """Give the claim up, and the claims on requests still held, recording how the run
+        ended."""
+        with self.ws.tx() as con:
+            con.execute(
+                "DELETE FROM request_claims WHERE collection_id=? AND pid=? AND host=?",
+                (self.id, os.getpid(), socket.gethostname()),
+            )
+            self.lease.release(con, status=status, message=message, updated_at=time.time())
+
+    # -- claims on requests in flight ---------------------------------------------------------
+    def claim_requests(
+        self, con: Any, requests: list[Request]
+    ) -> tuple[list[Request], list[Request], list[Request]]:
+        """Claim these requests for this collector, inside the caller's write transaction:
+        (to send now, awaited: another live collector has them in flight, answered: their
+        answer is stored already, by another collection meanwhile)."""
+        hashes = sorted({r.hash for r in requests})
+        answered = _stored(con, hashes)
+        held = self._held_by_others(con, [h for h in hashes if h not in answered])
+        send = [r for r in requests if r.hash not in answered and r.hash not in held]
+        now, pid, host = time.time(), os.getpid(), socket.gethostname()
+        con.executemany(
+            "INSERT INTO request_claims(hash, collection_id, pid, host, claimed_at)"
+            " VALUES (?,?,?,?,?) ON CONFLICT (hash) DO UPDATE SET"
+            " collection_id=excluded.collection_id, pid=excluded.pid, host=excluded.host,"
+            " claimed_at=excluded.claimed_at",
+            [(r.hash, self.id, pid, host, now) for r in send],
+        )
+        return (
+            send,
+            [r for r in requests if r.hash in held],
+            [r for r in requests if r.hash in answered],
+        )
+
+    def awaited(self, hashes: list[str]) -> tuple[set[str], set[str]]:
+        """Of requests this collector waits for: (answered meanwhile, free: no live collector
+        has them in flight any more, so this one asks for them itself)."""
+        con = self.ws.db
+        answered = _stored(con, hashes)
+        rest = [h for h in hashes if h not in answered]
+        return answered, set(rest) - self._held_by_others(con, rest)
+
+    def _held_by_others(self, con: Any, hashes: list[str]) -> set[str]:
+        """The hashes another live collector has claimed (its collection's lease holder made
+        the claim and is alive)."""
+        held: set[str] = set()
+        me = (self.id, os.getpid(), socket.gethostname())
+        for chunk in _chunks(hashes):
+            rows = con.execute(
+                "SELECT rc.hash, rc.collection_id, rc.pid, rc.host, c.pid AS holder,"
+                " c.host AS holder_host, c.heartbeat FROM request_claims rc"
+                " JOIN collections c ON c.id = rc.collection_id"
+                f" WHERE rc.hash IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            for r in rows:
+                if (r["collection_id"], r["pid"], r["host"]) == me:
+                    continue
+                if (r["pid"], r["host"]) != (r["holder"], r["holder_host"]):
+                    continue  # made by an earlier holder of that collection's lease
+                if Lease.holder_alive(r["pid"], r["host"], r["heartbeat"], STALE_AFTER_S):
+                    held.add(r["hash"])
+        return held
+
+    def _unclaim(self, con: Any, requests: list[Request]) -> None:
+        con.executemany(
+            "DELETE FROM request_claims WHERE hash=? AND collection_id=? AND pid=?",
+            [(r.hash, self.id, os.getpid()) for r in requests],
+        )
 
     # -- items -------------------------------------------------------------------------------
     def queued(self, after: tuple[int, int] = (-1, -1), limit: int = _PAGE) -> list[Request]:
@@ -234,7 +327,10 @@ class Collection:
         error: str | None = None,
         bump: bool = False,
     ) -> None:
-        """Set the state (and reason) of these items; `bump` counts an attempt."""
+        """Set the state (and reason) of these items; `bump` counts an attempt. Back in the
+        queue or failed, they are no longer in flight: their claims go."""
+        if status in ("queued", "failed"):
+            self._unclaim(con, requests)
         con.executemany(
             f"UPDATE collection_items SET status=?, error=?, updated_at=?{', attempts=attempts+1' if bump else ''}"
             " WHERE collection_id=? AND row_id=? AND sample=?",
@@ -242,15 +338,17 @@ class Collection:
         )
 
     def store(self, con: Any, request: Request, response: Response) -> float:
-        """Commit one answer (inside the caller's transaction); returns what it cost here."""
-        fresh = insert_response(con, request.hash, response)
-        paid = response.cost if fresh else 0.0
+        """Commit one answer (inside the caller's transaction) and release its claim;
+        returns what it cost. An answer that came back was paid for, so its cost is this
+        collection's spend even when another collection stored the same answer first."""
+        insert_response(con, request.hash, response)
+        self._unclaim(con, [request])
         con.execute(
-            "UPDATE collection_items SET status='done', error=NULL, cost=?, cached=?, updated_at=?"
+            "UPDATE collection_items SET status='done', error=NULL, cost=?, cached=0, updated_at=?"
             " WHERE collection_id=? AND row_id=? AND sample=?",
-            (paid, 0 if fresh else 1, time.time(), self.id, request.row_id, request.sample),
+            (response.cost, time.time(), self.id, request.row_id, request.sample),
         )
-        return paid
+        return response.cost
 
     def mark_cached(self, con: Any, requests: list[Request]) -> None:
         """Items whose answer is already stored (a duplicate prompt answered meanwhile)."""
@@ -276,6 +374,15 @@ class Collection:
 
     def counts(self) -> dict[str, int]:
         return collection_status_counts(self.ws, self.id)
+
+    def top_failure(self) -> str:
+        """The reason most failed items give (the one line a failed job ends with)."""
+        row = self.ws.query_one(
+            "SELECT error FROM collection_items WHERE collection_id=? AND status='failed'"
+            " GROUP BY error ORDER BY COUNT(*) DESC LIMIT 1",
+            (self.id,),
+        )
+        return (row[0] if row else None) or "no reason recorded"
 
     def cached_count(self) -> int:
         return self.ws.query_one(
@@ -307,6 +414,22 @@ class Collection:
 
     def worst_cost(self, request: Request, prompt_ratio: float) -> float:
         return cost.worst_cost(self.teacher, self.config, request.prompt_tokens, prompt_ratio)
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _stored(con: Any, hashes: list[str]) -> set[str]:
+    """The hashes whose answer is in the response cache."""
+    found: set[str] = set()
+    for chunk in _chunks(hashes):
+        rows = con.execute(
+            f"SELECT hash FROM responses WHERE hash IN ({','.join('?' * len(chunk))})", chunk
+        )
+        found.update(r[0] for r in rows)
+    return found
 
 
 def _folder_fingerprint(path: str | None) -> str:

@@ -5,8 +5,10 @@ One loop launches requests up to the adaptive concurrency limit (`pacing`), stor
 answer in the ledger as it arrives (one transaction per wake-up), retries transient errors
 after their backoff, and stops launching on cancel, on the budget, or on a fatal answer
 (a rejected key, no quota). Identical requests (duplicate prompts) are sent once: the
-others follow their leader's outcome. When it stops, the requests not answered go back to
-the queue, so a resumed collection asks for them again and nothing is paid twice.
+others follow their leader's outcome. A request is claimed before it goes (`ledger`): one
+that another collection has in flight waits for that answer, one answered meanwhile comes
+from the cache. When it stops, the requests not answered go back to the queue, so a
+resumed collection asks for them again and nothing is paid twice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import functools
 import json
 import random
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -22,8 +25,10 @@ from typing import Any
 from kdstudio.collect.ledger import Collection
 from kdstudio.collect.pacing import MAX_RATE_LIMITED, AdaptiveLimit, backoff
 from kdstudio.collect.runner import Request, RunStats
-from kdstudio.events import CancelToken, Log, RowDone, Sink
+from kdstudio.events import CancelToken, RowDone, Sink
 from kdstudio.formatting import usd
+
+AWAIT_CHECK_S = 0.25  # how often requests awaited from another collector are looked up
 
 
 class LiveRunner:
@@ -33,6 +38,7 @@ class LiveRunner:
         self, col: Collection, sink: Sink, cancel: CancelToken, stats: RunStats, key: str | None
     ) -> None:
         self.col, self.sink, self.cancel, self.stats, self.key = col, sink, cancel, stats, key
+        self.hidden = [key, *col.secrets]  # what no message may repeat
         self.cfg = col.config
         self.limit = AdaptiveLimit(self.cfg.concurrency, adaptive=self.cfg.adaptive)
         self.rng = random.Random()
@@ -46,25 +52,66 @@ class LiveRunner:
         # Identical requests (duplicate prompts) are sent once: the others follow the leader.
         self.leader_of: dict[str, Request] = {}
         self.followers: dict[str, list[Request]] = {}
+        # Leaders whose request another collector has in flight: they wait for its answer.
+        self.awaiting: dict[str, Request] = {}
 
     def run(self) -> None:
-        asyncio.run(self._main())
+        """Run the requests on an asyncio loop in a thread of its own. A second Ctrl-C then
+        raises KeyboardInterrupt here, in this thread's wait, never inside asyncio's own
+        machinery (where it left tasks pending and printed a traceback per request in
+        flight): the loop is cancelled, closes cleanly, and the interrupt goes on."""
+        box: dict[str, Any] = {}
 
-    async def _main(self) -> None:
+        def target() -> None:
+            try:
+                asyncio.run(self._main(box))
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                box["error"] = exc
+            finally:
+                self.col.ws.release_thread()
+
+        thread = threading.Thread(target=target, name=f"collect-{self.col.name}", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.25)
+        except KeyboardInterrupt:
+            loop, task = box.get("loop"), box.get("task")
+            if loop is not None and task is not None:
+                try:
+                    loop.call_soon_threadsafe(task.cancel)
+                except RuntimeError:
+                    pass  # the loop has just closed by itself
+            thread.join(10.0)  # bounded: the interrupt is what the person asked for
+            raise
+        if "error" in box:
+            raise box["error"]
+
+    async def _main(self, box: dict[str, Any]) -> None:
         from kdstudio.teachers.openai_api import make_client
+
+        box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
 
         client = make_client(
             self.col.teacher,
             self.key,
             max_connections=self.cfg.concurrency,
             timeout=self.cfg.timeout,
+            headers=self.col.headers,
         )
+        tasks: set[asyncio.Task] = set()
         try:
-            await self._loop(client)
+            await self._loop(client, tasks)
         finally:
+            # Leaving early (a failed write, a second Ctrl-C): the requests still in flight
+            # are cancelled here and awaited, so none is left for asyncio to report. Their
+            # items stay in flight in the ledger and go back to the queue on the next run.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
 
-    async def _loop(self, client: Any) -> None:
+    async def _loop(self, client: Any, tasks: set[asyncio.Task]) -> None:
         queue = self.col.iter_queued()
         pending: deque[Request] = deque()
         exhausted = False
@@ -72,12 +119,16 @@ class LiveRunner:
         finished: list[tuple[Request, Any]] = []
         loop = asyncio.get_running_loop()
         wake: list[asyncio.Future] = []
+        last_check = 0.0
 
         def wake_up() -> None:
             if wake and not wake[0].done():
                 wake[0].set_result(None)
 
         def on_done(item: Request, task: asyncio.Task) -> None:
+            tasks.discard(task)
+            if task.cancelled():  # only when the loop is being left: nothing to store
+                return
             finished.append((item, task.result()))
             wake_up()
 
@@ -89,22 +140,27 @@ class LiveRunner:
                 done, finished[:] = list(finished), []
                 in_flight -= len(done)
                 self._handle(done)
+                if not in_flight:
+                    self.reserved = 0.0  # no rounding left over from the additions
             if not pending and not exhausted:
                 pending.extend(next(queue, None) for _ in range(256))
                 while pending and pending[-1] is None:
                     pending.pop()
                     exhausted = True
+            if self.awaiting and now - last_check >= AWAIT_CHECK_S:
+                last_check = now
+                self._check_awaiting(pending)
             launch = self._launchable(pending, in_flight, now)
             if launch:
-                with self.col.ws.tx() as con:
-                    self.col.mark(con, launch, "in_flight", bump=True)
+                launch = self._claim(launch)
                 for item in launch:
                     item.attempts += 1
                     self.stats.requests += 1
                     in_flight += 1
                     task = loop.create_task(self._attempt(client, item))
+                    tasks.add(task)
                     task.add_done_callback(functools.partial(on_done, item))
-            nothing_left = not pending and exhausted and not self.retry
+            nothing_left = not pending and exhausted and not self.retry and not self.awaiting
             if not in_flight and (self.stop_reason or self.fatal or nothing_left):
                 break
             self._progress()
@@ -114,7 +170,47 @@ class LiveRunner:
                 await wake[0]
                 timer.cancel()
         self._progress(force=True)
-        self._requeue(list(pending) + self.retry)
+        self._requeue(list(pending) + self.retry + list(self.awaiting.values()))
+
+    def _claim(self, launch: list[Request]) -> list[Request]:
+        """Claim the requests about to go (across collections): those another collector has
+        in flight wait for its answer, those answered meanwhile come from the cache; the
+        rest are marked in flight and returned, to send."""
+        events: list[RowDone] = []
+        with self.col.ws.tx() as con:
+            send, held, answered = self.col.claim_requests(con, launch)
+            self.col.mark(con, send, "in_flight", bump=True)
+            for item in answered:
+                events += self._from_cache(con, item)
+        for item in held + answered:
+            self.reserved -= item.reserved  # this collection does not pay for them
+            item.reserved = 0.0
+        for item in held:
+            self.awaiting[item.hash] = item
+        for event in events:
+            self.sink.emit(event)
+        return send
+
+    def _check_awaiting(self, pending: deque[Request]) -> None:
+        """Requests another collector had in flight: take the answered ones from the cache;
+        ask for the others once no live collector holds them (it failed, stopped or died)."""
+        answered, free = self.col.awaited(list(self.awaiting))
+        events: list[RowDone] = []
+        if answered:
+            with self.col.ws.tx() as con:
+                for h in answered:
+                    events += self._from_cache(con, self.awaiting.pop(h))
+        for h in free:
+            pending.appendleft(self.awaiting.pop(h))
+        for event in events:
+            self.sink.emit(event)
+
+    def _from_cache(self, con: Any, item: Request) -> list[RowDone]:
+        """`item` (and its duplicates) answered by another collection: done, at no cost."""
+        self.col.mark_cached(con, [item])
+        self.stats.done += 1
+        event = RowDone(row=item.idx, status="done", extra={**item.ids, "cached": True})
+        return [event, *self._settle_followers(con, item, event)]
 
     def _idle_wait(self, now: float) -> float:
         waits = [0.1]
@@ -137,7 +233,7 @@ class LiveRunner:
             if leader is not None and leader is not item:
                 self.followers[item.hash].append(item)
                 continue
-            if not self._affordable(item):
+            if not self._affordable(item, holding=in_flight + len(out)):
                 self._put_back(item, pending)
                 break
             out.append(item)
@@ -160,22 +256,26 @@ class LiveRunner:
         else:
             pending.appendleft(item)
 
-    def _affordable(self, item: Request) -> bool:
+    def _affordable(self, item: Request, *, holding: int) -> bool:
+        """Whether `item` may go now: its worst case fits beside what is spent and what the
+        `holding` requests in flight (or about to go) hold. When it does not fit only
+        because of them, it waits for their answers (which release what they hold); when
+        none holds anything, the budget is reached."""
         budget = self.cfg.budget
         if budget is None:
             return True
         worst = self.col.worst_cost(item, self.prompt_ratio)
-        if self.stats.spent + self.reserved + worst > budget:
+        if self.stats.spent + self.reserved + worst <= budget:
+            self.reserved += worst
+            item.reserved = worst
+            return True
+        if not holding:  # a count: the float sum of reservations may not come back to 0
             self.budget_reached = True
             self.stop_reason = (
-                f"budget reached: {usd(self.stats.spent)} spent of {usd(budget)}; the next request "
-                f"could cost up to {usd(worst)}; re-run with a larger --budget to continue"
+                f"the next request could cost up to {usd(worst)}; re-run with a larger "
+                "--budget to continue"
             )
-            self.sink.emit(Log(self.stop_reason, level="warning"))
-            return False
-        self.reserved += worst
-        item.reserved = worst
-        return True
+        return False
 
     async def _attempt(self, client: Any, item: Request) -> Any:
         from kdstudio.teachers.openai_api import Outcome, classify, parse_completion, split_body
@@ -191,7 +291,7 @@ class LiveRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
-            return classify(exc, self.key)
+            return classify(exc, self.hidden)
 
     def _handle(self, results: list[tuple[Request, Any]]) -> None:
         now = time.monotonic()

@@ -9,9 +9,12 @@ of transient errors wait with jittered exponential backoff; 429s do not use up
 from __future__ import annotations
 
 import math
-import random
 
-MAX_RETRY_AFTER_S = 120.0  # a longer retry-after is capped (a server's "come back tomorrow")
+# The backoff itself is the teacher protocol's, shared with `teacher probe`.
+from kdstudio.teachers.openai_api import MAX_RETRY_AFTER_S, backoff
+
+__all__ = ["MAX_RATE_LIMITED", "MAX_RETRY_AFTER_S", "AdaptiveLimit", "backoff"]
+
 MAX_RATE_LIMITED = 1000  # 429s of one row before it fails (they do not use up max_retries)
 
 
@@ -42,11 +45,3 @@ class AdaptiveLimit:
         if self.adaptive and now - self._last_cut >= self.cooldown:
             self._last_cut = now
             self.value = max(1.0, self.value * 0.7)
-
-
-def backoff(attempt: int, retry_after: float | None, rng: random.Random) -> float:
-    """Seconds before retry `attempt` (1-based): the server's retry-after (plus up to 10%
-    jitter), else 0.5 * 2^(attempt-1) capped at 30 s with full jitter in [50%, 100%]."""
-    if retry_after is not None:
-        return min(MAX_RETRY_AFTER_S, retry_after) * (1 + 0.1 * rng.random())
-    return min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + 0.5 * rng.random())

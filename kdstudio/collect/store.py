@@ -90,11 +90,15 @@ def create_collection(
     teacher_name: str | None,
     params: dict[str, Any],
     source: str = "teacher",
+    teacher_model: str | None = None,
+    teacher_endpoint: str | None = None,
 ) -> int:
     """Create a collection, or return the existing one of that name when it matches.
 
     Re-running the same command resumes, so an existing collection with the same dataset,
-    teacher and parameters is returned as is; one with different settings is an error.
+    teacher and parameters is returned as is; one with different settings is an error, and
+    so is one whose answers came from another model or endpoint than the teacher's now
+    (`teacher_model`, `teacher_endpoint`: resuming it would mix two models' answers).
     """
     from kdstudio.config import check_name
 
@@ -104,22 +108,32 @@ def create_collection(
     with ws.tx() as con:
         row = con.execute("SELECT * FROM collections WHERE name=?", (name,)).fetchone()
         if row is not None:
-            old = json.loads(row["params"] or "{}")
-            if (
-                row["dataset_id"] != dataset_id
-                or row["teacher_name"] != teacher_name
-                or old != params
-            ):
-                diff = _describe_difference(row, dataset_id, teacher_name, old, params)
+            diff = settings_difference(
+                row, dataset_id, teacher_name, params, teacher_model, teacher_endpoint
+            )
+            if diff is not None and diff.teacher:
+                raise UserError(
+                    f"collection {name!r} was collected from another model ({diff}); resuming "
+                    "it would mix two models' answers: choose another --name to collect from "
+                    f"teacher {teacher_name!r} as it is now, or put the teacher back as it was "
+                    "to resume"
+                )
+            if diff is not None:
                 raise UserError(
                     f"collection {name!r} already exists with different settings ({diff}); "
                     "re-run with the same settings to resume it, or choose another --name"
+                )
+            if row["teacher_endpoint"] is None and teacher_endpoint is not None:
+                con.execute(  # made before kdstudio recorded it: from now on it is known
+                    "UPDATE collections SET teacher_model=?, teacher_endpoint=? WHERE id=?",
+                    (teacher_model, teacher_endpoint, row["id"]),
                 )
             return int(row["id"])
         teacher = con.execute("SELECT id FROM teachers WHERE name=?", (teacher_name,)).fetchone()
         cur = con.execute(
             "INSERT INTO collections(name, teacher_id, teacher_name, dataset_id, params, source,"
-            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+            " teacher_model, teacher_endpoint, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 name,
                 teacher[0] if teacher else None,
@@ -127,6 +141,8 @@ def create_collection(
                 dataset_id,
                 params_json,
                 source,
+                teacher_model,
+                teacher_endpoint,
                 now,
                 now,
             ),
@@ -134,15 +150,57 @@ def create_collection(
         return int(cur.lastrowid)
 
 
-def _describe_difference(
-    row: sqlite3.Row, dataset_id: int, teacher: str | None, old: dict, new: dict
-) -> str:
+class Difference(str):
+    """What differs between a collection and settings that would continue it (the text);
+    `teacher` says whether it is the teacher's model or endpoint."""
+
+    teacher: bool = False
+
+
+def settings_difference(
+    row: sqlite3.Row,
+    dataset_id: int,
+    teacher: str | None,
+    params: dict[str, Any],
+    model: str | None = None,
+    endpoint: str | None = None,
+) -> Difference | None:
+    """Why these settings cannot continue the collection in `row`, or None when they can:
+    another dataset, teacher, request parameters, or another model or endpoint behind the
+    same teacher name (unknown for collections made before kdstudio recorded them)."""
+    from kdstudio.formatting import url
+
     if row["dataset_id"] != dataset_id:
-        return "a different dataset"
+        return Difference("a different dataset")
     if row["teacher_name"] != teacher:
-        return f"teacher {row['teacher_name']!r}, not {teacher!r}"
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+        return Difference(f"teacher {row['teacher_name']!r}, not {teacher!r}")
+    old = json.loads(row["params"] or "{}")
+    if old != params:
+        keys = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+        return Difference(", ".join(f"{k}: {old.get(k)!r} -> {params.get(k)!r}" for k in keys))
+    was_model, was_endpoint = row["teacher_model"], row["teacher_endpoint"]
+    changes = []
+    if was_endpoint is not None and endpoint is not None and was_endpoint != endpoint:
+        was_local, now_local = _local_folder(was_endpoint), _local_folder(endpoint)
+        if was_local is not None and was_local == now_local:
+            changes.append(f"the files of its model folder {now_local} changed since")
+        else:
+            shown = [was_local or url(was_endpoint), now_local or url(endpoint)]
+            changes.append(f"endpoint: {shown[0]!r} -> {shown[1]!r}")
+    if was_model is not None and model is not None and was_model != model:
+        changes.append(f"model: {was_model!r} -> {model!r}")
+    if not changes:
+        return None
+    diff = Difference(f"teacher {teacher!r} " + ", ".join(changes))
+    diff.teacher = True
+    return diff
+
+
+def _local_folder(endpoint: str) -> str | None:
+    """The model folder of a local teacher's endpoint (`local:<folder>:<fingerprint>`)."""
+    if not endpoint.startswith("local:"):
+        return None
+    return endpoint[len("local:") :].rsplit(":", 1)[0]
 
 
 @dataclass

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kdstudio.cli import add_config_options, config_from_args, stop_on_signals
+from kdstudio.cli import add_config_options, config_from_args, finite_float, stop_on_signals
 from kdstudio.errors import UserError
 
 METAVARS = {
@@ -68,12 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     lp.add_argument("--without-logprobs", dest="has_logprobs", action="store_false")
     ls.add_argument(
         "--min-confidence",
-        type=float,
+        type=finite_float,
         default=None,
         metavar="P",
         help="geometric-mean token probability >= P",
     )
-    ls.add_argument("--max-confidence", type=float, default=None, metavar="P")
+    ls.add_argument("--max-confidence", type=finite_float, default=None, metavar="P")
     ls.add_argument("--order", choices=("idx", "confidence", "length", "cost"), default="idx")
     ls.add_argument("--limit", type=int, default=20, metavar="N")
     ls.add_argument("--offset", type=int, default=0, metavar="N")

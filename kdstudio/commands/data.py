@@ -6,6 +6,8 @@ import argparse
 import time
 from typing import Any
 
+from kdstudio.cli import finite_float
+
 SHOW_CHARS = 400  # a turn longer than this is cut in `data show` (unless --full)
 
 
@@ -63,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     imp.add_argument(
         "--max-row-mb",
-        type=float,
+        type=finite_float,
         default=1.0,
         metavar="MB",
         help="largest row accepted (default 1)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kdstudio.cli import finite_float
 from kdstudio.errors import UserError
 
 
@@ -55,7 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="K=V",
-        help="extra HTTP header (repeatable)",
+        help="extra HTTP header (repeatable); one that carries a credential goes with "
+        "--secret-header instead",
+    )
+    add.add_argument(
+        "--secret-header",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra HTTP header whose value is a credential (e.g. api-key): its value is read "
+        "from stdin (one line each, after the API key's) into the OS keyring (repeatable)",
     )
     add.add_argument("--replace", action="store_true", help="replace a teacher of the same name")
     add.set_defaults(func=cmd_add)
@@ -89,12 +99,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "probe", help="check a teacher: reachable, key, model, logprobs, token ids, latency"
     )
     pr.add_argument("name")
-    pr.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request")
+    pr.add_argument(
+        "--timeout", type=finite_float, default=30.0, metavar="S", help="seconds per request"
+    )
     pr.add_argument("--json", action="store_true", help="print one JSON document")
     pr.set_defaults(func=cmd_probe)
 
 
 def _headers(items: list[str]) -> dict[str, str]:
+    from kdstudio.config import credential_header
+
     out = {}
     for item in items:
         if "=" not in item:
@@ -102,6 +116,14 @@ def _headers(items: list[str]) -> dict[str, str]:
         k, v = item.split("=", 1)
         if not k.strip():
             raise UserError(f"--header {item!r}: the header name is empty")
+        if credential_header(k.strip()):
+            # the value is not repeated: it is on this command line already
+            raise UserError(
+                f"--header {k.strip()}=...: this header carries a credential, which must not "
+                "be given as an argument (other users can read it, and it stays in your shell "
+                f"history): use --secret-header {k.strip()} and give its value on standard "
+                "input (it is kept in the OS keyring)"
+            )
         out[k.strip()] = v.strip()
     return out
 
@@ -116,15 +138,17 @@ def _base_url_and_model(args: argparse.Namespace) -> tuple[str, str]:
         raise UserError("give --base-url or --preset (kdstudio teacher presets lists them)")
     if args.model:
         return base_url, args.model
+    from kdstudio.formatting import url
+
     try:
         served = list_models(base_url, timeout=5.0)
     except UserError as exc:
         raise UserError(f"--model is required (the models could not be listed: {exc})") from None
     shown = ", ".join(served[:20]) + (" ..." if len(served) > 20 else "")
     raise UserError(
-        f"--model is required; {base_url} serves: {shown}"
+        f"--model is required; {url(base_url)} serves: {shown}"
         if served
-        else f"--model is required ({base_url} lists no models)"
+        else f"--model is required ({url(base_url)} lists no models)"
     )
 
 
@@ -143,9 +167,12 @@ def cmd_add(args: argparse.Namespace, ctx) -> int:
     from kdstudio import secrets
     from kdstudio.cli import read_secret_from_stdin
     from kdstudio.config import TeacherConfig
+    from kdstudio.formatting import url
 
     key_source = "keyring" if args.api_key_stdin else "env" if args.api_key_env else "none"
     base_url, model = _base_url_and_model(args)
+    headers = _headers(args.header)
+    secret_headers = list(dict.fromkeys(h.strip() for h in args.secret_header))
     teacher = TeacherConfig(
         name=args.name,
         kind="openai",
@@ -153,34 +180,51 @@ def cmd_add(args: argparse.Namespace, ctx) -> int:
         model=model,
         key_source=key_source,
         key_env=args.api_key_env,
-        headers=_headers(args.header),
+        headers={k: v for k, v in headers.items() if k not in secret_headers},
+        secret_headers=secret_headers,
         price_in=args.price_in,
         price_out=args.price_out,
     )
     ws = ctx.ws
-    if not args.replace and args.name in ws.teacher_names():
+    exists = args.name in ws.teacher_names()
+    if exists and not args.replace:
         raise UserError(
             f"a teacher named {args.name!r} already exists (use --replace to change it)"
         )
-    if args.api_key_stdin:
-        # Store the key first: if the keyring fails, nothing is added.
-        secrets.store_key(ws.id, args.name, read_secret_from_stdin())
+    # Every secret is read first and stored before the teacher: if the keyring fails,
+    # nothing is added.
+    key = read_secret_from_stdin("API key", "--api-key-stdin") if args.api_key_stdin else None
+    values = {h: read_secret_from_stdin(f"value of header {h}", f"--secret-header {h}")
+              for h in secret_headers}  # fmt: skip
+    if key is not None:
+        secrets.store_key(ws.id, args.name, key)
+    for header, value in values.items():
+        secrets.store_header(ws.id, args.name, header, value)
+    dropped = []
+    if exists:
+        old = {h.lower() for h in ws.get_teacher(args.name).secret_headers}
+        dropped = sorted(old - {h.lower() for h in secret_headers})
     ws.add_teacher(teacher, replace=args.replace)
+    secrets.delete_headers(ws.id, args.name, dropped)  # this workspace's, no longer sent
     where = {
         "keyring": "key in the OS keyring",
         "env": f"key from ${args.api_key_env}",
         "none": "no key",
     }
+    extra = f"; {len(secret_headers)} secret header(s) in the OS keyring" if secret_headers else ""
     print(
-        f"added teacher {args.name!r}: {teacher.model} at {teacher.base_url} ({where[key_source]})"
+        f"added teacher {args.name!r}: {teacher.model} at {url(teacher.base_url)} "
+        f"({where[key_source]}{extra})"
     )
     return 0
 
 
 def cmd_list(args: argparse.Namespace, ctx) -> int:
+    from kdstudio.formatting import url
+
     teachers = ctx.ws.list_teachers()
     if args.json:
-        ctx.print_json([t.to_dict() for t in teachers])
+        ctx.print_json([t.public_dict() for t in teachers])
         return 0
     if not teachers:
         print(
@@ -189,7 +233,7 @@ def cmd_list(args: argparse.Namespace, ctx) -> int:
         return 0
     rows = []
     for t in teachers:
-        where = t.base_url if t.kind == "openai" else t.path
+        where = url(t.base_url) if t.kind == "openai" else t.path
         key = {"keyring": "keyring", "env": f"${t.key_env}", "none": "-"}[t.key_source]
         price = f"{t.price_in:g}/{t.price_out:g}" if (t.price_in or t.price_out) else "-"
         rows.append([t.name, t.kind, t.model or "", where, key, price])
@@ -203,6 +247,7 @@ def cmd_remove(args: argparse.Namespace, ctx) -> int:
     teacher = ctx.ws.get_teacher(args.name)
     if teacher.key_source == "keyring":
         secrets.delete_key(ctx.ws.id, args.name)  # this workspace's key only
+    secrets.delete_headers(ctx.ws.id, args.name, teacher.secret_headers)
     ctx.ws.remove_teacher(args.name)
     print(f"removed teacher {args.name!r}")
     return 0
@@ -230,8 +275,11 @@ def cmd_probe(args: argparse.Namespace, ctx) -> int:
 
     ws = ctx.ws
     teacher = ws.get_teacher(args.name)
-    key = secrets.resolve_key(teacher, ws.id) if teacher.kind == "openai" else None
-    caps = probe(teacher, key, timeout=args.timeout)
+    key, headers = None, None
+    if teacher.kind == "openai":
+        key = secrets.resolve_key(teacher, ws.id)
+        headers = secrets.resolve_headers(teacher, ws.id)
+    caps = probe(teacher, key, timeout=args.timeout, headers=headers)
     ws.set_teacher_capabilities(args.name, caps)
     if args.json:
         ctx.print_json(caps)

@@ -153,6 +153,7 @@ def _brief(run: Any) -> dict[str, Any]:
         "method",
         "collection",
         "step",
+        "checkpoint_step",
         "world_size",
         "error",
         "summary",

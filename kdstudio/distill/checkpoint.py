@@ -26,6 +26,7 @@ chosen among the good ones, and pruning never removes a good one to keep it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -245,16 +246,27 @@ def write_checkpoint(
     tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    write(tmp)
-    meta = {"step": step, "time": time.time(), **meta}
-    with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if final.exists():  # the same step saved again after a resume: replace it
-        _discard(final)
-    os.rename(tmp, final)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        meta = {"step": step, "time": time.time(), **meta}
+        with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():  # the same step saved again after a resume: replace it
+            if run_id is not None:  # its row first (see prune_checkpoints)
+                ws.db.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
+            _discard(final)
+        os.rename(tmp, final)
+    except BaseException as exc:
+        # A half-written checkpoint is never kept: on a full disk it would hold the space
+        # that the next attempt (and the workspace's own database) needs.
+        full = isinstance(exc, Exception) and _out_of_space(exc, root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from exc
+        raise
     _fsync_dir(root)
     if run_id is not None:
         ws.db.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
@@ -263,6 +275,23 @@ def write_checkpoint(
             (run_id, step, str(final), meta.get("eval_loss"), meta["time"]),
         )
     return final
+
+
+def _out_of_space(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space. torch.save reports a full disk as a bare
+    RuntimeError ("unexpected pos ..."), so besides ENOSPC anywhere in the chain, a failure
+    that leaves under 64 MiB free on the folder's disk counts too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < 64 << 20
+    except OSError:
+        return False
 
 
 def _discard(path: Path) -> None:
@@ -283,24 +312,25 @@ def prune_checkpoints(
     """Keep the last `keep_last` good checkpoints, the best by eval loss, the newest one
     confirmed good (at a step before `confirmed_before`, when the run goes on: its newer
     ones may still turn out to be after a divergence), and the last `keep_last` written
-    after a divergence. Returns the removed steps."""
+    after a divergence. Returns the removed steps.
+
+    The index rows go first, the folders after: a kill in between leaves a complete folder
+    that no row names (the next prune removes it), never a row naming a missing folder."""
     items = list_checkpoints(ws, run)
     good = [c for c in items if not c.diverged]
     confirmed = [c for c in good if confirmed_before is None or c.step < confirmed_before]
     keep = {c.step for c in good[-keep_last:] + confirmed[-1:]}
     keep |= {c.step for c in items if c.is_best}
     keep |= {c.step for c in [d for d in items if d.diverged][-keep_last:]}
-    removed = []
-    for c in items:
-        if c.step not in keep:
-            _discard(c.path)
-            removed.append(c.step)
+    doomed = [c for c in items if c.step not in keep]
     if run_id is not None:
         with ws.tx() as con:
-            for step in removed:
-                con.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
+            for c in doomed:
+                con.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, c.step))
             _index_best(con, run_id, items)
-    return removed
+    for c in doomed:
+        _discard(c.path)
+    return [c.step for c in doomed]
 
 
 def _index_best(con: Any, run_id: int, items: list[CheckpointInfo]) -> None:

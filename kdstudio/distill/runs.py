@@ -2,9 +2,13 @@
 
 Status: `created`, `running`, `finished`, `stopped` (by the user, after a checkpoint),
 `failed`, `diverged` (its loss blew up: `kdstudio.distill.divergence`; its `error` says
-what happened and what to change). A running run holds a `Lease` on its row (pid, host, heartbeat); one stored as
-`running` whose process is gone (its pid is dead, when it ran on this host; else its
-heartbeat is older than `STALE_AFTER_S`) reads as `interrupted`; `--resume` continues it.
+what happened and what to change). The process training a run holds a `Lease` on its row
+(pid, host, heartbeat), taken with `claim` before its setup loads anything and given up
+when the run ends, so a second `train --resume` of it is refused at once, naming the
+holder; a dead holder's claim is taken over. One stored as `running` whose process is gone
+(its pid is dead, when it ran on this host; else its heartbeat is older than
+`STALE_AFTER_S`) reads as `interrupted`, at the step of its last checkpoint (where
+`--resume` continues it).
 No torch here: the GUI and `runs list` use this module cheaply.
 """
 
@@ -47,6 +51,7 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    checkpoint_step: int | None = None  # the step of its last checkpoint (None: none yet)
 
     def train_config(self) -> TrainConfig:
         from kdstudio.distill.config import TrainConfig
@@ -69,9 +74,20 @@ def effective_status(row: dict[str, Any]) -> str:
     return "interrupted" if status == "running" and not alive else status
 
 
+# Each run's row with the step of its last checkpoint (the window's index of the folders).
+_SELECT = (
+    "SELECT r.*, (SELECT MAX(c.step) FROM checkpoints c WHERE c.run_id = r.id)"
+    " AS checkpoint_step FROM runs r"
+)
+
+
 def _from_row(row: Any) -> Run:
     data = dict(row)
     data["status"] = effective_status(data)
+    if data["status"] == "interrupted":
+        # Its row says the step it last reported before it died (the heartbeat's); what
+        # counts is where `--resume` continues: its last checkpoint (0: it starts over).
+        data["step"] = data.get("checkpoint_step") or 0
     data["config"] = json.loads(data["config"])
     data["eval_rows"] = json.loads(data["eval_rows"]) if data.get("eval_rows") else None
     data["summary"] = json.loads(data.get("summary") or "{}")
@@ -112,34 +128,47 @@ def create_run(ws: Workspace, config: TrainConfig, *, world_size: int = 1) -> Ru
 
 
 def get_run(ws: Workspace, name: str) -> Run:
-    row = ws.query_one("SELECT * FROM runs WHERE name=?", (name,))
+    row = ws.query_one(f"{_SELECT} WHERE r.name=?", (name,))
     if row is None:
         raise NotFound("run", name, run_names(ws))
     return _from_row(row)
 
 
 def list_runs(ws: Workspace) -> list[Run]:
-    return [_from_row(r) for r in ws.query("SELECT * FROM runs ORDER BY id")]
+    return [_from_row(r) for r in ws.query(f"{_SELECT} ORDER BY r.id")]
+
+
+def claim(ws: Workspace, run_id: int) -> Run:
+    """Claim run `run_id` for this process (before loading anything for it) and return it
+    as it is now; UserError names the live process that holds it."""
+    try:
+        with ws.tx() as con:
+            lease(ws, run_id).claim(con)
+    except LeaseHeld as held:
+        name = ws.query_one("SELECT name FROM runs WHERE id=?", (run_id,))[0]
+        raise UserError(
+            f"run {name!r} is being trained by process {held.pid} on {held.host}; wait for "
+            "it to end, or stop it first"
+        ) from None
+    return _from_row(ws.query_one(f"{_SELECT} WHERE r.id=?", (run_id,)))
+
+
+def release(ws: Workspace, run_id: int) -> None:
+    """Give up this process's claim on a run, leaving its status as it is."""
+    lease(ws, run_id).release(updated_at=time.time())
 
 
 def set_status(ws: Workspace, run_id: int, status: str, *, error: str | None = None) -> None:
-    """Record a status change; `running` also records this process (pid, host, heartbeat)."""
+    """Record a status change: `running` claims the run for this process (pid, host,
+    heartbeat); any other status ends the claim."""
     if status not in STATUSES or status == "interrupted":
         raise ValueError(f"cannot store run status {status!r}")
     now = time.time()
     if status == "running":
-        try:
-            with ws.tx() as con:
-                lease(ws, run_id).claim(con, status=status, error=None, updated_at=now)
-        except LeaseHeld as held:
-            raise UserError(
-                f"run #{run_id} is running now (pid {held.pid} on {held.host}); stop it first"
-            ) from None
+        claim(ws, run_id)
+        lease(ws, run_id).heartbeat(status=status, error=None, updated_at=now)
     else:
-        ws.db.execute(
-            "UPDATE runs SET status=?, error=?, updated_at=? WHERE id=?",
-            (status, error, now, run_id),
-        )
+        lease(ws, run_id).release(status=status, error=error, updated_at=now)
 
 
 def heartbeat(ws: Workspace, run_id: int, step: int) -> None:

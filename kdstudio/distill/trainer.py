@@ -54,7 +54,7 @@ from kdstudio.distill.divergence import Divergence, DivergenceCheck, advice
 from kdstudio.distill.hf import hf_model
 from kdstudio.distill.losses import cross_entropy
 from kdstudio.distill.objectives import ObjectiveContext, make_objective
-from kdstudio.errors import UserError
+from kdstudio.errors import UserError, disk_full
 from kdstudio.events import (
     CancelToken,
     Failed,
@@ -186,13 +186,9 @@ class Trainer:
     def for_resume(
         cls, ws: Workspace, name: str, sink: Sink | None = None, cancel: CancelToken | None = None
     ) -> Trainer:
-        """A trainer that continues run `name` from its last checkpoint."""
+        """A trainer that continues run `name` from its last checkpoint (`setup` claims the
+        run first: another process training it is refused there, naming it)."""
         run = runs.get_run(ws, name)
-        main = int(os.environ.get("RANK", "0")) == 0  # other ranks may see rank 0's own update
-        if main and run.status == "running" and run.pid != os.getpid():
-            raise UserError(
-                f"run {name!r} is running now (pid {run.pid} on {run.host}); stop it first"
-            )
         if run.status == "finished":
             raise UserError(f"run {name!r} has finished; start a new run to train further")
         return cls(run.train_config(), ws, sink, cancel, resume=True)
@@ -211,10 +207,16 @@ class Trainer:
         self._setup_distributed()
         self._setup_run()
         try:
-            self._setup_rest()
+            if self.is_main:  # loading a big student takes a while: the claim stays fresh
+                with runs.lease(self.ws, self.run.id).beating():
+                    self._setup_rest()
+            else:
+                self._setup_rest()
         except BaseException:
             if self.is_main and self._created:
                 runs.delete_run(self.ws, self.run.id)  # nothing trained: leave no trace
+            elif self.is_main:
+                runs.release(self.ws, self.run.id)  # the run is as it was
             self.run = None
             raise
         self._ready = True
@@ -331,12 +333,19 @@ class Trainer:
         name = self.config.run.name
         self._created = False
         if self.is_main:
+            # Claimed before anything is loaded or cleaned: a second process resuming the
+            # same run stops here, and never touches the first one's files.
             if self.resume:
-                self.run = runs.get_run(self.ws, name)
-                ckpt.clean_partial(self.ws, name)
+                run = runs.claim(self.ws, runs.get_run(self.ws, name).id)
+                if run.status == "finished":  # by another process since for_resume looked
+                    runs.release(self.ws, run.id)
+                    raise UserError(f"run {name!r} has finished; start a new run to train further")
+                self.run = run
             else:
                 self.run = runs.create_run(self.ws, self.config, world_size=self.world)
                 self._created = True
+                runs.claim(self.ws, self.run.id)
+            ckpt.clean_partial(self.ws, name)
         self._barrier()
         if not self.is_main:
             self.run = runs.get_run(self.ws, name)
@@ -551,12 +560,18 @@ class Trainer:
             raise
         except BaseException as exc:
             self._outcome = "failed"
+            resume = f"continue the run with `kdstudio train --resume {self.config.run.name}`"
+            full = disk_full(exc, then=resume)
+            if full is not None:
+                exc = full
             self._flush_metrics()
             if self.is_main and self.run is not None:
                 runs.set_status(
                     self.ws, self.run.id, "failed", error=f"{type(exc).__name__}: {exc}"
                 )
                 self.sink.emit(Failed(str(exc), details=type(exc).__name__))
+            if full is not None:
+                raise full from None
             raise
 
     def _train(self) -> TrainResult:

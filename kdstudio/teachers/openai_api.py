@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import email.utils
 import json
+import random
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,20 +33,33 @@ USER_AGENT = "kdstudio"
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
-def redact(text: str, key: str | None) -> str:
-    """`text` with the key (and any long prefix of it) replaced by '***'."""
-    if not key:
-        return text
-    text = text.replace(key, "***")
-    if len(key) >= 12:  # servers sometimes echo a shortened key: sk-abc...wxyz
-        text = text.replace(key[:8], "***").replace(key[-6:], "***")
-    return text
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^\s/@:]*:)[^\s/@]+@")
+
+
+def redact(text: str, key: str | Iterable[str | None] | None) -> str:
+    """`text` with the key (or each of several secrets: the key and secret header values)
+    and any long prefix of it replaced by '***', and URL passwords masked."""
+    secrets = [key] if key is None or isinstance(key, str) else list(key)
+    for secret in secrets:
+        if not secret:
+            continue
+        text = text.replace(secret, "***")
+        if len(secret) >= 12:  # servers sometimes echo a shortened key: sk-abc...wxyz
+            text = text.replace(secret[:8], "***").replace(secret[-6:], "***")
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def make_client(
-    teacher: TeacherConfig, key: str | None, *, max_connections: int, timeout: float
+    teacher: TeacherConfig,
+    key: str | None,
+    *,
+    max_connections: int,
+    timeout: float,
+    headers: dict[str, str] | None = None,
 ) -> Any:
-    """An AsyncOpenAI client for the teacher, retries off, sized for `max_connections`."""
+    """An AsyncOpenAI client for the teacher, retries off, sized for `max_connections`;
+    `headers` are the teacher's extra headers with their secret values (default: the
+    plain ones only)."""
     import httpx2
     import openai
 
@@ -59,7 +74,7 @@ def make_client(
         api_key=key or "not-needed",
         max_retries=0,
         timeout=httpx2.Timeout(timeout, connect=min(10.0, timeout)),
-        default_headers=dict(teacher.headers),
+        default_headers=dict(teacher.headers if headers is None else headers),
         http_client=http,
     )
 
@@ -206,13 +221,26 @@ def retry_after(headers: Any) -> float | None:
     return None
 
 
+MAX_RETRY_AFTER_S = 120.0  # a longer retry-after is capped (a server's "come back tomorrow")
+
+
+def backoff(attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds before retry `attempt` (1-based) of a transient failure: the server's
+    retry-after (plus up to 10% jitter), else 0.5 * 2^(attempt-1) capped at 30 s with full
+    jitter in [50%, 100%]. The collection and the probe retry by it."""
+    if retry_after is not None:
+        return min(MAX_RETRY_AFTER_S, retry_after) * (1 + 0.1 * rng.random())
+    return min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + 0.5 * rng.random())
+
+
 _MODEL_MISSING_RE = re.compile(
     r"model\b.*\b(does not exist|not found|not exist|unknown)|(unknown|no such) model", re.I
 )
 
 
-def classify(exc: BaseException, key: str | None) -> Outcome:
-    """Turn an exception from one request into an Outcome (messages redacted)."""
+def classify(exc: BaseException, key: str | Iterable[str | None] | None) -> Outcome:
+    """Turn an exception from one request into an Outcome (messages redacted: `key` is the
+    API key, or every secret the request carried)."""
     import openai
 
     if isinstance(exc, openai.APIStatusError):
@@ -269,14 +297,17 @@ def classify(exc: BaseException, key: str | None) -> Outcome:
 
 def fatal_message(teacher: TeacherConfig, outcome: Outcome) -> str:
     """One clear line for a 401/403 that stops the job (never containing the key)."""
+    from kdstudio.formatting import url
+
     where = {"keyring": "the OS keyring", "env": f"${teacher.key_env}", "none": "no key"}[
         teacher.key_source
     ]
+    base_url = url(teacher.base_url)  # a password in it is shown as ***
     if outcome.status == 401:
         return (
             f"teacher {teacher.name!r} rejected the API key (HTTP 401: {outcome.message}); the key comes "
             f"from {where}: store a valid one with `kdstudio teacher add {teacher.name} --base-url "
-            f"{teacher.base_url} --model {teacher.model} --api-key-stdin --replace`"
+            f"{base_url} --model {teacher.model} --api-key-stdin --replace`"
         )
     if outcome.status == 429:
         return (
@@ -285,7 +316,7 @@ def fatal_message(teacher: TeacherConfig, outcome: Outcome) -> str:
         )
     if outcome.status == 404:
         return (
-            f"teacher {teacher.name!r} has no model {teacher.model!r} at {teacher.base_url} "
+            f"teacher {teacher.name!r} has no model {teacher.model!r} at {base_url} "
             f"(HTTP 404: {outcome.message}); `kdstudio teacher probe {teacher.name}` lists the "
             "models it serves: change the teacher's --model, then re-run the same command"
         )

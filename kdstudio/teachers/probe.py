@@ -12,25 +12,40 @@ For an OpenAI-compatible teacher, in order (each step needs the one before):
 
 A local teacher is loaded once: it gives logprobs over its whole vocabulary, with ids.
 The result is a plain dict stored with the teacher (`ws.set_teacher_capabilities`).
-Probing costs a handful of tiny requests (at most 8 output tokens each).
+Probing costs a handful of tiny requests (at most 8 output tokens each). A transient
+failure (5xx, 429, a timeout, a dropped connection) is retried like the collection does,
+so a passing 503 is not reported as what the teacher can do.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from typing import Any
 
 from kdstudio.config import TeacherConfig
-from kdstudio.teachers.openai_api import classify, redact
+from kdstudio.teachers.openai_api import backoff, classify, redact
 
 PING = [{"role": "user", "content": "Reply with the single word: ok"}]
 
 
-def probe(teacher: TeacherConfig, key: str | None, *, timeout: float = 30.0) -> dict[str, Any]:
+PROBE_RETRIES = 2  # a transient failure (5xx, 429, timeout, dropped) is asked again, twice
+PROBE_MAX_WAIT_S = 5.0  # the probe answers a person: it never waits longer for one retry
+
+
+def probe(
+    teacher: TeacherConfig,
+    key: str | None,
+    *,
+    timeout: float = 30.0,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What `teacher` can do. `headers`: its extra headers with their secret values from
+    the keyring (`kdstudio.secrets.resolve_headers`; default: the plain ones only)."""
     if teacher.kind == "local":
         return probe_local(teacher)
-    return _OpenAIProbe(teacher, key, timeout).run()
+    return _OpenAIProbe(teacher, key, timeout, headers).run()
 
 
 def probe_local(teacher: TeacherConfig) -> dict[str, Any]:
@@ -58,16 +73,26 @@ def probe_local(teacher: TeacherConfig) -> dict[str, Any]:
 
 
 class _OpenAIProbe:
-    def __init__(self, teacher: TeacherConfig, key: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        teacher: TeacherConfig,
+        key: str | None,
+        timeout: float,
+        headers: dict[str, str] | None,
+    ) -> None:
         import openai
 
         self.teacher, self.key, self.timeout = teacher, key, timeout
+        self.headers = dict(teacher.headers if headers is None else headers)
+        secret = {h.lower() for h in teacher.secret_headers}
+        self.hidden = [key, *(v for k, v in self.headers.items() if k.lower() in secret)]
+        self.rng = random.Random()
         self.client = openai.OpenAI(
             base_url=teacher.base_url,
             api_key=key or "not-needed",
             max_retries=0,
             timeout=timeout,
-            default_headers=dict(teacher.headers),
+            default_headers=self.headers,
         )
         self.caps: dict[str, Any] = {
             "kind": "openai",
@@ -83,14 +108,31 @@ class _OpenAIProbe:
         }
 
     def _error(self, step: str, exc: BaseException) -> Any:
-        outcome = classify(exc, self.key)
-        self.caps["errors"].append(redact(f"{step}: {outcome.message}", self.key))
+        outcome = classify(exc, self.hidden)
+        self.caps["errors"].append(redact(f"{step}: {outcome.message}", self.hidden))
         return outcome
+
+    def _retrying(self, call: Any, *args: Any, **kw: Any) -> Any:
+        """One request, asked again after a transient failure (the collection's classes
+        and backoff, each wait capped for a person waiting): a 503 is not a finding."""
+        for attempt in range(1, PROBE_RETRIES + 2):
+            try:
+                return call(*args, **kw)
+            except Exception as exc:  # noqa: BLE001 - classified; the last one is raised
+                outcome = classify(exc, self.hidden)
+                if outcome.kind != "transient" or attempt > PROBE_RETRIES:
+                    raise
+                time.sleep(min(PROBE_MAX_WAIT_S, backoff(attempt, outcome.retry_after, self.rng)))
+        raise AssertionError("unreachable")
 
     def _chat(self, **kw: Any) -> Any:
         limit = {self.caps.get("max_tokens_param", "max_tokens"): 8}
-        return self.client.chat.completions.create(
-            model=self.teacher.model, messages=PING, **limit, **kw
+        return self._retrying(
+            self.client.chat.completions.create,
+            model=self.teacher.model,
+            messages=PING,
+            **limit,
+            **kw,
         )
 
     def run(self) -> dict[str, Any]:
@@ -109,13 +151,13 @@ class _OpenAIProbe:
 
         t = self.teacher
         timeout = min(self.timeout, DETECT_TIMEOUT_S)
-        self.caps["server"] = detect_server(t.base_url, self.key, t.headers, timeout=timeout)
+        self.caps["server"] = detect_server(t.base_url, self.key, self.headers, timeout=timeout)
 
     def _models(self) -> bool:
         import openai
 
         try:
-            models = [m.id for m in self.client.models.list().data]
+            models = [m.id for m in self._retrying(self.client.models.list).data]
         except openai.APIStatusError as exc:
             self._error("list models", exc)
             self.caps["reachable"] = True

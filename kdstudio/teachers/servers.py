@@ -150,23 +150,30 @@ def list_models(
     timeout: float = 10.0,
 ) -> list[str]:
     """The model ids the server lists at {base_url}/models (UserError: what went wrong)."""
+    from kdstudio.formatting import url as shown_url
     from kdstudio.teachers.openai_api import redact
 
     url = base_url.rstrip("/") + "/models"
+    shown = shown_url(url)  # never a password in a message
+    from kdstudio.config import credential_header
+
+    # the key, and header values that may be credentials (a short plain value like "on"
+    # would blank out every "on" in the message)
+    hidden = [key, *(v for k, v in (headers or {}).items() if credential_header(k) or len(v) >= 16)]
     try:
         with _client(key, headers, timeout) as client:
             response = client.get(url)
     except Exception as exc:  # noqa: BLE001 - unreachable, refused, timed out
-        raise UserError(redact(f"cannot reach {url}: {exc}", key)) from None
+        raise UserError(redact(f"cannot reach {shown}: {exc}", hidden)) from None
     if response.status_code in (401, 403):
-        raise UserError(f"{url} refused the request ({response.status_code}): check the API key")
+        raise UserError(f"{shown} refused the request ({response.status_code}): check the API key")
     if response.status_code != 200:
-        raise UserError(f"{url} answered {response.status_code}: it lists no models")
+        raise UserError(f"{shown} answered {response.status_code}: it lists no models")
     try:
         data = response.json().get("data") or []
         return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
     except (ValueError, AttributeError) as exc:
-        raise UserError(f"{url} did not answer with a model list ({exc})") from None
+        raise UserError(f"{shown} did not answer with a model list ({exc})") from None
 
 
 def detect_server(

@@ -6,7 +6,8 @@ process: `python -m support.openai_server --latency 0.05`) and implements:
 - `GET /v1/models`, `GET /v1/models/{id}`
 - `POST /v1/chat/completions` with `logprobs`/`top_logprobs` (token strings, UTF-8 bytes,
   `-9999` sentinels and some null `bytes`, like the real API) and vLLM's
-  `return_tokens_as_token_ids` ("token_id:N") when `token_ids=True`
+  `return_tokens_as_token_ids` ("token_id:N") when `token_ids=True`; `header_key=(name,
+  value)` asks for a key in a header of its own (like Azure's `api-key`), else 401
 - `POST /v1/files` (multipart), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`
 - `POST /v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`
 - `GET /_stats` (billing counters, as JSON) and `POST /_reset`
@@ -164,11 +165,13 @@ class OpenAIServer:
         reject_max_tokens: bool = False,
         flavor: str | None = None,
         teacher: Any = None,
+        header_key: tuple[str, str] | None = None,
     ) -> None:
         if flavor is not None and flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r} (known: {', '.join(FLAVORS)})")
         self.flavor = flavor
         self.teacher = teacher  # a support.token_teacher.TokenTeacher writes the answers
+        self.header_key = header_key  # (name, value): a key sent as a header (Azure's api-key)
         self.models, self.api_key, self.latency = list(models), api_key, latency
         self.max_logprobs, self.logprobs_ok, self.token_ids = max_logprobs, logprobs, token_ids
         self.batch_delay, self.min_tokens, self.max_tokens = batch_delay, min_tokens, max_tokens
@@ -328,6 +331,10 @@ class OpenAIServer:
             return await _send(writer, 200, {"ok": True})
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             return await self._auth_error(writer, headers)
+        if self.header_key is not None:
+            name, value = self.header_key
+            if headers.get(name.lower()) != value:
+                return await self._auth_error(writer, headers, headers.get(name.lower(), ""))
         parts = [p for p in path.split("/") if p]
         try:
             if parts == ["chat", "completions"] and method == "POST":
@@ -342,8 +349,9 @@ class OpenAIServer:
             return await _send(writer, exc.status, _error_body(exc.message, exc.code))
         return await _send(writer, 404, _error_body(f"no route for {method} {path}", "not_found"))
 
-    async def _auth_error(self, writer, headers: dict[str, str]) -> bool:
-        given = headers.get("authorization", "").removeprefix("Bearer ")
+    async def _auth_error(self, writer, headers: dict[str, str], given: str | None = None) -> bool:
+        if given is None:
+            given = headers.get("authorization", "").removeprefix("Bearer ")
         # Like the real API, name the key in the message: the client must never repeat it.
         shown = given if self.echo_key_in_errors else "***"
         message = f"Incorrect API key provided: {shown}. You can find your API key at https://example.invalid."

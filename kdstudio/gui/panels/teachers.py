@@ -33,6 +33,7 @@ from kdstudio import secrets
 from kdstudio.config import TeacherConfig
 from kdstudio.data.importer import plural
 from kdstudio.errors import UserError
+from kdstudio.formatting import url as shown_url
 from kdstudio.gui import file_dialogs
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, ListTableModel
@@ -74,12 +75,23 @@ def capabilities_text(caps: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def _headers_lines(t: TeacherConfig) -> list[str]:
+    """The extra headers, as `teacher list --json` shows them (credentials as ***)."""
+    shown = t.public_dict()["headers"]
+    items = [f"{k}: {v}" for k, v in shown.items()]
+    items += [f"{name}: (in the OS keyring)" for name in t.secret_headers]
+    return [f"headers:     {'; '.join(items)}"] if items else []
+
+
 COLUMNS = [
     Column("Name", lambda t: t.name, width=140),
     Column("Kind", lambda t: "OpenAI-compatible" if t.kind == "openai" else "local model"),
     Column("Model", lambda t: t.model or "", width=160),
     Column(
-        "Where", lambda t: t.base_url if t.kind == "openai" else t.path, width=240, tooltip=True
+        "Where",
+        lambda t: shown_url(t.base_url) if t.kind == "openai" else t.path,
+        width=240,
+        tooltip=True,
     ),
     Column("Key", _key_text),
     Column("USD / M tokens", _price_text),
@@ -90,9 +102,16 @@ COLUMNS = [
 class TeacherDialog(QDialog):
     """Add or edit a teacher. Validation problems show inline in the dialog."""
 
-    def __init__(self, existing: TeacherConfig | None, keyring_ok: bool, parent=None) -> None:
+    def __init__(
+        self,
+        existing: TeacherConfig | None,
+        keyring_ok: bool,
+        parent=None,
+        workspace_id: str | None = None,
+    ) -> None:
         super().__init__(parent)
         self.existing = existing
+        self.workspace_id = workspace_id  # where the existing teacher's secret headers live
         self.setWindowTitle("Edit teacher" if existing else "Add teacher")
         self.setMinimumWidth(640)  # room for the model, the served list and its button
         self.message = MessageBar(self)
@@ -212,7 +231,7 @@ class TeacherDialog(QDialog):
         self.name.setText(t.name)
         self.name.setReadOnly(True)
         self.kind.setCurrentIndex(0 if t.kind == "openai" else 1)
-        self.base_url.setText(t.base_url or "")
+        self.base_url.setText(shown_url(t.base_url))  # a password shows as ***, and is kept
         known = [p.key for p in PRESETS if p.base_url == (t.base_url or "").rstrip("/")]
         self.preset.blockSignals(True)  # editing: show the matching preset, change nothing
         self.preset.setCurrentIndex(self.preset.findData(known[0]) if known else 0)
@@ -291,14 +310,18 @@ class TeacherDialog(QDialog):
             return
         if self.models_job is not None and self.models_job.running:
             self.models_job.stop("superseded")
-        key, headers = self.request_key(), dict(self.existing.headers) if self.existing else {}
+        key, existing, ws_id = self.request_key(), self.existing, self.workspace_id
+        address = self.typed_base_url()
 
         def fetch(sink, cancel) -> list[str]:
-            return list_models(url, key, headers, timeout=10.0)
+            headers = dict(existing.headers) if existing else {}
+            if existing is not None and existing.secret_headers and ws_id:
+                headers = secrets.resolve_headers(existing, ws_id)  # the keyring may block
+            return list_models(address, key, headers, timeout=10.0)
 
-        self.set_models_status(f"Asking {url} which models it serves…")
+        self.set_models_status(f"Asking {shown_url(address)} which models it serves…")
         self.list_models_button.setEnabled(False)
-        job = Job(f"list models at {url}", fetch, background=True)
+        job = Job(f"list models at {shown_url(address)}", fetch, background=True)
         job.succeeded.connect(self.on_models_listed)
         job.errored.connect(self.on_models_failed)
         job.ended.connect(self.on_models_job_ended)
@@ -355,18 +378,26 @@ class TeacherDialog(QDialog):
             return "keyring"
         return "env" if self.key_env.isChecked() else "none"
 
+    def typed_base_url(self) -> str:
+        """The base URL in the form; the existing teacher's own when its masked form was
+        left as shown (its password is not in the form)."""
+        typed = self.base_url.text().strip()
+        previous = self.existing.base_url if self.existing else None
+        return previous if previous and typed == shown_url(previous) else typed
+
     def build(self) -> TeacherConfig:
         remote = self.kind.currentData() == "openai"
         previous = self.existing
         return TeacherConfig(
             name=self.name.text().strip(),
             kind="openai" if remote else "local",
-            base_url=self.base_url.text().strip() if remote else None,
+            base_url=self.typed_base_url() if remote else None,
             model=self.model.text().strip() if remote else (self.model.text().strip() or None),
             path=None if remote else self.path.text().strip(),
             key_source=self.key_source() if remote else "none",
             key_env=self.env_name.text().strip() if self.key_env.isChecked() else None,
             headers=previous.headers if previous else {},
+            secret_headers=previous.secret_headers if previous else [],
             price_in=self.price_in.value() if remote else 0.0,  # a local model costs nothing
             price_out=self.price_out.value() if remote else 0.0,
             capabilities=previous.capabilities if previous else None,
@@ -516,8 +547,9 @@ class TeachersPanel(Panel):
             f"name:        {t.name}",
             f"kind:        {t.kind}",
             f"model:       {t.model or ''}",
-            f"where:       {t.base_url if t.kind == 'openai' else t.path}",
+            f"where:       {shown_url(t.base_url) if t.kind == 'openai' else t.path}",
             f"key:         {_key_text(t)}",
+            *_headers_lines(t),
             f"prices:      {_price_text(t)}",
             "",
             "capabilities:",
@@ -565,7 +597,7 @@ class TeachersPanel(Panel):
         t = self.selected()
         if t is None or self.ws is None:
             return
-        dialog = TeacherDialog(t, self.keyring_ok, self)
+        dialog = TeacherDialog(t, self.keyring_ok, self, workspace_id=self.ws.id)
         dialog.accepted.connect(self.on_dialog_accepted)
         dialog.open()
         self.dialog = dialog
@@ -669,8 +701,11 @@ class TeachersPanel(Panel):
             from kdstudio.teachers.probe import probe
 
             teacher = ws.get_teacher(t.name)
-            key = secrets.resolve_key(teacher, ws.id) if teacher.kind == "openai" else None
-            caps = probe(teacher, key)
+            key, headers = None, None
+            if teacher.kind == "openai":
+                key = secrets.resolve_key(teacher, ws.id)
+                headers = secrets.resolve_headers(teacher, ws.id)
+            caps = probe(teacher, key, headers=headers)
             ws.set_teacher_capabilities(teacher.name, caps)
             return caps
 
