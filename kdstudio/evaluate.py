@@ -487,9 +487,8 @@ class _TeacherScorer:
     (`teacher_nll`, per token of the answer and its end of turn, in its own chat template)."""
 
     def __init__(self, ws: Workspace, collection: str, device: Any) -> None:
-        from pathlib import Path
-
         from kdstudio.collect.store import get_collection
+        from kdstudio.model_folder import model_folder_problem
 
         self.model = None
         self.device = device
@@ -497,8 +496,8 @@ class _TeacherScorer:
         if not name or name not in ws.teacher_names():
             return
         teacher = ws.get_teacher(name)
-        if teacher.kind != "local" or not (Path(teacher.path or "") / "config.json").exists():
-            return
+        if teacher.kind != "local" or model_folder_problem(teacher.path or "") is not None:
+            return  # an optional figure: no local teacher folder, no teacher NLL
         from transformers import AutoModelForCausalLM
 
         from kdstudio.distill.batches import load_student_tokenizer
@@ -756,6 +755,7 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
     run = runs.get_run(ws, config.run)
     examples = held_out_examples(ws, run)
     path = ckpt.resolve_checkpoint(ws, run.name, config.checkpoint)
+    ckpt.base_student_path(ws, run)  # "before" needs the starting weights: said before loading
     device = plan.pick_device(config.device, setting="eval.device")
     from transformers.utils import logging as hf_logging
 

@@ -457,7 +457,7 @@ def _check_target(out: Path) -> None:
         )
 
 
-def _write_weights(tmp: Path, run: Any, checkpoint: Path, kind: str) -> None:
+def _write_weights(tmp: Path, checkpoint: Path, kind: str, base_path: Path | None) -> None:
     from transformers import AutoModelForCausalLM
 
     if kind == "adapter":
@@ -468,7 +468,7 @@ def _write_weights(tmp: Path, run: Any, checkpoint: Path, kind: str) -> None:
     if kind == "merged":
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(run.config["student"]["path"])
+        base = AutoModelForCausalLM.from_pretrained(base_path)
         model = PeftModel.from_pretrained(base, checkpoint / "model").merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(checkpoint / "model")
@@ -530,6 +530,8 @@ def export(config: ExportConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
 
     sink = FanoutSink([sink, StoreSink(ws, "export", run.id)])
     kind = _kind(run, checkpoint, config.merge_lora, sink)
+    # merging needs the starting weights: a moved student folder is said before any work
+    base_path = ckpt.base_student_path(ws, run) if kind == "merged" else None
     hf_logging.disable_progress_bar()
     tmp = out.parent / f".{out.name}.kdstudio-tmp-{os.getpid()}"
     try:
@@ -545,7 +547,7 @@ def export(config: ExportConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
             cancel.raise_if_cancelled()
             sink.emit(Progress(done, len(steps), unit="step", message=what))
             if what == "weights":
-                _write_weights(tmp, run, checkpoint, kind)
+                _write_weights(tmp, checkpoint, kind, base_path)
             elif what == "tokenizer":
                 AutoTokenizer.from_pretrained(checkpoint / "tokenizer").save_pretrained(tmp)
             else:

@@ -432,9 +432,12 @@ class Workspace:
         ]
 
     def add_metrics(self, run_id: int, step: int, values: dict[str, float], t: float) -> None:
+        """Store metric values of a step. A NaN is left out: SQLite has no NaN (it would read
+        back as NULL), and a run whose loss became NaN says so in its status and message
+        (kdstudio.distill.divergence); infinities are stored as they are."""
         self.db.executemany(
             "INSERT OR REPLACE INTO run_metrics(run_id, step, name, value, t) VALUES (?,?,?,?,?)",
-            [(run_id, step, k, float(v), t) for k, v in values.items()],
+            [(run_id, step, k, float(v), t) for k, v in values.items() if v == v],
         )
 
     def metrics(self, run_id: int, *, after_rowid: int = 0) -> list[sqlite3.Row]:

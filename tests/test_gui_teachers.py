@@ -154,6 +154,21 @@ def test_a_teacher_of_the_same_name_in_another_workspace_never_touches_this_ones
             ws_b.close()
 
 
+def test_a_local_teacher_folder_that_does_not_exist_is_refused_in_the_dialog(panel, ws, tmp_path):
+    panel.add_teacher()
+    dialog = panel.dialog
+    dialog.kind.setCurrentIndex(dialog.kind.findData("local"))
+    dialog.name.setText("big")
+    dialog.path.setText(str(tmp_path / "moved-model"))
+    dialog.try_accept()
+    assert dialog.isVisible() and "big" not in ws.teacher_names()
+    assert dialog.message.text == f"Model folder: folder {tmp_path / 'moved-model'} does not exist."
+    (tmp_path / "empty").mkdir()
+    dialog.path.setText(str(tmp_path / "empty"))
+    dialog.try_accept()
+    assert "has no config.json" in dialog.message.text and dialog.isVisible()
+
+
 def test_a_url_password_is_masked_in_the_panel_and_kept_when_the_dialog_leaves_it(qtbot, panel, ws):
     from kdstudio.config import TeacherConfig
 

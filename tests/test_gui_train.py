@@ -21,28 +21,9 @@ def student(tmp_path_factory):
 @pytest.fixture
 def trained_ws(ws, tmp_path):
     """A workspace with a collection of answers to train on (teacher answers stored as done)."""
-    from support.gui import write_prompts
+    from support.gui import add_answers_collection
 
-    from kdstudio.collect.store import content_hash, create_collection, insert_response
-    from kdstudio.config import TeacherConfig
-    from kdstudio.data import import_dataset
-    from kdstudio.teachers import Response
-
-    result = import_dataset(ws, write_prompts(tmp_path / "p.jsonl", 40), name="arith")
-    ws.add_teacher(TeacherConfig(name="t", base_url="http://127.0.0.1:9/v1", model="m"))
-    cid = create_collection(
-        ws, "answers", dataset_id=result.dataset_id, teacher_name="t", params={}
-    )
-    with ws.tx() as con:
-        for row in ws.query(
-            "SELECT id, idx, reference FROM dataset_rows WHERE dataset_id=?", (result.dataset_id,)
-        ):
-            h = content_hash(["gui-test", row["idx"]])
-            insert_response(con, h, Response(text=row["reference"]))
-            con.execute(
-                "INSERT INTO collection_items(collection_id, row_id, sample, hash, status) VALUES (?,?,0,?,'done')",
-                (cid, row["id"], h),
-            )
+    add_answers_collection(ws, tmp_path)
     return ws
 
 

@@ -65,7 +65,7 @@ def test_cli_add_local_checks_the_folder_and_probe_finds_ids(ws, run_cli, tiny_t
 
     ws.close()
     missing = run_cli("teacher", "add-local", "bad", "--path", str(tmp_path), workspace=ws.root)
-    assert missing.returncode == 2 and "no config.json" in missing.stderr
+    assert missing.returncode == 2 and "has no config.json" in missing.stderr
     added = run_cli("teacher", "add-local", "loc", "--path", str(tiny_teacher), workspace=ws.root)
     assert added.returncode == 0, added.stderr
     probed = run_cli("teacher", "probe", "loc", "--json", workspace=ws.root)

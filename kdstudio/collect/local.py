@@ -24,7 +24,7 @@ class LocalRunner:
     def run(self) -> None:
         from kdstudio.teachers.local import LocalTeacher
 
-        teacher = LocalTeacher(self.col.teacher.path or "")
+        teacher = LocalTeacher(self.col.teacher.path or "", name=self.col.teacher.name)
         size = self.col.config.local_batch_size
         batch: list[Request] = []
         for request in self.col.iter_queued():

@@ -254,17 +254,10 @@ def cmd_remove(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_add_local(args: argparse.Namespace, ctx) -> int:
-    from pathlib import Path
-
     from kdstudio.config import TeacherConfig
+    from kdstudio.model_folder import check_model_folder
 
-    path = Path(args.path).expanduser().resolve()
-    if not path.is_dir():
-        raise UserError(f"--path {args.path}: no such folder")
-    if not (path / "config.json").is_file():
-        raise UserError(
-            f"--path {path}: no config.json there (expected a Hugging Face model folder)"
-        )
+    path = check_model_folder(args.path, "--path").resolve()
     teacher = TeacherConfig(name=args.name, kind="local", path=str(path), model=path.name)
     ws = ctx.ws
     if not args.replace and args.name in ws.teacher_names():

@@ -2,7 +2,8 @@
 
 Ctrl-C (or SIGTERM) asks the run to stop: it finishes the current step, saves a checkpoint
 and exits with 130; a second Ctrl-C aborts at once (the run then reads as interrupted and
-resumes from its last checkpoint). Under torchrun only rank 0 prints.
+resumes from its last checkpoint). A run that diverges exits with 1 after saying what
+happened and what to change. Under torchrun only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from typing import Any
 
 from kdstudio.cli import stop_on_signals
-from kdstudio.errors import Cancelled, UserError
+from kdstudio.errors import Cancelled, JobFailed, UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,26 +66,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace, ctx) -> int:
     from kdstudio.distill.config import load_config
-    from kdstudio.distill.trainer import Trainer, run_training
     from kdstudio.events import CancelToken, ConsoleSink
+    from kdstudio.model_folder import check_model_folder
 
     if args.preflight:
         return _preflight(args, ctx)
+    if args.resume and args.set:
+        raise UserError("--set cannot change a run being resumed (its config is fixed)")
+    config = None if args.resume else load_config(args.config, args.set)
+    if config is not None:  # said before torch and transformers load (seconds)
+        check_model_folder(config.student.path, "student.path")
+    from kdstudio.distill.trainer import Trainer, run_training
+
     rank = int(os.environ.get("RANK", "0"))
     sink = ConsoleSink(quiet=args.quiet) if rank == 0 else None
     cancel = CancelToken()
     if args.resume:
-        if args.set:
-            raise UserError("--set cannot change a run being resumed (its config is fixed)")
         trainer = Trainer.for_resume(ctx.ws, args.resume, sink, cancel)
     else:
-        trainer = Trainer(load_config(args.config, args.set), ctx.ws, sink, cancel)
+        trainer = Trainer(config, ctx.ws, sink, cancel)
     with stop_on_signals(cancel, "after this step (saving a checkpoint)"):
         result = run_training(trainer)
     if result.status == "stopped":
         raise Cancelled(
             f"run {result.run} stopped at step {result.step}; checkpoint {result.checkpoint}"
         )
+    if result.status == "diverged":  # the whole story was printed as the run's error
+        kept = result.checkpoint or "none (no checkpoint was confirmed good)"
+        raise JobFailed(f"run {result.run} diverged; last good checkpoint: {kept}")
     return 0
 
 
@@ -197,12 +206,13 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
     print("\ncheckpoints:" if checkpoints else "\nno checkpoints")
     if checkpoints:
         ctx.print_table(
-            ["STEP", "EVAL LOSS", "BEST", "PATH"],
+            ["STEP", "EVAL LOSS", "BEST", "AFTER DIVERGING", "PATH"],
             [
                 [
                     c.step,
                     "-" if c.eval_loss is None else f"{c.eval_loss:.4f}",
                     "*" if c.is_best else "",
+                    "yes (never last or best)" if c.diverged else "",
                     c.path,
                 ]
                 for c in checkpoints

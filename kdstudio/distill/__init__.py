@@ -9,6 +9,7 @@
     hf.py           Hugging Face model introspection (wrappers, LM head, hidden states)
     objectives/     the loss of a micro-batch per [distill] method: sft, sparse, dense
     trainer.py      the loop: Trainer (setup / train / save_checkpoint / close), run_training
+    divergence.py   when a run's loss has blown up, which checkpoints stay good, what to change
     checkpoint.py   checkpoint folders: atomic writes, pruning, loading a student
     runs.py         runs in the workspace: create, look up, status, metrics read back
     preflight.py    every check before the first step, as one report

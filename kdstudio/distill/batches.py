@@ -79,6 +79,9 @@ def load_student_tokenizer(path: str, template: str = "auto") -> tuple[Any, bool
     """(tokenizer, uses_fallback_template). Sets a pad token (eos) when there is none."""
     from transformers import AutoTokenizer
 
+    from kdstudio.model_folder import check_model_folder
+
+    check_model_folder(path, "student.path", model=False)  # the tokenizer's own files suffice
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:

@@ -6,15 +6,20 @@ Layout (a contract: evaluation, export and the window rely on it):
         model/              save_pretrained (safetensors); a peft adapter for a LoRA run
         tokenizer/          the student's tokenizer, with the chat template training used
         trainer_state.pt    optimizer, scheduler, grad scaler, RNG states, data position, step
-        meta.json           {"step", "eval_loss", "time", "run", "lora", "world_size"}
+        meta.json           {"step", "eval_loss", "time", "run", "lora", "world_size",
+                             "diverged" (when written after the run diverged)}
 
 A checkpoint is written into a hidden temporary folder next to it and renamed into place,
 and `meta.json` is written last, so a folder named `step-*` is always complete; a crash
 while saving leaves the previous checkpoint untouched. The folders are the truth; the
 `checkpoints` table is an index of them for the window.
 
+A checkpoint written after its run diverged (`kdstudio.distill.divergence`) is marked so in
+its meta.json: it stays on disk, but `last` and `best` (evaluation, export, resume) are
+chosen among the good ones, and pruning never removes a good one to keep it.
+
     list_checkpoints(ws, "run")                      -> [CheckpointInfo] by step
-    resolve_checkpoint(ws, "run", "last"|"best"|120) -> Path
+    resolve_checkpoint(ws, "run", "last"|"best"|120) -> Path (last, best: good ones only)
     load_student(ws, "run", "last", device="cpu")    -> (model, tokenizer)
     base_student_path(ws, "run")                     -> the student's starting weights
 """
@@ -49,6 +54,7 @@ class CheckpointInfo:
     eval_loss: float | None
     time: float
     is_best: bool = False
+    diverged: bool = False  # written after the run diverged: never last or best
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +63,7 @@ class CheckpointInfo:
             "eval_loss": self.eval_loss,
             "time": self.time,
             "is_best": self.is_best,
+            "diverged": self.diverged,
         }
 
 
@@ -81,7 +88,8 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 
 def list_checkpoints(ws: Workspace, run: Any) -> list[CheckpointInfo]:
-    """Complete checkpoints of a run on disk, oldest first; the best by eval loss is marked."""
+    """Complete checkpoints of a run on disk, oldest first; the best by eval loss among the
+    good ones (not written after a divergence) is marked."""
     root = run_dir(ws, run)
     found = []
     if root.is_dir():
@@ -92,16 +100,23 @@ def list_checkpoints(ws: Workspace, run: Any) -> list[CheckpointInfo]:
                 continue
             found.append((int(m.group(1)), path, meta))
     found.sort(key=lambda item: item[0])
-    best = _best_step([(s, meta.get("eval_loss")) for s, _, meta in found])
+    best = _best_step([(s, m.get("eval_loss")) for s, _, m in found if not m.get("diverged")])
     return [
-        CheckpointInfo(s, p, meta.get("eval_loss"), float(meta.get("time", 0.0)), s == best)
+        CheckpointInfo(
+            s,
+            p,
+            meta.get("eval_loss"),
+            float(meta.get("time", 0.0)),
+            s == best,
+            bool(meta.get("diverged")),
+        )
         for s, p, meta in found
     ]
 
 
 def _best_step(items: list[tuple[int, float | None]]) -> int | None:
-    scored = [(loss, -step, step) for step, loss in items if loss is not None]
-    return min(scored)[2] if scored else None  # ties: the later step
+    scored = [(loss, -step, step) for step, loss in items if loss is not None and loss == loss]
+    return min(scored)[2] if scored else None  # ties: the later step; NaN is never best
 
 
 def resolve_checkpoint(ws: Workspace, run: Any, which: str | int = "last") -> Path:
@@ -110,11 +125,18 @@ def resolve_checkpoint(ws: Workspace, run: Any, which: str | int = "last") -> Pa
     items = list_checkpoints(ws, name)
     if not items:
         raise UserError(f"run {name!r} has no checkpoint yet (train it first)")
+    good = [c for c in items if not c.diverged]
+    if which in ("last", "best") and not good:
+        raise UserError(
+            f"run {name!r} has no good checkpoint: it diverged before its first one was "
+            f"confirmed (written after the divergence: steps {', '.join(str(c.step) for c in items)}"
+            "; name one by its step to use it anyway)"
+        )
     if which == "last":
-        return items[-1].path
+        return good[-1].path
     if which == "best":
-        best = [c for c in items if c.is_best]
-        return (best or items)[-1].path
+        best = [c for c in good if c.is_best]
+        return (best or good)[-1].path
     try:
         step = int(which)
     except (TypeError, ValueError):
@@ -132,8 +154,13 @@ def _run_config(ws: Workspace, run: Any) -> dict[str, Any]:
 
 
 def base_student_path(ws: Workspace, run: Any) -> Path:
-    """The Hugging Face folder the run's student started from."""
-    return Path(_run_config(ws, run)["student"]["path"])
+    """The Hugging Face folder the run's student started from (a UserError when it is gone:
+    evaluation and a LoRA export need it)."""
+    from kdstudio.model_folder import check_model_folder
+
+    return check_model_folder(
+        _run_config(ws, run)["student"]["path"], f"run {_name(run)!r}: its student (student.path)"
+    )
 
 
 def load_tokenizer(ws: Workspace, run: Any) -> Any:
@@ -141,7 +168,8 @@ def load_tokenizer(ws: Workspace, run: Any) -> Any:
     from kdstudio.distill.batches import load_student_tokenizer
 
     config = _run_config(ws, run)
-    tok, _ = load_student_tokenizer(config["student"]["path"], config["student"]["template"])
+    base = str(base_student_path(ws, run))
+    tok, _ = load_student_tokenizer(base, config["student"]["template"])
     return tok
 
 
@@ -155,7 +183,7 @@ def load_student(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = _run_config(ws, run)
-    base = config["student"]["path"]
+    base = base_student_path(ws, run) if which == "base" or config.get("lora") else None
     if which == "base":
         model = AutoModelForCausalLM.from_pretrained(base)
         tok = load_tokenizer(ws, run)
@@ -274,25 +302,63 @@ def _discard(path: Path) -> None:
 
 
 def prune_checkpoints(
-    ws: Workspace, run: Any, keep_last: int, *, run_id: int | None = None
+    ws: Workspace,
+    run: Any,
+    keep_last: int,
+    *,
+    run_id: int | None = None,
+    confirmed_before: int | None = None,
 ) -> list[int]:
-    """Keep the last `keep_last` checkpoints and the best by eval loss; returns removed steps.
+    """Keep the last `keep_last` good checkpoints, the best by eval loss, the newest one
+    confirmed good (at a step before `confirmed_before`, when the run goes on: its newer
+    ones may still turn out to be after a divergence), and the last `keep_last` written
+    after a divergence. Returns the removed steps.
 
     The index rows go first, the folders after: a kill in between leaves a complete folder
     that no row names (the next prune removes it), never a row naming a missing folder."""
     items = list_checkpoints(ws, run)
-    keep = {c.step for c in items[-keep_last:]} | {c.step for c in items if c.is_best}
+    good = [c for c in items if not c.diverged]
+    confirmed = [c for c in good if confirmed_before is None or c.step < confirmed_before]
+    keep = {c.step for c in good[-keep_last:] + confirmed[-1:]}
+    keep |= {c.step for c in items if c.is_best}
+    keep |= {c.step for c in [d for d in items if d.diverged][-keep_last:]}
     doomed = [c for c in items if c.step not in keep]
     if run_id is not None:
         with ws.tx() as con:
             for c in doomed:
                 con.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, c.step))
-            best = [c.step for c in items if c.is_best]
-            con.execute("UPDATE checkpoints SET is_best=0 WHERE run_id=?", (run_id,))
-            if best:
-                con.execute(
-                    "UPDATE checkpoints SET is_best=1 WHERE run_id=? AND step=?", (run_id, best[0])
-                )
+            _index_best(con, run_id, items)
     for c in doomed:
         _discard(c.path)
     return [c.step for c in doomed]
+
+
+def _index_best(con: Any, run_id: int, items: list[CheckpointInfo]) -> None:
+    """The window's index follows the folders: which checkpoint is the best."""
+    best = [c.step for c in items if c.is_best]
+    con.execute("UPDATE checkpoints SET is_best=0 WHERE run_id=?", (run_id,))
+    if best:
+        con.execute("UPDATE checkpoints SET is_best=1 WHERE run_id=? AND step=?", (run_id, best[0]))
+
+
+def mark_diverged(
+    ws: Workspace, run: Any, from_step: int, *, run_id: int | None = None
+) -> list[int]:
+    """Mark the checkpoints at `from_step` and after as written after the run diverged
+    (meta.json rewritten atomically); returns their steps."""
+    marked = []
+    for c in list_checkpoints(ws, run):
+        if c.step < from_step or c.diverged:
+            continue
+        meta = {**(_read_meta(c.path) or {}), "diverged": True}
+        tmp = c.path / f"{TMP_PREFIX}meta.json"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, c.path / "meta.json")
+        marked.append(c.step)
+    if run_id is not None:
+        with ws.tx() as con:
+            _index_best(con, run_id, list_checkpoints(ws, run))
+    return marked

@@ -228,13 +228,25 @@ class RunConfig(Section):
         "Save a checkpoint every N steps (and always at the end or on stop); 0 = only then.",
         min=0,
     )
-    keep_last: int = setting(2, "Checkpoints to keep besides the best by eval loss.", min=1)
+    keep_last: int = setting(
+        2,
+        "Checkpoints to keep besides the best by eval loss (and, while training, the newest "
+        "one a healthy loss has confirmed).",
+        min=1,
+    )
     eval_every: int = setting(
         500,
         "Evaluate on the held-out examples every N steps (and at the end); 0 = only at the end.",
         min=0,
     )
     log_every: int = setting(10, "Report training metrics every N steps.", min=1)
+    stop_on_divergence: bool = setting(
+        True,
+        "Stop a run whose loss diverges: NaN or infinite, 100x its best at once, or over 3x its "
+        "best and 2 nats above it for 3 reports in a row (kdstudio.distill.divergence). The run "
+        "is marked `diverged` either way and its last good checkpoint is kept; checkpoints "
+        "written after the divergence are never used as last or best.",
+    )
     precision: str = setting(
         "auto",
         "`auto`: bf16 autocast on CUDA GPUs that support it, else fp32. fp16 uses a grad scaler.",

@@ -168,6 +168,81 @@ def warmup_steps(optim: OptimConfig, total: int) -> int:
     return int(optim.warmup if optim.warmup >= 1 else round(optim.warmup * total))
 
 
+# -- learning rate -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LrRange:
+    """The learning rates published recipes use with AdamW for one way of training."""
+
+    low: float
+    high: float
+    what: str  # "AdamW, full fine-tuning"
+    source: str  # where the range comes from, said with it
+
+    def span(self) -> str:
+        """The range as text: "1e-6 to 1e-3"."""
+        return f"{fmt_lr(self.low)} to {fmt_lr(self.high)}"
+
+
+def fmt_lr(lr: float) -> str:
+    """A learning rate as people write it: 2e-5, 1e-3, 0.1, 1000 (not 2e-05 or 0.001)."""
+    if lr == 0 or 1e-2 <= abs(lr) < 1e5:
+        return f"{lr:g}"
+    mantissa, exponent = f"{lr:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+# The range depends on what is trained (all weights or LoRA adapters), not on the method:
+# sparse_kd and dense_kd scale their KD term by tau^2 (Hinton et al., 2015) so its gradients
+# keep the size of sft's cross-entropy, and every method trains with AdamW.
+LR_RANGES = {
+    "full": LrRange(
+        1e-6,
+        1e-3,
+        "AdamW, full fine-tuning",
+        "2e-5 in most LLM fine-tuning recipes (Alpaca, Vicuna, TRL's default), 5e-4 for "
+        "DistilBERT, up to 1e-3 for small students trained from scratch",
+    ),
+    "lora": LrRange(
+        1e-5,
+        2e-3,
+        "AdamW, LoRA adapters",
+        "1e-4 to 5e-4 in the LoRA and QLoRA papers and in PEFT's and TRL's examples",
+    ),
+}
+# "Far outside" is beyond this factor past either end: good rates vary inside the ranges
+# with model size, but a rate 10x above them makes the loss explode within a few steps (a
+# tiny student here, clipping off: lr 1 took its loss from 6 to 80), and 10x below barely
+# moves the weights.
+LR_FAR = 10.0
+
+
+def usual_lr(config: TrainConfig) -> LrRange:
+    """The usual learning-rate range for this config's optimiser and what it trains."""
+    return LR_RANGES["lora" if config.lora is not None else "full"]
+
+
+def lr_problem(config: TrainConfig) -> str | None:
+    """A warning when `optim.lr` is far outside the usual range (`usual_lr`), else None.
+    Pre-flight lists it and a starting run reports it; neither refuses the run."""
+    lr, usual = config.optim.lr, usual_lr(config)
+    span = f"{usual.span()} for {usual.what}: {usual.source}"
+    if lr > usual.high * LR_FAR:
+        return (
+            f"learning rate {fmt_lr(lr)} (optim.lr) is far above the usual range ({span}); "
+            f"{LR_FAR:g}x past it, the loss usually explodes"
+        )
+    if 0 < lr < usual.low / LR_FAR:
+        return (
+            f"learning rate {fmt_lr(lr)} (optim.lr) is far below the usual range ({span}); the "
+            "weights would barely move"
+        )
+    if lr == 0:
+        return "learning rate 0 (optim.lr): the weights would not change"
+    return None
+
+
 # -- memory ------------------------------------------------------------------------------------
 
 

@@ -85,16 +85,22 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
     bad input: problems go to `report.errors`."""
     from kdstudio.collect.store import collection_id
     from kdstudio.distill.batches import load_student_tokenizer
+    from kdstudio.model_folder import model_folder_problem
 
     cfg = config
     report = PreflightReport(cfg.distill.method, cfg.student.path, cfg.data.collection)
 
-    # the student: its config and its tokenizer
+    # the student: its folder, its config and its tokenizer
     tok = None
     try:
+        problem = model_folder_problem(cfg.student.path)
+        if problem is not None:
+            raise UserError(f"student.path: {problem}")
         from transformers import AutoConfig
 
         AutoConfig.from_pretrained(cfg.student.path)
+    except UserError as exc:
+        report.errors.append(str(exc))
     except (OSError, ValueError) as exc:
         report.errors.append(
             f"student.path {cfg.student.path!r}: cannot load a model config there ({exc}); it "
@@ -216,8 +222,22 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
             )
         else:
             report.checks.append(line)
+    _lr_check(cfg, report)
     _tracker_checks(cfg, report)
     return report
+
+
+def _lr_check(cfg: TrainConfig, report: PreflightReport) -> None:
+    """A learning rate far outside the usual range is a note (the run may still be meant)."""
+    problem = plan.lr_problem(cfg)
+    if problem:
+        report.notes.append(f"{problem} [optim.lr]")
+    else:
+        usual, lr = plan.usual_lr(cfg), cfg.optim.lr
+        where = "within" if usual.low <= lr <= usual.high else "near"
+        report.checks.append(
+            f"optim.lr {plan.fmt_lr(lr)}: {where} the usual range for {usual.what} ({usual.span()})"
+        )
 
 
 def _tracker_checks(cfg: TrainConfig, report: PreflightReport) -> None:

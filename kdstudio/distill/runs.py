@@ -1,12 +1,14 @@
 """Training runs in the workspace: create, look up, list, and track status.
 
 Status: `created`, `running`, `finished`, `stopped` (by the user, after a checkpoint),
-`failed`. The process training a run holds a `Lease` on its row (pid, host, heartbeat),
-taken with `claim` before its setup loads anything and given up when the run ends, so a
-second `train --resume` of it is refused at once, naming the holder; a dead holder's
-claim is taken over. One stored as `running` whose process is gone (its pid is dead,
-when it ran on this host; else its heartbeat is older than `STALE_AFTER_S`) reads as
-`interrupted`, at the step of its last checkpoint (where `--resume` continues it).
+`failed`, `diverged` (its loss blew up: `kdstudio.distill.divergence`; its `error` says
+what happened and what to change). The process training a run holds a `Lease` on its row
+(pid, host, heartbeat), taken with `claim` before its setup loads anything and given up
+when the run ends, so a second `train --resume` of it is refused at once, naming the
+holder; a dead holder's claim is taken over. One stored as `running` whose process is gone
+(its pid is dead, when it ran on this host; else its heartbeat is older than
+`STALE_AFTER_S`) reads as `interrupted`, at the step of its last checkpoint (where
+`--resume` continues it).
 No torch here: the GUI and `runs list` use this module cheaply.
 """
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from kdstudio.distill.config import TrainConfig
     from kdstudio.workspace import Workspace
 
-STATUSES = ("created", "running", "finished", "stopped", "failed", "interrupted")
+STATUSES = ("created", "running", "finished", "stopped", "failed", "diverged", "interrupted")
 HEARTBEAT_EVERY_S = 10.0
 STALE_AFTER_S = 120.0
 

@@ -3,7 +3,8 @@ close. The window runs it in a QThread; `kdstudio train` runs it headless, also 
 `torchrun --nproc-per-node N -m kdstudio train ...` (DDP, or FSDP with `run.parallel`).
 
     trainer = Trainer(config, ws, sink, cancel)        # or Trainer.for_resume(ws, "run", ...)
-    result = run_training(trainer)   # setup, train, close; result.status: finished | stopped
+    result = run_training(trainer)   # setup, train, close; result.status: finished |
+                                     # stopped | diverged
 
     trainer.setup()       # run row, data, student, objective pre-flight, optimizer, resume
     trainer.train()       # the loop (sets up first when setup() was not called)
@@ -18,6 +19,12 @@ Metrics go to the sinks every `log_every` steps (one device sync per interval: t
 accumulators stay on the device in between); rank 0 alone reports and writes. Stopping
 (the CancelToken; the CLI maps Ctrl-C to it) finishes the current step, checkpoints, and
 returns status `stopped`.
+
+Divergence (`kdstudio.distill.divergence`): every report's loss is judged; a run whose loss
+is not finite, explodes, or stays far above its best is marked `diverged`, with what
+happened and what to change, and stops there by default (`run.stop_on_divergence`),
+without a checkpoint of the ruined weights; checkpoints written after the divergence are
+marked so, and the run's last good one is what resume, evaluation and export take.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from kdstudio.distill.batches import (
     load_student_tokenizer,
 )
 from kdstudio.distill.config import TrainConfig
+from kdstudio.distill.divergence import Divergence, DivergenceCheck, advice
 from kdstudio.distill.hf import hf_model
 from kdstudio.distill.losses import cross_entropy
 from kdstudio.distill.objectives import ObjectiveContext, make_objective
@@ -60,6 +68,7 @@ from kdstudio.events import (
     StoreSink,
     Warning,
 )
+from kdstudio.model_folder import check_model_folder
 from kdstudio.trackers import TrackerSink
 from kdstudio.workspace import Workspace
 
@@ -69,12 +78,13 @@ STATE_FILE = "trainer_state.pt"
 @dataclass
 class TrainResult:
     run: str
-    status: str  # finished | stopped
+    status: str  # finished | stopped | diverged
     step: int
     total_steps: int
     loss: float | None
     eval_loss: float | None
-    checkpoint: Path | None
+    checkpoint: Path | None  # the last good one
+    message: str = ""  # for a diverged run: what happened and what to change
 
 
 def lr_factor(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -169,6 +179,8 @@ class Trainer:
         self._last_eval: tuple[int, float] | None = None
         self._elapsed_before = 0.0
         self._t_start = 0.0
+        self.divergence = DivergenceCheck()
+        self._ending = False  # the run reached its last step healthy: its checkpoints are good
 
     @classmethod
     def for_resume(
@@ -188,6 +200,7 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------
     def setup(self) -> None:
         """Everything before the first step; raises UserError for bad input, before any step."""
+        check_model_folder(self.config.student.path, "student.path")  # at once, before imports
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # per-shard save/load bars would flood the console
@@ -238,6 +251,8 @@ class Trainer:
                     where="student.template",
                 )
             )
+        if self.is_main and (lr_problem := plan.lr_problem(cfg)):
+            self.sink.emit(Warning(lr_problem, where="optim.lr"))
         self.data = self._load_data()
         state = self._resume_state() if self.resume else None
         self.model = self._load_model(state)
@@ -363,13 +378,23 @@ class Trainer:
     def _resume_state(self) -> dict[str, Any]:
         import torch
 
-        if not ckpt.list_checkpoints(self.ws, self.config.run.name):
+        name = self.config.run.name
+        good = self._last_good()
+        if good is None:
             if self.is_main:
-                self.sink.emit(
-                    Log(f"run {self.config.run.name} has no checkpoint: starting it over")
-                )
+                self.sink.emit(Log(f"run {name} has no good checkpoint: starting it over"))
             return None
-        path = ckpt.resolve_checkpoint(self.ws, self.config.run.name, "last")
+        path = good.path
+        if self.is_main and self.run.status == "diverged":
+            self.sink.emit(
+                Warning(
+                    f"run {name} diverged before ({self.run.error}); it resumes from its last "
+                    f"good checkpoint, {path.name}, with the same settings, so it may diverge "
+                    "again: a new run with the changes above is the usual fix",
+                    where="run.stop_on_divergence",
+                )
+            )
+            self.run.summary.pop("diverged", None)  # setup stores the summary without it
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         state["path"] = path
         return state
@@ -498,6 +523,8 @@ class Trainer:
             )
         self.step = self._last_saved_step = int(state["step"])
         self._elapsed_before = float(state.get("elapsed", 0.0))
+        self.divergence = DivergenceCheck(self.step)  # a checkpoint older than the check
+        self.divergence.load_state_dict(state.get("divergence") or {})
         _set_rng_state(state["rng"])
 
     def _data_summary(self) -> dict[str, Any]:
@@ -564,7 +591,7 @@ class Trainer:
             if self._stop_requested():
                 stopped = True
                 if interval.steps:  # the figures since the last report
-                    self._report(interval)
+                    self._judge(self._report(interval))
                 break
             window = [self._next_batch() for _ in range(o.grad_accum)]
             n_target = self._global_sum(sum(b.n_target for b in window))
@@ -596,11 +623,16 @@ class Trainer:
             self.step += 1
             interval.grad_norm = interval.grad_norm + grad_norm.detach().float()
             interval.steps += 1
+            if self.divergence.needs_start and interval.first is None:
+                # the loss of the weights the run starts from, read with the first report
+                interval.first = (interval.loss, interval.n_target, self.step - 1)
 
             last = self.step >= self.total_steps
             if self.step % cfg.run.log_every == 0 or last:
-                self._report(interval)
+                halt = self._judge(self._report(interval))
                 interval = self._new_interval()
+                if halt:
+                    break
             if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and not last:
                 self.evaluate()
             if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0 and not last:
@@ -611,17 +643,28 @@ class Trainer:
         return self._finish(stopped)
 
     def _finish(self, stopped: bool) -> TrainResult:
+        found = self.divergence.found
+        halted = found is not None and self.config.run.stop_on_divergence
         self._flush_metrics()
         if (
             not stopped
+            and not halted
             and self.data.eval
             and (self._last_eval is None or self._last_eval[0] != self.step)
         ):
             self.evaluate()
-        path = self.save_checkpoint() if self._last_saved_step != self.step else None
-        status = "stopped" if stopped else "finished"
+        self._ending = not stopped and found is None
+        # a run stopped by its divergence keeps no checkpoint of the ruined weights
+        saving = self._last_saved_step != self.step and not halted
+        path = self.save_checkpoint() if saving else None
+        status = "diverged" if found else "stopped" if stopped else "finished"
         loss = self._last_loss
         eval_loss = self._last_eval[1] if self._last_eval else None
+        message = ""
+        if self.is_main and found is not None:
+            good = self._last_good()
+            path = good.path if good is not None else None
+            message = self._divergence_message(found, good)
         if self.is_main:
             runs.update_run(self.ws, self.run.id, step=self.step)
             runs.merge_summary(  # keeps what others stored (the trackers' run ids)
@@ -636,8 +679,10 @@ class Trainer:
                     "elapsed": self._elapsed(),
                 },
             )
-            runs.set_status(self.ws, self.run.id, status)
-            if stopped:
+            runs.set_status(self.ws, self.run.id, status, error=message or None)
+            if found is not None:
+                self.sink.emit(Failed(message, details="diverged"))
+            elif stopped:
                 self.sink.emit(
                     Failed(
                         f"run {self.run.name} stopped at step {self.step} "
@@ -652,12 +697,54 @@ class Trainer:
                         summary={"loss": loss, "eval_loss": eval_loss},
                     )
                 )
-        if path is None and self.is_main:
-            path = ckpt.resolve_checkpoint(self.ws, self.run.name, "last")
+        if path is None and self.is_main and (good := self._last_good()) is not None:
+            path = good.path
         self._barrier()  # every rank returns after rank 0 has recorded how the run ended
         self._outcome = status
         return TrainResult(
-            self.run.name, status, self.step, self.total_steps, loss, eval_loss, path
+            self.run.name, status, self.step, self.total_steps, loss, eval_loss, path, message
+        )
+
+    # -- divergence -------------------------------------------------------------------------
+    def _judge(self, loss: float) -> bool:
+        """Give a report's loss to the divergence check; True when the run must stop now."""
+        found = self.divergence.observe(self.step, loss)
+        if found is None:
+            return False
+        if self.is_main:
+            ckpt.mark_diverged(self.ws, self.run.name, found.good_until, run_id=self.run.id)
+            runs.merge_summary(self.ws, self.run.id, diverged=found.to_dict())
+            if not self.config.run.stop_on_divergence:
+                self.sink.emit(
+                    Warning(
+                        f"run {self.run.name} diverged: {found.describe()}; it trains on "
+                        "(run.stop_on_divergence = false), and its checkpoints from step "
+                        f"{found.good_until} on are not used as last or best",
+                        where="run.stop_on_divergence",
+                    )
+                )
+        return self.config.run.stop_on_divergence
+
+    def _last_good(self) -> ckpt.CheckpointInfo | None:
+        good = [c for c in ckpt.list_checkpoints(self.ws, self.run.name) if not c.diverged]
+        return good[-1] if good else None
+
+    def _divergence_message(self, found: Divergence, last_good: ckpt.CheckpointInfo | None) -> str:
+        """What happened, what is kept, what to change: the run's error and the Failed event."""
+        if self.config.run.stop_on_divergence:
+            outcome = "Stopped there"
+        else:
+            outcome = f"It trained on to step {self.step} (run.stop_on_divergence = false)"
+        if last_good is not None:
+            kept = (
+                f"its last good checkpoint is step {last_good.step} "
+                "(resume, evaluation and export use it)"
+            )
+        else:
+            kept = "it has no good checkpoint (none was confirmed by a healthy loss before)"
+        return (
+            f"run {self.run.name} diverged: {found.describe()}. {outcome}; {kept}. "
+            f"To avoid it: {advice(self.config)}."
         )
 
     _last_loss: float | None = None
@@ -720,7 +807,8 @@ class Trainer:
     def _new_interval(self) -> _Interval:
         return _Interval(self.device, time.perf_counter())
 
-    def _report(self, iv: _Interval) -> None:
+    def _report(self, iv: _Interval) -> float:
+        """Report the interval's metrics (its one device sync); returns its mean loss."""
         import torch
 
         names = [
@@ -737,10 +825,15 @@ class Trainer:
             *(iv.counts[k][0] for k in sorted(iv.counts)),
             *(iv.counts[k][1] for k in sorted(iv.counts)),
         ]
+        first_target = first_step = 0
+        if iv.first is not None:  # the run's first step: the divergence check's baseline
+            first_loss, first_target, first_step = iv.first
+            names.append("first:loss")
+            values.append(first_loss)
         local = torch.stack(
             [torch.as_tensor(v, device=self.device).float().reshape(()) for v in values]
         )
-        counts = [iv.n_target, iv.n_tokens, iv.n_samples]
+        counts = [iv.n_target, iv.n_tokens, iv.n_samples, first_target]
         if self.world > 1:
             import torch.distributed as dist
 
@@ -751,7 +844,9 @@ class Trainer:
         figures = dict(zip(names, local.tolist(), strict=True))  # the interval's one device sync
         # every rank holds the same (global) gradient norm: average it, do not sum it
         grad_norm = figures["grad_norm"] / self.world / max(iv.steps, 1)
-        n_target, n_tokens, n_samples = counts
+        n_target, n_tokens, n_samples, first_target = counts
+        if "first:loss" in figures:
+            self.divergence.start(figures["first:loss"] / max(first_target, 1), first_step)
         seconds = max(time.perf_counter() - iv.t0, 1e-9)
         values_out = {"loss": figures["loss"] / max(n_target, 1)}
         for k in sorted(iv.sums):
@@ -780,6 +875,7 @@ class Trainer:
                     extra={"loss": round(values_out["loss"], 4)},
                 )
             )
+        return values_out["loss"]
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self) -> float | None:
@@ -847,6 +943,7 @@ class Trainer:
                 "elapsed": self._elapsed(),
                 "world_size": self.world,
                 "data_fingerprint": self._fingerprint,
+                "divergence": self.divergence.state_dict(),
             }
             meta = {
                 "eval_loss": eval_loss,
@@ -855,6 +952,8 @@ class Trainer:
                 "world_size": self.world,
                 "loss": self._last_loss,
             }
+            if self.divergence.found is not None:
+                meta["diverged"] = True
             path = ckpt.write_checkpoint(
                 self.ws,
                 self.run.name,
@@ -864,7 +963,12 @@ class Trainer:
                 run_id=self.run.id,
             )
             ckpt.prune_checkpoints(
-                self.ws, self.run.name, self.config.run.keep_last, run_id=self.run.id
+                self.ws,
+                self.run.name,
+                self.config.run.keep_last,
+                run_id=self.run.id,
+                # while training, newer checkpoints are not yet confirmed by a healthy loss
+                confirmed_before=None if self._ending else self.divergence.good_until,
             )
             runs.update_run(self.ws, self.run.id, step=self.step)
             self.sink.emit(Log(f"checkpoint saved: {path}"))
@@ -940,6 +1044,7 @@ class _Interval:
         self.counts: dict[str, list[Any]] = {}
         self.n_target = self.n_tokens = self.n_samples = self.steps = 0
         self.lr = 0.0
+        self.first: tuple[Any, int, int] | None = None  # (loss sum, target tokens, step)
 
     def add(self, out: Any, batch: Batch) -> None:
         self.loss = self.loss + out.loss_sum.detach().float()

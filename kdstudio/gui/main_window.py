@@ -498,6 +498,8 @@ class MainWindow(QMainWindow):
         elif fix in ("rename_run", "resume_run") and "train" in self.panels:
             train = self.show_panel("train")
             train.choose_run_name() if fix == "rename_run" else train.offer_resume(subject)
+        elif fix == "new_run_from" and "train" in self.panels:
+            self.show_panel("train").offer_fixed_run(subject)
 
     @Slot()
     def show_demo_result(self) -> None:

@@ -284,6 +284,21 @@ def hint(text: str) -> QLabel:
     return label
 
 
+class FieldNote(QLabel):
+    """A problem with one field, said under it in its level's colour while it lasts
+    ("folder … does not exist"); hidden when there is none."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.hide()
+
+    def set_note(self, text: str | None, level: str = "error") -> None:
+        self.setText(text or "")
+        self.setStyleSheet(f"color: {LEVEL_COLOURS[level]}")
+        self.setVisible(bool(text))
+
+
 class Card(QFrame):
     """A framed group with a title, for a panel's sections."""
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdstudio.errors import UserError
 from kdstudio.generation import generate_batch
 from kdstudio.logprobs import TokenLogprobs
+from kdstudio.model_folder import check_model_folder
 from kdstudio.teachers import Response
 from kdstudio.teachers.vocab import VocabBytes
 
@@ -43,15 +43,14 @@ def request_body(
 class LocalTeacher:
     """A loaded model + tokenizer that answers chat prompts with logprobs and ids."""
 
-    def __init__(self, path: str | Path, *, device: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, device: str | None = None, name: str | None = None
+    ) -> None:
+        # before the heavy imports: a wrong folder is said at once
+        self.path = check_model_folder(path, f"teacher {name!r}" if name else "local teacher")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.path = Path(path)
-        if not (self.path / "config.json").exists():
-            raise UserError(
-                f"local teacher folder {self.path} has no config.json (expected a Hugging Face model folder)"
-            )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tok = AutoTokenizer.from_pretrained(self.path)
         self.tok.padding_side = "left"

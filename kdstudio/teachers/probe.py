@@ -52,7 +52,7 @@ def probe_local(teacher: TeacherConfig) -> dict[str, Any]:
     from kdstudio.teachers.local import LocalTeacher
 
     t0 = time.monotonic()
-    local = LocalTeacher(teacher.path or "")
+    local = LocalTeacher(teacher.path or "", name=teacher.name)
     load_s = time.monotonic() - t0
     t0 = time.monotonic()
     local.generate([{"messages": PING, "max_tokens": 4, "temperature": 0.0, "top_logprobs": 1}])

@@ -56,6 +56,46 @@ def tiny_student(root: str | Path) -> Path:
     return make_model(root / "student", tok, layers=2, hidden=32)
 
 
+def add_answers_collection(ws, folder: str | Path, n: int = 40) -> str:
+    """Collection `answers`: the reference answers of `n` prompts (dataset `arith`), stored
+    as a teacher's done answers, to train on. Returns its name."""
+    from kdstudio.collect.store import content_hash, create_collection, insert_response
+    from kdstudio.config import TeacherConfig
+    from kdstudio.data import import_dataset
+    from kdstudio.teachers import Response
+
+    result = import_dataset(ws, write_prompts(Path(folder) / "p.jsonl", n), name="arith")
+    ws.add_teacher(TeacherConfig(name="t", base_url="http://127.0.0.1:9/v1", model="m"))
+    cid = create_collection(
+        ws, "answers", dataset_id=result.dataset_id, teacher_name="t", params={}
+    )
+    with ws.tx() as con:
+        for row in ws.query(
+            "SELECT id, idx, reference FROM dataset_rows WHERE dataset_id=?", (result.dataset_id,)
+        ):
+            h = content_hash(["gui-test", row["idx"]])
+            insert_response(con, h, Response(text=row["reference"]))
+            con.execute(
+                "INSERT INTO collection_items(collection_id, row_id, sample, hash, status) "
+                "VALUES (?,?,0,?,'done')",
+                (cid, row["id"], h),
+            )
+    return "answers"
+
+
+def loopback_server(key_env: str, **kwargs):
+    """Fixture body: a loopback OpenAI-protocol server whose key is in env var `key_env`
+    (a teacher added with key_source "env" reads it); stopped on teardown."""
+    import os
+
+    from support.openai_server import OpenAIServer
+
+    os.environ[key_env] = "sk-gui-loopback"
+    server = OpenAIServer(api_key="sk-gui-loopback", **kwargs).start()
+    yield server
+    server.stop()
+
+
 def studio_window(qtbot, ws, settings_dir: str | Path, *, size: tuple[int, int] | None = None):
     """Fixture body for GUI tests: a shown MainWindow on `ws`; on teardown its jobs are
     stopped (bounded) and the error hooks put back. Use with `yield from`."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,6 +46,7 @@ from kdstudio.distill.objectives.kd import KDObjective, chunk_terms, log_memory
 from kdstudio.errors import UserError
 from kdstudio.events import Log, Warning
 from kdstudio.generation import generate_batch, stop_at
+from kdstudio.model_folder import check_model_folder
 from kdstudio.teachers.vocab import special_ids
 
 if TYPE_CHECKING:
@@ -109,11 +109,7 @@ def check_teacher(
             "teacher's full logits (add one with `kdstudio teacher add-local NAME --path DIR`), "
             'or collect its logprobs and train with method = "sparse_kd"'
         )
-    path = teacher.path or ""
-    if not (Path(path) / "config.json").exists():
-        raise UserError(
-            f"teacher {name!r}: {path} has no config.json (expected a Hugging Face model folder)"
-        )
+    path = str(check_model_folder(teacher.path or "", f"teacher {name!r}"))
     student_path = config.student.path
     s_tok = student_tokenizer or _load_tokenizer(student_path, "student")
     t_tok = _load_tokenizer(path, "teacher")

@@ -6,6 +6,14 @@ them); a paused collection resumes with the same settings, and re-running never 
 Every unfinished collection is listed by name (interrupted ones, and failed ones with why);
 Resume fills the form from the settings it ran with (kdstudio.resume), and a form that
 would not continue the collection of its name says so before Start.
+
+Money is said in two labelled figures that are never mixed: what the whole collection has
+cost so far (every run of it, the job's `spent_usd`), and the estimate for what is left
+(the job's `estimate_usd` was for the requests queued when it started; the part for the
+requests still left is in proportion). The progress card describes one collection, named
+in its title: the one running, or, when idle, the one the form names, so no spend,
+estimate or ETA of another job or teacher stays on screen. A local teacher costs nothing
+and shows no money at all.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ FAILURE_COLUMNS = [
     Column("Reason", lambda e: e.detail, tooltip=True, max_chars=300),
 ]
 MAX_FAILURES_SHOWN = 2000
+NO_ESTIMATE = "Estimate the cost of what is left to collect before starting."
 
 
 class CollectPanel(Panel):
@@ -88,6 +97,7 @@ class CollectPanel(Panel):
         self._confirm_pending = False  # the message bar's button starts the estimated run
         self.conflict: str | None = None  # why the form cannot continue its collection
         self.unfinished: dict[str, Any] = {}  # name -> kdstudio.resume.Unfinished
+        self.shown: str | None = None  # the collection the progress card describes
 
         self.main_form = SectionForm(CollectConfig, only=MAIN_FIELDS)
         self.advanced_form = SectionForm(CollectConfig, skip=MAIN_FIELDS)
@@ -126,7 +136,7 @@ class CollectPanel(Panel):
         scroll.setMinimumWidth(380)
 
         # -- estimate and controls ---------------------------------------------------------
-        self.estimate_label = QLabel("Choose a teacher and a dataset, then estimate the cost.")
+        self.estimate_label = QLabel(NO_ESTIMATE)
         self.estimate_label.setWordWrap(True)
         self.estimate_button = QPushButton("Estimate cost")
         self.start_button = QPushButton("Start")
@@ -172,6 +182,8 @@ class CollectPanel(Panel):
         self.conflict_timer.setInterval(150)
         self.conflict_timer.timeout.connect(self.check_conflict)
 
+        self.progress_title = QLabel("")
+        self.progress_title.setWordWrap(True)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m requests (%p%)")
         self.rate_label = QLabel("")
@@ -194,6 +206,7 @@ class CollectPanel(Panel):
             states.addWidget(lab)
         states.addStretch(1)
         prog_card = Card("Progress")
+        prog_card.body.addWidget(self.progress_title)
         prog_card.body.addWidget(self.progress)
         prog_card.body.addWidget(self.rate_label)
         prog_card.body.addWidget(self.spend_label)
@@ -249,7 +262,7 @@ class CollectPanel(Panel):
         """Another process wrote: new teachers, datasets and unfinished collections show;
         the form, the estimate and the messages stay as they are."""
         self.refresh()
-        if self.running() or self.config is not None:
+        if self.shown is not None:
             self.update_counts()
 
     @staticmethod
@@ -314,13 +327,8 @@ class CollectPanel(Panel):
             self.show_message(f"Cannot resume {name!r}: {window_words(str(exc))}", "error")
             return None
         self.set_config(config)
-        self.config = config  # the progress shown is this collection's
-        self._failed_rows = []
-        self.failures.set_rows([])
-        self.failure_label.setText("Failures: none")
-        self.rate_label.setText("")
-        self.spend_label.setText("")
-        self.update_counts()
+        self.config = config
+        self.show_collection(name)  # the progress shown is this collection's
         self.show_message(
             f"The settings collection {name!r} ran with are in the form. Press Start to ask "
             "for the missing answers only (nothing is paid twice).",
@@ -391,7 +399,52 @@ class CollectPanel(Panel):
             if self._confirm_pending:
                 self._confirm_pending = False
                 self.message.clear()
+        if not self.running():
+            self.show_collection(self.form_collection())
         self.conflict_timer.start()
+
+    def form_collection(self) -> str | None:
+        """The collection the form would collect into, or None while it names none."""
+        try:
+            config = self.build_config()
+        except UserError:
+            return None
+        return config.collection_name() if config.teacher and config.dataset else None
+
+    def show_collection(self, name: str | None) -> None:
+        """Make the progress card describe collection `name` as stored: its answers and what
+        it has cost so far, without the rate, ETA or spend of a job that ran before (which
+        may have been another collection, with another teacher)."""
+        if name == self.shown:
+            return
+        self.shown = name
+        self._failed_rows = []
+        self.failures.set_rows([])
+        self.failure_label.setText("Failures: none")
+        self.rate_label.setText("")
+        self.spend_label.setText("")
+        self.spend_bar.hide()
+        info = None
+        if name is not None and self.ws is not None:
+            try:
+                info = outputs.get_collection(self.ws, name)
+            except UserError:
+                info = None
+        if name is None:
+            self.progress_title.setText("Choose a teacher and a dataset.")
+        elif info is None:
+            self.progress_title.setText(f"Collection {name!r}: not collected yet.")
+        else:
+            self.progress_title.setText(f"Collection {name!r}")
+            if info.spend and not self._local_teacher(info.teacher_name):
+                self.spend_label.setText(f"Spent so far on this collection: {usd(info.spend)}.")
+        self.update_counts()
+
+    def _local_teacher(self, name: str | None) -> bool:
+        try:
+            return bool(name) and self.ws.get_teacher(name).kind == "local"
+        except UserError:
+            return False
 
     @Slot()
     def check_conflict(self) -> str | None:
@@ -457,15 +510,19 @@ class CollectPanel(Panel):
 
     @Slot(object)
     def on_estimated(self, estimate: CostEstimate) -> None:
+        if self.estimate_for != self.config_dict():  # the form changed while it was made
+            self._start_after_estimate = False
+            self.estimate_label.setText("Settings changed: estimate again.")
+            return
         self.estimate = estimate
-        self.estimate_label.setText(estimate.line())
+        self.estimate_label.setText(estimate_text(estimate))
         if estimate.requests == 0:
             self.estimate_label.setText("Nothing left to collect: every answer is stored already.")
             self._start_after_estimate = False
         elif self._start_after_estimate:
             self._start_after_estimate = False
             self.show_message(
-                f"Ready: {window_words(estimate.line())}.",
+                f"Ready. {estimate_text(estimate)}",
                 "info",
                 action="Start collecting",
                 on_action=self.start_confirmed,
@@ -506,11 +563,13 @@ class CollectPanel(Panel):
         self.config = config
         self._confirm_pending = False
         self.message.clear()
-        self._failed_rows = []
-        self.failures.set_rows([])
-        self.failure_label.setText("Failures: none")
-        self._rate_t0, self._rate_done0 = 0.0, 0
+        self.shown = None  # a fresh card: nothing of an earlier job stays on it
+        self.show_collection(config.collection_name())
+        self.progress_title.setText(f"Collecting {config.collection_name()!r}")
+        self.progress.setFormat("%v / %m requests of this run (%p%)")
         self.progress.setValue(0)
+        self.rate_label.setText("Starting…")
+        self._rate_t0, self._rate_done0 = 0.0, 0
 
         def run(sink, cancel):
             return collect(config, ws, sink, cancel)
@@ -575,26 +634,24 @@ class CollectPanel(Panel):
         if not self._rate_t0:
             self._rate_t0, self._rate_done0 = now, event.done
         rate = (event.done - self._rate_done0) / max(now - self._rate_t0, 1e-9)
-        eta = (event.total - event.done) / rate if rate > 0 and event.total else None
+        left = max((event.total or 0) - event.done, 0)
+        eta = left / rate if rate > 0 and event.total else None
         x = event.extra
-        bits = [f"{rate:.1f} requests/s" if rate else "starting…", f"ETA {duration(eta)}"]
+        bits = [f"{rate:.1f} requests/s" if rate else "starting…"]
+        if event.total:
+            bits.append(f"{left:,} requests left, ETA {duration(eta)}")
         if "concurrency" in x:
             bits.append(f"concurrency {x['concurrency']}")
         if x.get("retries"):
             bits.append(f"{x['retries']} retries")
         self.rate_label.setText(" · ".join(bits))
-        spent = x.get("spent_usd")
         budget = self.config.budget if self.config else None
-        if spent is not None:
-            text = f"Spent {usd(spent)}"
-            if budget:
-                text += f" of the {usd(budget)} budget"
-                self.spend_bar.show()
-                self.spend_bar.setMaximum(1000)
-                self.spend_bar.setValue(int(1000 * min(spent / budget, 1.0)))
-            elif x.get("estimate_usd") is not None:
-                text += f" (estimate: up to {usd(x['estimate_usd'])})"
-            self.spend_label.setText(text)
+        self.spend_label.setText(spend_text(event, budget))
+        spent = x.get("spent_usd")
+        if spent is not None and budget:
+            self.spend_bar.show()
+            self.spend_bar.setMaximum(1000)
+            self.spend_bar.setValue(int(1000 * min(spent / budget, 1.0)))
 
     @Slot(object)
     def on_row_finished(self, event: RowDone) -> None:
@@ -613,8 +670,6 @@ class CollectPanel(Panel):
     def on_log(self, event: Log) -> None:
         if event.level in ("warning", "error"):
             self.message.show_message(event.message, "warning")
-        elif "requests to make" in event.message:
-            self.estimate_label.setText(event.message)
 
     @Slot(object)
     def on_warning(self, event: WarningEvent) -> None:
@@ -642,8 +697,9 @@ class CollectPanel(Panel):
                 outcome_text(summary), "success" if summary.status == "done" else "warning"
             )
         self.rate_label.setText(
-            f"Finished in {duration(summary.elapsed)}: {summary.requests:,} requests, "
-            f"{summary.retries:,} retries, {summary.cached:,} answers reused from the cache."
+            f"This run: {summary.requests:,} requests in {duration(summary.elapsed)}, "
+            f"{summary.retries:,} retries. The whole collection: {summary.cached:,} answers "
+            "reused from the cache (never asked twice)."
         )
         self.collection_finished.emit(summary.collection)
 
@@ -672,36 +728,80 @@ class CollectPanel(Panel):
 
     @Slot()
     def on_ended(self) -> None:
+        if self.shown is not None:
+            self.progress_title.setText(f"Collection {self.shown!r}")
         if self.config is not None:
             self.status_changed.emit(f"collection {self.config.collection_name()} ended")
         self.counts_timer.stop()
         if self.job is not None and self.job.outcome == "errored":
             self.rate_label.setText("Stopped by the problem shown above.")
         self.update_counts()
-        self.estimate = None
+        self.estimate = None  # what is left has changed: the old estimate no longer holds
+        self.estimate_label.setText(NO_ESTIMATE)
         self.update_unfinished()
         self.update_buttons()
         self.workspace_changed.emit()
 
     @Slot()
     def update_counts(self) -> None:
-        if self.ws is None or self.config is None:
-            return
-        try:
-            counts = outputs.collection_status_counts(self.ws, self.config.collection_name())
-        except UserError:
-            return
+        """The state counts of the collection the card describes (zeros before it exists)."""
+        counts: dict[str, int] = {}
+        if self.ws is not None and self.shown is not None:
+            try:
+                counts = outputs.collection_status_counts(self.ws, self.shown)
+            except UserError:
+                counts = {}
         for key, label in STATE_LABELS:
             self.state_labels[key].setText(f"{label}: {counts.get(key, 0):,}")
-        if not self.running() and counts.get("total"):
-            self.progress.setMaximum(counts["total"])
+        if not self.running():  # idle: the whole collection's requests, as stored
+            self.progress.setFormat(
+                "%v / %m requests done or failed (%p%)" if counts.get("total") else "not started"
+            )
+            self.progress.setMaximum(max(counts.get("total", 0), 1))
             self.progress.setValue(counts.get("done", 0) + counts.get("failed", 0))
 
     @Slot()
     def browse_outputs(self) -> None:
         window = self.window()
-        if self.config is not None and hasattr(window, "show_panel") and "outputs" in window.panels:
-            window.show_panel("outputs").show_collection(self.config.collection_name())
+        if self.shown is not None and hasattr(window, "show_panel") and "outputs" in window.panels:
+            window.show_panel("outputs").show_collection(self.shown)
+
+
+def estimate_text(e: CostEstimate) -> str:
+    """The estimate of what is left to collect, and (apart, labelled) what the collection
+    has cost so far; no money at all for a local teacher."""
+    what = (
+        f"Left to collect: {e.requests:,} requests (~{e.prompt_tokens:,} prompt tokens, at "
+        f"most {e.max_completion_tokens:,} output tokens)"
+    )
+    if e.local:
+        return f"{what}, by a local teacher: no cost."
+    if e.priced:
+        batch = " at Batch API prices" if e.batch else ""
+        cost = f"Estimate for these: up to {usd(e.usd)}{batch}."
+    else:
+        cost = "Their cost is unknown: the teacher has no prices (set them in Teachers)."
+    spent = f" Spent so far on this collection: {usd(e.spent)}." if e.spent else ""
+    return f"{what}. {cost}{spent}"
+
+
+def spend_text(event: Progress, budget: float | None) -> str:
+    """A running collection's money, from its Progress numbers: spent so far on the whole
+    collection (`spent_usd`, every run of it) and, labelled apart, the estimate for the
+    requests still left (`estimate_usd` covered the `total` queued when the job started);
+    empty for a local teacher, whose events carry neither."""
+    x = event.extra
+    spent, estimate = x.get("spent_usd"), x.get("estimate_usd")
+    parts = []
+    if spent is not None:
+        of = f" of its {usd(budget)} budget" if budget else ""
+        parts.append(f"Spent so far on this collection: {usd(spent)}{of}")
+    left = max((event.total or 0) - event.done, 0)
+    if estimate is not None and left:
+        share = estimate * left / event.total
+        parts.append(f"estimate for the {left:,} requests left: up to {usd(share)}")
+    text = "; ".join(parts)
+    return f"{text[:1].upper()}{text[1:]}." if text else ""
 
 
 def outcome_text(summary: Any) -> str:
@@ -709,7 +809,7 @@ def outcome_text(summary: Any) -> str:
     c = summary.counts
     done, total, failed = c.get("done", 0), c.get("total", 0), c.get("failed", 0)
     text = f"Collection {summary.collection!r}: {done:,} of {total:,} answers stored"
-    text += f", spent {usd(summary.spent)}." if summary.spent else "."
+    text += f"; spent on it so far: {usd(summary.spent)}." if summary.spent else "."
     if summary.status == "stopped":
         text += f" Stopped by the budget ({summary.message.split(';')[0]}); raise the budget and press Start to continue."
     elif failed:

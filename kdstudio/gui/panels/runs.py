@@ -37,6 +37,7 @@ from kdstudio.events import Progress
 from kdstudio.gui import file_dialogs
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
+from kdstudio.gui.problems import window_words
 from kdstudio.gui.table_models import Column, ListTableModel
 from kdstudio.gui.trackers import TensorBoard
 from kdstudio.gui.widgets import Selection, escape, fmt_time, heading, hint, row_table
@@ -46,6 +47,7 @@ STATUS_COLOURS = {
     "running": "#2f6fdb",
     "finished": "#2e9b4f",
     "failed": "#d23c3c",
+    "diverged": "#c2185b",  # its loss blew up: not a crash, and not a result to use
     "interrupted": "#c98a06",
     "stopped": "#888888",
 }
@@ -142,6 +144,7 @@ class RunsPanel(Panel):
         self._tail: dict[int, int] = {}  # run id -> last metrics rowid drawn
         self._shown: list[int] = []
         self.job: Job | None = None
+        self._diverged_shown: str | None = None  # the diverged run whose message is shown
 
         self.model = ListTableModel(RUN_COLUMNS)
         self.table = row_table(self.model, Selection.ExtendedSelection)
@@ -348,6 +351,8 @@ class RunsPanel(Panel):
         elif self.message.text.startswith("No runs"):
             self.message.clear()
         self.update_buttons()
+        chosen = self.selected_runs()
+        self.show_divergence(chosen[0] if len(chosen) == 1 else None)  # it may diverge now
 
     def selected_runs(self) -> list[RunRow]:
         return [self.model.row(i.row()) for i in self.table.selectionModel().selectedRows()]
@@ -365,6 +370,26 @@ class RunsPanel(Panel):
             self.show_curves(chosen)
         self.fill_evaluations()
         self.update_buttons()
+        self.show_divergence(chosen[0] if len(chosen) == 1 else None)
+
+    def show_divergence(self, one: RunRow | None) -> None:
+        """A selected diverged run says what happened and what to change (its stored
+        message), with the button that puts those changes in the Train panel's form."""
+        if one is not None and one.status == "diverged":
+            if self._diverged_shown == one.name:
+                return
+            text = window_words(one.error or f"run {one.name} diverged")
+            name = one.name
+            self.show_message(
+                text[:1].upper() + text[1:],
+                "error",
+                action="New run with these changes",
+                on_action=lambda: self.fix_requested.emit("new_run_from", name),
+            )
+            self._diverged_shown = name
+        elif self._diverged_shown is not None:
+            self._diverged_shown = None
+            self.message.clear()
 
     def show_curves(self, chosen: list[RunRow]) -> None:
         """Curves of the chosen runs: one run in a colour per metric, several in a colour

@@ -39,6 +39,7 @@ from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, ListTableModel
 from kdstudio.gui.widgets import MessageBar, heading, hint
 from kdstudio.gui.workers import ErrorInfo, Job
+from kdstudio.model_folder import model_folder_problem
 from kdstudio.teachers.servers import PRESETS, Preset
 
 
@@ -410,6 +411,10 @@ class TeacherDialog(QDialog):
             self.message.show_message(
                 str(exc).replace("--base-url", "Base URL").replace("--model", "Model"), "error"
             )
+            return
+        problem = model_folder_problem(config.path or "") if config.kind == "local" else None
+        if problem is not None:  # said here, not when a collection first loads it
+            self.message.show_message(f"Model folder: {problem}.", "error")
             return
         key = self.api_key.text().strip()
         needs_key = config.key_source == "keyring" and not (

@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 from kdstudio.collect import store as outputs
 from kdstudio.config import dumps_toml
 from kdstudio.data.importer import plural
-from kdstudio.distill import runs
+from kdstudio.distill import plan, runs
 from kdstudio.distill.config import (
     DataConfig,
     DistillConfig,
@@ -64,8 +64,9 @@ from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
 from kdstudio.gui.problems import window_words
 from kdstudio.gui.trackers import TrackerChoice
-from kdstudio.gui.widgets import Card, hint
+from kdstudio.gui.widgets import Card, FieldNote, hint
 from kdstudio.gui.workers import Job
+from kdstudio.model_folder import model_folder_problem
 from kdstudio.resume import run_conflicts, stopped_runs
 
 FORM_SETTING = "train/form"  # the form's values (JSON), restored when the window opens
@@ -75,7 +76,8 @@ TRAIN_PROGRESS_HZ = 2.0  # progress bar and label updates a second while trainin
 
 
 class FolderPicker(QWidget):
-    """A path field with a Browse button (value()/set_value() for SectionForm)."""
+    """A path field with a Browse button (value()/set_value() for SectionForm); what is
+    wrong with the folder typed ("folder … does not exist") shows under it at once."""
 
     def __init__(self, title: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -84,11 +86,23 @@ class FolderPicker(QWidget):
         self.edit.setPlaceholderText("a Hugging Face model folder")
         browse = QPushButton("Browse…")
         browse.clicked.connect(self.browse)
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
+        self.note = FieldNote()
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
         row.addWidget(self.edit, 1)
         row.addWidget(browse)
+        column.addLayout(row)
+        column.addWidget(self.note)
         self.textChanged = self.edit.textChanged
+        self.edit.textChanged.connect(self.check)
+
+    @Slot()
+    def check(self) -> str | None:
+        """The folder's problem (a few stat calls, so on every keystroke), or None."""
+        problem = model_folder_problem(self.value()) if self.value() else None
+        self.note.set_note(problem[:1].upper() + problem[1:] + "." if problem else None)
+        return problem
 
     @Slot()
     def browse(self) -> None:
@@ -133,6 +147,8 @@ def log_line(kind: str, event: dict[str, Any]) -> str | None:
         where = f" ({event['where']})" if event.get("where") else ""
         return f"⚠ {event.get('message', '')}{where}"
     if kind == "Failed":
+        if event.get("details") == "diverged":
+            return "✗ " + event.get("message", "")  # the message starts "run NAME diverged"
         return ("stopped: " if event.get("cancelled") else "failed: ") + event.get("message", "")
     return None
 
@@ -209,6 +225,9 @@ class TrainPanel(Panel):
                 card.body.addWidget(self.jsd_hint)
             else:
                 card.body.addWidget(form)
+            if key == "optim":
+                self.lr_note = FieldNote()  # a learning rate far outside the usual range
+                card.body.addWidget(self.lr_note)
             fl.addWidget(card)
         fl.addStretch(1)
         scroll = QScrollArea()
@@ -333,6 +352,7 @@ class TrainPanel(Panel):
         self._cli_timer.setInterval(200)
         self._cli_timer.timeout.connect(self.update_cli)
         self._cli_timer.timeout.connect(self.check_conflict)
+        self._cli_timer.timeout.connect(self.check_lr)
         self.restore_form()
         self.update_method_fields()
         self.update_buttons()
@@ -496,6 +516,17 @@ class TrainPanel(Panel):
             return None
         return config
 
+    @Slot()
+    def check_lr(self) -> None:
+        """The pre-flight's learning-rate warning, under the form while it is edited."""
+        try:
+            problem = plan.lr_problem(self.build_config())
+        except UserError:
+            problem = None
+        self.lr_note.set_note(
+            f"{problem[:1].upper()}{problem[1:]}." if problem else None, "warning"
+        )
+
     # -- what the student sees -----------------------------------------------------------
     @Slot()
     def preview(self) -> None:
@@ -619,6 +650,10 @@ class TrainPanel(Panel):
             return self.resume_run(self.resume_target)
         config = self._checked_config()
         if config is None or self.running_training() or self.check_conflict():
+            return None
+        problem = self.student_path.check()  # said at once, before any worker starts
+        if problem is not None:  # (pre-flight lists it among every other problem)
+            self.message.show_message(f"Student model folder: {problem}.", "error")
             return None
         config = config.resolved()
         self.write_config(config)
@@ -875,13 +910,14 @@ class TrainPanel(Panel):
     def on_warning(self, event: WarningEvent) -> None:
         self.log.appendPlainText(log_line(event.type, event.to_dict()))
         where = f" ({event.where})" if event.where else ""
-        self.log.appendPlainText(f"⚠ {event.message}{where}")
         self.show_message(window_words(f"{event.message}{where}"), "warning")
 
     @Slot(object)
     def on_training_returned(self, result: Any) -> None:
         status = getattr(result, "status", "finished")
-        if status == "stopped":
+        if status == "diverged":
+            self.show_diverged(result.run, result.message)
+        elif status == "stopped":
             self.message.show_message(
                 f"Run {result.run} stopped at step {result.step} with a checkpoint; resume it any time.",
                 "info",
@@ -900,8 +936,38 @@ class TrainPanel(Panel):
             self.message.show_message(
                 f"Run {result.run} finished: {result.step} steps{loss}{ev}.", "success"
             )
+        # the step it ended at (its last progress event may have been throttled away)
+        self.show_steps(result.step, result.total_steps, running=False)
         self.progress_label.setText(
             f"Run {result.run}: {status} at step {result.step:,} of {result.total_steps:,}."
+        )
+
+    def show_diverged(self, name: str, message: str) -> None:
+        """A diverged run: what happened and what to change, with the button that makes
+        those changes in the form for a new run."""
+        text = window_words(message)
+        self.show_message(
+            text[:1].upper() + text[1:],
+            "error",
+            action="New run with these changes",
+            on_action=lambda: self.offer_fixed_run(name),
+        )
+
+    def offer_fixed_run(self, name: str) -> None:
+        """Put diverged run `name`'s settings in the form with the remedies its message
+        names (kdstudio.distill.divergence.remedies) and a new name: Start tries again."""
+        from kdstudio.distill.divergence import remedied, remedies
+
+        if self.running_training() or self.ws is None:
+            return
+        stored = runs.get_run(self.ws, name).train_config()
+        self.leave_resume_mode()
+        self.set_config(remedied(stored))
+        changes = "; ".join(r.text for r in remedies(stored))
+        self.show_message(
+            f"The settings of run {name!r} are in the form, with these changes: {changes}. "
+            "Press Start training for a new run.",
+            "info",
         )
 
     @Slot(str)
