@@ -45,14 +45,15 @@ class SparseKD(KDObjective):
 
     def setup(self, ctx: ObjectiveContext) -> None:
         self.vocab = VocabBytes(ctx.tokenizer)
-        self.targets: dict[tuple[int, int], Targets] = {}
+        # by (collection, row, sample): two teachers' answers to one prompt are two examples
+        self.targets: dict[tuple[str, int, int], Targets] = {}
         train = ctx.extra.get("train")
         if train is None:
             return
         for enc in train:
             self._targets(enc)
         totals = summarize_targets(self.targets.values())
-        collection = self.config.data.collection
+        collection = ", ".join(self.config.data.names())
         if totals["kd_positions"] == 0:
             why = (
                 "its outputs carry no teacher logprobs (collect with --top-logprobs)"
@@ -61,7 +62,7 @@ class SparseKD(KDObjective):
                 f"({describe_fallback(totals['fallback'])})"
             )
             raise UserError(
-                f"sparse_kd cannot use collection {collection!r}: {why}; "
+                f"sparse_kd cannot use {self.config.data.label()}: {why}; "
                 'train with method = "sft" instead'
             )
         ctx.sink.emit(Log(describe_targets(totals, collection)))
@@ -77,7 +78,7 @@ class SparseKD(KDObjective):
 
     def _targets(self, enc: Encoded) -> Targets:
         ex = enc.example
-        key = (ex.row_id, ex.sample)
+        key = (getattr(ex, "collection", ""), ex.row_id, ex.sample)
         got = self.targets.get(key)
         if got is None:
             got = self.targets[key] = align_example(enc, ex.response, ex.logprobs, self.vocab)

@@ -638,7 +638,7 @@ class TrainPanel(Panel):
             if name and name != self.resume_target:
                 self.leave_resume_mode()  # another name: a new run
             else:
-                stored = TrainConfig.from_dict(runs.get_run(self.ws, self.resume_target).config)
+                stored = runs.get_run(self.ws, self.resume_target).train_config()
                 changed = run_conflicts(stored.to_dict(), config.to_dict())
                 if changed:
                     self.show_message(
