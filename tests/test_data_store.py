@@ -64,6 +64,36 @@ def test_stats_describe_rows_roles_lengths(ws, numbers):
     assert s["approx_tokens"] == round(s["chars"]["total"] / 4)
 
 
+@pytest.mark.parametrize("dedupe", [False, True])  # stats from the import, or a rescan
+def test_length_quantiles_are_exact_not_bucket_bounds(ws, tmp_path, dedupe):
+    import numpy as np
+
+    # 150-190 characters share a histogram bucket (160-191): its upper bound is no quantile.
+    lengths = [150 + (i * 37) % 41 for i in range(400)] + [12, 3000]
+    lines = [
+        json.dumps({"prompt": f"{i:04d}" + "x" * (n - 4)}) + "\n" for i, n in enumerate(lengths)
+    ]
+    if dedupe:  # a repeated row, dropped: the stats are then counted again from the rows
+        lines.append(lines[0])
+    path = tmp_path / "lengths.jsonl"
+    path.write_text("".join(lines))
+    import_dataset(ws, path, name="lengths", dedupe=dedupe)
+    chars = store.stats(ws, "lengths")["chars"]
+    for q in (50, 90, 99):
+        assert chars[f"p{q}"] == int(np.percentile(lengths, q, method="inverted_cdf"))
+    assert (chars["min"], chars["max"], chars["exact"]) == (12, 3000, True)
+    assert chars["p50"] != chars["p90"] != chars["p99"]
+    hist = store.stats(ws, "lengths")["length_histogram"]
+    assert sum(k for _, _, k in hist) == len(lengths)
+
+
+def test_quantile_of_counted_values():
+    assert store.quantile([], 0.5) == 0
+    assert store.quantile([(5, 1)], 0.99) == 5
+    counts = [(1, 1), (2, 1), (3, 1), (4, 1)]
+    assert [store.quantile(counts, q) for q in (0.25, 0.5, 0.51, 1.0)] == [1, 2, 3, 4]
+
+
 def test_length_buckets_cover_every_length_once():
     seen = {}
     for n in range(0, 5000):

@@ -66,12 +66,14 @@ def test_train_panel_runs_a_tiny_student_and_the_plots_fill(qtbot, window, stude
     panel = window.show_panel("train")
     fill_form(panel, student, steps=12, name="t12")
     panel.update_cli()
+    assert panel.progress.text() == "0 / 12 steps"  # before any run: the form's steps
     assert (
         "kdstudio --workspace" in panel.command_view.text()
         and "train --config" in panel.command_view.text()
     )
     assert 'collection = "answers"' in panel.toml_view.toPlainText()
     job = panel.start()
+    assert panel.progress.maximum() == 12  # the configured steps from the start, not "of 100"
     with qtbot.waitSignal(job.ended, timeout=120_000):
         pass
     assert job.outcome == "succeeded", job.error
@@ -82,6 +84,54 @@ def test_train_panel_runs_a_tiny_student_and_the_plots_fill(qtbot, window, stude
     assert "finished" in panel.message.text
     saved = panel.ws.root / "configs" / "t12.toml"
     assert saved.exists() and "max_steps = 12" in saved.read_text()
+
+
+def test_a_refused_start_says_why_and_is_not_left_setting_up(qtbot, window, student):
+    from kdstudio.distill import runs
+
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=5, name="taken")
+    runs.create_run(panel.ws, panel.build_config().resolved())  # the name is in use
+    job = panel.start()
+    assert "setting up" in panel.progress_label.text()
+    with qtbot.waitSignal(job.ended, timeout=60_000):
+        pass
+    assert job.outcome == "errored"
+    label = panel.progress_label.text()
+    assert "setting up" not in label and "did not start" in label and "already exists" in label
+    assert panel.message.level == "error" and panel.start_button.isEnabled()
+
+
+def test_the_form_is_restored_when_the_window_opens_again(qtbot, window, student, tmp_path):
+    from kdstudio.gui.main_window import MainWindow
+
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=321, name="remembered")
+    panel.forms["distill"].set_values({"method": "sparse_kd", "kd_weight": 0.25})
+    panel.use_lora.setChecked(True)
+    panel.update_cli()
+    again = MainWindow(window.ws)  # the same settings: as if reopened
+    qtbot.addWidget(again)
+    restored = again.panels["train"]
+    assert restored.config_dict() == panel.config_dict()
+    assert restored.build_config().optim.max_steps == 321 and restored.use_lora.isChecked()
+    assert restored.build_config().distill.kd_weight == 0.25
+
+
+def test_copy_command_writes_the_toml_it_names(window, student):
+    import shlex
+
+    from PySide6.QtGui import QGuiApplication
+
+    panel = window.show_panel("train")
+    fill_form(panel, student, steps=7, name="copied")
+    panel.update_cli()
+    path = panel.ws.root / "configs" / "copied.toml"
+    assert not path.exists()
+    panel.copy_command()
+    command = QGuiApplication.clipboard().text()
+    named = shlex.split(command)[shlex.split(command).index("--config") + 1]
+    assert named == str(path) and path.exists() and "max_steps = 7" in path.read_text()
 
 
 def test_a_bad_form_value_is_an_inline_message_naming_the_key(window, student):
@@ -111,11 +161,16 @@ def test_stop_saves_a_checkpoint_and_resume_continues_the_same_curve(qtbot, wind
     runs_panel.refresh()
     runs_panel.select_run("long")
     assert runs_panel.resume_button.isEnabled()
+    said = [line for line in panel.log.toPlainText().splitlines() if line.startswith("stopped")]
+    assert said
     runs_panel.resume_selected()  # -> the Train panel, ready to resume it
     assert window.tabs.currentWidget() is panel
     assert panel.start_button.text() == "Resume long" and not panel.running_training()
     assert panel.forms["optim"].value("max_steps") == 400  # its stored settings
     job = panel.start()
+    assert panel.progress.maximum() == 400 and panel.progress.value() == stopped_at
+    log = panel.log.toPlainText()  # what the run said before is still there
+    assert all(line in log for line in said) and f"resuming long from step {stopped_at}" in log
     qtbot.waitUntil(lambda: panel.progress.value() >= stopped_at + 2, timeout=120_000)
     panel.stop()
     with qtbot.waitSignal(job.ended, timeout=60_000):
@@ -300,12 +355,12 @@ def test_sft_loss_plot_draws_ce_once_kd_methods_draw_all_three(qtbot):
         board.add_metrics(step, {"loss": 1.0, "ce": 1.0}, run="a")
         board.add_metrics(step, {"loss": 1.0, "ce": 0.8, "kd": 1.2}, run="b")
     loss = board.plot_for("loss")
-    labels = sorted(item.opts["name"] for item in (s.curve for s in loss.series.values()))
+    labels = sorted(s.label for s in loss.series.values())
     assert labels == ["a total (= CE)", "b CE", "b KD", "b total"]
     assert board.point_count("ce") == 3  # only run b's
 
 
-def test_loss_legend_lists_total_ce_kd_whatever_order_the_history_loads_in(qtbot):
+def test_loss_legend_lists_total_ce_kd_in_the_title_whatever_order_the_history_loads_in(qtbot):
     import numpy as np
 
     from kdstudio.gui.plots import PlotBoard
@@ -318,8 +373,12 @@ def test_loss_legend_lists_total_ce_kd_whatever_order_the_history_loads_in(qtbot
         board.add_history("", name, steps, steps)
     board.add_history("", "lr", steps, steps)
     loss = board.plot_for("loss")
-    assert [label.text for _, label in loss.legend.items] == ["total", "CE", "KD"]
-    assert loss.legend.isVisible() and not board.plot_for("lr").legend.isVisible()
+    assert [metric for metric, _, _ in loss.legend_entries()] == ["total", "CE", "KD"]
+    title = loss.getPlotItem().titleLabel.text
+    assert title.index("total") < title.index("CE") < title.index("KD")
+    assert "lr" not in board.plot_for("lr").getPlotItem().titleLabel.text  # one curve: no key
+    # No legend box over the data: the newest points (at the right edge) are never covered.
+    assert all(plot.getPlotItem().legend is None for plot in board.plots)
 
 
 def test_plot_board_keeps_its_redraws_within_a_share_of_the_gui_thread(qtbot):
@@ -370,3 +429,20 @@ def test_plot_board_keeps_its_redraws_within_a_share_of_the_gui_thread(qtbot):
     assert drawn() == 3
     board.show()
     qtbot.waitUntil(lambda: drawn() == 4, timeout=5000)
+
+
+def test_an_overlay_legend_names_each_line_style_once(qtbot):
+    from kdstudio.gui.plots import PlotBoard
+
+    board = PlotBoard(overlay=True)
+    qtbot.addWidget(board)
+    board.set_run_method("a", "sft")
+    board.set_run_method("b", "dense_kd")
+    board.add_metrics(1, {"loss": 1.0, "ce": 1.0}, run="a")
+    board.add_metrics(1, {"loss": 1.0, "ce": 0.8, "kd": 1.2}, run="b")
+    entries = board.plot_for("loss").legend_entries()
+    assert [(metric, style) for metric, style, _ in entries] == [
+        ("total", "solid"),
+        ("CE", "dash"),
+        ("KD", "dot"),
+    ]

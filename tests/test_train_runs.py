@@ -43,3 +43,18 @@ def test_names_are_unique_and_lookups_name_the_known_runs(ws, tmp_path):
         runs.get_run(ws, "nope")
     with pytest.raises(ValueError):
         runs.set_status(ws, 1, "interrupted")  # derived, never stored
+
+
+def test_latest_metrics_are_each_metrics_value_at_its_highest_step(ws, tmp_path):
+    run = runs.create_run(ws, make_config(tmp_path).resolved())
+    assert runs.latest_metrics(ws, run.id) == {}
+    ws.add_metrics(run.id, 10, {"loss": 2.0, "lr": 1e-3}, time.time())
+    ws.add_metrics(run.id, 20, {"loss": 1.5}, time.time())
+    ws.add_metrics(run.id, 15, {"eval_loss": 1.8, "loss": 9.0}, time.time())  # a late write
+    other = runs.create_run(ws, make_config(tmp_path, run={"name": "u"}).resolved())
+    ws.add_metrics(other.id, 99, {"loss": 0.1}, time.time())
+    assert runs.latest_metrics(ws, run.id) == {
+        "loss": (20, 1.5),
+        "lr": (10, 1e-3),
+        "eval_loss": (15, 1.8),
+    }

@@ -125,7 +125,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_import(args: argparse.Namespace, ctx) -> int:
     from kdstudio.data import import_dataset
-    from kdstudio.data.importer import plural, skipped_summary
     from kdstudio.data.schema import parse_map_args
     from kdstudio.errors import UserError
     from kdstudio.events import ConsoleSink
@@ -150,9 +149,7 @@ def cmd_import(args: argparse.Namespace, ctx) -> int:
         ctx.print_json(result.to_dict())
         return 0
     if result.skipped:
-        unit = "row" if result.file_format in ("parquet", "hf") else "line"
-        summary = skipped_summary(result.skipped, unit)
-        print(f"skipped {plural(len(result.skipped), 'bad ' + unit)}: {summary}")
+        print(result.describe_skipped())
     print(f"see it with: kdstudio data show {result.name}")
     return 0
 
@@ -237,10 +234,11 @@ def describe(info) -> list[str]:
         f"reference answer, {s.get('multi_turn', 0):,} multi-turn; rows containing each role: {roles}"
     )
     c = s.get("chars", {})
+    about = "" if c.get("exact") else "~"  # older workspaces stored bucket bounds
     lines.append(
-        f"  length in characters: mean {c.get('mean', 0):,}, median ~{c.get('p50', 0):,}, "
-        f"p90 ~{c.get('p90', 0):,}, max {c.get('max', 0):,}; about {s.get('approx_tokens', 0):,} "
-        "tokens in all (chars/4)"
+        f"  length in characters: mean {c.get('mean', 0):,}, median {about}{c.get('p50', 0):,}, "
+        f"p90 {about}{c.get('p90', 0):,}, max {c.get('max', 0):,}; about "
+        f"{s.get('approx_tokens', 0):,} tokens in all (chars/4)"
     )
     dup = s.get("duplicates", 0)
     lines.append(

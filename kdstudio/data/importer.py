@@ -14,6 +14,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import chain
@@ -88,6 +89,16 @@ class ImportResult:
         if self.collection:
             text += f"; answers stored in collection {self.collection!r}"
         return text
+
+    def describe_skipped(self) -> str:
+        """'skipped 3 bad lines: lines 3, 7-9' ('' when none was skipped)."""
+        if not self.skipped:
+            return ""
+        unit = "row" if self.file_format in ("parquet", "hf") else "line"
+        return (
+            f"skipped {plural(len(self.skipped), 'bad ' + unit)}: "
+            f"{skipped_summary(self.skipped, unit)}"
+        )
 
 
 def file_words(kind: str) -> str:
@@ -381,8 +392,7 @@ def _convert_rows(writer: _Writer, items, reader, schema: Schema, skip_bad, resu
     limit = reader.max_row_bytes
     did = writer.dataset_id
     acc = store.StatsAccumulator()
-    shapes, hist = acc.shapes, acc.hist
-    total_chars, max_chars, min_chars = 0, 0, 1 << 62
+    shapes, lengths = acc.shapes, acc.lengths
     batch: list[tuple] = []
     idx = 0
     next_progress = time.time() + 0.5
@@ -415,13 +425,7 @@ def _convert_rows(writer: _Writer, items, reader, schema: Schema, skip_bad, resu
                       encode(meta) if meta else None, n, from_bytes(digest, "big", signed=True)))  # fmt: skip
         idx += 1
         shapes[shape, reference is not None] += 1
-        b = n.bit_length()
-        hist[b * 4 + ((n >> (b - 3)) & 3) if b > 2 else n] += 1
-        total_chars += n
-        if n > max_chars:
-            max_chars = n
-        if n < min_chars:
-            min_chars = n
+        lengths[n] += 1
         if len(batch) >= BATCH:
             cancel.raise_if_cancelled()
             writer.put(batch)
@@ -433,8 +437,6 @@ def _convert_rows(writer: _Writer, items, reader, schema: Schema, skip_bad, resu
     if batch:
         writer.put(batch)
     result.n_rows = idx
-    acc.total_chars, acc.max_chars = total_chars, max_chars
-    acc.min_chars = min_chars if idx else 0
     return acc
 
 
@@ -551,3 +553,8 @@ def skipped_summary(skipped: list[tuple[int, str]], unit: str = "line") -> str:
     if start is not None:
         ranges.append(str(start) if start == prev else f"{start}-{prev}")
     return f"{unit}{'s' if len(lines) != 1 else ''} {', '.join(ranges)}"
+
+
+def reasons(skipped: list[tuple[int, str]]) -> Counter[str]:
+    """How many skipped lines each reason accounts for."""
+    return Counter(reason for _, reason in skipped)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import sqlite3
 import time
@@ -257,6 +258,19 @@ def get_row(ws: Workspace, dataset: str | int | DatasetInfo, idx: int) -> Datase
     return _row(r)
 
 
+def rows_by_id(ws: Workspace, row_ids: Iterable[int]) -> dict[int, DatasetRow]:
+    """Rows by their id (whatever their dataset): what an evaluation or a collection item
+    refers to. Ids that are gone are left out."""
+    ids = sorted({int(i) for i in row_ids})
+    found: dict[int, DatasetRow] = {}
+    for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for r in ws.query(f"SELECT {ROW_COLUMNS} FROM dataset_rows WHERE id IN ({marks})", chunk):
+            found[r["id"]] = _row(r)
+    return found
+
+
 def iter_rows(
     ws: Workspace,
     dataset: str | int | DatasetInfo,
@@ -300,27 +314,21 @@ def bucket_bounds(k: int) -> tuple[int, int]:
 
 
 class StatsAccumulator:
-    """Dataset stats gathered one row at a time (flat memory): rows, roles, turns, lengths.
+    """Dataset stats gathered one row at a time: rows, roles, turns, lengths.
 
     A row's shape is the initials of its turns' roles ('sua': system, user, assistant) and
-    whether it has a reference; the importer updates `shapes` and `hist` inline for speed.
+    whether it has a reference; `lengths` counts rows of each exact length (as many entries
+    as distinct lengths, not rows), so quantiles are exact and the histogram is derived.
+    The importer updates `shapes` and `lengths` inline for speed.
     """
 
     def __init__(self) -> None:
         self.shapes: Counter[tuple[str, bool]] = Counter()
-        self.hist: Counter[int] = Counter()
-        self.total_chars = 0
-        self.min_chars: int | None = None
-        self.max_chars = 0
+        self.lengths: Counter[int] = Counter()
 
     def add(self, messages: list[dict], has_reference: bool, n_chars: int) -> None:
         self.shapes["".join(m["role"][0] for m in messages), has_reference] += 1
-        self.hist[length_bucket(n_chars)] += 1
-        self.total_chars += n_chars
-        if self.min_chars is None or n_chars < self.min_chars:
-            self.min_chars = n_chars
-        if n_chars > self.max_chars:
-            self.max_chars = n_chars
+        self.lengths[n_chars] += 1
 
     def result(self, duplicates: int = 0, skipped: int = 0) -> dict[str, Any]:
         n = sum(self.shapes.values())
@@ -338,8 +346,12 @@ class StatsAccumulator:
             if shape.count("u") > 1:
                 multi_turn += k
             turns[len(shape) + (1 if has_ref else 0)] += k
-        hist = [[*bucket_bounds(b), k] for b, k in sorted(self.hist.items())]
-        top = self.max_chars
+        buckets: Counter[int] = Counter()
+        for length, k in self.lengths.items():
+            buckets[length_bucket(length)] += k
+        hist = [[*bucket_bounds(b), k] for b, k in sorted(buckets.items())]
+        lengths = sorted(self.lengths.items())
+        total = sum(length * k for length, k in lengths)
         return {
             "rows": n,
             "with_system": with_system,
@@ -348,31 +360,38 @@ class StatsAccumulator:
             "roles": dict(sorted(roles.items())),
             "turns": {str(t): k for t, k in sorted(turns.items())},
             "chars": {
-                "total": self.total_chars,
-                "mean": round(self.total_chars / n, 1) if n else 0,
-                "min": self.min_chars or 0,
-                "p50": min(_percentile(hist, n, 0.5), top),
-                "p90": min(_percentile(hist, n, 0.9), top),
-                "p99": min(_percentile(hist, n, 0.99), top),
-                "max": top,
+                "total": total,
+                "mean": round(total / n, 1) if n else 0,
+                "min": lengths[0][0] if lengths else 0,
+                "p50": quantile(lengths, 0.5),
+                "p90": quantile(lengths, 0.9),
+                "p99": quantile(lengths, 0.99),
+                "max": lengths[-1][0] if lengths else 0,
+                "exact": True,  # quantiles of stats stored before 0.2 are bucket bounds
             },
-            "approx_tokens": round(self.total_chars / 4),
+            "approx_tokens": round(total / 4),
             "length_histogram": hist,
             "duplicates": duplicates,
             "skipped": skipped,
         }
 
 
-def _percentile(hist: list[list[int]], n: int, q: float) -> int:
-    """The upper bound of the histogram bucket holding the q-quantile (approximate)."""
+def quantile(counts: list[tuple[int, int]], q: float) -> int:
+    """The q-quantile of values given as sorted (value, count) pairs: the smallest value
+    that at least q of them do not exceed (nearest rank; numpy's "inverted_cdf").
+
+    The stats used to take the upper bound of the histogram bucket holding the quantile,
+    so p50/p90/p99 of lengths 150-190 all read 191 (one bucket spans 160-191).
+    """
+    n = sum(k for _, k in counts)
     if not n:
         return 0
-    seen = 0
-    for _lo, hi, k in hist:
+    rank, seen = max(1, math.ceil(q * n - 1e-9)), 0
+    for value, k in counts:
         seen += k
-        if seen >= q * n:
-            return hi
-    return hist[-1][1]
+        if seen >= rank:
+            return value
+    return counts[-1][0]
 
 
 def scan_stats(con: sqlite3.Connection, dataset_id: int, duplicates: int, skipped: int = 0) -> dict:

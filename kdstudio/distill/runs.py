@@ -178,13 +178,26 @@ def merge_summary(ws: Workspace, run_id: int, **values: Any) -> None:
         )
 
 
+# Each metric name of a run, then its row at the highest step, all through the
+# (run_id, name, step) key: a lookup per metric rather than a pass over every stored row
+# (50 ms for a 10k-step run, paid every second by the window's Runs table).
+_LATEST = """
+WITH RECURSIVE names(name) AS (
+    SELECT MIN(name) FROM run_metrics WHERE run_id = :run
+    UNION ALL
+    SELECT (SELECT MIN(name) FROM run_metrics WHERE run_id = :run AND name > names.name)
+    FROM names WHERE name IS NOT NULL
+)
+SELECT m.name, m.step, m.value FROM names JOIN run_metrics m
+ON m.run_id = :run AND m.name = names.name
+AND m.step = (SELECT MAX(step) FROM run_metrics WHERE run_id = :run AND name = names.name)
+"""
+
+
 def latest_metrics(ws: Workspace, run_id: int) -> dict[str, tuple[int, float]]:
-    """{name: (step, value)} of the last reported value of every metric."""
-    rows = ws.query(
-        "SELECT name, step, value FROM run_metrics m WHERE run_id=? AND step = "
-        "(SELECT MAX(step) FROM run_metrics WHERE run_id=m.run_id AND name=m.name)",
-        (run_id,),
-    )
+    """{name: (step, value)} of the last reported value of every metric (what `runs list`
+    and the window's Runs table both show)."""
+    rows = ws.query(_LATEST, {"run": run_id})
     return {r["name"]: (r["step"], r["value"]) for r in rows}
 
 

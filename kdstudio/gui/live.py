@@ -21,7 +21,7 @@ from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 from kdstudio.formatting import duration
-from kdstudio.gui.widgets import tint
+from kdstudio.gui.widgets import LEVEL_COLOURS, LEVEL_FILLS, is_dark
 from kdstudio.workspace import Workspace, WorkspaceClosed
 
 POLL_MS = 400  # changes show within POLL_MS plus one panel refresh: well under a second
@@ -153,9 +153,10 @@ class DemoBanner(QWidget):
         if status is None:
             self.hide()
             return
-        colour = {"complete": "#2e9b4f", "failed": "#d23c3c"}.get(status.state, "#2f6fdb")
+        level = {"complete": "success", "failed": "error"}.get(status.state, "info")
+        fill, colour = LEVEL_FILLS[level][is_dark(self)], LEVEL_COLOURS[level]
         self.setStyleSheet(
-            f"#DemoBanner {{ background: {tint(colour, self)}; border-bottom: 1px solid {colour}; }}"
+            f"#DemoBanner {{ background: {fill}; border-bottom: 1px solid {colour}; }}"
         )
         self.label.setText(banner_text(status))
         progress = status.progress if status.state == "running" else None

@@ -72,8 +72,6 @@ class MainWindow(QMainWindow):
         self.ws: Workspace | None = None
         self.setWindowTitle("kdstudio")
         self.setAcceptDrops(True)
-        self.message = MessageBar(self)
-        self.message.action_triggered.connect(self.on_message_action)
         self._message_action: tuple[str, Path | None] = ("open", None)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
@@ -96,10 +94,13 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        layout.addWidget(self.message)
         layout.addWidget(self.demo_banner)
         layout.addWidget(self.stack, 1)
         self.setCentralWidget(central)
+        # Over the top of the window, not in its layout: the rare message about the
+        # workspace itself moves nothing when it appears.
+        self.message = MessageBar(central, overlay=True)
+        self.message.action_triggered.connect(self.on_message_action)
         self.workspace_label = QLabel()
         self.jobs_label = QLabel()
         self.statusBar().addPermanentWidget(self.jobs_label)
@@ -176,6 +177,13 @@ class MainWindow(QMainWindow):
             self.action("&Refresh", QKeySequence.StandardKey.Refresh, self.refresh_current)
         )
 
+        actions = self.menuBar().addMenu("&Actions")
+        for panel in self.panels.values():
+            for text, keys, method in panel.window_actions:
+                act = self.action(text, keys, self.trigger_panel_action)
+                act.setData((panel.key, method))
+                actions.addAction(act)
+
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self.action("&About kdstudio", None, self.show_about))
 
@@ -218,6 +226,27 @@ class MainWindow(QMainWindow):
         self.open_workspace(self.sender().data(), create=False)
 
     @Slot()
+    def trigger_panel_action(self) -> None:
+        """A panel's command from the window (any panel may have the focus)."""
+        key, method = self.sender().data()
+        getattr(self.panels[key], method)()
+
+    def shortcut_lines(self) -> list[str]:
+        """What Help lists: the window's keys and every panel's window actions."""
+        panel_keys = " · ".join(
+            f"{keys} {text.replace('&', '').rstrip('…').lower()}"
+            for panel in self.panels.values()
+            for text, keys, _ in panel.window_actions
+        )
+        return [
+            f"Ctrl+1…{len(self.panels)} panels · Ctrl+O open workspace · Ctrl+I import a "
+            "dataset · F5 refresh",
+            panel_keys,
+            "Ctrl+Enter start (Collect, Train) · Outputs: Ctrl+F search · A accept · R reject · "
+            "E edit · Ctrl+Enter save an edit",
+        ]
+
+    @Slot()
     def show_panel_from_action(self) -> None:
         self.show_panel(self.sender().data())
 
@@ -244,10 +273,7 @@ class MainWindow(QMainWindow):
             "About kdstudio",
             f"<b>kdstudio {__version__}</b><p>A desktop studio for knowledge distillation of "
             "language models: teachers, prompts, outputs, training and evaluation, in one "
-            "workspace.</p><p><b>Keyboard</b><br>"
-            "Ctrl+1…6 panels · Ctrl+O open workspace · Ctrl+I import a dataset · F5 refresh<br>"
-            "Ctrl+N add a teacher · Ctrl+Enter start (Collect, Train) · Ctrl+. stop training<br>"
-            "Outputs: Ctrl+F search · A accept · R reject · E edit</p>",
+            "workspace.</p><p><b>Keyboard</b><br>" + "<br>".join(self.shortcut_lines()) + "</p>",
         )
 
     # -- workspace -----------------------------------------------------------------------
@@ -304,7 +330,11 @@ class MainWindow(QMainWindow):
         gui_settings.set_last_workspace(ws.root)
         gui_settings.add_recent("workspaces", ws.root)
         self.workspace_label.setText(f"workspace: {ws.root}")
-        self.setWindowTitle(f"kdstudio — {ws.root.name}")
+        # Ending in the application's display name, so the platform does not add it a
+        # second time ("kdstudio — ws — kdstudio"): "ws — kdstudio" on every system.
+        self.setWindowTitle(
+            f"{ws.root.name} — {QApplication.applicationDisplayName() or 'kdstudio'}"
+        )
         self.message.clear()
         self.stack.setCurrentWidget(self.tabs)
         self._stale.clear()

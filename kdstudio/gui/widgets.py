@@ -6,8 +6,8 @@ import math
 import time
 import traceback
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QGuiApplication, QPalette
+from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtGui import QGuiApplication, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -26,6 +26,15 @@ from PySide6.QtWidgets import (
 )
 
 LEVEL_COLOURS = {"info": "#2f6fdb", "success": "#2e9b4f", "warning": "#c98a06", "error": "#d23c3c"}
+# The message bar's fill per kind, on a light and on a dark palette: fixed colours, so a
+# message never takes on the tint of the one before it (a fill blended over the widget's
+# own palette did, once a style sheet had coloured that palette).
+LEVEL_FILLS = {
+    "info": ("#e6eefc", "#1f3050"),
+    "success": ("#e3f3e8", "#1d3a26"),
+    "warning": ("#fbf0d9", "#43340f"),
+    "error": ("#fbe3e3", "#4a1f1f"),
+}
 
 
 def is_dark(widget: QWidget | None = None) -> bool:
@@ -34,70 +43,144 @@ def is_dark(widget: QWidget | None = None) -> bool:
     return pal.color(QPalette.ColorRole.Window).lightness() < 128
 
 
-def tint(colour: str, widget: QWidget | None = None, alpha: float = 0.14) -> str:
-    """`colour` blended over the window background: a soft fill that works light or dark."""
-    pal = widget.palette() if widget is not None else QApplication.palette()
-    base = pal.color(QPalette.ColorRole.Window)
-    c = QColor(colour)
-    mix = [
-        round(a * alpha + b * (1 - alpha))
-        for a, b in zip(c.getRgb()[:3], base.getRgb()[:3], strict=True)
-    ]
-    return QColor(*mix).name()
-
-
 class MessageBar(QFrame):
     """An inline message in a panel: what is wrong, where, and (optionally) an action button.
 
     Expected problems (a missing key, a bad URL, an empty dataset) show here, never in a
-    dialog. `action_triggered` fires when the optional button is clicked.
+    dialog. Each kind (info, success, warning, error) has one fixed colour. The bar keeps
+    its place when empty (`lines` lines of text), so a message appearing or going never
+    moves what is below it; a longer message is elided, whole in the tooltip. With
+    `overlay`, it floats over the top of its parent instead of taking a place in a layout
+    (the window's own bar, for the rare message about the workspace itself).
+    `action_triggered` fires when the optional button is clicked.
     """
 
     action_triggered = Signal()
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, parent: QWidget | None = None, *, overlay: bool = False, lines: int = 2
+    ) -> None:
         super().__init__(parent)
         self.setObjectName("MessageBar")
         self.level = "info"
+        self.overlay, self.lines = overlay, lines
+        self._text = ""
         self._label = QLabel()
         self._label.setWordWrap(True)
+        self._label.setTextFormat(Qt.TextFormat.PlainText)
         self._label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self._label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self._action = QPushButton()
         self._action.clicked.connect(self.action_triggered)
         self._action.hide()
-        close = QToolButton()
-        close.setText("✕")
-        close.setAutoRaise(True)
-        close.setToolTip("Dismiss")
-        close.clicked.connect(self.clear)
+        self._close = QToolButton()
+        self._close.setText("✕")
+        self._close.setAutoRaise(True)
+        self._close.setToolTip("Dismiss")
+        self._close.clicked.connect(self.clear)
         row = QHBoxLayout(self)
-        row.setContentsMargins(10, 6, 6, 6)
+        row.setContentsMargins(10, 4, 6, 4)
         row.addWidget(self._label, 1)
         row.addWidget(self._action)
-        row.addWidget(close)
-        self.hide()
+        row.addWidget(self._close)
+        self.setFixedHeight(self._label.fontMetrics().lineSpacing() * lines + 12)
+        self._style()
+        if overlay:
+            self.hide()
+            if parent is not None:
+                parent.installEventFilter(self)
 
     @property
     def text(self) -> str:
-        return self._label.text()
+        """The whole message (the bar may show it elided)."""
+        return self._text
 
     def show_message(self, text: str, level: str = "info", action: str | None = None) -> None:
-        self.level = level
-        colour = LEVEL_COLOURS.get(level, LEVEL_COLOURS["info"])
-        self.setStyleSheet(
-            f"#MessageBar {{ background: {tint(colour, self)}; border: 1px solid {colour};"
-            " border-radius: 4px; }"
-        )
-        self._label.setText(text)
+        self.level = level if level in LEVEL_FILLS else "info"
+        self._text = text
+        self._style()
         self._action.setVisible(bool(action))
         if action:
             self._action.setText(action)
-        self.show()
+        self._render()
+        if self.overlay:
+            self._place()
+            self.show()
+            self.raise_()
 
     def clear(self) -> None:
-        self._label.setText("")
-        self.hide()
+        self._text = ""
+        self._action.hide()
+        self._style()
+        self._render()
+        if self.overlay:
+            self.hide()
+
+    def _style(self) -> None:
+        """The fill and border of the current kind, or nothing at all when empty."""
+        self._close.setVisible(bool(self._text))
+        if not self._text:
+            self.setStyleSheet("#MessageBar { background: transparent; border: none; }")
+            return
+        light, dark = LEVEL_FILLS[self.level]
+        self.setStyleSheet(
+            f"#MessageBar {{ background: {dark if is_dark() else light}; "
+            f"border: 1px solid {LEVEL_COLOURS[self.level]}; border-radius: 4px; }}"
+        )
+
+    def _render(self) -> None:
+        """The message, cut to the lines the bar has (at a word), whole in the tooltip."""
+        shown = elide_lines(self._text, self._label.fontMetrics(), self._label.width(), self.lines)
+        self._label.setText(shown)
+        self._label.setToolTip(self._text if shown != self._text else "")
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self._render()
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.ApplicationPaletteChange and hasattr(self, "_close"):
+            self._style()
+        super().changeEvent(event)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if self.overlay and obj is self.parent() and event.type() == QEvent.Type.Resize:
+            self._place()
+        return False
+
+    def _place(self) -> None:
+        """As an overlay: across the top of the parent, inside its margins."""
+        parent = self.parentWidget()
+        if parent is not None:
+            self.setGeometry(10, 6, max(100, parent.width() - 20), self.height())
+
+
+def elide_lines(text: str, metrics, width: int, lines: int) -> str:
+    """`text` cut at a word (with "…") so that, wrapped to `width`, it takes at most
+    `lines` lines; whole when it fits."""
+    if not text or width <= 0:
+        return text
+    flags = int(Qt.TextFlag.TextWordWrap)
+    limit = metrics.lineSpacing() * lines + 1
+
+    def fits(candidate: str) -> bool:
+        return metrics.boundingRect(0, 0, width, 100_000, flags, candidate).height() <= limit
+
+    if fits(text):
+        return text
+    words = text.split(" ")
+    lo, hi = 0, len(words)  # the most words that fit, with the ellipsis
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(" ".join(words[:mid]) + " …"):
+            lo = mid
+        else:
+            hi = mid - 1
+    return (
+        " ".join(words[:lo]) + " …"
+        if lo
+        else metrics.elidedText(text, Qt.TextElideMode.ElideRight, width)
+    )
 
 
 class ErrorDialog(QDialog):

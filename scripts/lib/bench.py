@@ -216,6 +216,46 @@ def contention_line(o: Outcome) -> str:
     )
 
 
+GPU_RESULTS = ROOT / "bench" / "gpu"
+
+
+def gpu_section() -> list[str]:
+    """BENCHMARKS.md's GPU part: every run of scripts/gpu-check kept in bench/gpu/ (its JSON),
+    newest first. `scripts/bench` runs on the CPU; these were measured on a GPU machine."""
+    lines = ["## GPU", ""]
+    runs = sorted(GPU_RESULTS.glob("*.json"), reverse=True)
+    if not runs:
+        return [*lines, "No GPU run of `scripts/gpu-check` is recorded yet.", ""]
+    lines += [
+        "Measured by `scripts/gpu-check` on a GPU machine (not by `scripts/bench`); each run's "
+        "full results are kept in `bench/gpu/`.",
+        "",
+    ]
+    for path in runs:
+        doc = json.loads(path.read_text())
+        meta = doc["meta"]
+        lines += [
+            f"### {meta['date']}, {meta['device']}",
+            "",
+            f"torch {meta['torch']}, transformers {meta['transformers']}, Python "
+            f"{meta['python']}; code {meta.get('code', '?')}; `{meta.get('run', 'scripts/gpu-check')}`.",
+            "",
+        ]
+        rows = [
+            [name, r["measure"], r["value"], r["reference"], r["ratio"], r["target"]]
+            for name, res in doc["sections"].items()
+            for r in res.get("rows", [])
+        ]
+        lines += md_table(["section", "measure", "kdstudio", "reference", "ratio", "target"], rows)
+        lines.append("")
+        failed = [f"`{n}`: {r['error']}" for n, r in doc["sections"].items() if "error" in r]
+        lines += [f"- failed or not reached: {f}" for f in failed]
+        lines += [f"- {note}" for note in meta.get("notes", [])]
+        if failed or meta.get("notes"):
+            lines.append("")
+    return lines
+
+
 def render(outcomes: list[Outcome], info: dict[str, str], quick: bool, total: float) -> str:
     lines = [
         "# kdstudio benchmarks",
@@ -291,6 +331,7 @@ def render(outcomes: list[Outcome], info: dict[str, str], quick: bool, total: fl
             lines += ["```", *printed[-60:], "```", ""]
             if o.result:
                 lines += ["</details>", ""]
+    lines += gpu_section()
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -72,3 +72,14 @@ def studio_window(qtbot, ws, settings_dir: str | Path, *, size: tuple[int, int] 
     workers.stop_all(60)
     errors.uninstall()
     collector.uninstall()
+
+
+def key_chord(qtbot, widget, key, modifier) -> None:
+    """Press `modifier`+`key` on `widget`, then let go of the modifier: after a bare
+    keyClick the platform goes on believing it held, and every later selectRow() would
+    extend the selection as with Ctrl held."""
+    from PySide6.QtCore import Qt
+
+    qtbot.keyClick(widget, key, modifier)
+    for held in (Qt.Key.Key_Control, Qt.Key.Key_Shift, Qt.Key.Key_Alt):
+        qtbot.keyRelease(widget, held, Qt.KeyboardModifier.NoModifier)

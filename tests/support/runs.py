@@ -172,3 +172,71 @@ def make_demo_workspace(root: Path, *, lora: bool = True) -> DemoWorkspace:
             ws, root / "build-lo", name="lo", teacher=demo.teacher, lora=True, max_steps=10, lr=1e-2
         )
     return demo
+
+
+def make_curve_run(
+    ws: Workspace,
+    name: str,
+    *,
+    steps: int = 10_000,
+    seed: int = 0,
+    status: str = "finished",
+    diverge_at: int | None = None,
+    eval_every: int = 100,
+) -> Any:
+    """A run with stored curves only (no model): `steps` points of loss, CE, KD, LR, grad
+    norm and tokens/s, an eval point every `eval_every` steps. From `diverge_at` on, the loss
+    explodes towards 2e7 (LR 1000 without clipping did that). For plot tests and benchmarks."""
+    import numpy as np
+
+    from kdstudio.distill import runs
+    from kdstudio.distill.config import TrainConfig
+
+    config = TrainConfig.from_dict(
+        {
+            "student": {"path": "/synthetic"},
+            "data": {"collection": "synthetic"},
+            "distill": {"method": "sparse_kd"},
+            "optim": {"max_steps": steps},
+            "run": {"name": name},
+        }
+    )
+    run = runs.create_run(ws, config)
+    rng = np.random.default_rng(seed)
+    x = np.arange(1, steps + 1, dtype=float)
+    loss = 0.8 + (2.5 + 0.2 * seed) * np.exp(-x / (steps / 8)) + rng.normal(0, 0.05, steps)
+    if diverge_at is not None:
+        grow = np.clip((x - diverge_at) / max(steps / 50, 1), 0, None)
+        loss = np.where(x >= diverge_at, loss * np.exp(np.minimum(grow, 16.8)), loss)
+    lr = 1e-3 * np.minimum(1.0, x / (steps / 20)) * (1 - x / (steps + 1))
+    columns = {
+        "loss": loss,
+        "ce": loss * 1.1,
+        "kd": loss * 0.9,
+        "lr": lr,
+        "grad_norm": 1.0 + np.abs(rng.normal(0, 0.3, steps)),
+        "tokens_per_s": 20_000 + rng.normal(0, 500, steps),
+    }
+    t = time.time()
+    with ws.tx() as con:
+        con.executemany(
+            "INSERT INTO run_metrics(run_id, step, name, value, t) VALUES (?,?,?,?,?)",
+            [
+                (run.id, int(step), metric, float(values[i]), t)
+                for metric, values in columns.items()
+                for i, step in enumerate(x)
+            ]
+            + [
+                (run.id, int(step), "eval_loss", float(loss[int(step) - 1] + 0.1), t)
+                for step in x[eval_every - 1 :: eval_every]
+            ],
+        )
+    runs.update_run(
+        ws,
+        run.id,
+        step=steps,
+        summary={"loss": float(loss[-1]), "total_steps": steps, "steps": steps},
+    )
+    if status != "created":
+        runs.set_status(ws, run.id, status)
+    return runs.get_run(ws, name)

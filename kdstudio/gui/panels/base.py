@@ -26,6 +26,9 @@ class Panel(QWidget):
 
     title = ""
     key = ""
+    # (menu text, keys, method): commands the window offers from any panel (its Actions
+    # menu and Help list them), e.g. Ctrl+N adds a teacher whichever panel has the focus.
+    window_actions: tuple[tuple[str, str, str], ...] = ()
     status_changed = Signal(str)  # a line for the main window's status bar
     workspace_changed = Signal()  # something this panel wrote that other panels show
     workspace_damaged = Signal(str)  # SQLite found the workspace database damaged
@@ -47,7 +50,8 @@ class Panel(QWidget):
         outer.addLayout(self.body, 1)
 
     def add_shortcut(self, keys: str, slot) -> QShortcut:
-        """A shortcut active while focus is in this panel (panels may share keys)."""
+        """A shortcut active while focus is in this panel (panels may share keys, as
+        Ctrl+Enter starts in Collect and in Train); see `window_actions` for any panel."""
         shortcut = QShortcut(QKeySequence(keys), self)
         shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         shortcut.activated.connect(slot)

@@ -7,6 +7,7 @@ rows of the file, so what it shows is what the import will store.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,15 @@ class PreviewRow:
 
 @dataclass
 class FilePreview:
-    """The first rows of a file as the import would store them."""
+    """The first rows of a file as the import would store them; `problem` says why they
+    cannot be (no prompt column found: choose one), with every column still listed."""
 
     kind: str
     schema: str
     columns: dict[str, str]
     available: list[str]
     rows: list[PreviewRow] = field(default_factory=list)
+    problem: str = ""
 
     def describe(self) -> str:
         cols = ", ".join(f"{f} ← {c!r}" for f, c in self.columns.items())
@@ -96,7 +99,10 @@ def preview_file(
             raise UserError(f"{reader.label}, {reader.unit} {line}: {bad.reason}")
         raise UserError(f"{reader.label} has no rows")
     available = list(dict.fromkeys(k for rec in records for k in rec))
-    schema = detect(records, normalize_mapping(mapping), forced)
+    try:
+        schema = detect(records, normalize_mapping(mapping), forced)
+    except UserError as exc:  # the columns are known: the user can choose among them
+        return FilePreview(reader.kind, "", {}, available, problem=in_dialog_words(str(exc)))
     convert = converter(schema)
     rows = []
     for line, rec in head[:n]:
@@ -110,6 +116,16 @@ def preview_file(
             continue
         rows.append(PreviewRow(line, system, prompt, len(msgs), reference))
     return FilePreview(reader.kind, schema.name, dict(schema.columns), available, rows)
+
+
+def in_dialog_words(message: str) -> str:
+    """The core's message with the dialog's controls for its command-line options."""
+    message = re.sub(
+        r"(?:say which column holds the \w+ )?(?:with|use) --map (\w+)=COLUMN(?:, e\.g\. --map \S+)?",
+        r"choose the \1 column under Column mapping",
+        message,
+    )
+    return re.sub(r"--format ([\w-]+)", r"Format \1", message)
 
 
 PREVIEW_COLUMNS = [
@@ -128,9 +144,9 @@ PREVIEW_COLUMNS = [
 
 
 class ImportDialog(QDialog):
-    """Mapping step + import job for one file; emits `imported(name)` when done."""
+    """Mapping step + import job for one file; emits `imported(ImportResult)` when done."""
 
-    imported = Signal(str)
+    imported = Signal(object)
 
     def __init__(self, ws: Workspace, path: Path, parent=None) -> None:
         super().__init__(parent)
@@ -151,7 +167,9 @@ class ImportDialog(QDialog):
         self.split.addItems(splits or [])
         if splits:
             self.name.setText(default_name(self.path, self.split.currentText()))
-        self.skip_bad = QCheckBox("Skip lines that cannot be read (they are listed)")
+        self.skip_bad = QCheckBox(
+            "Skip lines that cannot be read (they are listed when the import is done)"
+        )
         self.dedupe = QCheckBox("Remove duplicate rows")
         self.as_collection = QLineEdit()
         self.as_collection.setPlaceholderText(
@@ -254,9 +272,14 @@ class ImportDialog(QDialog):
             self.import_button.setEnabled(False)
             return
         self.preview = preview
-        self.message.clear()
         self._fill_columns(preview.available)
         self.model.set_rows(preview.rows)
+        if preview.problem:
+            self.detected.setText(f"Columns: {', '.join(map(repr, preview.available))}")
+            self.message.show_message(preview.problem, "error")
+            self.import_button.setEnabled(False)
+            return
+        self.message.clear()
         bad = sum(1 for r in preview.rows if r.error)
         text = f"Detected: {preview.describe()}"
         if bad:
@@ -308,7 +331,7 @@ class ImportDialog(QDialog):
     @Slot(object)
     def on_imported(self, result: Any) -> None:
         self.progress.hide()
-        self.imported.emit(result.name)
+        self.imported.emit(result)
         self.accept()
 
     @Slot(object)

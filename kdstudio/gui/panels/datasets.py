@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -21,9 +20,11 @@ from PySide6.QtWidgets import (
 )
 
 from kdstudio.data import store
+from kdstudio.data.importer import plural, reasons
 from kdstudio.gui import file_dialogs
 from kdstudio.gui import settings as gui_settings
 from kdstudio.gui.panels.base import Panel
+from kdstudio.gui.plots import HistogramPlot
 from kdstudio.gui.table_models import Column, LazyTableModel
 from kdstudio.gui.widgets import (
     Card,
@@ -36,6 +37,7 @@ from kdstudio.gui.widgets import (
     row_table,
 )
 
+HIST_COLOUR = "#4c8bf5"
 FILE_FILTER = "Datasets (*.jsonl *.ndjson *.json *.csv *.tsv *.parquet *.pq);;All files (*)"
 
 ROW_COLUMNS = [
@@ -115,12 +117,10 @@ class DatasetsPanel(Panel):
         self.stats_card = Card("Stats")
         self.stats_form = QFormLayout()
         self.stats_card.body.addLayout(self.stats_form)
-        self.hist = pg.PlotWidget(background=self.palette().color(self.backgroundRole()))
-        self.hist.setMinimumHeight(150)
-        self.hist.setMaximumHeight(200)
-        self.hist.getPlotItem().setTitle("prompt length (chars)", size="9pt")
-        self.hist.getPlotItem().hideAxis("left")
-        self.hist.setMouseEnabled(False, False)
+        self.hist = HistogramPlot("Rows by length", "characters")
+        self.hist.setMinimumHeight(170)
+        self.hist.setMaximumHeight(220)
+        self.hist.set_empty_text("no rows")
         self.stats_card.body.addWidget(self.hist)
         self.stats_card.body.addStretch(1)
         self.stats_card.setMinimumWidth(250)
@@ -238,11 +238,16 @@ class DatasetsPanel(Panel):
     def show_stats(self, info) -> None:
         while self.stats_form.rowCount():
             self.stats_form.removeRow(0)
-        self.hist.clear()
         if info is None:
+            self.hist.set_buckets([], 0, 0, HIST_COLOUR)
             return
         s = info.stats or {}
         chars = s.get("chars", {})
+        about = "" if chars.get("exact") else "~"  # stats stored before 0.2: bucket bounds
+
+        def q(name: str) -> str:
+            return f"{about}{chars.get(name, 0):,}"
+
         rows = [
             ("Rows", fmt_count(info.n_rows)),
             ("Format", info.format or "?"),
@@ -250,11 +255,9 @@ class DatasetsPanel(Panel):
             ("With system prompt", fmt_count(s.get("with_system"))),
             ("With reference", fmt_count(s.get("with_reference"))),
             ("Multi-turn", fmt_count(s.get("multi_turn"))),
-            ("Chars mean / p50", f"{chars.get('mean', 0):,} / {chars.get('p50', 0):,}"),
-            (
-                "p90 / p99 / max",
-                f"{chars.get('p90', 0):,} / {chars.get('p99', 0):,} / {chars.get('max', 0):,}",
-            ),
+            ("Chars min / max", f"{chars.get('min', 0):,} / {chars.get('max', 0):,}"),
+            ("Chars mean / p50", f"{chars.get('mean', 0):,} / {q('p50')}"),
+            ("p90 / p99", f"{q('p90')} / {q('p99')}"),
             ("≈ tokens", fmt_count(s.get("approx_tokens"))),
             ("Duplicates", fmt_count(s.get("duplicates"))),
             ("Skipped rows", fmt_count(s.get("skipped"))),
@@ -266,19 +269,10 @@ class DatasetsPanel(Panel):
             v.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             v.setWordWrap(True)
             self.stats_form.addRow(label, v)
-        hist = s.get("length_histogram") or []
-        if hist:
-            heights = [h[2] for h in hist]
-            bars = pg.BarGraphItem(
-                x=list(range(len(hist))), height=heights, width=0.8, brush="#4c8bf5"
-            )
-            self.hist.addItem(bars)
-            ticks = [
-                (i, f"{h[1]:,}" if h[1] < 10_000 else f"{h[1] // 1000}k")
-                for i, h in enumerate(hist)
-            ]
-            step = max(1, len(ticks) // 5)
-            self.hist.getPlotItem().getAxis("bottom").setTicks([ticks[::step]])
+        buckets = [
+            (store.length_bucket(lo), lo, k) for lo, _hi, k in s.get("length_histogram") or []
+        ]
+        self.hist.set_buckets(buckets, chars.get("min", 0), chars.get("max", 0), HIST_COLOUR)
 
     # -- import --------------------------------------------------------------------------
     @Slot()
@@ -320,19 +314,24 @@ class DatasetsPanel(Panel):
         self.importer = dialog
         if len(files) > 1:
             self.message.show_message(
-                f"Importing {files[0].name}; drop the other {len(files) - 1} file(s) one at a time.",
+                f"Importing {files[0].name}; drop the other {plural(len(files) - 1, 'file')} one at a time.",
                 "info",
             )
 
-    @Slot(str)
-    def on_imported(self, name: str) -> None:
-        self.dataset = name
+    @Slot(object)
+    def on_imported(self, result) -> None:
+        """Show the new dataset, and say what was left out and why (line by line)."""
+        self.dataset = result.name
         self.refresh()
-        self.select_dataset(name)
-        info = store.get_dataset(self.ws, name)
-        skipped = info.stats.get("skipped", 0)
-        note = f"; {skipped} row(s) skipped" if skipped else ""
-        self.message.show_message(
-            f"Imported {fmt_count(info.n_rows)} rows as {name!r}{note}.", "success"
-        )
+        self.select_dataset(result.name)
+        text = f"Imported {plural(result.n_rows, 'row')} as {result.name!r}."
+        level = "success"
+        if result.skipped:
+            why = "; ".join(
+                f"{reason} ({n}×)" if n > 1 else reason
+                for reason, n in reasons(result.skipped).most_common(3)
+            )
+            text += f" {result.describe_skipped().capitalize()} ({why})."
+            level = "warning"
+        self.message.show_message(text, level)
         self.workspace_changed.emit()

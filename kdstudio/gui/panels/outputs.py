@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from kdstudio.collect import store as outputs
+from kdstudio.data.importer import plural
 from kdstudio.formatting import usd
 from kdstudio.gui import file_dialogs
 from kdstudio.gui.panels.base import Panel
@@ -44,8 +46,18 @@ def _conf(item: outputs.Item) -> str:
     return f"{item.confidence:.2f}" if item.confidence is not None else ""
 
 
+def _response(item: outputs.Item) -> str:
+    """The answer, or for a failed request what went wrong (never as if it were one)."""
+    if item.status == "done":
+        return item.response or ""
+    if item.status == "failed":
+        return f"error: {item.error or 'unknown'}"
+    return ""
+
+
 COLUMNS = [
     Column("#", lambda i: i.idx, align_right=True),
+    Column("Sample", lambda i: i.sample, align_right=True),  # shown when there are several
     Column("State", lambda i: i.status, colour=lambda i: STATE_COLOURS.get(i.status)),
     Column(
         "Review",
@@ -55,15 +67,18 @@ COLUMNS = [
     Column("Prompt", lambda i: i.prompt, tooltip=True, max_chars=120),
     Column(
         "Response",
-        lambda i: i.response if i.status == "done" else (i.error or ""),
+        _response,
         tooltip=True,
         max_chars=160,
+        colour=lambda i: STATE_COLOURS["failed"] if i.status == "failed" else None,
     ),
     Column("Out tokens", lambda i: i.completion_tokens or None, align_right=True),
     Column("Confidence", _conf, align_right=True),
     Column("Cost", lambda i: usd(i.cost) if i.cost else "", align_right=True),
 ]
 ANY = "any"
+SAMPLE_COLUMN = 1
+RESPONSE_COLUMN = 5
 
 
 class OutputsPanel(Panel):
@@ -76,6 +91,8 @@ class OutputsPanel(Panel):
         self.collection: str | None = None
         self.detail: outputs.ItemDetail | None = None
         self._counts: tuple[dict[str, int], int] | None = None  # (reviews, items) shown
+        self._filters: dict[str, dict[str, object]] = {}  # each collection's search, filters
+        self._reselecting = False
 
         self.collection_box = QComboBox()
         self.collection_box.setMinimumWidth(180)
@@ -137,10 +154,10 @@ class OutputsPanel(Panel):
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        for i, w in enumerate((44, 60, 80, 220, 300, 84, 84, 76)):
+        for i, w in enumerate((44, 56, 60, 80, 220, 300, 84, 84, 76)):
             self.table.setColumnWidth(i, w)
         header.setStretchLastSection(False)
-        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(RESPONSE_COLUMN, QHeaderView.ResizeMode.Stretch)
         self.table.selectionModel().selectionChanged.connect(self.on_selection_changed)
         self.count_label = QLabel()
 
@@ -155,7 +172,8 @@ class OutputsPanel(Panel):
         self.detail_info = QLabel()
         self.detail_info.setWordWrap(True)
         self.legend = hint(
-            "Shaded tokens: the teacher was unsure (orange < 90 %, red < 50 %). Hover a token for its alternatives."
+            "Shaded tokens: the teacher was unsure (orange < 90 %, red < 50 %); ∎ marks a special "
+            "token such as the end of the turn. Hover a token for its alternatives."
         )
         self.accept_button = QPushButton("Accept (A)")
         self.reject_button = QPushButton("Reject (R)")
@@ -221,9 +239,15 @@ class OutputsPanel(Panel):
             sc = QShortcut(QKeySequence(key), self.table)
             sc.setContext(Qt.ShortcutContext.WidgetShortcut)
             sc.activated.connect(slot)
+        for keys in ("Ctrl+Return", "Ctrl+Enter"):  # the editor's own: save the edit
+            save = QShortcut(QKeySequence(keys), self.editor)
+            save.setContext(Qt.ShortcutContext.WidgetShortcut)
+            save.activated.connect(self.save_edit)
+        self.save_edit_button.setToolTip("Save the edited answer (Ctrl+Enter)")
         find = QShortcut(QKeySequence.StandardKey.Find, self)
         find.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         find.activated.connect(self.search.setFocus)
+        self._default_filter = self.filter_state()
         self.show_item(None)
 
     @staticmethod
@@ -253,6 +277,7 @@ class OutputsPanel(Panel):
             self.collection_box.setCurrentText(current)
         self.collection_box.blockSignals(False)
         if not names:
+            self.leave_edit(can_stay=False)
             self.collection = None
             self.model.clear()
             self.count_label.setText("")
@@ -262,8 +287,10 @@ class OutputsPanel(Panel):
             return
         if self.message.text.startswith("No collections"):
             self.message.clear()
-        self.collection = current
-        self.apply_filter()
+        if current != self.collection:
+            self.switch_collection(current)
+        else:
+            self.apply_filter()
 
     def workspace_updated(self) -> None:
         """Rows another process stored show up; the selection, the scroll position and an
@@ -296,14 +323,70 @@ class OutputsPanel(Panel):
             self.on_selection_changed()
 
     def show_collection(self, name: str) -> None:
-        self.collection = name
+        self.collection_box.setCurrentText(name)
         self.refresh()
+        if name != self.collection:
+            self.switch_collection(name)
 
     @Slot(str)
     def on_collection_chosen(self, name: str) -> None:
         if name and name != self.collection:
-            self.collection = name
-            self.apply_filter()
+            self.switch_collection(name)
+
+    def switch_collection(self, name: str) -> None:
+        """Show another collection with its own search and filters (as it left them)."""
+        if not self.leave_edit(can_stay=False):
+            return
+        if self.collection:
+            self._filters[self.collection] = self.filter_state()
+        self.collection = name
+        self.set_filter_state(self._filters.get(name, self._default_filter))
+        if self.collection_box.currentText() != name:
+            self.collection_box.blockSignals(True)
+            self.collection_box.setCurrentText(name)
+            self.collection_box.blockSignals(False)
+        samples = outputs.get_collection(self.ws, name).params.get("samples", 1)
+        self.table.setColumnHidden(SAMPLE_COLUMN, samples <= 1)
+        self.apply_filter()
+
+    def _filter_widgets(self) -> dict[str, QWidget]:
+        return {
+            "search": self.search,
+            "state": self.state,
+            "review": self.review,
+            "logprobs": self.logprobs,
+            "min_chars": self.min_chars,
+            "max_chars": self.max_chars,
+            "min_conf": self.min_conf,
+            "max_conf": self.max_conf,
+            "order": self.order,
+        }
+
+    def filter_state(self) -> dict[str, object]:
+        """The search text and every filter, as the widgets show them."""
+        state: dict[str, object] = {}
+        for key, w in self._filter_widgets().items():
+            if isinstance(w, QLineEdit):
+                state[key] = w.text()
+            elif isinstance(w, QComboBox):
+                state[key] = w.currentIndex()
+            else:
+                state[key] = w.value()
+        return state
+
+    def set_filter_state(self, state: dict[str, object]) -> None:
+        """Put a collection's search and filters back, without a query per widget."""
+        for key, w in self._filter_widgets().items():
+            if isinstance(w, QLineEdit):  # its own signals too (the clear button follows)
+                w.setText(str(state[key]))
+                continue
+            w.blockSignals(True)
+            if isinstance(w, QComboBox):
+                w.setCurrentIndex(int(state[key]))
+            else:
+                w.setValue(state[key])
+            w.blockSignals(False)
+        self._debounce.stop()  # the search text's change: one query, by the caller
 
     def current_filter(self) -> outputs.ItemFilter:
         lp = self.logprobs.currentIndex()
@@ -323,6 +406,7 @@ class OutputsPanel(Panel):
     def apply_filter(self) -> None:
         if self.ws is None or not self.collection:
             return
+        self.leave_edit(can_stay=False)  # the rows are about to change under it
         ws, name, filt = self.ws, self.collection, self.current_filter()
 
         def fetch(offset: int, limit: int):
@@ -361,9 +445,61 @@ class OutputsPanel(Panel):
 
     @Slot()
     def on_selection_changed(self) -> None:
+        if self._reselecting:
+            return
         rows = self.selected_rows()
+        chosen = self.model.row(rows[0]) if len(rows) == 1 else None
+        editing = self.detail.item if self.detail is not None else None
+        leaving = editing is not None and (
+            chosen is None or (chosen.row_id, chosen.sample) != (editing.row_id, editing.sample)
+        )
+        if leaving and not self.leave_edit(can_stay=True):
+            self.reselect(editing)  # "Cancel": back to the answer being edited
+            return
+        self.show_item(chosen, many=len(rows))
+
+    def reselect(self, item: outputs.Item) -> None:
+        """Select `item`'s row again without treating it as a new choice."""
+        self._reselecting = True
+        try:
+            for i, row in enumerate(self.model.rows):
+                if (row.row_id, row.sample) == (item.row_id, item.sample):
+                    self.table.selectRow(i)
+                    break
+        finally:
+            self._reselecting = False
+
+    def edit_pending(self) -> bool:
+        """Whether the editor holds a change not saved yet."""
+        return (
+            self.response_stack.currentWidget() is self.editor
+            and self.detail is not None
+            and self.editor.toPlainText() != (self.detail.item.response or "")
+        )
+
+    def leave_edit(self, *, can_stay: bool) -> bool:
+        """Before an edited answer goes out of view: ask to save or discard it (or, when
+        `can_stay`, to stay on it). True when the caller may go on."""
+        if not self.edit_pending():
+            self.cancel_edit()
+            return True
+        it = self.detail.item
+        buttons = QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+        if can_stay:
+            buttons |= QMessageBox.StandardButton.Cancel
+        answer = QMessageBox.question(
+            self,
+            "Unsaved edit",
+            f"You edited the answer of row {it.idx} (sample {it.sample}). Save the edit?",
+            buttons,
+            QMessageBox.StandardButton.Save,
+        )
+        if answer == QMessageBox.StandardButton.Save:
+            self.store_edit(it, self.editor.toPlainText())
+        elif answer != QMessageBox.StandardButton.Discard:
+            return False
         self.cancel_edit()
-        self.show_item(self.model.row(rows[0]) if len(rows) == 1 else None, many=len(rows))
+        return True
 
     def show_item(self, item: outputs.Item | None, many: int = 0) -> None:
         for b in (self.accept_button, self.reject_button):
@@ -410,13 +546,16 @@ class OutputsPanel(Panel):
             )
         if it.status == "failed":
             facts.append(
-                f"<span style='color:#d23c3c'>error: {escape(it.error or 'unknown')}</span> after {it.attempts} attempt(s)"
+                f"<span style='color:{STATE_COLOURS['failed']}'>failed after "
+                f"{plural(it.attempts, 'attempt')}</span>"
             )
         self.detail_info.setText(" · ".join(facts))
-        if it.status != "done":
+        if it.status == "failed":
+            self.response_view.show_error(f"No answer: the request failed. {it.error or ''}")
+        elif it.status != "done":
             self.response_view.show_text("")
         elif d.logprobs is not None and not it.edited and len(d.logprobs):
-            self.response_view.show_tokens(d.logprobs)
+            self.response_view.show_tokens(d.logprobs, it.response or "")
             self.legend.show()
         else:
             self.response_view.show_text(it.response or "")
@@ -430,20 +569,18 @@ class OutputsPanel(Panel):
     def reject_selected(self) -> None:
         self.review_selected("rejected")
 
-    def review_selected(self, review: str, edited_text: str | None = None) -> None:
+    def review_selected(self, review: str) -> None:
         rows = [i for i in self.selected_rows() if self.model.row(i).status == "done"]
         if not rows or self.ws is None:
             return
         with self.ws.tx():
             for i in rows:
                 it = self.model.row(i)
-                outputs.set_review(
-                    self.ws, self.collection, it.row_id, it.sample, review, edited_text
-                )
+                outputs.set_review(self.ws, self.collection, it.row_id, it.sample, review)
         self.reload_rows(rows)
         self.update_counts()
         self.workspace_changed.emit()
-        if len(rows) == 1 and rows[0] + 1 < self.model.rowCount() and edited_text is None:
+        if len(rows) == 1 and rows[0] + 1 < self.model.rowCount():
             self.table.selectRow(rows[0] + 1)  # review the next one
         elif len(rows) == 1:
             self.show_item(self.model.row(rows[0]))
@@ -468,15 +605,35 @@ class OutputsPanel(Panel):
 
     @Slot()
     def save_edit(self) -> None:
-        if self.detail is None:
+        if self.detail is None or self.response_stack.currentWidget() is not self.editor:
             return
-        text = self.editor.toPlainText()
-        review = self.detail.item.review if self.detail.item.review != "pending" else "accepted"
-        self.review_selected(review, edited_text=text)
+        item = self.detail.item
+        self.store_edit(item, self.editor.toPlainText())
         self.cancel_edit()
-        rows = self.selected_rows()
-        if rows:
-            self.show_item(self.model.row(rows[0]))
+        row = self.row_of(item)
+        if row is not None:
+            self.show_item(self.model.row(row))
+
+    def store_edit(self, item: outputs.Item, text: str) -> None:
+        """Save an edited answer of `item` (accepted unless already reviewed); the row
+        shows it whether or not it is still selected."""
+        review = item.review if item.review != "pending" else "accepted"
+        outputs.set_review(self.ws, self.collection, item.row_id, item.sample, review, text)
+        row = self.row_of(item)
+        if row is not None:
+            self.reload_rows([row])
+        self.update_counts()
+        self.workspace_changed.emit()
+
+    def row_of(self, item: outputs.Item) -> int | None:
+        return next(
+            (
+                i
+                for i, row in enumerate(self.model.rows)
+                if (row.row_id, row.sample) == (item.row_id, item.sample)
+            ),
+            None,
+        )
 
     @Slot()
     def cancel_edit(self) -> None:
@@ -513,6 +670,6 @@ class OutputsPanel(Panel):
         """Write the selected finished outputs as chat JSONL (prompt turns + the answer)."""
         keys = [(it.row_id, it.sample) for it in self.selected_items() if it.status == "done"]
         n = outputs.export_items(self.ws, self.collection, path, keys=keys)
-        self.message.show_message(f"Exported {n} output(s) to {path}.", "success")
+        self.message.show_message(f"Exported {plural(n, 'output')} to {path}.", "success")
         self.selection_exported.emit(str(path))
         return n

@@ -6,10 +6,10 @@ torchrun shows up and updates live: a timer tails `ws.metrics(run_id, after_rowi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from kdstudio import evaluate as ev
 from kdstudio import trackers
+from kdstudio.data import store
 from kdstudio.distill import runs
 from kdstudio.errors import UserError
 from kdstudio.events import Progress
@@ -55,8 +56,21 @@ def _total(run: runs.Run) -> Any:
     return run.summary.get("total_steps") or (run.config.get("optim", {}).get("max_steps") or None)
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:.4f}" if isinstance(x, (int, float)) else ""
+@dataclass(frozen=True)
+class RunRow:
+    """A run as the table shows it: its record and the latest value of each metric, read by
+    the one function `kdstudio runs list` reads them with (`runs.latest_metrics`), so a
+    running run shows the same loss in both at the same moment."""
+
+    run: runs.Run
+    latest: dict[str, tuple[int, float]]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.run, name)
+
+    def metric(self, name: str) -> str:
+        """As `runs list` prints it (4 decimals), or nothing before the first value."""
+        return f"{self.latest[name][1]:.4f}" if name in self.latest else ""
 
 
 RUN_COLUMNS = [
@@ -69,11 +83,11 @@ RUN_COLUMNS = [
         lambda r: f"{r.step:,}" + (f" / {_total(r):,}" if _total(r) else ""),
         align_right=True,
     ),
-    Column("Loss", lambda r: _fmt(r.summary.get("loss")), align_right=True),
-    Column("Eval loss", lambda r: _fmt(r.summary.get("eval_loss")), align_right=True),
+    Column("Loss", lambda r: r.metric("loss"), align_right=True),
+    Column("Eval loss", lambda r: r.metric("eval_loss"), align_right=True),
     Column("GPUs", lambda r: r.world_size, align_right=True),
     Column("Updated", lambda r: fmt_time(r.updated_at)),
-    Column("Error", lambda r: r.error or "", tooltip=True),
+    Column("Error", lambda r: r.error or "", tooltip=True),  # elided to the width left
 ]
 
 
@@ -82,8 +96,25 @@ def _score(item: Any, side: str) -> str:
     return "" if value is None else f"{value:.3f}"  # as the summary shows them
 
 
+@dataclass(frozen=True)
+class EvalRow:
+    """A held-out prompt of an evaluation with the dataset row it came from (its system
+    turn, earlier turns and reference answer); `row` is None when that row is gone."""
+
+    item: ev.EvalItem
+    row: store.DatasetRow | None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.item, name)
+
+    @property
+    def system(self) -> str:
+        return (self.row.system or "") if self.row else ""
+
+
 EVAL_COLUMNS = [
     Column("#", lambda it: it.idx, align_right=True),
+    Column("System", lambda it: it.system, tooltip=True, max_chars=60),
     Column("Prompt", lambda it: it.prompt, tooltip=True, max_chars=80),
     Column("Teacher", lambda it: it.teacher, tooltip=True, max_chars=60),
     Column("Student before", lambda it: it.student_before, tooltip=True, max_chars=60),
@@ -113,7 +144,15 @@ class RunsPanel(Panel):
         self.model = ListTableModel(RUN_COLUMNS)
         self.table = row_table(self.model, Selection.ExtendedSelection)
         self.table.setAlternatingRowColors(True)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        # Every column as wide as its longest value (a running run's "1,200 / 1,200"
+        # included, as it grows); the error takes what is left, elided, whole in a tooltip.
+        header = self.table.horizontalHeader()
+        for i, column in enumerate(RUN_COLUMNS):
+            mode = QHeaderView.ResizeMode.ResizeToContents
+            header.setSectionResizeMode(
+                i, QHeaderView.ResizeMode.Stretch if column.tooltip else mode
+            )
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.selectionModel().selectionChanged.connect(self.on_selection_changed)
 
         self.resume_button = QPushButton("Resume")
@@ -168,7 +207,7 @@ class RunsPanel(Panel):
         buttons.addWidget(self.job_label, 1)
         self.cancel_button.hide()
 
-        self.board = PlotBoard(overlay=True)
+        self.board = PlotBoard(overlay=True, settings_key="runs")
         self.board_hint = hint(
             "Select one or more runs to overlay their curves. Running runs (also ones started from the CLI or torchrun) update live."
         )
@@ -283,7 +322,7 @@ class RunsPanel(Panel):
         if self.ws is None:
             return
         selected = {r.name for r in self.selected_runs()}
-        all_runs = runs.list_runs(self.ws)
+        all_runs = [RunRow(r, runs.latest_metrics(self.ws, r.id)) for r in runs.list_runs(self.ws)]
         old = [r.name for r in self.model.rows]
         if old == [r.name for r in all_runs]:
             for i, r in enumerate(all_runs):
@@ -291,7 +330,6 @@ class RunsPanel(Panel):
                     self.model.replace_row(i, r)
         else:
             self.model.set_rows(all_runs)
-            self.table.resizeColumnsToContents()
             for i, r in enumerate(all_runs):
                 if r.name in selected:
                     self.table.selectionModel().select(
@@ -309,7 +347,7 @@ class RunsPanel(Panel):
             self.message.clear()
         self.update_buttons()
 
-    def selected_runs(self) -> list[runs.Run]:
+    def selected_runs(self) -> list[RunRow]:
         return [self.model.row(i.row()) for i in self.table.selectionModel().selectedRows()]
 
     def select_run(self, name: str) -> None:
@@ -322,19 +360,27 @@ class RunsPanel(Panel):
         chosen = self.selected_runs()
         ids = [r.id for r in chosen]
         if ids != self._shown:
-            self._shown = ids
-            self.board.clear()
-            self.board.overlay = len(chosen) > 1  # one run: a colour per metric
-            self._tail = {}
-            for r in chosen:
-                self.board.set_run_label(str(r.id), r.name if len(chosen) > 1 else "")
-                self.board.set_run_method(str(r.id), r.method)
-            self.tail()
-            gpu = self.board.plot_for("gpu_mem_gb")
-            if gpu is not None and chosen and self.board.point_count("gpu_mem_gb") == 0:
-                gpu.set_empty_text("no GPU: CPU runs")
+            self.show_curves(chosen)
         self.fill_evaluations()
         self.update_buttons()
+
+    def show_curves(self, chosen: list[RunRow]) -> None:
+        """Curves of the chosen runs: one run in a colour per metric, several in a colour
+        per run. Adding a run loads only that run; removing one takes only its curves away."""
+        wanted = {r.id for r in chosen}
+        for run_id in [i for i in self._shown if i not in wanted]:
+            self.board.remove_run(str(run_id))
+            self._tail.pop(run_id, None)
+        for r in chosen:
+            self.board.set_run_label(str(r.id), r.name)
+            if r.id not in self._tail:
+                self.board.set_run_method(str(r.id), r.method)
+        self.board.overlay = len(chosen) > 1
+        self._shown = [r.id for r in chosen]
+        self.tail()
+        gpu = self.board.plot_for("gpu_mem_gb")
+        if gpu is not None and chosen and self.board.point_count("gpu_mem_gb") == 0:
+            gpu.set_empty_text("no GPU: CPU runs")
 
     def update_buttons(self) -> None:
         chosen = self.selected_runs()
@@ -356,16 +402,9 @@ class RunsPanel(Panel):
         if self.ws is None or not self.isVisible() and self._tail:
             return
         for run_id in self._shown:
-            rows = self.ws.metrics(run_id, after_rowid=self._tail.get(run_id, 0))
-            if not rows:
-                continue
-            self._tail[run_id] = rows[-1]["rowid"]
-            by_name: dict[str, list[tuple[int, float]]] = {}
-            for r in rows:
-                by_name.setdefault(r["name"], []).append((r["step"], r["value"]))
-            for name, points in by_name.items():
-                arr = np.asarray(points, dtype=float)
-                self.board.add_history(str(run_id), name, arr[:, 0], arr[:, 1])
+            self._tail[run_id] = self.board.load_stored(
+                self.ws, run_id, str(run_id), self._tail.get(run_id, 0)
+            )
         if self.isVisible():
             self.refresh()  # statuses and steps of runs other processes write
 
@@ -523,8 +562,12 @@ class RunsPanel(Panel):
             )
             return
         e = ev.get_evaluation(self.ws, eval_id)
+        items = ev.eval_items(self.ws, eval_id)
+        rows = store.rows_by_id(self.ws, [it.row_id for it in items if it.row_id is not None])
         self.summary_view.setHtml(summary_html(e))
-        self.items_model.set_rows(ev.eval_items(self.ws, eval_id))
+        self.items_model.set_rows([EvalRow(it, rows.get(it.row_id)) for it in items])
+        # a System column only when some prompt has a system turn
+        self.items_table.setColumnHidden(1, not any(r.system for r in self.items_model.rows))
         if self.items_model.rowCount():
             self.items_table.selectRow(0)
 
@@ -550,10 +593,27 @@ class RunsPanel(Panel):
                 )
             return f"<div style='white-space:pre-wrap'>{escape(text)}</div>{tail}"
 
-        self.side["prompt"].setHtml(block(it.prompt))
+        self.side["prompt"].setHtml(prompt_html(it))
         self.side["teacher"].setHtml(block(it.teacher))
         self.side["before"].setHtml(block(it.student_before, m.get("before")))
         self.side["after"].setHtml(block(it.student_after, m.get("after")))
+
+
+def prompt_html(it: EvalRow) -> str:
+    """The prompt as the student saw it: the system turn and earlier turns before the
+    question, and the dataset's reference answer when it has one."""
+    turns = it.row.messages if it.row else [{"role": "user", "content": it.prompt}]
+    parts = [
+        f"<p><b>{escape(m.get('role', ''))}</b><br>"
+        f"<span style='white-space:pre-wrap'>{escape(str(m.get('content', '')))}</span></p>"
+        for m in turns
+    ]
+    if it.row and it.row.reference:
+        parts.append(
+            "<p style='color:gray'><b>reference answer (from the dataset)</b><br>"
+            f"<span style='white-space:pre-wrap'>{escape(it.row.reference)}</span></p>"
+        )
+    return "".join(parts)
 
 
 def summary_html(e: ev.Evaluation) -> str:

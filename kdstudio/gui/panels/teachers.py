@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 
 from kdstudio import secrets
 from kdstudio.config import TeacherConfig
+from kdstudio.data.importer import plural
 from kdstudio.errors import UserError
 from kdstudio.gui import file_dialogs
 from kdstudio.gui.panels.base import Panel
@@ -175,6 +176,7 @@ class TeacherDialog(QDialog):
         key_box.addWidget(self.key_none)
         if not keyring_ok:
             key_box.addWidget(hint("No working OS keyring was found: use an environment variable."))
+        self.key_box = key_box
         form.addRow("API key", key_box)
         form.addRow("Input price", self.price_in)
         form.addRow("Output price", self.price_out)
@@ -227,7 +229,9 @@ class TeacherDialog(QDialog):
     @Slot()
     def update_visibility(self) -> None:
         remote = self.kind.currentData() == "openai"
-        for widget in (self.base_url, self.model_row, self.preset, self.preset_info):
+        # A local model needs no endpoint, preset, key or price: only its folder.
+        rows = (self.base_url, self.model_row, self.preset, self.preset_info, self.key_box)
+        for widget in (*rows, self.price_in, self.price_out):
             self.form.setRowVisible(widget, remote)
         self.form.setRowVisible(self.models_status, remote and bool(self.models_status.text()))
         self.form.setRowVisible(self.path_row, not remote)
@@ -362,8 +366,8 @@ class TeacherDialog(QDialog):
             key_source=self.key_source() if remote else "none",
             key_env=self.env_name.text().strip() if self.key_env.isChecked() else None,
             headers=previous.headers if previous else {},
-            price_in=self.price_in.value(),
-            price_out=self.price_out.value(),
+            price_in=self.price_in.value() if remote else 0.0,  # a local model costs nothing
+            price_out=self.price_out.value() if remote else 0.0,
             capabilities=previous.capabilities if previous else None,
         )
 
@@ -390,6 +394,7 @@ class TeacherDialog(QDialog):
 class TeachersPanel(Panel):
     title = "Teachers"
     key = "teachers"
+    window_actions = (("&Add a teacher…", "Ctrl+N", "add_teacher"),)
     teachers_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -413,7 +418,6 @@ class TeachersPanel(Panel):
         self.table.selectionModel().selectionChanged.connect(self.show_selected)
 
         self.add_button = QPushButton("Add teacher…")
-        self.add_shortcut("Ctrl+N", self.add_teacher)
         self.add_button.setToolTip("Add a teacher (Ctrl+N)")
         self.edit_button = QPushButton("Edit…")
         self.remove_button = QPushButton("Remove")
@@ -475,7 +479,7 @@ class TeachersPanel(Panel):
                 if t.name == selected.name:
                     self.table.selectRow(i)
         self.update_buttons()
-        self.status_changed.emit(f"{len(teachers)} teacher(s)")
+        self.status_changed.emit(plural(len(teachers), "teacher"))
 
     def teachers(self) -> list[TeacherConfig]:
         return list(self.model.rows)

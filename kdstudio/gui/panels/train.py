@@ -14,12 +14,12 @@ are shown and copyable, and the TOML is saved with every run started here.
 from __future__ import annotations
 
 import html
+import json
 import shlex
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 
 from kdstudio.collect import store as outputs
 from kdstudio.config import dumps_toml
+from kdstudio.data.importer import plural
 from kdstudio.distill import runs
 from kdstudio.distill.config import (
     DataConfig,
@@ -57,6 +58,7 @@ from kdstudio.events import Failed, Finished, Log, Metrics, Progress
 from kdstudio.events import Warning as WarningEvent
 from kdstudio.formatting import duration
 from kdstudio.gui import file_dialogs
+from kdstudio.gui import settings as gui_settings
 from kdstudio.gui.config_form import SectionForm
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
@@ -66,6 +68,7 @@ from kdstudio.gui.widgets import Card, hint
 from kdstudio.gui.workers import Job
 from kdstudio.resume import run_conflicts, stopped_runs
 
+FORM_SETTING = "train/form"  # the form's values (JSON), restored when the window opens
 LOSS_BG = "#cdeccd"
 LOSS_BG_DARK = "#1f5a2a"
 TRAIN_PROGRESS_HZ = 2.0  # progress bar and label updates a second while training
@@ -115,9 +118,29 @@ def student_sees_html(preview: Any, dark: bool) -> str:
     return f'<div style="font-family:monospace; white-space:pre-wrap">{"".join(parts)}</div>'
 
 
+def _total_steps(run: runs.Run) -> int | None:
+    """The steps a run is configured for (known once it started, or set in its config)."""
+    total = run.summary.get("total_steps") or run.config.get("optim", {}).get("max_steps")
+    return int(total) if total else None
+
+
+def log_line(kind: str, event: dict[str, Any]) -> str | None:
+    """The run log's line for an event, live or as the workspace stored it; None for
+    events that are not log lines (progress, metrics)."""
+    if kind in ("Log", "Finished"):
+        return event.get("message", "")
+    if kind == "Warning":
+        where = f" ({event['where']})" if event.get("where") else ""
+        return f"⚠ {event.get('message', '')}{where}"
+    if kind == "Failed":
+        return ("stopped: " if event.get("cancelled") else "failed: ") + event.get("message", "")
+    return None
+
+
 class TrainPanel(Panel):
     title = "Train"
     key = "train"
+    window_actions = (("&Stop training", "Ctrl+.", "stop"),)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -203,7 +226,6 @@ class TrainPanel(Panel):
         self.start_button.setToolTip("Start a run with this config (Ctrl+Enter)")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Finish the current step, save a checkpoint and stop (Ctrl+.)")
-        self.add_shortcut("Ctrl+.", self.stop)
         self.resume_box = QComboBox()
         self.resume_box.setMinimumWidth(220)
         self.resume_button = QPushButton("Resume…")
@@ -224,9 +246,11 @@ class TrainPanel(Panel):
         controls.addWidget(self.resume_button)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
+        self.progress.setRange(0, OptimConfig().max_steps or 1)  # set from the form below
         self.progress.setValue(0)
         self.progress_label = QLabel("No run yet.")
-        self.board = PlotBoard()
+        self.progress_label.setWordWrap(True)  # a long reason wraps, never widens the panel
+        self.board = PlotBoard(settings_key="train")
 
         # -- bottom tabs: what the student sees, pre-flight/log, CLI ----------------------
         self.example_index = QSpinBox()
@@ -309,6 +333,7 @@ class TrainPanel(Panel):
         self._cli_timer.setInterval(200)
         self._cli_timer.timeout.connect(self.update_cli)
         self._cli_timer.timeout.connect(self.check_conflict)
+        self.restore_form()
         self.update_method_fields()
         self.update_buttons()
 
@@ -400,8 +425,20 @@ class TrainPanel(Panel):
         name = config.run.name or f"{config.data.collection or 'run'}"
         return (self.ws.root / "configs" if self.ws else Path("configs")) / f"{name}.toml"
 
+    def restore_form(self) -> None:
+        """The form as it was when the window last closed (or last changed)."""
+        saved = gui_settings.settings().value(FORM_SETTING)
+        if not saved:
+            return
+        try:
+            data = json.loads(saved)
+        except (TypeError, ValueError):
+            return  # an unreadable setting: the defaults it is
+        self.set_config(data)
+
     @Slot()
     def update_cli(self) -> None:
+        gui_settings.settings().setValue(FORM_SETTING, json.dumps(self.config_dict()))
         try:
             config = self.build_config()
         except UserError as exc:
@@ -410,10 +447,26 @@ class TrainPanel(Panel):
             return
         self.toml_view.setPlainText(self.toml_text(config))
         self.command_view.setText(self.command_for(self.config_path(config)))
+        if self.run_name is None:  # nothing run or shown yet: the steps the form sets
+            self.show_steps(0, config.optim.max_steps or None, running=False)
+
+    def write_config(self, config: TrainConfig) -> Path:
+        """Write the TOML the command names (workspace/configs/<run>.toml) and show the
+        command; what is copied or started always exists on disk."""
+        path = self.config_path(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.toml_text(config), encoding="utf-8")
+        self.command_view.setText(self.command_for(path))
+        return path
 
     @Slot()
     def copy_command(self) -> None:
+        config = self._checked_config()
+        if config is None:
+            return
+        path = self.write_config(config)
         QGuiApplication.clipboard().setText(self.command_view.text())
+        self.message.show_message(f"Copied the command; its config is saved as {path}.", "info")
 
     @Slot()
     def copy_toml(self) -> None:
@@ -550,8 +603,7 @@ class TrainPanel(Panel):
         summary = "Pre-flight passed (" + ", ".join(facts) + ")"
         if report.notes:
             self.message.show_message(
-                f"{summary} with {len(report.notes)} warning"
-                f"{'s' * (len(report.notes) > 1)}: {report.notes[0]}",
+                f"{summary} with {plural(len(report.notes), 'warning')}: {report.notes[0]}",
                 "warning",
             )
         else:
@@ -566,10 +618,7 @@ class TrainPanel(Panel):
         if config is None or self.running_training() or self.check_conflict():
             return None
         config = config.resolved()
-        path = self.config_path(config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.toml_text(config), encoding="utf-8")
-        self.command_view.setText(self.command_for(path))
+        self.write_config(config)
         ws = self.ws
 
         def train(sink, cancel):
@@ -577,7 +626,13 @@ class TrainPanel(Panel):
 
             return run_training(Trainer(config, ws, sink, cancel))
 
-        return self._launch(config.run.name, train, history=False, method=config.distill.method)
+        return self._launch(
+            config.run.name,
+            train,
+            history=False,
+            method=config.distill.method,
+            total=config.optim.max_steps or None,
+        )
 
     def resume_run(self, name: str) -> Job | None:
         """Continue run `name` from its last checkpoint, with its stored settings."""
@@ -593,7 +648,9 @@ class TrainPanel(Panel):
             return run_training(Trainer.for_resume(ws, name, sink, cancel))
 
         self.leave_resume_mode()
-        return self._launch(name, train, history=True, method=run.method)
+        return self._launch(
+            name, train, history=True, method=run.method, total=_total_steps(run), step=run.step
+        )
 
     @Slot()
     def resume_selected(self) -> None:
@@ -675,15 +732,26 @@ class TrainPanel(Panel):
             if hasattr(widget, "selectAll"):
                 widget.selectAll()
 
-    def _launch(self, name: str, fn, *, history: bool, method: str) -> Job:
+    def _launch(
+        self,
+        name: str,
+        fn,
+        *,
+        history: bool,
+        method: str,
+        total: int | None,
+        step: int = 0,
+    ) -> Job:
         self.run_name = name
         self.board.clear()
         self.board.set_run_method("", method)
+        self.log.clear()
         if history and self.ws is not None:
             self.load_history(name)
-        self.log.clear()
+            self.load_log(name)  # what the run said before, in this window or another
+            self.log.appendPlainText(f"— resuming {name} from step {step:,} —")
         self.message.clear()
-        self.progress.setValue(0)
+        self.show_steps(step, total)
         self.progress_label.setText(f"Run {name}: setting up (loading the data and the student)…")
         self._t0, self._step0 = time.monotonic(), None
         # A few progress updates a second read as live, and each costs a repaint of the
@@ -699,6 +767,21 @@ class TrainPanel(Panel):
         self.status_changed.emit(f"training {name}")
         return job
 
+    def show_steps(self, step: int, total: int | None, *, running: bool = True) -> None:
+        """The step bar: `step` of the configured steps (never Qt's default "of 100").
+        Unknown totals (a run by epochs counts its steps once the data is loaded) show
+        busy while running and say so when idle."""
+        self.progress.setFormat("%v / %m steps")
+        if total:
+            self.progress.setRange(0, total)
+            self.progress.setValue(min(step, total))
+        elif running:
+            self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.progress.setFormat("steps: counted from the epochs at the start")
+
     def show_run(self, name: str) -> None:
         """Show a stored run: its config in the form, its whole curves, where it ended."""
         if self.running_training() or self.ws is None:
@@ -709,19 +792,22 @@ class TrainPanel(Panel):
         self.board.clear()
         self.board.set_run_method("", run.method)
         self.load_history(name)
-        total = run.summary.get("total_steps") or run.step
-        self.progress.setMaximum(max(int(total or 1), 1))
-        self.progress.setValue(run.step)
-        self.progress_label.setText(
-            f"Run {name}: {run.status} at step {run.step:,} of {int(total or 0):,}."
-        )
+        self.log.clear()
+        self.load_log(name)
+        total = _total_steps(run) or run.step
+        self.show_steps(run.step, total)
+        self.progress_label.setText(f"Run {name}: {run.status} at step {run.step:,} of {total:,}.")
         self.note_missing_gpu()
 
     def load_history(self, name: str) -> None:
-        run = runs.get_run(self.ws, name)
-        for metric, points in runs.metric_series(self.ws, run.id).items():
-            arr = np.asarray(points, dtype=float)
-            self.board.add_history("", metric, arr[:, 0], arr[:, 1])
+        self.board.load_stored(self.ws, runs.get_run(self.ws, name).id)
+
+    def load_log(self, name: str) -> None:
+        """The run's log as the workspace keeps it (every line after the run was created)."""
+        for event in self.ws.events("train", str(runs.get_run(self.ws, name).id), limit=5000):
+            line = log_line(event["type"], event)
+            if line is not None:
+                self.log.appendPlainText(line)
 
     def _connect_events(self, job: Job, *, plots: bool) -> None:
         if plots:
@@ -729,8 +815,8 @@ class TrainPanel(Panel):
             job.sink.progressed.connect(self.on_progress)
         job.sink.logged.connect(self.on_log)
         job.sink.warned.connect(self.on_warning)
-        job.sink.job_finished.connect(self.on_finished_event)
-        job.sink.job_failed.connect(self.on_failed_event)
+        job.sink.job_finished.connect(self.on_log)
+        job.sink.job_failed.connect(self.on_log)
 
     def running_training(self) -> bool:
         return self.job is not None and self.job.running
@@ -769,7 +855,8 @@ class TrainPanel(Panel):
         rate = (event.done - self._step0) / max(now - self._t0, 1e-9)
         eta = (event.total - event.done) / rate if rate > 0 and event.total else None
         loss = event.extra.get("loss")
-        parts = [f"Run {self.run_name}: step {event.done:,} of {event.total or '?':,}"]
+        total = f"{event.total:,}" if event.total else "?"
+        parts = [f"Run {self.run_name}: step {event.done:,} of {total}"]
         if rate > 0:
             parts.append(f"{rate:.2f} steps/s")
             parts.append(f"ETA {duration(eta)}")
@@ -778,22 +865,15 @@ class TrainPanel(Panel):
         self.progress_label.setText(" · ".join(parts))
 
     @Slot(object)
-    def on_log(self, event: Log) -> None:
-        self.log.appendPlainText(event.message)
+    def on_log(self, event: Log | Finished | Failed) -> None:
+        self.log.appendPlainText(log_line(event.type, event.to_dict()))
 
     @Slot(object)
     def on_warning(self, event: WarningEvent) -> None:
+        self.log.appendPlainText(log_line(event.type, event.to_dict()))
         where = f" ({event.where})" if event.where else ""
         self.log.appendPlainText(f"⚠ {event.message}{where}")
         self.show_message(window_words(f"{event.message}{where}"), "warning")
-
-    @Slot(object)
-    def on_finished_event(self, event: Finished) -> None:
-        self.log.appendPlainText(event.message)
-
-    @Slot(object)
-    def on_failed_event(self, event: Failed) -> None:
-        self.log.appendPlainText(("stopped: " if event.cancelled else "failed: ") + event.message)
 
     @Slot(object)
     def on_training_returned(self, result: Any) -> None:
@@ -832,6 +912,16 @@ class TrainPanel(Panel):
 
     @Slot()
     def on_training_ended(self) -> None:
+        job = self.job
+        if job is not None and job.outcome == "errored":  # never "setting up…" forever
+            started = self._step0 is not None
+            what = "failed" if started else "did not start"
+            summary = job.error.summary if job.error else "an error"
+            self.progress_label.setText(f"Run {self.run_name} {what}: {summary}")
+            if not started:
+                self.show_steps(0, self.progress.maximum() or None, running=False)
+        elif job is not None and job.outcome == "cancelled" and self._step0 is None:
+            self.progress_label.setText(f"Run {self.run_name}: stopped before its first step.")
         self.board.flush()
         self.note_missing_gpu()
         self.refresh()
