@@ -49,6 +49,8 @@ WORDS = [
 
 
 def pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    from support.train_data import WORDS
+
     rng = random.Random(seed)
     out = []
     for _ in range(n):

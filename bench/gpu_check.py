@@ -701,23 +701,9 @@ class Check:
         res = self.train(self.config("packed", data={"packing": True}))
         self.packed_res = res
         stats = self._data_stats()
-        mfu = self.mfu(res["tokens_per_s"], self.sz.student, stats["mean_len"])
-        base = self.sft_tps
         return {
             "rows": [
-                row(
-                    "SFT tokens/s with data.packing",
-                    fmt(res["tokens_per_s"]),
-                    f"{fmt(base)} (unpacked)" if base else "",
-                    f"{res['tokens_per_s'] / base:.2f}x" if base else "",
-                ),
-                row(
-                    "SFT MFU with packing",
-                    f"{mfu:.1%}" if mfu is not None else "",
-                    "",
-                    "",
-                    ">= 45%",
-                ),
+                *self._speed_rows("SFT with data.packing", res, self.sft_tps, "unpacked", stats),
                 row(
                     "padded share of the rows, packed / unpacked",
                     f"{stats['packed_padded_share']:.1%} / {stats['padded_share']:.1%}",
@@ -730,6 +716,22 @@ class Check:
             "kdstudio": res,
             "data": stats,
         }
+
+    def _speed_rows(
+        self, what: str, res: dict, base: float | None, base_what: str, stats: dict
+    ) -> list[dict]:
+        """Tokens/s against a reference run, and MFU (attention by the examples' mean length)."""
+        tps = res["tokens_per_s"]
+        mfu = self.mfu(tps, self.sz.student, stats["mean_len"])
+        return [
+            row(
+                f"{what}: tokens/s",
+                fmt(tps),
+                f"{fmt(base)} ({base_what})" if base else "",
+                f"{tps / base:.2f}x" if base else "",
+            ),
+            row(f"{what}: MFU", f"{mfu:.1%}" if mfu is not None else "", "", "", ">= 45%"),
+        ]
 
     def s_sparse_kd(self) -> dict:
         self._topk_collection()
@@ -980,21 +982,15 @@ class Check:
         )
         base = getattr(self, "packed_res", None)
         stats = self._data_stats()
-        mfu = self.mfu(res["tokens_per_s"], self.sz.student, stats["mean_len"])
+        base_tps = base["tokens_per_s"] if base else None
         return {
             "rows": [
-                row(
-                    "torch.compile + packing tokens/s (after warm-up)",
-                    fmt(res["tokens_per_s"]),
-                    f"{fmt(base['tokens_per_s'])} (packing, eager)" if base else "",
-                    f"{res['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "",
-                ),
-                row(
-                    "SFT MFU, compile + packing",
-                    f"{mfu:.1%}" if mfu is not None else "",
-                    "",
-                    "",
-                    ">= 45%",
+                *self._speed_rows(
+                    "SFT, torch.compile + packing (after warm-up)",
+                    res,
+                    base_tps,
+                    "packing, eager",
+                    stats,
                 ),
                 row(
                     "torch.compile peak memory",

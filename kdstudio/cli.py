@@ -106,6 +106,9 @@ def _open_window(ctx: Context) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # kdstudio reports progress itself (console, window): Hugging Face's own bars ("Writing
+    # model shards", "Loading weights") would interleave with it; read at their import
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     ctx = Context(args.workspace)

@@ -87,18 +87,18 @@ def test_train_panel_runs_a_tiny_student_and_the_plots_fill(qtbot, window, stude
 
 
 def test_a_refused_start_says_why_and_is_not_left_setting_up(qtbot, window, student):
-    from kdstudio.distill import runs
-
+    """A problem found while setting up (after Start: here every example is too long for
+    data.max_length) ends the job with its reason; nothing stays "setting up"."""
     panel = window.show_panel("train")
-    fill_form(panel, student, steps=5, name="taken")
-    runs.create_run(panel.ws, panel.build_config().resolved())  # the name is in use
+    fill_form(panel, student, steps=5, name="too-long")
+    panel.forms["data"].set_values({"max_length": 8})
     job = panel.start()
-    assert "setting up" in panel.progress_label.text()
+    assert job is not None and "setting up" in panel.progress_label.text()
     with qtbot.waitSignal(job.ended, timeout=60_000):
         pass
     assert job.outcome == "errored"
     label = panel.progress_label.text()
-    assert "setting up" not in label and "did not start" in label and "already exists" in label
+    assert "setting up" not in label and "did not start" in label and "max_length" in label
     assert panel.message.level == "error" and panel.start_button.isEnabled()
 
 

@@ -144,7 +144,9 @@ class MessageBar(QFrame):
         super().changeEvent(event)
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
-        if self.overlay and obj is self.parent() and event.type() == QEvent.Type.Resize:
+        # getattr: Qt may still call a filter whose Python side is being torn down
+        overlay = getattr(self, "overlay", False)
+        if overlay and obj is self.parent() and event.type() == QEvent.Type.Resize:
             self._place()
         return False
 
