@@ -206,6 +206,22 @@ def list_collections(ws: Workspace) -> list[CollectionInfo]:
     ]
 
 
+def collection_teachers(ws: Workspace) -> dict[str, str | None]:
+    """{collection: its teacher's name} for every collection (None: imported answers)."""
+    return {r[0]: r[1] for r in ws.query("SELECT name, teacher_name FROM collections")}
+
+
+def collection_overview(ws: Workspace) -> list[dict[str, Any]]:
+    """Every collection with its teacher, source and finished answers, by name: one cheap
+    query (an index count per collection), for pickers that refresh often."""
+    rows = ws.query(
+        "SELECT c.name, c.teacher_name, c.source, (SELECT COUNT(*) FROM collection_items ci"
+        " WHERE ci.collection_id = c.id AND ci.status = 'done') AS done FROM collections c"
+        " ORDER BY c.name"
+    )
+    return [dict(r) for r in rows]
+
+
 def collection_status_counts(ws: Workspace, collection: str | int) -> dict[str, int]:
     """{state: count} for every state (zeros included), plus `total`."""
     cid = collection_id(ws, collection)

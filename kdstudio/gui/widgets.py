@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QSizePolicy,
@@ -294,3 +295,47 @@ class Card(QFrame):
         self.body.setContentsMargins(10, 8, 10, 10)
         if title:
             self.body.addWidget(heading(title))
+
+
+class PathPicker(QWidget):
+    """A path field with a Browse button: a folder, or with `files` (a file-dialog filter
+    such as "Python (*.py)") a file. `value()`/`set_value()` for SectionForm."""
+
+    def __init__(
+        self,
+        title: str,
+        *,
+        files: str | None = None,
+        placeholder: str = "",
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.title, self.files = title, files
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self.browse)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit, 1)
+        row.addWidget(browse)
+        self.textChanged = self.edit.textChanged
+
+    def browse(self) -> None:
+        from pathlib import Path
+
+        from kdstudio.gui import file_dialogs
+
+        start = self.edit.text() or str(Path.home())
+        if self.files is None:
+            chosen = file_dialogs.existing_folder(self, self.title, start)
+        else:
+            chosen = file_dialogs.open_file(self, self.title, start, self.files)
+        if chosen:
+            self.edit.setText(chosen)
+
+    def value(self) -> str | None:
+        return self.edit.text().strip() or None
+
+    def set_value(self, value: object) -> None:
+        self.edit.setText("" if value is None else str(value))

@@ -59,12 +59,13 @@ from kdstudio.events import Warning as WarningEvent
 from kdstudio.formatting import duration
 from kdstudio.gui import file_dialogs
 from kdstudio.gui import settings as gui_settings
+from kdstudio.gui.collection_picker import CollectionPicker
 from kdstudio.gui.config_form import SectionForm
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
 from kdstudio.gui.problems import window_words
 from kdstudio.gui.trackers import TrackerChoice
-from kdstudio.gui.widgets import Card, hint
+from kdstudio.gui.widgets import Card, PathPicker, hint
 from kdstudio.gui.workers import Job
 from kdstudio.resume import run_conflicts, stopped_runs
 
@@ -72,37 +73,6 @@ FORM_SETTING = "train/form"  # the form's values (JSON), restored when the windo
 LOSS_BG = "#cdeccd"
 LOSS_BG_DARK = "#1f5a2a"
 TRAIN_PROGRESS_HZ = 2.0  # progress bar and label updates a second while training
-
-
-class FolderPicker(QWidget):
-    """A path field with a Browse button (value()/set_value() for SectionForm)."""
-
-    def __init__(self, title: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.title = title
-        self.edit = QLineEdit()
-        self.edit.setPlaceholderText("a Hugging Face model folder")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self.browse)
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.edit, 1)
-        row.addWidget(browse)
-        self.textChanged = self.edit.textChanged
-
-    @Slot()
-    def browse(self) -> None:
-        folder = file_dialogs.existing_folder(
-            self, self.title, self.edit.text() or str(Path.home())
-        )
-        if folder:
-            self.edit.setText(folder)
-
-    def value(self) -> str:
-        return self.edit.text().strip()
-
-    def set_value(self, value: Any) -> None:
-        self.edit.setText("" if value is None else str(value))
 
 
 def student_sees_html(preview: Any, dark: bool) -> str:
@@ -155,19 +125,22 @@ class TrainPanel(Panel):
         # -- the form, one card per section --------------------------------------------
         self.forms: dict[str, SectionForm] = {
             "student": SectionForm(StudentConfig),
-            "data": SectionForm(DataConfig),
+            # which collections: the picker below (one key or two, and the weights)
+            "data": SectionForm(DataConfig, skip=("collection", "collections", "weights")),
             "distill": SectionForm(DistillConfig),
             "optim": SectionForm(OptimConfig),
             "run": SectionForm(RunConfig),
             "lora": SectionForm(LoraConfig),
         }
-        self.student_path = FolderPicker("Student model folder")
+        self.student_path = PathPicker(
+            "Student model folder", placeholder="a Hugging Face model folder"
+        )
         self.forms["student"].replace_widget("path", self.student_path)
         self.student_path.textChanged.connect(self.on_form_changed)
-        self.collection_box = QComboBox()
-        self.collection_box.setEditable(True)
-        self.collection_box.currentTextChanged.connect(self.on_form_changed)
-        self.forms["data"].replace_widget("collection", self.collection_box)
+        self.collections = CollectionPicker()
+        self.collections.setToolTip(DataConfig.__dataclass_fields__["collections"].metadata["help"])
+        self.collections.changed.connect(self.on_form_changed)
+        self.forms["data"].layout_.insertRow(0, "Collections", self.collections)
         self.teacher_box = QComboBox()
         self.teacher_box.setEditable(True)
         self.teacher_box.currentTextChanged.connect(self.on_form_changed)
@@ -341,7 +314,7 @@ class TrainPanel(Panel):
     def refresh(self) -> None:
         if self.ws is None:
             return
-        self._fill_combo(self.collection_box, outputs.collection_names(self.ws))
+        self.collections.set_collections(outputs.collection_overview(self.ws))
         local = [t.name for t in self.ws.list_teachers() if t.kind == "local"]
         self._fill_combo(self.teacher_box, ["", *local])
         current = self.resume_box.currentData()
@@ -376,6 +349,7 @@ class TrainPanel(Panel):
     # -- the config ----------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
         data = {key: form.values() for key, form in self.forms.items() if key != "lora"}
+        data["data"] = {**self.collections.config_values(), **data["data"]}
         if self.use_lora.isChecked():
             data["lora"] = self.forms["lora"].values()
         data["run"] = {k: v for k, v in data["run"].items() if v is not None}
@@ -392,6 +366,8 @@ class TrainPanel(Panel):
         for key, form in self.forms.items():
             if data.get(key):
                 form.set_values(data[key])
+        if data.get("data"):
+            self.collections.set_config_values(data["data"])
         self.use_lora.setChecked(bool(data.get("lora")))
         self.update_cli()
 
@@ -422,7 +398,7 @@ class TrainPanel(Panel):
         return f"kdstudio {ws}train --config {shlex.quote(str(toml_path))}"
 
     def config_path(self, config: TrainConfig) -> Path:
-        name = config.run.name or f"{config.data.collection or 'run'}"
+        name = config.run.name or config.data.names()[0]
         return (self.ws.root / "configs" if self.ws else Path("configs")) / f"{name}.toml"
 
     def restore_form(self) -> None:
@@ -508,16 +484,17 @@ class TrainPanel(Panel):
             from kdstudio.distill.batches import load_student_tokenizer, preview_example
 
             tok, fallback = load_student_tokenizer(config.student.path, config.student.template)
+            from kdstudio.distill.plan import iter_run_examples
+
             seen = 0
-            for ex in outputs.iter_examples(ws, config.data.collection):
+            for ex in iter_run_examples(config, ws):
                 if seen == index:
                     return preview_example(
                         tok, ex.messages, ex.response, config.data.max_length, fallback=fallback
                     )
                 seen += 1
             raise UserError(
-                f"collection {config.data.collection!r} has {seen} examples; "
-                "choose a lower example number"
+                f"{config.data.label()} has {seen} examples; choose a lower example number"
             )
 
         self.preview_info.setText("Rendering…")
