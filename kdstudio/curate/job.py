@@ -225,7 +225,7 @@ class Curation:
         parts = [f"{c['accepted']:,} accepted", f"{c['rejected']:,} rejected"]
         if c["pending"]:
             parts.append(f"{c['pending']:,} left pending")
-        line = f"{self.decider} on {self.collection!r}: " + ", ".join(parts)
+        line = f"{self.collection!r} decided by {self.decider}: " + ", ".join(parts)
         if c["errors"]:
             line += f" ({c['errors']:,} could not be decided: see their reasons)"
         if c["kept"]:

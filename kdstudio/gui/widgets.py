@@ -334,8 +334,8 @@ class PathPicker(QWidget):
         if chosen:
             self.edit.setText(chosen)
 
-    def value(self) -> str | None:
-        return self.edit.text().strip() or None
+    def value(self) -> str:
+        return self.edit.text().strip()
 
     def set_value(self, value: object) -> None:
         self.edit.setText("" if value is None else str(value))
