@@ -186,3 +186,13 @@ def test_the_built_in_checks(tmp_path, ws):
     assert [got[i].review for i in range(3)] == ["accepted", "rejected", "rejected"]
     assert got[2].reason == "the document: 'n' is a required property"
     assert got[0].decider == "check:json-schema:schema.json"
+
+
+def test_answers_with_the_same_text_are_each_checked(tmp_path, ws):
+    name = answered(ws, tmp_path, [["good", "good"], ["good", "bad"]])
+    checks = write_checks(tmp_path)
+    summary = run_check(CheckConfig(collection=name, check_spec=f"{checks}:flaky"), ws)
+    assert summary.counts == {
+        "accepted": 3, "rejected": 1, "pending": 0, "kept": 0, "skipped": 0, "errors": 0,
+    }  # fmt: skip
+    assert all(i.decider for i in store.list_items(ws, name)) and summary.counts["accepted"]

@@ -66,9 +66,9 @@ def best_of_n(
             if len(batch) >= 500 or time.monotonic() - last >= 0.5:
                 cur.record(batch)
                 batch, last = [], time.monotonic()
-                sink.emit(cur.progress(done, total))
+                cur.report(sink, done, total)
         cur.record(batch)
-        sink.emit(cur.progress(done, total))
+        cur.report(sink, done, total)
         message = cur.describe()
         if unscored:
             message += f"; {unscored:,} prompts had no scored sample and were left as they were"

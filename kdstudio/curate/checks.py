@@ -366,7 +366,7 @@ class _Checking:
         self.sink.emit(
             Log(f"checking {self.total:,} answers of {self.cur.collection!r} with {self.spec.name}")
         )
-        self.sink.emit(self.cur.progress(0, self.total))
+        self.cur.report(self.sink, 0, self.total)
         with (
             self.cur.lease.beating(),
             CheckPool(self.spec, self.config.workers, self.config.timeout) as pool,
@@ -374,7 +374,7 @@ class _Checking:
             pool.run(self._tasks(), self._on_result, self.cancel)
             self.replaced = pool.replaced
         self._flush()
-        self.sink.emit(self.cur.progress(self.done, self.total))
+        self.cur.report(self.sink, self.done, self.total)
 
     def _tasks(self) -> Iterator[Task]:
         page: list[Answer] = []
@@ -386,7 +386,7 @@ class _Checking:
         yield from self._undecided(page)
 
     def _undecided(self, page: list[Answer]) -> Iterator[Task]:
-        bases = {a.key: basis(self.settings, a.text) for a in page}
+        bases = {a.key: basis(self.settings, a.key, a.text) for a in page}
         decided = self.cur.decided(bases.values())
         for a in page:
             if bases[a.key] in decided:
@@ -430,4 +430,4 @@ class _Checking:
         self.flushed = time.monotonic()
 
     def _progress(self) -> None:
-        self.sink.emit(self.cur.progress(self.done, self.total))
+        self.cur.report(self.sink, self.done, self.total)

@@ -95,9 +95,10 @@ def count_answers(ws: Workspace, collection_id: int) -> int:
     )
 
 
-def basis(curator: Any, text: str) -> str:
-    """What a decision is based on: the curator's settings (and code) and the answer's text."""
-    return content_hash(["curate", curator, text])[:32]
+def basis(curator: Any, key: tuple[int, int], text: str) -> str:
+    """What a decision is based on: the curator's settings (and code), which answer (two
+    answers with the same text are two decisions) and the answer's text."""
+    return content_hash(["curate", curator, list(key), text])[:32]
 
 
 @dataclass
@@ -137,6 +138,7 @@ class Curation:
             ("accepted", "rejected", "pending", "kept", "skipped", "errors"), 0
         )
         self.start = time.monotonic()
+        self._reported: tuple | None = None
 
     @property
     def lease(self) -> Lease:
@@ -195,9 +197,13 @@ class Curation:
         for d in batch:
             self.counts[d.review] += 1
 
-    def progress(self, done: int, total: int, message: str = "") -> Progress:
+    def report(self, sink: Sink, done: int, total: int) -> None:
+        """A Progress event with the counts so far (not twice for the same figures)."""
         extra = {k: v for k, v in self.counts.items() if v}
-        return Progress(done=done, total=total, unit="answer", message=message, extra=extra)
+        figures = (done, total, tuple(sorted(extra.items())))
+        if figures != self._reported:
+            self._reported = figures
+            sink.emit(Progress(done=done, total=total, unit="answer", extra=extra))
 
     def release(self, status: str, message: str) -> None:
         self.lease.release(

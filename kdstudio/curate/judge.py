@@ -327,10 +327,10 @@ def _apply_verdicts(cur: Curation, ledger: JudgeLedger, config: JudgeConfig) -> 
             " ORDER BY j.row_id, j.sample LIMIT ?",
             (ledger.target.id, ledger.id, last[0], last[1], PAGE),
         )
-        bases = {
-            (r["row_id"], r["sample"]): basis(settings, f"{r['answer']}\0{r['verdict']}")
-            for r in rows
-        }
+        bases = {}
+        for r in rows:
+            key = (r["row_id"], r["sample"])
+            bases[key] = basis(settings, key, f"{r['answer']}\0{r['verdict']}")
         done = cur.decided(bases.values())
         batch = []
         for r in rows:
