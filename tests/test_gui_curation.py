@@ -60,8 +60,9 @@ def test_a_check_from_the_menu_fills_score_reason_and_decider(qtbot, panel, tmp_
     config = dialog.config()
     assert isinstance(config, CheckConfig) and config.check_spec == f"{checks}:flaky"
 
+    assert panel.table.isColumnHidden(SCORE_COLUMN)  # nobody has decided anything yet
     job = run(qtbot, panel, "check", config)
-    assert job.outcome == "succeeded"
+    assert job.outcome == "succeeded" and not panel.table.isColumnHidden(SCORE_COLUMN)
     assert cells(panel, SCORE_COLUMN) == ["1.00", "0.00", "", "1.00", "0.00", "0.00"]
     assert set(cells(panel, DECIDER_COLUMN)) == {"check:checks.py:flaky"}
     assert cells(panel, REASON_COLUMN)[2] == "raised ValueError: boom (checks.py, line 6)"
@@ -162,14 +163,13 @@ def test_the_train_panel_trains_on_several_collections(qtbot, window, ws, tmp_pa
     panel.refresh()
     picker = panel.collections
     assert picker.names() == ["quiz.b", "quiz.teacher-a"]  # a judge's verdicts: not offered
-    teachers = [picker.table.item(r, 1).text() for r in range(2)]
-    answers = [picker.table.item(r, 2).text() for r in range(2)]
-    assert teachers == ["teacher-b", "teacher-a"] and answers == ["3", "6"]
+    about = [picker.table.item(r, 1).text() for r in range(2)]
+    assert about == ["teacher-b · 3", "teacher-a · 6"]  # teacher · finished answers
     picker.tick("quiz.teacher-a")
     assert panel.config_dict()["data"]["collection"] == "quiz.teacher-a"
     picker.tick("quiz.b")
     picker.mix.setChecked(True)
-    picker.table.cellWidget(0, 3).setValue(3.0)
+    picker.table.cellWidget(0, 2).setValue(3.0)
     data = panel.config_dict()["data"]
     assert (data["collection"], data["collections"]) == (None, ["quiz.b", "quiz.teacher-a"])
     assert data["weights"] == [3.0, 1.0]
@@ -182,5 +182,5 @@ def test_the_train_panel_trains_on_several_collections(qtbot, window, ws, tmp_pa
     # the form comes back as it was, a collection no longer in the workspace marked
     picker.set_config_values({"collections": ["gone", "quiz.b"], "weights": [1, 2]})
     assert picker.selected() == ["gone", "quiz.b"] and picker.mix.isChecked()
-    assert picker.table.item(0, 2).text() == "not in this workspace"
+    assert picker.table.item(0, 1).text() == "not in this workspace"
     assert panel.config_dict()["data"]["weights"] == [1.0, 2.0]

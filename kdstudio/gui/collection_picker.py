@@ -20,8 +20,9 @@ from PySide6.QtWidgets import (
 
 from kdstudio.gui.widgets import fmt_count
 
-NAME, TEACHER, ANSWERS, WEIGHT = range(4)
+NAME, ABOUT, WEIGHT = range(3)
 ROW_HEIGHT = 24
+ROWS_SHOWN = 5  # more scroll
 
 
 class CollectionPicker(QWidget):
@@ -39,17 +40,21 @@ class CollectionPicker(QWidget):
         self._ticked: list[str] = []
         self._weights: dict[str, float] = {}
         self._drawing = False
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["Collection", "Teacher", "Answers", "Weight"])
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(
+            ["Collections to train on", "Teacher · answers", "Weight"]
+        )
         self.table.verticalHeader().hide()
         self.table.verticalHeader().setDefaultSectionSize(ROW_HEIGHT)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setWordWrap(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)
-        for col in (TEACHER, ANSWERS, WEIGHT):
+        for col in (ABOUT, WEIGHT):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setMaximumHeight(ROW_HEIGHT * 6 + 28)
         self.table.itemChanged.connect(self.on_item_changed)
         self.mix = QCheckBox("Mix by weights")
         self.mix.setToolTip(
@@ -82,14 +87,15 @@ class CollectionPicker(QWidget):
             item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsUserCheckable)
             ticked = name in self._ticked
             item.setCheckState(Qt.CheckState.Checked if ticked else Qt.CheckState.Unchecked)
+            item.setToolTip(name)
             self.table.setItem(r, NAME, item)
-            teacher = QTableWidgetItem((info or {}).get("teacher_name") or "-")
-            self.table.setItem(r, TEACHER, teacher)
-            answers = QTableWidgetItem(
-                fmt_count(info.get("done") or 0) if info else "not in this workspace"
-            )
-            answers.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            self.table.setItem(r, ANSWERS, answers)
+            if info is None:
+                about = "not in this workspace"
+            else:
+                about = (
+                    f"{info.get('teacher_name') or 'imported'} · {fmt_count(info.get('done') or 0)}"
+                )
+            self.table.setItem(r, ABOUT, QTableWidgetItem(about))
             box = QDoubleSpinBox()
             box.setRange(0.01, 1000.0)
             box.setDecimals(2)
@@ -97,6 +103,10 @@ class CollectionPicker(QWidget):
             box.setProperty("collection", name)
             box.valueChanged.connect(self.on_weight_changed)
             self.table.setCellWidget(r, WEIGHT, box)
+        shown = max(1, min(len(names), ROWS_SHOWN))
+        self.table.setFixedHeight(
+            self.table.horizontalHeader().sizeHint().height() + shown * ROW_HEIGHT + 4
+        )
         self._drawing = False
 
     def set_collections(self, infos: list[dict[str, Any]]) -> None:

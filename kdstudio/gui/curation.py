@@ -219,7 +219,7 @@ class CurationBar(QWidget):
         self.label = QLabel()
         self.bar = QProgressBar()
         self.bar.setMaximumWidth(260)
-        self.bar.setTextVisible(False)
+        self.bar.setFormat("%p%")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Finish the answers being decided, keep every decision")
         self.stop_button.clicked.connect(self.stop)

@@ -82,7 +82,8 @@ COLUMNS = [
         colour=lambda i: REVIEW_COLOURS.get(i.review),
     ),
     Column("Score", _score, align_right=True),
-    Column("Decider", lambda i: i.decider or ""),
+    Column("Decider", lambda i: i.decider or "", tooltip=True),
+    Column("Reason", lambda i: i.reason or "", tooltip=True, max_chars=120),
     Column("Prompt", lambda i: i.prompt, tooltip=True, max_chars=120),
     Column(
         "Response",
@@ -91,7 +92,6 @@ COLUMNS = [
         max_chars=160,
         colour=lambda i: STATE_COLOURS["failed"] if i.status == "failed" else None,
     ),
-    Column("Reason", lambda i: i.reason or "", tooltip=True, max_chars=120),
     Column("Out tokens", lambda i: i.completion_tokens or None, align_right=True),
     Column("Confidence", _conf, align_right=True),
     Column("Cost", lambda i: usd(i.cost) if i.cost else "", align_right=True),
@@ -100,8 +100,9 @@ ANY = "any"
 SAMPLE_COLUMN = 1
 SCORE_COLUMN = 4
 DECIDER_COLUMN = 5
-RESPONSE_COLUMN = 7
-REASON_COLUMN = 8
+REASON_COLUMN = 6
+RESPONSE_COLUMN = 8
+CURATION_COLUMNS = (SCORE_COLUMN, DECIDER_COLUMN, REASON_COLUMN)  # shown once one decided
 DECIDER_KINDS = [ANY, "person", "check", "judge", "best"]
 
 
@@ -189,7 +190,7 @@ class OutputsPanel(Panel):
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        for i, w in enumerate((44, 56, 60, 80, 48, 110, 200, 280, 200, 76, 76, 64)):
+        for i, w in enumerate((44, 56, 60, 80, 44, 120, 170, 200, 300, 76, 76, 64)):
             self.table.setColumnWidth(i, w)
         header.setStretchLastSection(False)
         header.setSectionResizeMode(RESPONSE_COLUMN, QHeaderView.ResizeMode.Stretch)
@@ -407,7 +408,10 @@ class OutputsPanel(Panel):
         if self.ws is None or not self.collection:
             return
         cid = outputs.collection_id(self.ws, self.collection)
-        items = [*DECIDER_KINDS, *(d for d in decisions.deciders(self.ws.db, cid) if ":" in d)]
+        found = decisions.deciders(self.ws.db, cid)
+        for column in CURATION_COLUMNS:  # a collection nobody has curated: no empty columns
+            self.table.setColumnHidden(column, not found)
+        items = [*DECIDER_KINDS, *(d for d in found if ":" in d)]
         if [self.decider.itemText(i) for i in range(self.decider.count())] != items:
             current = self.decider.currentText()
             self.decider.blockSignals(True)
@@ -694,6 +698,7 @@ class OutputsPanel(Panel):
                 outputs.set_review(self.ws, self.collection, it.row_id, it.sample, review)
         self.reload_rows(rows)
         self.update_counts()
+        self.update_deciders()
         self.workspace_changed.emit()
         if len(rows) == 1 and rows[0] + 1 < self.model.rowCount():
             self.table.selectRow(rows[0] + 1)  # review the next one

@@ -140,7 +140,7 @@ class TrainPanel(Panel):
         self.collections = CollectionPicker()
         self.collections.setToolTip(DataConfig.__dataclass_fields__["collections"].metadata["help"])
         self.collections.changed.connect(self.on_form_changed)
-        self.forms["data"].layout_.insertRow(0, "Collections", self.collections)
+        self.forms["data"].layout_.insertRow(0, self.collections)  # the whole width
         self.teacher_box = QComboBox()
         self.teacher_box.setEditable(True)
         self.teacher_box.currentTextChanged.connect(self.on_form_changed)
