@@ -30,47 +30,41 @@ def register_outputs(osub: argparse._SubParsersAction) -> None:
     """Add the curation actions to `kdstudio outputs`."""
     from kdstudio.curate.config import BestConfig, CheckConfig, JudgeConfig
 
-    ck = osub.add_parser(
+    _curator(
+        osub,
         "check",
+        CheckConfig,
+        cmd_check,
         help="decide every answer with a program: your function or a built-in check",
         description="Run a check over every finished answer of a collection, in worker "
         "processes with a per-answer timeout: each answer is accepted or rejected with a "
         "score and a reason (an answer whose check raised, hung or returned garbage keeps "
         "that as its reason). Re-running the same check continues where it stopped.",
+        flags={"check_spec": ["--check"]},
     )
-    ck.add_argument("collection", help="the collection to check")
-    add_config_options(
-        ck, CheckConfig, skip=["collection"], flags={"check_spec": ["--check"]}, metavars=METAVARS
-    )
-    ck.add_argument("--json", action="store_true", help="print the summary as one JSON document")
-    ck.set_defaults(func=cmd_check)
-
-    jg = osub.add_parser(
+    jg = _curator(
+        osub,
         "judge",
+        JudgeConfig,
+        cmd_judge,
         help="have a teacher score every answer with a rubric",
         description="Ask a teacher to score each finished answer (0-10, with a reason) through "
         "the collection job: concurrency, retries, cache, resume and --budget as for `collect`. "
         "Its answers are kept as collection COLLECTION.judge.TEACHER.",
     )
-    jg.add_argument("collection", help="the collection to judge")
-    add_config_options(jg, JudgeConfig, skip=["collection"], metavars=METAVARS)
     jg.add_argument(
         "--estimate", action="store_true", help="print what judging could cost and exit"
     )
-    jg.add_argument("--json", action="store_true", help="print the summary as one JSON document")
-    jg.set_defaults(func=cmd_judge)
-
-    bt = osub.add_parser(
+    _curator(
+        osub,
         "best",
+        BestConfig,
+        cmd_best,
         help="accept the best sample of each prompt, reject the others",
         description="Best-of-n over a collection collected with --samples N: the sample with "
         "the best score (a check's, a judge's, or the teacher's confidence) is accepted, the "
         "others are rejected with the reason.",
     )
-    bt.add_argument("collection", help="the collection with several samples per prompt")
-    add_config_options(bt, BestConfig, skip=["collection"], metavars=METAVARS)
-    bt.add_argument("--json", action="store_true", help="print the summary as one JSON document")
-    bt.set_defaults(func=cmd_best)
 
     hs = osub.add_parser(
         "history", help="every decision on one answer: by whom, when, with score and reason"
@@ -80,6 +74,26 @@ def register_outputs(osub: argparse._SubParsersAction) -> None:
     hs.add_argument("--sample", type=int, default=0, metavar="N")
     hs.add_argument("--json", action="store_true", help="print one JSON document")
     hs.set_defaults(func=cmd_history)
+
+
+def _curator(
+    osub: argparse._SubParsersAction,
+    name: str,
+    section: Any,
+    func: Any,
+    *,
+    help: str,
+    description: str,
+    flags: dict[str, list[str]] | None = None,
+) -> argparse.ArgumentParser:
+    """`outputs NAME COLLECTION` with one option per setting of the curator's config."""
+    p = osub.add_parser(name, help=help, description=description)
+    what = {"best": "the collection with several samples per prompt"}
+    p.add_argument("collection", help=what.get(name, f"the collection to {name}"))
+    add_config_options(p, section, skip=["collection"], flags=flags, metavars=METAVARS)
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    p.set_defaults(func=func)
+    return p
 
 
 def _run(job: Any, config: Any, args: argparse.Namespace, ctx: Any, stopping: str) -> int:

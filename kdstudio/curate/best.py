@@ -27,7 +27,7 @@ from kdstudio.collect import decisions
 from kdstudio.collect.decisions import Decision
 from kdstudio.curate.config import BestConfig
 from kdstudio.curate.job import Answer, Curation, CurationSummary, count_answers, iter_answers
-from kdstudio.errors import Cancelled, UserError
+from kdstudio.errors import UserError
 from kdstudio.events import CancelToken, Log, Sink
 from kdstudio.workspace import Workspace
 
@@ -44,11 +44,9 @@ def best_of_n(
     cancel = cancel or CancelToken()
     cur = Curation(ws, config.collection, "best", f"best:{config.by}", config.to_dict())
     by, scores = _scores(cur, config.by)
-    cur.claim()
     sink = cur.sink(sink)
-    status, message = "failed", "stopped by an error"
     prompts = unscored = 0
-    try:
+    with cur.running("run it again to finish") as outcome:
         total = count_answers(ws, cur.collection_id)
         sink.emit(Log(f"best of n on {cur.collection!r} by {by} ({total:,} answers)"))
         done, batch, last = 0, [], time.monotonic()
@@ -69,9 +67,11 @@ def best_of_n(
                 cur.report(sink, done, total)
         cur.record(batch)
         cur.report(sink, done, total)
-        message = cur.describe()
+        outcome.message = cur.describe()
         if unscored:
-            message += f"; {unscored:,} prompts had no scored sample and were left as they were"
+            outcome.message += (
+                f"; {unscored:,} prompts had no scored sample and were left as they were"
+            )
         if prompts and prompts == total:
             sink.emit(
                 Log(
@@ -80,19 +80,11 @@ def best_of_n(
                     level="warning",
                 )
             )
-        status = "cancelled" if cancel.cancelled else "done"
-    except KeyboardInterrupt:
-        status, message = "cancelled", "interrupted; run it again to finish"
-        raise
-    except Exception as exc:
-        message = str(exc) or type(exc).__name__
-        raise
-    finally:
-        cur.release(status, message)
-    if status == "cancelled":
-        raise Cancelled(f"{message}; run it again to finish")
-    sink.emit(Log(message))
-    return cur.summary(status, message, by=by, prompts=prompts, unscored_prompts=unscored)
+        outcome.status = "cancelled" if cancel.cancelled else "done"
+    sink.emit(Log(outcome.message))
+    return cur.summary(
+        outcome.status, outcome.message, by=by, prompts=prompts, unscored_prompts=unscored
+    )
 
 
 def _scores(cur: Curation, by: str) -> tuple[str, dict[tuple[int, int], float | None] | None]:

@@ -50,7 +50,7 @@ from kdstudio.curate.job import (
     count_answers,
     iter_answers,
 )
-from kdstudio.errors import Cancelled, UserError
+from kdstudio.errors import UserError
 from kdstudio.events import CancelToken, Log, Sink
 
 LOAD_TIMEOUT_S = 60.0  # for importing a check (a slow import is not a hang of one answer)
@@ -325,26 +325,14 @@ def run_check(
     spec = parse_check(config.check_spec)
     settings = {**config.to_dict(), "check_digest": spec.digest}
     cur = Curation(ws, config.collection, "check", spec.decider, settings)
-    cur.claim()
     sink = cur.sink(sink)
-    status, message = "failed", "stopped by an error"
     checking = _Checking(config, spec, cur, sink, cancel)
-    try:
+    with cur.running("run the same check again to continue") as outcome:
         checking.run()
-        message = cur.describe()
-        status = "cancelled" if cancel.cancelled else "done"
-    except KeyboardInterrupt:
-        status, message = "cancelled", "interrupted; run the same check again to continue"
-        raise
-    except Exception as exc:
-        message = str(exc) or type(exc).__name__
-        raise
-    finally:
-        cur.release(status, message)
-    if status == "cancelled":
-        raise Cancelled(f"{message}; run the same check again to continue")
-    sink.emit(Log(message))
-    return cur.summary(status, message, processes_replaced=checking.replaced)
+        outcome.message = cur.describe()
+        outcome.status = "cancelled" if cancel.cancelled else "done"
+    sink.emit(Log(outcome.message))
+    return cur.summary(outcome.status, outcome.message, processes_replaced=checking.replaced)
 
 
 class _Checking:

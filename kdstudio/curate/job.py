@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from kdstudio.collect import decisions
 from kdstudio.collect.store import content_hash, get_collection, prompt_messages
-from kdstudio.errors import UserError
+from kdstudio.errors import Cancelled, UserError
 from kdstudio.events import FanoutSink, NullSink, Progress, Sink, StoreSink
 from kdstudio.workspace import Lease, LeaseHeld, Workspace
 
@@ -118,6 +119,14 @@ class CurationSummary:
         return dict(self.__dict__)
 
 
+@dataclass
+class Outcome:
+    """How a curator's run ends; the body of `Curation.running` sets it."""
+
+    status: str = "failed"  # done | cancelled | stopped | failed
+    message: str = "stopped by an error"
+
+
 class Curation:
     """One curator's run on one collection: its row in `curations`, its claim, its counts,
     and the decisions it commits."""
@@ -182,6 +191,26 @@ class Curation:
                 f"{self.decider} is already running on collection {self.collection!r} (process "
                 f"{held.pid} on {held.host}); wait for it or stop it first"
             ) from None
+
+    @contextmanager
+    def running(self, again: str) -> Iterator[Outcome]:
+        """Claim the curator for the body, then release it with how it ended (the body sets
+        the Outcome). A run that ends `cancelled` raises Cancelled once released, saying
+        `again` (how to continue); an error or Ctrl-C is recorded and goes on up."""
+        self.claim()
+        outcome = Outcome()
+        try:
+            yield outcome
+        except KeyboardInterrupt:
+            outcome.status, outcome.message = "cancelled", f"interrupted; {again}"
+            raise
+        except Exception as exc:
+            outcome.status, outcome.message = "failed", str(exc) or type(exc).__name__
+            raise
+        finally:
+            self.release(outcome.status, outcome.message)
+        if outcome.status == "cancelled":
+            raise Cancelled(f"{outcome.message}; {again}")
 
     def decided(self, bases: Iterable[str]) -> set[str]:
         """Which of these bases this collection's history has decided already."""

@@ -278,32 +278,26 @@ def run_judge(
     decider = f"judge:{config.teacher}"
     settings = {**config.to_dict(), "rubric_digest": ledger.params["rubric"]}
     cur = Curation(ws, config.collection, "judge", decider, settings)
-    cur.claim()
     sink = cur.sink(sink)
-    status, message, collected = "failed", "stopped by an error", None
-    try:
+    with cur.running("run the same judge again to continue") as outcome:
+        collected = None
         try:
             collected = collect(ledger.config, ws, sink, cancel, ledger=ledger)
+        except Cancelled:
+            pass  # the verdicts that came back are applied first
         finally:
             if ledger.id is not None:
                 _apply_verdicts(cur, ledger, config)
-        status = "done" if collected.status == "done" else collected.status
-        message = _describe(cur, ledger, collected)
-    except Cancelled:
-        status, message = "cancelled", f"{cur.describe()}; run the same judge again to continue"
-        raise Cancelled(message) from None
-    except KeyboardInterrupt:
-        status, message = "cancelled", "interrupted; run the same judge again to continue"
-        raise
-    except Exception as exc:
-        message = str(exc) or type(exc).__name__
-        raise
-    finally:
-        cur.release(status, message)
-    sink.emit(Log(message))
+        if collected is None:
+            outcome.status, outcome.message = "cancelled", cur.describe()
+        else:
+            outcome.status = "done" if collected.status == "done" else collected.status
+            outcome.message = _describe(cur, ledger, collected)
+    sink.emit(Log(outcome.message))
+    assert collected is not None  # a stopped judge raised Cancelled above
     return cur.summary(
-        status,
-        message,
+        outcome.status,
+        outcome.message,
         judge_collection=ledger.name,
         spent=collected.spent,
         requests=collected.requests,
