@@ -170,9 +170,13 @@ def test_min_score_keeps_well_scored_and_person_accepted_answers(tmp_path, tok, 
 
 
 def test_a_run_on_two_teachers_reports_each_collection(tmp_path, student_path, run_cli):
+    from kdstudio.collect import store
     from kdstudio.distill.preflight import preflight
+    from kdstudio.evaluate import held_out_examples
 
     ws = two_teachers(tmp_path / "ws")
+    first = store.list_items(ws, "tiny.b", limit=1)[0]
+    store.set_review(ws, "tiny.b", first.row_id, 0, "accepted", reason="checked by hand")
     data = {"collection": None, "collections": ["tiny", "tiny.b"], "weights": [1, 1]}
     config = make_config(student_path, data=data, optim={"max_steps": 3}, run={"name": "two"})
     report = preflight(config.resolved(), ws, device="cpu")
@@ -186,6 +190,12 @@ def test_a_run_on_two_teachers_reports_each_collection(tmp_path, student_path, r
     assert "each epoch mixes tiny 50%, tiny.b 50% [data.weights]" in text
 
     assert train(ws, config.resolved()).status == "finished"
+    from kdstudio.distill.runs import get_run
+
+    run = get_run(ws, "two")
+    held = held_out_examples(ws, run)  # what `kdstudio eval` compares: one answer a row
+    assert len(held) == len(run.eval_rows) == 4
+    assert {e.collection for e in held} == {"tiny"}  # from the first collection that has it
     ws.close()
     shown = run_cli("--workspace", str(tmp_path / "ws"), "runs", "show", "two", "--json")
     assert shown.returncode == 0, shown.stderr
@@ -206,6 +216,7 @@ def test_a_run_on_two_teachers_reports_each_collection(tmp_path, student_path, r
         "| tiny | import | – | tiny |" in card and "| tiny.b | teacher | teacher-b | tiny |" in card
     )
     assert 'collections = [\n    "tiny",\n    "tiny.b",\n]' in card  # the resolved config
+    assert "| tiny.b | person | 1 | 0 | 0 |" in card  # who decided the reviews
 
 
 def test_a_judges_collection_is_refused_as_training_data(tmp_path, student_path):
