@@ -18,6 +18,19 @@ The teacher column is the reference itself: its exact match, F1 and ROUGE-L agai
 are 1 by definition, and it has no log-likelihood under the student. A prompt with several
 teacher samples is evaluated once, against its first sample.
 
+Two more comparisons with the teacher, where the data allows them:
+
+- `kl_to_teacher`: where the teacher's logprobs are stored, the KL from the teacher's top-k
+  (plus the tail bucket) to each student at the teacher's answer tokens, aligned as sparse KD
+  aligns them (`kdstudio.distill.align`, by bytes), pooled over those positions (teacher: 0);
+- `teacher_nll`: where the collection's teacher is a local model, its negative
+  log-likelihood per token of each model's own greedy answer (the teacher's too): how
+  likely the teacher finds what the student says.
+
+And one against the task itself: when the dataset has reference answers (an answer column in
+the imported file), the answers of both students *and of the teacher* are scored against them
+(`summary["reference"]`, exact match, F1, ROUGE-L), so a student that beats its teacher shows.
+
 Each batch is committed to `evaluations`/`eval_items` as it completes. Stopping finishes
 the batch, stores the summary of what was done (status `stopped`) and raises `Cancelled`.
 """
@@ -47,7 +60,8 @@ if TYPE_CHECKING:
 
 #: The scores of one model on one prompt, and of a whole evaluation.
 TEXT_METRICS = ("exact_match", "f1", "rouge_l")
-METRICS = ("loglik", *TEXT_METRICS)
+METRICS = ("loglik", *TEXT_METRICS, "kl_to_teacher", "teacher_nll")
+LOWER_IS_BETTER = ("kl_to_teacher", "teacher_nll")
 MODELS = ("before", "after", "teacher")
 TEACHER_NOTE = (
     "the teacher's answer is the reference: its exact match, F1 and ROUGE-L against itself "
@@ -271,47 +285,83 @@ def eval_items(
 
 def summarize(items: Sequence[EvalItem]) -> dict[str, Any]:
     """Before / after / teacher figures over stored items (see the module docstring), and
-    for the text metrics the share of the gap to the teacher that training closed.
+    the share of the gap to the teacher that training closed.
 
-    `loglik` is pooled over tokens (sum of log-probabilities / number of tokens); the text
-    metrics are means over prompts.
+    `loglik` is pooled over tokens (sum of log-probabilities / number of tokens),
+    `kl_to_teacher` over the positions with teacher logprobs, `teacher_nll` over each model's
+    answer tokens; the text metrics are means over prompts. Against reference answers
+    (`summary["reference"]`, None when no prompt has one) the teacher is scored like the
+    students.
     """
     metrics: dict[str, dict[str, float | None]] = {}
     n_tokens = sum(int(it.metrics.get("n_tokens", 0)) for it in items)
     for name in METRICS:
-        row: dict[str, float | None] = {}
-        for model in ("before", "after"):
-            values = [it.metrics[model][name] for it in items if model in it.metrics]
-            if not values:
-                row[model] = None
-            elif name == "loglik":
-                total = sum(
-                    it.metrics[model]["loglik"] * it.metrics["n_tokens"]
-                    for it in items
-                    if model in it.metrics
-                )
-                row[model] = total / max(n_tokens, 1)
-            else:
-                row[model] = sum(values) / len(values)
-        row["teacher"] = None if name == "loglik" or not items else 1.0
-        row["gap_closed"] = _gap_closed(row)
+        row: dict[str, float | None] = {
+            model: _pooled(items, model, name) for model in ("before", "after")
+        }
+        if name in TEXT_METRICS:
+            row["teacher"] = 1.0 if items else None
+        elif name == "kl_to_teacher":
+            row["teacher"] = 0.0 if row["after"] is not None else None
+        elif name == "teacher_nll":
+            row["teacher"] = _pooled(items, "teacher", name)
+        else:
+            row["teacher"] = None
+        row["gap_closed"] = _gap_closed(row, name in LOWER_IS_BETTER)
         metrics[name] = row
     return {
         "n": len(items),
         "n_tokens": n_tokens,
         "truncated": sum(1 for it in items if it.metrics.get("truncated")),
         "metrics": metrics,
+        "reference": _reference_summary(items),
         "note": TEACHER_NOTE,
     }
 
 
-def _gap_closed(row: dict[str, float | None]) -> float | None:
-    """Share of the distance from the starting weights to the teacher that training closed:
-    (after - before) / (teacher - before); None without a teacher figure or a gap."""
-    before, after, teacher = row["before"], row["after"], row["teacher"]
-    if before is None or after is None or teacher is None or teacher - before <= 0:
+_WEIGHTS = {"loglik": "n_tokens", "kl_to_teacher": "n_kd", "teacher_nll": "n_answer"}
+
+
+def _pooled(items: Sequence[EvalItem], model: str, name: str) -> float | None:
+    """A metric of one model over items: pooled over tokens (by `_WEIGHTS`) or averaged."""
+    pairs = []
+    for it in items:
+        value = it.metrics.get(model, {}).get(name)
+        if value is None:
+            continue
+        weight = name in _WEIGHTS and (
+            it.metrics.get(model, {}).get(_WEIGHTS[name]) or it.metrics.get(_WEIGHTS[name], 0)
+        )
+        pairs.append((value, float(weight) if name in _WEIGHTS else 1.0))
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
         return None
-    return (after - before) / (teacher - before)
+    return sum(v * w for v, w in pairs) / total
+
+
+def _reference_summary(items: Sequence[EvalItem]) -> dict[str, Any] | None:
+    """Exact match, F1 and ROUGE-L of before, after and the teacher against the dataset's
+    reference answers (means over the prompts that have one)."""
+    scored = [it.metrics["reference"] for it in items if it.metrics.get("reference")]
+    if not scored:
+        return None
+    metrics = {}
+    for name in TEXT_METRICS:
+        metrics[name] = {
+            model: sum(ref[model][name] for ref in scored) / len(scored) for model in MODELS
+        }
+    return {"n": len(scored), "metrics": metrics}
+
+
+def _gap_closed(row: dict[str, float | None], lower_is_better: bool = False) -> float | None:
+    """Share of the distance from the starting weights to the teacher that training closed:
+    (after - before) / (teacher - before); None without a teacher figure or a gap (the
+    teacher no better than the starting weights)."""
+    before, after, teacher = row["before"], row["after"], row["teacher"]
+    if before is None or after is None or teacher is None:
+        return None
+    gap = before - teacher if lower_is_better else teacher - before
+    return None if gap <= 0 else (after - before) / (teacher - before)
 
 
 # -- held-out prompts --------------------------------------------------------------------------
@@ -388,25 +438,96 @@ def generate_answers(
 
 
 def response_logliks(model: Any, encoded: Sequence[Any], pad_id: int, device: Any) -> list[float]:
-    """Mean log-probability per loss-carrying token of each encoded example (right padded).
+    """Mean log-probability per loss-carrying token of each encoded example (right padded)."""
+    return [s["loglik"] for s in response_scores(model, encoded, pad_id, device)]
 
-    Only one row's log-softmax is materialised in float32 at a time.
+
+def response_scores(
+    model: Any,
+    encoded: Sequence[Any],
+    pad_id: int,
+    device: Any,
+    targets: Sequence[Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Per encoded example: `loglik` (mean log-probability per loss-carrying token) and, with
+    `targets` (`align.Targets`, one per example or None), `kl_to_teacher` (mean KL from the
+    teacher's aligned top-k and tail to the model over those positions) and `n_kd`.
+
+    One forward pass; only one row's log-softmax is materialised in float32 at a time.
     """
     import torch
 
     from kdstudio.distill.batches import IGNORE, collate
-    from kdstudio.distill.losses import cross_entropy
+    from kdstudio.distill.losses import cross_entropy, sparse_topk_kl_per_token
 
     batch = collate(list(encoded), pad_id).to(device)
     with torch.inference_mode(), _autocast(device):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     out = []
-    for row in range(logits.shape[0]):
-        targets = batch.labels[row, 1:]
-        keep = targets != IGNORE
-        ce = cross_entropy(logits[row, :-1][keep], targets[keep])  # -log p(target) per token
-        out.append(-float(ce.mean()) if ce.numel() else 0.0)
+    for row, enc in enumerate(encoded):
+        targets_row = batch.labels[row, 1:]
+        keep = targets_row != IGNORE
+        ce = cross_entropy(logits[row, :-1][keep], targets_row[keep])  # -log p(target)
+        scores: dict[str, Any] = {"loglik": -float(ce.mean()) if ce.numel() else 0.0}
+        tg = targets[row] if targets is not None else None
+        if tg is not None and tg.n_kd:
+            at = torch.as_tensor(enc.prompt_len + tg.pos.astype("int64") - 1, device=device)
+            kl = sparse_topk_kl_per_token(
+                logits[row].index_select(0, at),
+                torch.as_tensor(tg.ids, device=device).long(),
+                torch.as_tensor(tg.logprobs, device=device),
+            )
+            scores.update(kl_to_teacher=float(kl.mean()), n_kd=int(tg.n_kd))
+        out.append(scores)
     return out
+
+
+class _TeacherScorer:
+    """The collection's teacher when it is a local model: how likely it finds an answer
+    (`teacher_nll`, per token of the answer and its end of turn, in its own chat template)."""
+
+    def __init__(self, ws: Workspace, collection: str, device: Any) -> None:
+        from pathlib import Path
+
+        from kdstudio.collect.store import get_collection
+
+        self.model = None
+        self.device = device
+        name = get_collection(ws, collection).teacher_name
+        if not name or name not in ws.teacher_names():
+            return
+        teacher = ws.get_teacher(name)
+        if teacher.kind != "local" or not (Path(teacher.path or "") / "config.json").exists():
+            return
+        from transformers import AutoModelForCausalLM
+
+        from kdstudio.distill.batches import load_student_tokenizer
+
+        self.name = name
+        self.tok, _ = load_student_tokenizer(str(teacher.path))
+        self.model = AutoModelForCausalLM.from_pretrained(teacher.path).to(device).eval()
+
+    def nll(self, messages: Sequence[list[dict]], answers: Sequence[str]) -> list[dict]:
+        """{"teacher_nll", "n_answer"} per answer ({} for an empty one)."""
+        from kdstudio.distill.batches import encode_example
+
+        if self.model is None:
+            return [{} for _ in answers]
+        encs = [
+            encode_example(self.tok, m, a, 1 << 20) if a.strip() else None
+            for m, a in zip(messages, answers, strict=True)
+        ]
+        known = [e for e in encs if e is not None]
+        logliks = iter(
+            response_logliks(self.model, known, self.tok.pad_token_id, self.device) if known else []
+        )
+        return [
+            {"teacher_nll": -next(logliks), "n_answer": e.n_target} if e is not None else {}
+            for e in encs
+        ]
+
+    def close(self) -> None:
+        self.model = None
 
 
 class _Students:
@@ -498,18 +619,30 @@ def _batches(
         yield [(i, *pairs[i]) for i in order[start : start + size]]
 
 
+@dataclass
+class _Scoring:
+    """What scores a batch besides the students: the stop ids, the teacher's aligned logprobs
+    per example, reference answers by dataset row, and the local teacher (if any)."""
+
+    stop_ids: Sequence[int]
+    targets: dict[int, Any]  # id(example) -> align.Targets
+    references: dict[int, str]
+    teacher: _TeacherScorer
+
+
 def _score_batch(
     students: _Students,
     batch: Sequence[tuple[int, Example, Any]],
     config: EvalConfig,
-    stop_ids: Sequence[int],
+    scoring: _Scoring,
     device: Any,
 ) -> list[EvalItem]:
     tok = students.tok
     prompts = [ex.messages for _, ex, _ in batch]
     encoded = [enc for _, _, enc in batch]
+    targets = [scoring.targets.get(id(ex)) for _, ex, _ in batch]
     answers: dict[str, list[str]] = {}
-    logliks: dict[str, list[float]] = {}
+    scores: dict[str, list[dict]] = {}
     for which in ("after", "before"):
         with students.model(which) as model:
             answers[which] = generate_answers(
@@ -517,17 +650,27 @@ def _score_batch(
                 tok,
                 prompts,
                 max_new_tokens=config.max_new_tokens,
-                stop_ids=stop_ids,
+                stop_ids=scoring.stop_ids,
                 device=device,
             )
-            logliks[which] = response_logliks(model, encoded, tok.pad_token_id, device)
+            scores[which] = response_scores(model, encoded, tok.pad_token_id, device, targets)
+    answers["teacher"] = [ex.response for _, ex, _ in batch]
+    nll = {m: scoring.teacher.nll(prompts, answers[m]) for m in MODELS}
     items = []
     for j, (idx, ex, enc) in enumerate(batch):
         metrics: dict[str, Any] = {"n_tokens": enc.n_target, "truncated": enc.truncated}
         for which in ("before", "after"):
             metrics[which] = {
-                "loglik": logliks[which][j],
+                **scores[which][j],
+                **nll[which][j],
                 **text_scores(answers[which][j], ex.response),
+            }
+        metrics["teacher"] = dict(nll["teacher"][j])
+        reference = scoring.references.get(ex.row_id)
+        if reference is not None:
+            metrics["reference"] = {
+                "text": reference,
+                **{m: text_scores(answers[m][j], reference) for m in MODELS},
             }
         items.append(
             EvalItem(
@@ -541,6 +684,37 @@ def _score_batch(
             )
         )
     return items
+
+
+def _references(ws: Workspace, examples: Sequence[Example]) -> dict[int, str]:
+    """The dataset's reference answer of each example's row, where it has one."""
+    rows = sorted({ex.row_id for ex in examples})
+    out: dict[int, str] = {}
+    for start in range(0, len(rows), 500):
+        part = rows[start : start + 500]
+        marks = ",".join("?" * len(part))
+        for r in ws.query(
+            f"SELECT id, reference FROM dataset_rows WHERE id IN ({marks})", tuple(part)
+        ):
+            if r["reference"] is not None and r["reference"].strip():
+                out[r["id"]] = r["reference"]
+    return out
+
+
+def _teacher_targets(tok: Any, pairs: Sequence[tuple[Example, Any]]) -> dict[int, Any]:
+    """The stored teacher logprobs of each example aligned to the student's tokens by bytes
+    (as sparse KD aligns them), keyed by id(example); examples without logprobs are left out."""
+    from kdstudio.distill.align import align_example
+    from kdstudio.teachers.vocab import VocabBytes
+
+    if not any(ex.logprobs is not None for ex, _ in pairs):
+        return {}
+    vocab = VocabBytes(tok)
+    return {
+        id(ex): align_example(enc, ex.response, ex.logprobs, vocab, mode="bytes")
+        for ex, enc in pairs
+        if ex.logprobs is not None
+    }
 
 
 def _encode_all(
@@ -596,7 +770,12 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
             f"run {run.name!r} has no held-out prompt to evaluate ({len(examples)} held out, "
             f"{dropped} longer than data.max_length)"
         )
-    stop_ids = _stop_ids(students.tok, students.after, [enc for _, enc in pairs])
+    scoring = _Scoring(
+        _stop_ids(students.tok, students.after, [enc for _, enc in pairs]),
+        _teacher_targets(students.tok, pairs),
+        _references(ws, [ex for ex, _ in pairs]),
+        _TeacherScorer(ws, run.config["data"]["collection"], device),
+    )
     eval_id = _create_row(ws, run, path, config)
     sink = FanoutSink([sink, StoreSink(ws, "eval", eval_id)])
     if dropped:
@@ -607,7 +786,7 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
         for batch in _batches(pairs, config.batch_size):
             if cancel.cancelled:
                 break
-            items = _score_batch(students, batch, config, stop_ids, device)
+            items = _score_batch(students, batch, config, scoring, device)
             _store_items(ws, eval_id, items)
             for it in items:
                 done.append(it)
@@ -620,6 +799,7 @@ def evaluate(config: EvalConfig, ws: Workspace, sink: Sink, cancel: CancelToken)
         raise
     finally:
         students.close()
+        scoring.teacher.close()
     summary = _summary(done, pairs, dropped, path)
     if len(done) < len(pairs):
         _finish_row(ws, eval_id, "stopped", summary)

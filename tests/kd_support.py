@@ -35,7 +35,9 @@ def sharpen_head(model_dir: Path, factor: float) -> Path:
 def make_kd_models(root: Path) -> SimpleNamespace:
     """Tiny models: `student` (tokenizer `tok`), `teacher` (same tokenizer, other weights,
     peaked head), `padded` (same tokenizer, 16 extra padding rows), `foreign` (a tokenizer
-    trained on other text), `partial` (a student whose tokenizer lacks MISSING)."""
+    trained on other text), `partial` (a student whose tokenizer lacks MISSING), `sp` (a
+    SentencePiece-style student with a ChatML template, trained on the same text: another
+    tokenizer of the same words)."""
     from support.train_data import memorisable_pairs, texts_of
 
     from kdstudio.demo.tiny import make_model, make_tokenizer
@@ -53,6 +55,8 @@ def make_kd_models(root: Path) -> SimpleNamespace:
     ns.foreign = make_model(root / "foreign", foreign_tok, seed=3, layers=1, hidden=32)
     partial_tok = make_tokenizer(root / "partial-tok", PARTIAL_TEXTS, vocab_size=380)
     ns.partial = make_model(root / "partial", partial_tok, seed=4, layers=1, hidden=32)
+    sp_tok = make_tokenizer(root / "sp-tok", texts, vocab_size=640, style="sentencepiece")
+    ns.sp = make_model(root / "sp", sp_tok, seed=5, layers=1, hidden=32)
     return ns
 
 
@@ -92,6 +96,28 @@ def collect_from_loopback(ws, server, *, n: int = 24, top_logprobs: int = 5, **k
         ws,
     )
     return "prompts.t"
+
+
+def collect_from_local(ws, path: Path, *, n: int = 8, top_logprobs: int = 4, **kw: Any) -> str:
+    """Prompts + a real collection job answered by the local teacher at `path` (greedy unless
+    `temperature` says otherwise); returns the collection's name."""
+    from collect_support import make_prompts
+
+    from kdstudio.collect import CollectConfig, collect
+
+    make_prompts(ws, n=n)
+    add_local_teacher(ws, "local", path)
+    collect(
+        CollectConfig(
+            teacher="local",
+            dataset="prompts",
+            max_tokens=8,
+            top_logprobs=top_logprobs,
+            **{"temperature": 0.0, **kw},
+        ),
+        ws,
+    )
+    return "prompts.local"
 
 
 def metric_series(ws, run: str, name: str) -> list[float]:

@@ -14,6 +14,7 @@ import pytest
 from kdstudio.demo import (
     REFERENCE_COLLECTION,
     SAMPLED,
+    SFT_STUDENT,
     STUDENT,
     STUDENT_BEST,
     STUDENT_UNFILTERED,
@@ -125,7 +126,10 @@ def _run(ws, name):
 def test_quick_demo_ranks_teacher_and_distilled_student_above_the_untrained_student(demo_runs):
     result = demo_runs["first"]
     teacher, before, after = (result.score(k) for k in ("teacher", "before", "after"))
-    assert teacher.n == after.n == before.n == DemoPlan.quick().n_test
+    sft = result.score("sft")  # the same student, data, steps and seed without the logprobs
+    assert teacher.n == after.n == before.n == sft.n == DemoPlan.quick().n_test
+    assert sft.accuracy >= before.accuracy + 0.1
+    assert [row[0] for row in result.rows()][-1].startswith("student after sft")
     assert before.accuracy < 0.05  # random weights do not solve the task
     assert teacher.accuracy >= 0.3
     assert after.accuracy >= before.accuracy + 0.15
@@ -154,6 +158,10 @@ def test_demo_workspace_holds_datasets_runs_collection_and_local_teacher(demo_ru
     assert (student_run.status, student_run.method) == ("finished", "sparse_kd")
     assert student_run.step == DemoPlan.quick().student_steps
     assert ckpt.list_checkpoints(ws, STUDENT)
+    sft_run = _run(ws, SFT_STUDENT)  # the comparison: same collection, steps and seed
+    assert (sft_run.status, sft_run.method) == ("finished", "sft")
+    assert sft_run.step == student_run.step and sft_run.collection == student_run.collection
+    assert sft_run.config["run"]["seed"] == student_run.config["run"]["seed"]
     # the teacher's curves are stored like any run's
     names = {
         r[0] for r in ws.query("SELECT name FROM run_metrics WHERE run_id=?", (teacher_run.id,))
@@ -237,7 +245,8 @@ def test_running_the_demo_again_reuses_everything_and_scores_the_same(demo_runs)
     assert [s.to_dict() for s in again.scores] == [s.to_dict() for s in first.scores]
     assert again.curation == first.curation
     ws = demo_runs["ws"]
-    assert ws.query_one("SELECT COUNT(*) FROM runs")[0] == 4
+    # the teacher; the KD and SFT students; the students on unfiltered and best-of-n answers
+    assert ws.query_one("SELECT COUNT(*) FROM runs")[0] == 5
     stored = json.loads((ws.folder("demo") / "results.json").read_text())
     assert stored["scores"][2]["accuracy"] == first.score("after").accuracy
 

@@ -13,6 +13,7 @@ from kdstudio.distill import runs
 from kdstudio.distill.config import TrainConfig
 from kdstudio.errors import Cancelled, NotFound, UserError
 from kdstudio.evaluate import (
+    METRICS,
     EvalConfig,
     eval_items,
     evaluate,
@@ -181,7 +182,7 @@ def test_cli_eval_prints_the_table_and_json(trained_runs, run_cli, capsys):
                  "--json"]) == 0  # fmt: skip
     doc = json.loads(capsys.readouterr().out)
     assert doc["status"] == "finished" and len(doc["items"]) == 2
-    assert set(doc["summary"]["metrics"]) == {"loglik", "exact_match", "f1", "rouge_l"}
+    assert set(doc["summary"]["metrics"]) == set(METRICS)
     assert {"teacher", "student_before", "student_after"} <= set(doc["items"][0])
 
     # the real entry point; bad input is refused before torch is even imported
@@ -189,3 +190,67 @@ def test_cli_eval_prints_the_table_and_json(trained_runs, run_cli, capsys):
     assert proc.returncode == 2 and "no run named 'missing-run'" in proc.stderr
     proc = run_cli("eval", "demo", "--max-new-tokens", "0", workspace=trained_runs.ws.root)
     assert proc.returncode == 2 and "--max-new-tokens must be >= 1" in proc.stderr
+
+
+def test_answers_are_scored_against_the_datasets_references_the_teachers_too(trained_runs, first):
+    from kdstudio.evaluate import TEXT_METRICS
+
+    result, _ = first
+    ref = result.summary["reference"]
+    assert ref is not None and ref["n"] == result.summary["n"]
+    # this teacher answered with the reference answers themselves
+    assert {ref["metrics"][k]["teacher"] for k in TEXT_METRICS} == {1.0}
+    assert ref["metrics"]["rouge_l"]["after"] > ref["metrics"]["rouge_l"]["before"]
+    item = eval_items(trained_runs.ws, result.id)[0]
+    assert item.metrics["reference"]["text"] == item.teacher
+    # an API teacher, no stored logprobs: no KL to it and no teacher NLL
+    assert result.summary["metrics"]["kl_to_teacher"]["after"] is None
+    assert result.summary["metrics"]["teacher_nll"]["after"] is None
+
+
+def test_kl_to_the_teacher_and_its_nll_of_the_answers_where_the_data_allows(ws, kd_models):
+    """A local teacher's collection with logprobs: each model's KL from the teacher's top-k at
+    the teacher's answer (as sparse KD aligns it, checked here against a direct computation)
+    and the teacher's NLL of each model's own answer (its own answers: the least surprising)."""
+    import torch
+    from kd_support import collect_from_local, config, train
+    from transformers import AutoModelForCausalLM
+
+    from kdstudio.distill.align import align_example
+    from kdstudio.distill.batches import encode_example, load_student_tokenizer
+    from kdstudio.distill.losses import sparse_topk_kl_per_token
+    from kdstudio.teachers.vocab import VocabBytes
+
+    # sampled: this random teacher's greedy answers are bytes that are no UTF-8 text
+    name = collect_from_local(ws, kd_models.teacher, n=16, top_logprobs=5, temperature=1.0)
+    cfg = config(
+        kd_models.student,
+        name,
+        distill={"method": "sparse_kd"},
+        data={"eval_fraction": 0.25},
+        optim={"max_steps": 2},
+        run={"checkpoint_every": 2},
+    )
+    assert train(ws, cfg).status == "finished"
+    result = evaluate(EvalConfig(run="kd", max_new_tokens=8), ws, ListSink(), CancelToken())
+    kl, nll = result.summary["metrics"]["kl_to_teacher"], result.summary["metrics"]["teacher_nll"]
+    assert kl["teacher"] == 0.0 and kl["before"] > 0 and kl["after"] > 0
+    assert all(nll[m] is not None for m in ("before", "after", "teacher"))
+    assert nll["teacher"] < nll["before"]  # it finds its own answers likelier than noise
+    assert result.summary["reference"] is None  # these prompts have no reference answers
+    # one item's KL of the starting weights, computed directly
+    item = next(it for it in eval_items(ws, result.id) if "n_kd" in it.metrics["before"])
+    example = next(e for e in iter_examples(ws, name) if e.row_id == item.row_id)
+    tok, _ = load_student_tokenizer(str(kd_models.student))
+    enc = encode_example(tok, example.messages, example.response, 64)
+    tg = align_example(enc, example.response, example.logprobs, VocabBytes(tok), mode="bytes")
+    base = AutoModelForCausalLM.from_pretrained(kd_models.student).eval()
+    with torch.no_grad():
+        logits = base(torch.tensor([enc.input_ids])).logits[0]
+    rows = torch.as_tensor(enc.prompt_len + tg.pos.astype("int64") - 1)
+    want = sparse_topk_kl_per_token(
+        logits[rows], torch.as_tensor(tg.ids).long(), torch.as_tensor(tg.logprobs)
+    ).mean()
+    got = item.metrics["before"]
+    assert got["n_kd"] == tg.n_kd > 0
+    assert got["kl_to_teacher"] == pytest.approx(want.item(), rel=1e-4)

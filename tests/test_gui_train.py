@@ -228,8 +228,15 @@ def test_evaluate_and_export_from_the_runs_panel(qtbot, window, student, tmp_pat
         pass
     assert job.outcome == "succeeded", job.error
     assert panel.items_model.rowCount() == 2
-    assert "student after" in panel.summary_view.toHtml()
+    html = panel.summary_view.toHtml()
+    assert "student after" in html
+    # the prompts have reference answers: both students and the teacher are scored on them
+    assert "reference answers" in html
     assert panel.side["teacher"].toPlainText()
+    panel.items_table.selectRow(0)
+    panel.show_eval_item()
+    assert "vs reference" in panel.side["after"].toPlainText()
+    assert "reference answer:" in panel.side["prompt"].toPlainText()
     job = panel.export_selected(tmp_path / "exported")
     with qtbot.waitSignal(job.ended, timeout=120_000):
         pass
@@ -327,9 +334,9 @@ def test_method_fields_show_only_what_applies_and_hidden_ones_stay_default(windo
     form.set_values({"method": "sft"})
     assert shown() == {"method"} and not panel.jsd_hint.isVisibleTo(panel)
     form.set_values({"method": "sparse_kd"})
-    assert shown() == {"method", "tail"} | kd
+    assert shown() == {"method", "tail", "align"} | kd
     form.set_values({"method": "dense_kd", "divergence": "fkl"})
-    assert shown() == {"method", "teacher", "divergence", "on_policy"} | kd
+    assert shown() == {"method", "teacher", "divergence", "on_policy", "align"} | kd
     form.set_values({"divergence": "jsd"})
     assert "beta" in shown() and panel.jsd_hint.isVisibleTo(panel)
     fill_form(panel, student, steps=2, name="m")

@@ -225,7 +225,8 @@ def test_sparse_kd_equals_full_logits_reference(ws, kd_models, tail, fused):
     )
     obj2.fused = fused
     out, got = _run(obj2, model, batch)
-    ids, lps, is_kd = obj2.batch_targets(batch)
+    ids, lps, kinds = obj2.batch_targets(batch)
+    is_kd = kinds > 0
     assert is_kd.sum() > 0
     model.zero_grad()
     s = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
@@ -256,3 +257,63 @@ def test_sparse_kd_on_a_packed_batch_equals_the_unpacked_loss(ws, kd_models):
     assert both.loss_sum.item() == pytest.approx(plain.loss_sum.item(), rel=1e-5)
     for a, b in zip(got_packed, got_plain, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("divergence", ["fkl", "jsd", "rkl"])
+def test_dense_kd_aligned_by_bytes_equals_the_one_tokenizer_path_where_they_coincide(
+    ws, kd_models, monkeypatch, tmp_path, divergence
+):
+    """The cross-tokenizer path (teacher tokens -> bytes -> student tokens, candidates and a
+    tail bucket) on a teacher that happens to share the student's tokenizer, keeping its whole
+    distribution: the same loss and gradient as comparing the two distributions id by id."""
+    from kdstudio.distill.objectives import cross
+
+    monkeypatch.setattr(cross, "TOP_K", 10**6)  # every token: nothing left for the tail
+    options = {"divergence": divergence, "kd_weight": 0.7, "beta": 0.3, "chunk_size": 5}
+    _, exact, model, batch = _setup(ws, kd_models, "dense_kd", kd_models.teacher, **options)
+    want, want_grads = _run(exact, model, batch)
+    assert exact.cross is None
+    from kdstudio.workspace import Workspace
+
+    other = Workspace.open(tmp_path / "other")
+    _, aligned, _, _ = _setup(
+        other, kd_models, "dense_kd", kd_models.teacher, align="bytes", **options
+    )
+    assert aligned.cross is not None
+    got, grads = _run(aligned, model, batch)
+    assert got.loss_sum.item() == pytest.approx(want.loss_sum.item(), rel=1e-4)
+    assert got.counts["kd_share"][0].item() == batch.n_target
+    assert got.counts["kd_exact"][0].item() == batch.n_target
+    for g, w in zip(grads, want_grads, strict=True):
+        assert torch.allclose(g, w, rtol=1e-3, atol=1e-6)
+    other.close()
+
+
+def test_dense_kd_across_tokenizers_trains_a_sentencepiece_student(ws, kd_models):
+    """A ChatML/SentencePiece student and a byte-level teacher: the teacher reads each example
+    in its own template and tokens, and every student response token gets its distribution
+    (the end of turn from the teacher's own end token)."""
+    from kd_support import metric_series, train
+    from support.train_data import make_collection, memorisable_pairs
+
+    make_collection(ws, "pairs", memorisable_pairs(16))
+    add_local_teacher(ws, "local", kd_models.teacher)
+    cfg = config(
+        kd_models.sp,
+        "pairs",
+        distill={"method": "dense_kd", "teacher": "local", "divergence": "jsd"},
+        optim={"max_steps": 3},
+    )
+    assert train(ws, cfg).status == "finished"
+    shares = metric_series(ws, "kd", "kd_share")
+    assert all(s >= 0.9 for s in shares), shares
+    assert all(v > 0 for v in metric_series(ws, "kd", "kd"))
+    on_policy = config(
+        kd_models.sp,
+        "pairs",
+        distill={"method": "dense_kd", "teacher": "local", "on_policy": 1.0},
+        optim={"max_steps": 2},
+        run={"name": "kd-on-policy"},
+    )
+    assert train(ws, on_policy).status == "finished"
+    assert metric_series(ws, "kd-on-policy", "on_policy") == [1.0, 1.0]

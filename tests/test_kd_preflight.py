@@ -30,14 +30,28 @@ def _setup_fails(ws, cfg):
     return str(err.value)
 
 
-def test_a_mismatched_tokenizer_pair_is_refused_before_any_step(ws, kd_models):
+def test_a_mismatched_tokenizer_pair_is_refused_before_any_step_when_align_is_exact(ws, kd_models):
     _collection(ws)
     add_local_teacher(ws, "other", kd_models.foreign)
-    cfg = config(kd_models.student, "tiny", distill={"method": "dense_kd", "teacher": "other"})
-    message = _setup_fails(ws, cfg)
+    distill = {"method": "dense_kd", "teacher": "other", "align": "exact"}
+    message = _setup_fails(ws, config(kd_models.student, "tiny", distill=distill))
     assert str(kd_models.student) in message and str(kd_models.foreign) in message
     assert "'other'" in message
-    assert '"sft"' in message and '"sparse_kd"' in message
+    assert 'distill.align = "auto" or "bytes"' in message
+
+
+def test_a_teacher_with_another_tokenizer_is_aligned_by_bytes_and_needs_temperature_1(
+    ws, kd_models
+):
+    _collection(ws)
+    add_local_teacher(ws, "other", kd_models.foreign)
+    distill = {"method": "dense_kd", "teacher": "other", "temperature": 2.0}
+    message = _setup_fails(ws, config(kd_models.student, "tiny", distill=distill))
+    assert "across tokenizers needs distill.temperature = 1.0" in message
+    check = dense.check_teacher(
+        config(kd_models.student, "tiny", distill={"method": "dense_kd", "teacher": "other"}), ws
+    )
+    assert check.align == "bytes" and "another tokenizer" in check.message
 
 
 def test_padding_rows_are_accepted_and_truncated_to_the_shared_vocabulary(ws, kd_models):

@@ -454,3 +454,35 @@ def test_masked_ce_matches_cross_entropy_over_non_ignored_labels():
     assert total.item() == pytest.approx(want.item() * 8, rel=1e-12)
     summed = L.cross_entropy(student, labels, reduction="sum")  # the trainer's form
     assert summed.item() == pytest.approx(want.item() * 8, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- bucketed, ULD
+
+
+def test_bucketed_forward_kl_is_sparse_kl_with_its_tail_and_every_divergence_is_a_proper_one():
+    student, ids, lps = _sparse_case(n=4, vocab=9, k=3)
+    got = L.sparse_divergence_per_token(student, ids, lps, divergence="fkl")
+    want = L.sparse_topk_kl_per_token(student, ids, lps, tail=True)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    for name in NAMES:
+        value = L.sparse_divergence_per_token(student, ids, lps, divergence=name)
+        assert (value >= 0).all() and torch.isfinite(value).all()
+    # identical buckets: no divergence
+    same = torch.log_softmax(student, -1).gather(-1, ids)
+    for name in NAMES:
+        zero = L.sparse_divergence_per_token(student, ids, same, divergence=name)
+        assert zero.abs().max().item() < 1e-9
+    with pytest.raises(ValueError, match="temperature 1"):
+        L.sparse_divergence_per_token(student, ids, lps, temperature=2.0)
+
+
+def test_uld_is_the_l1_distance_of_sorted_probabilities_and_the_rest():
+    student = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]], dtype=F64))
+    teacher = torch.log(torch.tensor([[0.6, 0.25, -1.0]], dtype=F64).clamp_min(1e-300))
+    teacher[0, 2] = -math.inf  # two candidates known
+    got = L.uld_topk_per_token(student, teacher).item()
+    # sorted: |0.6-0.5| + |0.25-0.3| + rest |0.15 - 0.2|
+    assert got == pytest.approx(0.1 + 0.05 + 0.05, rel=1e-9)
+    # ranks only: a permutation of the student's vocabulary changes nothing
+    shuffled = student[:, [3, 1, 0, 2]]
+    assert L.uld_topk_per_token(shuffled, teacher).item() == pytest.approx(got, rel=1e-12)

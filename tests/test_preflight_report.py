@@ -74,12 +74,17 @@ def test_dense_kd_checks_the_teacher_tokenizer(ws, kd_models):
     assert good.ok, good.errors
     assert good.teacher["teacher_rows"] == good.teacher["student_rows"] + 16
     assert good.memory["teacher_weights"] > 0
-    bad = preflight(
-        config(kd_models.student, "tiny", distill={"method": "dense_kd", "teacher": "other"}), ws
-    )
+    distill = {"method": "dense_kd", "teacher": "other", "align": "exact"}
+    bad = preflight(config(kd_models.student, "tiny", distill=distill), ws)
     assert not bad.ok and bad.teacher is None
     assert any("share a tokenizer" in e and "'other'" in e for e in bad.errors)
     assert bad.train_examples == 8  # the other checks still ran
+    other = preflight(
+        config(kd_models.student, "tiny", distill={"method": "dense_kd", "teacher": "other"}), ws
+    )
+    assert other.ok, other.errors
+    assert other.teacher["align"] == "bytes"
+    assert any("another tokenizer" in c and "by bytes" in c for c in other.checks)
 
 
 def test_sparse_kd_reports_the_kd_share_or_refuses_a_collection_without_logprobs(ws, kd_models):
@@ -95,7 +100,11 @@ def test_sparse_kd_reports_the_kd_share_or_refuses_a_collection_without_logprobs
     assert report.ok, report.errors
     assert report.kd["examples"] == 8 and 0 < report.kd["kd_share"] <= 1
     assert report.kd["kd_positions"] <= report.kd["target_tokens"]
+    assert report.kd["align"] in ("exact", "bytes")
+    kinds = report.kd["kind_shares"]
+    assert sum(kinds.values()) == pytest.approx(report.kd["kd_share"])
     assert any(c.startswith("sparse_kd:") for c in report.checks)
+    assert any(c.startswith(f"align {report.kd['align']}:") for c in report.checks)
 
 
 @pytest.mark.slow  # a CLI process that loads transformers and the models

@@ -48,8 +48,8 @@ def test_steps_come_from_max_steps_or_epochs_over_accumulated_batches():
 def test_the_distill_fields_that_apply_to_each_method():
     kd = {"temperature", "kd_weight", "chunk_size"}
     assert DistillConfig.fields_for("sft") == {"method"}
-    assert DistillConfig.fields_for("sparse_kd", "jsd") == {"method", "tail"} | kd
-    dense = {"method", "teacher", "divergence", "on_policy"} | kd
+    assert DistillConfig.fields_for("sparse_kd", "jsd") == {"method", "tail", "align"} | kd
+    dense = {"method", "teacher", "divergence", "on_policy", "align"} | kd
     assert DistillConfig.fields_for("dense_kd", "fkl") == dense
     assert DistillConfig.fields_for("dense_kd", "jsd") == dense | {"beta"}
     every = set(DistillConfig.__dataclass_fields__) - {"_section"}

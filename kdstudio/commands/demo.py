@@ -163,9 +163,11 @@ def open_studio(args: argparse.Namespace, path: Path) -> int:
     child = None
     if stored:
         acc = {s["model"]: s["accuracy"] for s in stored["scores"]}
+        sft = f", {acc['sft']:.0%} with SFT alone" if "sft" in acc else ""
         print(
             f"kdstudio demo: opening {path} (held-out accuracy: teacher {acc['teacher']:.0%}, "
-            f"student {acc['before']:.0%} before and {acc['after']:.0%} after distillation)",
+            f"student {acc['before']:.0%} before and {acc['after']:.0%} after distillation"
+            f"{sft})",
             file=sys.stderr,
         )
     else:

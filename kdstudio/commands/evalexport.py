@@ -91,6 +91,8 @@ def cmd_eval(args: argparse.Namespace, ctx) -> int:
     rows = []
     for name in METRICS:
         row = summary["metrics"][name]
+        if row["before"] is None and row["after"] is None:
+            continue  # kl_to_teacher / teacher_nll where the data has no way to them
         gap = row.get("gap_closed")
         rows.append(
             [name, *(_fmt(row[m]) for m in ("before", "after", "teacher"))]
@@ -98,6 +100,16 @@ def cmd_eval(args: argparse.Namespace, ctx) -> int:
         )
     ctx.print_table(["METRIC", "BEFORE", "AFTER", "TEACHER", "GAP CLOSED"], rows)
     print(f"(before = the starting weights, after = {result.checkpoint}; {summary['note']})")
+    reference = summary.get("reference")
+    if reference:
+        print(f"\nagainst the dataset's reference answers ({reference['n']} prompts have one):")
+        ctx.print_table(
+            ["METRIC", "BEFORE", "AFTER", "TEACHER"],
+            [
+                [name, *(_fmt(row[m]) for m in ("before", "after", "teacher"))]
+                for name, row in reference["metrics"].items()
+            ],
+        )
     for it in items[: max(args.show, 0)]:
         print(f"\n[{it.idx}] {_one_line(it.prompt)}")
         print(f"  teacher: {_one_line(it.teacher)}")

@@ -16,7 +16,9 @@ user's own work, so the workspace it leaves is an ordinary one to browse in the 
 4. collection: the teacher answers the training prompts through the real collection job,
    greedy, with its top-20 logprobs and token ids;
 5. student: distilled from that collection (`sparse_kd` from the stored logprobs by
-   default, or `dense_kd` with the local teacher; run `demo-student`);
+   default, or `dense_kd` with the local teacher; run `demo-student`), and beside it the same
+   student trained with plain `sft` on the same collection, steps and seed (run
+   `demo-student-sft`), so the table shows what the teacher's distribution added;
 6. best of n: the teacher answers the training prompts again at temperature 1, `samples`
    answers each (`demo-task.sampled`); the task's check (`demo/task_check.py`, run by
    `kdstudio outputs check`) decides each, best-of-n keeps one right answer per prompt
@@ -25,8 +27,8 @@ user's own work, so the workspace it leaves is an ordinary one to browse in the 
    each prompt (`demo-task.unfiltered`, the same answers from the cache;
    `demo-student-unfiltered`);
 7. scores: task accuracy (answers checked by the program, not compared with the teacher)
-   of the teacher, the student before and the students after distillation, on held-out
-   prompts that none of them trained on.
+   of the teacher, the student before, after distillation and after SFT, and the students
+   on sampled answers, on held-out prompts that none of the models trained on.
 
 Re-running reuses what is done: datasets, tokenizer, models, finished runs and the
 collection are kept; a stopped run resumes from its last checkpoint and a stopped collection
@@ -72,6 +74,7 @@ TEST_DATASET = "demo-heldout"
 REFERENCE_COLLECTION = "demo-task.reference"
 TEACHER = "demo-teacher"  # the teacher's training run, its export and the local teacher
 STUDENT = "demo-student"  # the student's distillation run
+SFT_STUDENT = "demo-student-sft"  # the same student, data, steps and seed with plain SFT
 SAMPLED = f"{TRAIN_DATASET}.sampled"  # several answers a prompt at temperature 1
 UNFILTERED = f"{TRAIN_DATASET}.unfiltered"  # the first of them, as they come
 STUDENT_BEST = "demo-student-best"  # trained on best-of-n by the task's check
@@ -249,7 +252,7 @@ class DemoResult:
         return sum(self.timings.values())
 
     def score(self, model: str) -> Score:
-        """The score of `teacher`, `before`, `after`, `unfiltered` or `best`."""
+        """The score of `teacher`, `before`, `after`, `sft`, `unfiltered` or `best`."""
         return next(s for s in self.scores if s.model == model)
 
     def rows(self) -> list[list[str]]:
@@ -305,6 +308,7 @@ MODEL_LABELS = {
     "teacher": "teacher (trained on the references)",
     "before": "student before distillation",
     "after": "student after ({method})",
+    "sft": "student after sft (same data and steps)",
     "unfiltered": "student on sampled answers, unfiltered",
     "best": "student on sampled answers, best of {n} by the check",
 }
@@ -577,7 +581,11 @@ class Demo:
         return did
 
     # -- 3. teacher -----------------------------------------------------------------------------
-    def _train_config(self, name: str, student: Path, collection: str, **distill: Any) -> Any:
+    def train_config(
+        self, name: str, student: Path, collection: str, *, seed: int | None = None, **distill: Any
+    ) -> Any:
+        """The demo's training config of run `name` (the teacher's sizes for TEACHER, else the
+        student's); `seed` instead of the plan's (bench/bench_kd_quality.py trains several)."""
         from kdstudio.distill.config import TrainConfig
 
         p = self.plan
@@ -600,7 +608,7 @@ class Demo:
                 },
                 "run": {
                     "name": name,
-                    "seed": p.seed,
+                    "seed": p.seed if seed is None else seed,
                     "checkpoint_every": every,
                     "eval_every": eval_every,
                     "log_every": max(steps // 60, 1),
@@ -610,7 +618,7 @@ class Demo:
             }
         ).resolved()
 
-    def _train(self, config: Any) -> bool:
+    def train(self, config: Any) -> bool:
         """Train run `config.run.name` to the end (resuming it when it was stopped)."""
         from kdstudio.distill import runs
         from kdstudio.distill.trainer import Trainer, run_training
@@ -641,7 +649,7 @@ class Demo:
         from kdstudio.config import TeacherConfig
         from kdstudio.export import ExportConfig, export
 
-        did = self._train(self._train_config(TEACHER, self.teacher_init, REFERENCE_COLLECTION))
+        did = self.train(self.train_config(TEACHER, self.teacher_init, REFERENCE_COLLECTION))
         if not (self.teacher_dir / "config.json").exists():
             if self.teacher_dir.exists() and not any(self.teacher_dir.iterdir()):
                 self.teacher_dir.rmdir()
@@ -685,12 +693,14 @@ class Demo:
 
     # -- 5. student -----------------------------------------------------------------------------
     def train_student(self) -> bool:
+        """The distilled student, then the same student with plain SFT on the same data, steps
+        and seed: the table's honest comparison (does the teacher's distribution help here?)."""
         distill: dict[str, Any] = {"method": self.plan.method, "kd_weight": self.plan.kd_weight}
         if self.plan.method == "dense_kd":
             distill["teacher"] = TEACHER
-        return self._train(
-            self._train_config(STUDENT, self.student_init, self.collection, **distill)
-        )
+        did = self.train(self.train_config(STUDENT, self.student_init, self.collection, **distill))
+        sft = self.train_config(SFT_STUDENT, self.student_init, self.collection, method="sft")
+        return self.train(sft) or did
 
     # -- 6. best of n -----------------------------------------------------------------------------
     def sample_config(self, name: str, samples: int) -> Any:
@@ -754,8 +764,8 @@ class Demo:
         if self.plan.method == "dense_kd":
             distill["teacher"] = TEACHER
         for run, collection in ((STUDENT_UNFILTERED, UNFILTERED), (STUDENT_BEST, SAMPLED)):
-            config = self._train_config(run, self.student_init, collection, **distill)
-            did = self._train(config) or did
+            config = self.train_config(run, self.student_init, collection, **distill)
+            did = self.train(config) or did
         return did
 
     def _collected(self, name: str) -> bool:
@@ -806,6 +816,7 @@ class Demo:
             ("teacher", lambda: _load(self.teacher_dir, device)),
             ("before", lambda: _load(self.student_init, device)),
             ("after", lambda: ckpt.load_student(self.ws, STUDENT, "last", str(device))),
+            ("sft", lambda: ckpt.load_student(self.ws, SFT_STUDENT, "last", str(device))),
             (
                 "unfiltered",
                 lambda: ckpt.load_student(self.ws, STUDENT_UNFILTERED, "last", str(device)),
@@ -817,24 +828,38 @@ class Demo:
         for key, load in models:
             self.cancel.raise_if_cancelled()
             model, tok = load()
-            got = answers[key] = self._answers(model, tok, [p.prompt for p in test], device)
-            correct = dict.fromkeys(("reverse", "sort"), 0)
-            total = dict.fromkeys(("reverse", "sort"), 0)
-            for p, a in zip(test, got, strict=True):
-                total[p.kind] += 1
-                correct[p.kind] += is_correct(p.prompt, a)
-            same = None
-            if key != "teacher":
-                same = sum(a == t for a, t in zip(got, answers["teacher"], strict=True))
-            params = sum(x.numel() for x in model.parameters())
-            scores.append(Score(key, params, correct, total, same))
+            score, answers[key] = self.score_model(key, model, tok, device, answers.get("teacher"))
+            scores.append(score)
             label = MODEL_LABELS[key].format(method=self.plan.method, n=self.plan.samples)
-            self.sink.emit(Log(f"  {label}: {scores[-1].accuracy:.1%} correct"))
+            self.sink.emit(Log(f"  {label}: {score.accuracy:.1%} correct"))
         examples = [
             {"prompt": p.prompt, "expected": p.answer, **{k: v[i] for k, v in answers.items()}}
             for i, p in enumerate(test[:6])
         ]
         return scores, examples
+
+    def score_model(
+        self,
+        key: str,
+        model: Any,
+        tok: Any,
+        device: Any,
+        teacher_answers: Sequence[str] | None = None,
+    ) -> tuple[Score, list[str]]:
+        """One model's task accuracy on the held-out prompts (and how often it answers as the
+        teacher did, given the teacher's answers), with its answers."""
+        _, test = self.problems()
+        got = self._answers(model, tok, [p.prompt for p in test], device)
+        correct = dict.fromkeys(("reverse", "sort"), 0)
+        total = dict.fromkeys(("reverse", "sort"), 0)
+        for p, a in zip(test, got, strict=True):
+            total[p.kind] += 1
+            correct[p.kind] += is_correct(p.prompt, a)
+        same = None
+        if teacher_answers is not None:
+            same = sum(a == t for a, t in zip(got, teacher_answers, strict=True))
+        params = sum(x.numel() for x in model.parameters())
+        return Score(key, params, correct, total, same), got
 
     def evaluate_student(self) -> bool:
         """The studio's side-by-side evaluation of the student run (before / after / teacher's
@@ -900,10 +925,11 @@ class DemoStatus:
         if not self.result:
             return ""
         acc = {s["model"]: s["accuracy"] for s in self.result.get("scores", [])}
-        return (
+        line = (
             f"held-out accuracy: teacher {acc.get('teacher', 0):.0%}, student "
             f"{acc.get('before', 0):.0%} before and {acc.get('after', 0):.0%} after distillation"
         )
+        return line + (f" ({acc['sft']:.0%} with SFT alone)" if "sft" in acc else "")
 
 
 def demo_status(root: Path) -> DemoStatus | None:

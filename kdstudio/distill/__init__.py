@@ -3,7 +3,7 @@
     config.py       TrainConfig: [student] [data] [distill] [optim] [run] [lora], from TOML
     plan.py         what a run will use: device, precision, dataset, steps, memory estimate
     batches.py      teacher outputs -> rendered, tokenized, masked, split, batched examples
-    align.py        stored teacher logprobs -> targets on the student's tokens (sparse KD)
+    align.py        a teacher's tokens and top-k -> targets on the student's tokens, by bytes
     losses.py       pure per-token losses (fp32) and the references tests hold them to
     fused_head.py   the LM head fused with the loss, chunk by chunk (custom autograd)
     hf.py           Hugging Face model introspection (wrappers, LM head, hidden states)

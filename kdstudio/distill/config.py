@@ -26,6 +26,7 @@ TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 METHODS = ("sft", "sparse_kd", "dense_kd")
 DIVERGENCES = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")
+ALIGNS = ("auto", "exact", "bytes", "uld")  # kdstudio.distill.align explains each
 
 
 @dataclass
@@ -95,7 +96,10 @@ class DataConfig(Section):
         min=8,
     )
     group_by_length: bool = setting(
-        True, "Batch examples of similar length together (less padding, same results)."
+        True,
+        "Batch examples of similar length together (less padding). The batches then depend "
+        "on optim.batch_size: batch_size 4 and 2 x grad_accum 2 train identically only with "
+        "this off.",
     )
     packing: bool = setting(
         False,
@@ -176,6 +180,15 @@ class DistillConfig(Section):
     kd_weight: float = setting(
         0.5, "Total loss = (1 - kd_weight) * CE + kd_weight * KD.", min=0.0, max=1.0
     )
+    align: str = setting(
+        "auto",
+        "How the teacher's tokens meet the student's: `exact` (the same tokenizer: 1:1 "
+        "positions, candidates by id or exact bytes, trained on the teacher's own token "
+        "sequence), `bytes` (any tokenizer: every student token gets the teacher's "
+        "distribution moved onto student tokens by bytes), `uld` (sorted-probability distance, "
+        "for vocabularies that share no pieces); `auto` picks exact or bytes from the data.",
+        choices=ALIGNS,
+    )
     tail: bool = setting(
         True,
         "`sparse_kd`: keep one tail bucket for the teacher's probability mass outside its top-k "
@@ -204,9 +217,9 @@ class DistillConfig(Section):
         if method in ("sparse_kd", "dense_kd"):
             fields |= {"temperature", "kd_weight", "chunk_size"}
         if method == "sparse_kd":
-            fields.add("tail")
+            fields |= {"tail", "align"}
         if method == "dense_kd":
-            fields |= {"teacher", "divergence", "on_policy"}
+            fields |= {"teacher", "divergence", "on_policy", "align"}
             if divergence == "jsd":
                 fields.add("beta")
         return frozenset(fields)

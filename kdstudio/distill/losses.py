@@ -51,10 +51,12 @@ __all__ = [
     "skew_kl_per_token",
     "skew_reverse_kl",
     "skew_reverse_kl_per_token",
+    "sparse_divergence_per_token",
     "sparse_topk_kl",
     "sparse_topk_kl_per_token",
     "total_variation",
     "total_variation_per_token",
+    "uld_topk_per_token",
 ]
 
 #: Teacher logprobs at or below this mean "not in the top-k" (OpenAI sends -9999.0).
@@ -470,6 +472,68 @@ def _sparse_kl_renormalised(
 
 
 sparse_topk_kl = _masked_mean(sparse_topk_kl_per_token, n_teacher=2)  # ids, logprobs
+
+
+def sparse_divergence_per_token(
+    student_logits: Tensor,
+    teacher_ids: Tensor,
+    teacher_logprobs: Tensor,
+    *,
+    divergence: str = "fkl",
+    **options: float,
+) -> Tensor:
+    """Any divergence of `PER_TOKEN` between teacher and student over the teacher's
+    candidates plus one tail bucket, per position.
+
+    Both distributions are coarsened the same way: one bucket per valid candidate id (as in
+    :func:`sparse_topk_kl_per_token`) and one for everything else, so each bucketed pair is a
+    pair of proper distributions and every divergence applies (forward KL gives exactly
+    ``sparse_topk_kl_per_token(..., tail=True)``). Shapes: ``student_logits [..., V]``,
+    ``teacher_ids`` integer ``[..., K]``, ``teacher_logprobs [..., K]`` -> ``[...]``. The
+    teacher's mass is known at temperature 1 only, so ``options`` take no temperature.
+    """
+    if options.get("temperature", 1.0) != 1.0:
+        raise ValueError("sparse_divergence_per_token needs temperature 1 (see its docstring)")
+    options.pop("temperature", None)
+    per_token = _lookup(PER_TOKEN, divergence)
+    ids, t, valid = _sparse_inputs(student_logits, teacher_ids, teacher_logprobs)
+    leading, k = ids.shape[:-1], ids.shape[-1]
+    logits = student_logits.reshape(-1, student_logits.shape[-1])
+    ids, t, valid = ids.reshape(-1, k), t.reshape(-1, k), valid.reshape(-1, k)
+    s, s_tail = _student_tail_log_mass(logits, ids, valid)
+    lse = _masked_logsumexp(t, valid)
+    excess = lse.clamp_min(0.0)
+    tail_mass = -torch.expm1(lse - excess)
+    t_tail = torch.log(tail_mass.clamp_min(torch.finfo(t.dtype).tiny))
+    # an empty bucket holds exp(-1e4) = 0 on both sides: finite, so no 0 * inf anywhere
+    teacher = torch.cat([torch.where(valid, t - excess.unsqueeze(-1), -1e4), t_tail[:, None]], -1)
+    student = torch.cat([torch.where(valid, s, -1e4), s_tail[:, None]], -1)
+    return per_token(student, teacher, **options).reshape(leading)
+
+
+def uld_topk_per_token(student_logits: Tensor, teacher_logprobs: Tensor) -> Tensor:
+    """Universal Logit Distillation (Boizard et al. 2024) from a teacher's top-k, per position:
+    the L1 distance between the teacher's and the student's probabilities sorted in
+    descending order, over the teacher's n valid candidates and one bucket for the rest:
+
+        sum_i<n |p_(i) - q_(i)| + |(1 - sum_i<n p_(i)) - (1 - sum_i<n q_(i))|
+
+    It needs no shared vocabulary (only ranks are compared), so it is the signal of last
+    resort between tokenizers that share no pieces. Shapes: ``student_logits [..., V]``,
+    ``teacher_logprobs [..., K]`` (invalid: ``<= -9999`` or ``-inf``) -> ``[...]``.
+    """
+    t = _fp32(teacher_logprobs)
+    valid = t > ABSENT_LOGPROB
+    p = torch.where(valid, t, -math.inf).exp().sort(dim=-1, descending=True).values
+    n = valid.sum(-1, keepdim=True)
+    k = min(t.shape[-1], student_logits.shape[-1])
+    q = torch.softmax(_fp32(student_logits), dim=-1).topk(k, dim=-1).values
+    if k < t.shape[-1]:
+        q = F.pad(q, (0, t.shape[-1] - k))
+    ranked = torch.arange(t.shape[-1], device=t.device) < n
+    p, q = torch.where(ranked, p, 0.0), torch.where(ranked, q, 0.0)
+    tail = ((1.0 - p.sum(-1)).clamp_min(0.0) - (1.0 - q.sum(-1)).clamp_min(0.0)).abs()
+    return (p - q).abs().sum(-1) + tail
 
 
 # --------------------------------------------------------------------------- cross-entropy

@@ -51,7 +51,7 @@ class PreflightReport:
     target_tokens: int | None = None  # loss-carrying tokens of the training examples
     total_steps: int | None = None
     teacher: dict[str, Any] | None = None  # dense_kd: name, path, shared_rows, message
-    kd: dict[str, Any] | None = None  # sparse_kd: kdstudio.distill.align.summarize_targets
+    kd: dict[str, Any] | None = None  # sparse_kd: align.summarize_targets + "align" (the mode)
     memory: dict[str, Any] | None = None  # plan.memory_estimate
     checks: list[str] = field(default_factory=list)  # what passed, one line each
     errors: list[str] = field(default_factory=list)
@@ -202,6 +202,7 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
                 "shared_rows": check.shared_rows,
                 "student_rows": check.student_rows,
                 "teacher_rows": check.teacher_rows,
+                "align": check.align,
                 "message": check.message,
             }
             report.checks.append(check.message)
@@ -287,12 +288,12 @@ def _sparse_checks(
         return None
     finally:
         objective.close()
-    report.kd = summarize_targets(objective.targets.values())
+    report.kd = {**summarize_targets(objective.targets.values()), "align": objective.mode}
     for event in sink.events:
         if isinstance(event, WarningEvent) and event.where != "memory":
             where = f" [{event.where}]" if event.where else ""
             report.notes.append(f"{event.message}{where}")
-        elif isinstance(event, Log) and event.message.startswith("sparse_kd:"):
+        elif isinstance(event, Log) and event.message.startswith(("sparse_kd:", "align ")):
             report.checks.append(event.message)
     return getattr(objective, "memory", None)
 

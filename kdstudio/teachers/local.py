@@ -22,7 +22,7 @@ from kdstudio.errors import UserError
 from kdstudio.generation import generate_batch
 from kdstudio.logprobs import TokenLogprobs
 from kdstudio.teachers import Response
-from kdstudio.teachers.vocab import byte_decoder
+from kdstudio.teachers.vocab import VocabBytes
 
 if TYPE_CHECKING:
     from kdstudio.config import TeacherConfig
@@ -65,32 +65,16 @@ class LocalTeacher:
         self.model = (
             AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
         )
-        self._bytes_cache: dict[int, bytes] = {}
-        vocab = self.tok.get_vocab() if hasattr(self.tok, "get_vocab") else {}
-        decoder = byte_decoder()
-        self._byte_level = (
-            bool(vocab) and sum(all(c in decoder for c in t) for t in list(vocab)[:200]) > 150
-        )
-        self._decoder = decoder
-        self._special = set(self.tok.all_special_ids)
+        self.vocab = VocabBytes(self.tok)
 
     @property
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
     def token_bytes(self, token_id: int) -> bytes:
-        cached = self._bytes_cache.get(token_id)
-        if cached is not None:
-            return cached
-        piece = self.tok.convert_ids_to_tokens(token_id)
-        if token_id in self._special or piece is None:
-            out = (piece or "").encode()
-        elif self._byte_level and all(c in self._decoder for c in piece):
-            out = bytes(self._decoder[c] for c in piece)
-        else:
-            out = self.tok.decode([token_id]).encode("utf-8", errors="replace")
-        self._bytes_cache[token_id] = out
-        return out
+        """What token `token_id` spells (a special token: its text; an id beyond the
+        tokenizer, a padding row: nothing)."""
+        return self.vocab.of(token_id) or b""
 
     def _prompt_ids(self, messages: list[dict]) -> list[int]:
         if getattr(self.tok, "chat_template", None):

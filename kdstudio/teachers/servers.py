@@ -68,7 +68,7 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         "llamacpp", "llama.cpp server", "http://localhost:8080/v1", False,
-        "yes", "up to 20", "no", True,
+        "yes", "up to 20 (no stop-token logprob)", "no", True,
         "Start it with `llama-server -m MODEL.gguf`; the model is the one it loaded.",
     ),
     Preset(
@@ -83,7 +83,7 @@ PRESETS: tuple[Preset, ...] = (
     ),
 )  # fmt: skip
 LOCAL_ROW = ("local Hugging Face model (`add-local`)", "yes", "yes, with token ids",
-             "yes (same tokenizer)")  # fmt: skip
+             "yes (any tokenizer)")  # fmt: skip
 SERVER_TITLES = {p.key: p.title for p in PRESETS}
 
 

@@ -36,6 +36,7 @@ QUICK_ARGS = {
     "data": ["--rows", "200000"],
     "gui": ["--quick"],
     "kd": ["--rounds", "2"],
+    "kd_quality": ["--seeds", "0", "1", "--steps", "300"],
     "loss_memory": ["--chunk-sizes", "512"],
     "train": ["--steps", "60", "--repeats", "2"],
 }

@@ -10,6 +10,8 @@ process: `python -m support.openai_server --latency 0.05`) and implements:
 - `POST /v1/files` (multipart), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`
 - `POST /v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`
 - `GET /_stats` (billing counters, as JSON) and `POST /_reset`
+- `teacher=` a `support.token_teacher.TokenTeacher` writes the answers in a real tokenizer's
+  tokens, rendered as llama.cpp, Ollama or vLLM render them (instead of the word list below)
 - `flavor=` one of FLAVORS makes it say what that server says of itself: vLLM (`owned_by`
   "vllm", `GET /version`), llama.cpp (`Server: llama.cpp`, `owned_by` "llamacpp",
   `GET /props`), Ollama (`GET /api/version`), LM Studio (`GET /api/v0/models`; logprobs
@@ -163,11 +165,13 @@ class OpenAIServer:
         echo_key_in_errors: bool = True,
         reject_max_tokens: bool = False,
         flavor: str | None = None,
+        teacher: Any = None,
         reply: Any = None,
     ) -> None:
         if flavor is not None and flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r} (known: {', '.join(FLAVORS)})")
         self.flavor = flavor
+        self.teacher = teacher  # a support.token_teacher.TokenTeacher writes the answers
         self.models, self.api_key, self.latency = list(models), api_key, latency
         self.max_logprobs, self.logprobs_ok, self.token_ids = max_logprobs, logprobs, token_ids
         self.batch_delay, self.min_tokens, self.max_tokens = batch_delay, min_tokens, max_tokens
@@ -491,19 +495,23 @@ class OpenAIServer:
         n = int(body.get("n") or 1)
         choices, completion_tokens = [], 0
         for index in range(n):
-            tokens, finish = self._generate(body, index)
-            completion_tokens += len(tokens)
+            if self.teacher is not None:
+                content, entries, finish = self.teacher.answer(body, int(top_k or 0))
+                completion_tokens += len(entries)
+            else:
+                tokens, finish = self._generate(body, index)
+                content, entries = "".join(tokens), None
+                completion_tokens += len(tokens)
             choice: dict[str, Any] = {
                 "index": index,
-                "message": {"role": "assistant", "content": "".join(tokens), "refusal": None},
+                "message": {"role": "assistant", "content": content, "refusal": None},
                 "finish_reason": finish,
                 "logprobs": None,
             }
             if want_lp:
-                choice["logprobs"] = {
-                    "content": self._logprobs(body, index, tokens, int(top_k or 0), as_ids),
-                    "refusal": None,
-                }
+                if entries is None:
+                    entries = self._logprobs(body, index, tokens, int(top_k or 0), as_ids)
+                choice["logprobs"] = {"content": entries, "refusal": None}
             choices.append(choice)
         prompt_tokens = count_tokens(messages)
         return {

@@ -5,6 +5,7 @@
     kd.py       what the two KD methods share (fused student side, chunk loss, metrics)
     sparse.py   sparse_kd: the teacher's stored top-k logprobs
     dense.py    dense_kd: a local teacher's full distribution (+ its tokenizer check)
+    cross.py    dense_kd's teacher side when its tokenizer is another one (byte alignment)
 
 A new method is a module here with an `Objective` subclass, an entry in `OBJECTIVES`, and
 its name in `kdstudio.distill.config.METHODS`.

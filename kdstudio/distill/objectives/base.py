@@ -14,7 +14,10 @@ its loss from hidden states in chunks), and returns *sums over the batch's targe
                       that are not per target token
 
 `setup(ctx)` runs once before the first step (pre-flight checks: load a teacher, compare
-tokenizers, estimate memory) and may raise UserError to refuse a run before any step.
+tokenizers, estimate memory) and may raise UserError to refuse a run before any step. It gets
+the training examples as `ctx.extra["train"]` (the trainer's own list, before the data stream
+is built) and may replace an example by another encoding of the same text in place: sparse KD
+trains on the teacher's own token sequence where it is known in the student's ids.
 """
 
 from __future__ import annotations

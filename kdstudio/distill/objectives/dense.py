@@ -8,13 +8,15 @@ other divergences (`losses.PER_TOKEN`) go through autograd per chunk. `distill.o
 batch's prompts and the teacher scores them: those train on the divergence alone (CE of the
 student's own samples teaches nothing) and count as much as the batch they replace.
 
-Tokenizers (`check_tokenizers`, run at setup and by the pre-flight). Dense KD compares the
-two models' distributions id by id, so the tokenizers must be the same: the same token for
-every id, and the same ids for a probe text. Models of one family may differ only in padding
-rows of the embedding (e.g. a vocab_size of 152064 vs 151936 for the same 151,665 tokens):
-then both distributions are truncated to the shared rows, after checking that no token lives
-beyond them. Anything else is refused with a message naming both tokenizers and the methods
-that still work.
+Tokenizers (`check_tokenizers`, run at setup and by the pre-flight). With one tokenizer the
+two distributions are compared id by id: the same token for every id, and the same ids for a
+probe text. Models of one family may differ only in padding rows of the embedding (e.g. a
+vocab_size of 152064 vs 151936 for the same 151,665 tokens): then both distributions are
+truncated to the shared rows, after checking that no token lives beyond them. A teacher with
+another tokenizer (or `distill.align = "bytes"`/`"uld"`) reads each example in its own
+template and tokens and its distribution is moved onto the student's tokens by the byte
+alignment sparse KD uses (`objectives.cross`); `distill.align = "exact"` refuses it instead,
+with a message naming both tokenizers.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch import Tensor
 from kdstudio.distill.batches import IGNORE, Encoded, collate
 from kdstudio.distill.fused_head import fused_head_loss
 from kdstudio.distill.hf import final_hidden, hf_model, lm_head, supports_fusion
-from kdstudio.distill.losses import PER_TOKEN, rowdot
+from kdstudio.distill.losses import PER_TOKEN, rowdot, sparse_divergence_per_token
 from kdstudio.distill.objectives.base import (
     ObjectiveContext,
     ObjectiveOutput,
@@ -40,6 +42,7 @@ from kdstudio.distill.objectives.base import (
     target_labels,
     target_rows,
 )
+from kdstudio.distill.objectives.cross import CrossTokenizer
 from kdstudio.distill.objectives.kd import KDObjective, chunk_terms, log_memory
 from kdstudio.errors import UserError
 from kdstudio.events import Log, Warning
@@ -61,7 +64,9 @@ PROBE_TEXT = "Hello, world! The answer is 42.\n  Naïve café 🙂 — distillat
 @dataclass
 class TeacherCheck:
     """A local teacher that passed the tokenizer check. `shared_rows`: the vocabulary size
-    KD runs over (the smaller model's rows when only padding rows differ)."""
+    KD runs over (the smaller model's rows when only padding rows differ). `align`: "exact"
+    when the two share a tokenizer (KD id by id), else how the teacher's distribution is moved
+    onto the student's tokens ("bytes" or "uld", `kdstudio.distill.align`)."""
 
     teacher: str
     teacher_path: str
@@ -70,6 +75,7 @@ class TeacherCheck:
     teacher_rows: int
     message: str
     notes: list[str] = field(default_factory=list)
+    align: str = "exact"
 
 
 def _rows(path: str) -> int:
@@ -112,14 +118,36 @@ def check_teacher(
     s_tok = student_tokenizer or _load_tokenizer(student_path, "student")
     t_tok = _load_tokenizer(path, "teacher")
     s_rows, t_rows = _rows(student_path), _rows(path)
-    shared = check_tokenizers(
-        s_tok,
-        t_tok,
-        student_rows=s_rows,
-        teacher_rows=t_rows,
-        student_name=f"student {student_path}",
-        teacher_name=f"teacher {name!r} at {path}",
-    )
+    align = config.distill.align
+    try:
+        shared = check_tokenizers(
+            s_tok,
+            t_tok,
+            student_rows=s_rows,
+            teacher_rows=t_rows,
+            student_name=f"student {student_path}",
+            teacher_name=f"teacher {name!r} at {path}",
+        )
+    except UserError as exc:
+        if align == "exact":
+            raise
+        mode = "uld" if align == "uld" else "bytes"
+        how = (
+            "compared by sorted probabilities (ULD)"
+            if mode == "uld"
+            else "moved onto the student's tokens by bytes"
+        )
+        return TeacherCheck(
+            name,
+            path,
+            0,
+            s_rows,
+            t_rows,
+            f"dense_kd: teacher {name!r} has another tokenizer ({len(t_tok):,} tokens, the "
+            f"student {len(s_tok):,}): its distribution is {how} (align {mode})",
+            [f"why the tokenizers count as different: {str(exc).split(': ', 1)[-1]}"],
+            mode,
+        )
     notes = []
     if (getattr(s_tok, "chat_template", None) or "") != (
         getattr(t_tok, "chat_template", None) or ""
@@ -128,6 +156,13 @@ def check_teacher(
             "the teacher's chat template differs from the student's: the teacher scores the "
             "examples as the student's template renders them"
         )
+    if align in ("bytes", "uld"):
+        message = (
+            f"dense_kd: teacher {name!r} shares the student's tokenizer; distill.align = "
+            f"{align!r} aligns it by {'sorted probabilities' if align == 'uld' else 'bytes'} "
+            "all the same"
+        )
+        return TeacherCheck(name, path, shared, s_rows, t_rows, message, [], align)
     if s_rows == t_rows:
         message = f"dense_kd: teacher {name!r} shares the student's tokenizer ({s_rows:,} rows)"
     else:
@@ -181,10 +216,10 @@ def check_tokenizers(
         problem = "the vocabularies match but a probe text tokenizes differently"
     if problem:
         raise UserError(
-            f"dense_kd needs the teacher and the student to share a tokenizer, but the "
-            f"{teacher_name} ({n_t:,} tokens) and the {student_name} ({n_s:,} tokens) differ: "
-            f'{problem}. Use method = "sft" (train on the teacher\'s text) or "sparse_kd" '
-            "(its stored top-k logprobs, mapped onto the student's tokens by bytes)"
+            f'dense_kd with distill.align = "exact" needs the teacher and the student to share '
+            f"a tokenizer, but the {teacher_name} ({n_t:,} tokens) and the {student_name} "
+            f'({n_s:,} tokens) differ: {problem}. Set distill.align = "auto" or "bytes" to move '
+            "the teacher's distribution onto the student's tokens by bytes"
         )
     return shared
 
@@ -203,6 +238,20 @@ class DenseKD(KDObjective):
         d = self.config.distill
         check = check_teacher(self.config, ctx.ws, student_tokenizer=ctx.tokenizer)
         self.shared = check.shared_rows
+        self.cross: CrossTokenizer | None = None
+        if check.align != "exact":
+            if d.temperature != 1.0:
+                raise UserError(
+                    "dense_kd across tokenizers needs distill.temperature = 1.0 (the teacher's "
+                    "distribution is moved onto the student's tokens with a tail bucket, which "
+                    "holds its mass at temperature 1 only)"
+                )
+            self.cross = CrossTokenizer(
+                _load_tokenizer(check.teacher_path, "teacher"),
+                ctx.tokenizer,
+                mode=check.align,
+                max_length=self.config.data.max_length,
+            )
         ctx.sink.emit(Log(check.message))
         for note in check.notes:
             ctx.sink.emit(Warning(note, where="distill.teacher"))
@@ -243,6 +292,24 @@ class DenseKD(KDObjective):
         on_policy = d.on_policy > 0 and random.random() < d.on_policy
         scored = self._generate(model, batch) if on_policy else batch
         w = 1.0 if on_policy else d.kd_weight
+        if self.cross is not None:
+            out = self._cross_loss(model, scored, w, generated=on_policy)
+        else:
+            out = self._same_loss(model, scored, w)
+        if d.on_policy > 0:
+            # CE of the student's own samples trains nothing: report CE of the collected
+            # responses only, and weigh a generated batch like the batch it replaced
+            ce = out.sums.pop("ce")
+            n = torch.tensor(float(batch.n_target), device=out.loss_sum.device)
+            out.counts["ce"] = (ce * 0, n * 0) if on_policy else (ce, n)
+            out.counts["on_policy"] = (n * 0 + float(on_policy), n * 0 + 1)
+            if on_policy:
+                out.loss_sum = out.loss_sum * (batch.n_target / max(scored.n_target, 1))
+        return out
+
+    def _same_loss(self, model: Any, scored: Batch, w: float) -> ObjectiveOutput:
+        """Divergence of the two full distributions, id by id (one tokenizer)."""
+        d = self.config.distill
         rows = target_rows(scored)
         labels = target_labels(scored, rows)
         tx, tw, tb = self._teacher_rows(scored, rows)
@@ -265,17 +332,19 @@ class DenseKD(KDObjective):
         total, stats = fused_head_loss(
             chunk_loss, x, weight, bias, chunk_size=self.chunk_size, n_stats=self.N_STATS
         )
-        out = self._output(total, stats, scored.n_target)
-        if d.on_policy > 0:
-            # CE of the student's own samples trains nothing: report CE of the collected
-            # responses only, and weigh a generated batch like the batch it replaced
-            ce = out.sums.pop("ce")
-            n = torch.tensor(float(batch.n_target), device=total.device)
-            out.counts["ce"] = (ce * 0, n * 0) if on_policy else (ce, n)
-            out.counts["on_policy"] = (n * 0 + float(on_policy), n * 0 + 1)
-            if on_policy:
-                out.loss_sum = out.loss_sum * (batch.n_target / max(scored.n_target, 1))
-        return out
+        return self._output(total, stats, scored.n_target)
+
+    def _cross_loss(
+        self, model: Any, scored: Batch, w: float, *, generated: bool
+    ) -> ObjectiveOutput:
+        """Divergence of the teacher's distribution moved onto the student's tokens (another
+        tokenizer; `objectives.cross`), over its candidates and a tail bucket."""
+        d = self.config.distill
+        assert self.cross is not None
+        targets = self.cross.batch_targets(scored, self.teacher, generated=generated)
+        options = {k: v for k, v in self.options.items() if k != "temperature"}
+        divergence = partial(sparse_divergence_per_token, divergence=d.divergence, **options)
+        return self._targets_loss(model, scored, targets, w, divergence)
 
     def _generate(self, model: Any, batch: Batch) -> Batch:
         """The batch's prompts with responses the student samples (temperature 1), masked

@@ -136,6 +136,8 @@ METRIC_LABELS = {
     "exact_match": "exact match",
     "f1": "F1 (words)",
     "rouge_l": "ROUGE-L",
+    "kl_to_teacher": "KL to the teacher (lower is better)",
+    "teacher_nll": "teacher NLL / token of the answer (lower is better)",
 }
 
 
@@ -601,15 +603,28 @@ class RunsPanel(Panel):
                         f"{METRIC_LABELS.get(k, k)} {v:.3f}"
                         for k, v in scores.items()
                         if isinstance(v, (int, float))
+                        and (k in METRIC_LABELS or k.endswith("vs reference"))
                     )
                     + "</p>"
                 )
             return f"<div style='white-space:pre-wrap'>{escape(text)}</div>{tail}"
 
-        self.side["prompt"].setHtml(prompt_html(it))
-        self.side["teacher"].setHtml(block(it.teacher))
-        self.side["before"].setHtml(block(it.student_before, m.get("before")))
-        self.side["after"].setHtml(block(it.student_after, m.get("after")))
+        ref = m.get("reference") or {}
+        self.side["prompt"].setHtml(prompt_html(it))  # the system turn and reference too
+        self.side["teacher"].setHtml(
+            block(it.teacher, {**m.get("teacher", {}), **_against(ref.get("teacher"))})
+        )
+        self.side["before"].setHtml(
+            block(it.student_before, {**m.get("before", {}), **_against(ref.get("before"))})
+        )
+        self.side["after"].setHtml(
+            block(it.student_after, {**m.get("after", {}), **_against(ref.get("after"))})
+        )
+
+
+def _against(scores: dict | None) -> dict:
+    """Scores against the reference answer, labelled as such."""
+    return {f"{METRIC_LABELS.get(k, k)} vs reference": v for k, v in (scores or {}).items()}
 
 
 def prompt_html(it: EvalRow) -> str:
@@ -638,16 +653,22 @@ def summary_html(e: ev.Evaluation) -> str:
         style = " style='color:#2e9b4f'" if better else ""
         return f"<td align=right{style}>{text}</td>"
 
-    rows = []
-    for name, row in s.get("metrics", {}).items():
-        before, after = row.get("before"), row.get("after")
-        better = (
-            isinstance(before, (int, float)) and isinstance(after, (int, float)) and after > before
-        )
-        rows.append(
-            f"<tr><td>{METRIC_LABELS.get(name, name)}</td>{cell(before)}{cell(after, better)}"
-            f"{cell(row.get('teacher'))}</tr>"
-        )
+    def rows_of(metrics: dict) -> list[str]:
+        rows = []
+        for name, row in metrics.items():
+            before, after = row.get("before"), row.get("after")
+            if before is None and after is None:
+                continue  # kl_to_teacher / teacher_nll where the data has no way to them
+            numbers = isinstance(before, (int, float)) and isinstance(after, (int, float))
+            lower = name in ev.LOWER_IS_BETTER
+            better = numbers and (after < before if lower else after > before)
+            rows.append(
+                f"<tr><td>{METRIC_LABELS.get(name, name)}</td>{cell(before)}"
+                f"{cell(after, better)}{cell(row.get('teacher'))}</tr>"
+            )
+        return rows
+
+    rows = rows_of(s.get("metrics", {}))
     head = (
         f"<b>{escape(e.run)}</b> at {escape(str(s.get('checkpoint', e.checkpoint)))}: "
         f"{s.get('n', 0)} of {s.get('planned', s.get('n', 0))} held-out prompts ({e.status})"
@@ -657,4 +678,14 @@ def summary_html(e: ev.Evaluation) -> str:
         "<th>student after</th><th>teacher</th></tr>" + "".join(rows) + "</table>"
     )
     note = f"<p style='color:gray'>{escape(s.get('note', ''))}</p>" if s.get("note") else ""
+    reference = s.get("reference")
+    if reference:
+        note += (
+            f"<p><b>Against the dataset's reference answers</b> ({reference['n']} prompts "
+            "have one; the teacher is scored like the students):</p>"
+            "<table cellspacing=0 cellpadding=3><tr><th></th><th>student before</th>"
+            "<th>student after</th><th>teacher</th></tr>"
+            + "".join(rows_of(reference["metrics"]))
+            + "</table>"
+        )
     return head + table + note

@@ -572,7 +572,10 @@ class TrainPanel(Panel):
         if report.total_steps:
             facts.append(f"{report.total_steps:,} steps")
         if report.kd:
-            facts.append(f"{report.kd['kd_share']:.0%} of response tokens use KD")
+            facts.append(
+                f"{report.kd['kd_share']:.0%} of response tokens use KD "
+                f"(align {report.kd.get('align', 'auto')})"
+            )
         if report.memory:
             from kdstudio.distill.plan import fmt_bytes
 
