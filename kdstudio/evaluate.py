@@ -368,9 +368,9 @@ def _gap_closed(row: dict[str, float | None], lower_is_better: bool = False) -> 
 
 
 def held_out_examples(ws: Workspace, run: Any) -> list[Example]:
-    """One example per held-out prompt of a run (its first non-empty teacher sample), in
-    dataset order. Rejected answers are skipped and edited ones used, as in training."""
-    from kdstudio.collect.store import iter_examples
+    """One example per held-out prompt of a run (its first non-empty teacher sample; with
+    several collections, from the first that answered it), in dataset order. Rejected answers
+    are skipped and edited ones used, as in training."""
     from kdstudio.distill import runs
 
     rows = set(runs.eval_row_ids(ws, run.name))
@@ -381,7 +381,7 @@ def held_out_examples(ws: Workspace, run: Any) -> list[Example]:
             "data.eval_fraction > 0 to evaluate it"
         )
     chosen: dict[int, Example] = {}
-    for ex in iter_examples(ws, run.config["data"]["collection"]):
+    for ex in plan.iter_run_examples(run.train_config(), ws):
         if ex.row_id in rows and ex.row_id not in chosen and ex.response.strip():
             chosen[ex.row_id] = ex
     return list(chosen.values())

@@ -154,6 +154,13 @@ def _collection_record(ws: Workspace, name: str) -> tuple[dict, list[dict], dict
         "SELECT COUNT(*) FROM collection_items WHERE collection_id=? AND edited_text IS NOT NULL",
         (info.id,),
     )[0]
+    curation: dict[str, dict[str, int]] = {}
+    for r in ws.query(
+        "SELECT decider, review, COUNT(*) FROM collection_items WHERE collection_id=?"
+        " AND status='done' AND decider IS NOT NULL GROUP BY decider, review",
+        (info.id,),
+    ):
+        curation.setdefault(r[0], {})[r[1]] = r[2]
     collection = {
         "name": info.name,
         "source": info.source,
@@ -161,6 +168,8 @@ def _collection_record(ws: Workspace, name: str) -> tuple[dict, list[dict], dict
         "dataset": info.dataset_name,
         "answers": info.counts.get("done", 0),
         "reviews": {**review_counts(ws, info.id), "edited": edited},
+        # who decided the reviews in force: {decider: {review: answers}}
+        "curation": curation,
         "params": {k: info.params[k] for k in SHOWN_PARAMS if info.params.get(k) is not None},
         "created": _iso(info.created_at),
         "updated": _iso(info.updated_at),
@@ -187,6 +196,7 @@ def _missing_collection(name: str) -> dict[str, Any]:
         "dataset": None,
         "answers": None,
         "reviews": {},
+        "curation": {},
         "params": {},
         "created": None,
         "updated": None,
@@ -230,8 +240,7 @@ def provenance(ws: Workspace, run: Any, checkpoint: Path, kind: str) -> dict[str
 
     meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
     collections, teachers, datasets = [], [], []
-    names = run.config["data"]["collection"]
-    for name in [names] if isinstance(names, str) else list(names):
+    for name in run.collections:
         try:
             collection, used, dataset = _collection_record(ws, name)
         except NotFound:  # removed since training: say so rather than refuse to export
@@ -337,6 +346,7 @@ def model_card(doc: dict[str, Any]) -> str:
         [
             "collection",
             "source",
+            "teacher",
             "dataset",
             "answers",
             "accepted",
@@ -349,6 +359,7 @@ def model_card(doc: dict[str, Any]) -> str:
             [
                 c["name"],
                 c["source"],
+                c["teacher"],
                 c["dataset"],
                 c["answers"],
                 c["reviews"].get("accepted"),
@@ -360,6 +371,19 @@ def model_card(doc: dict[str, Any]) -> str:
             for c in doc["collections"]
         ],
     )
+    curated = [
+        [c["name"], decider, n.get("accepted", 0), n.get("rejected", 0), n.get("pending", 0)]
+        for c in doc["collections"]
+        for decider, n in sorted(c.get("curation", {}).items())
+    ]
+    if curated:
+        out += [
+            "",
+            "Who decided the reviews (a person, a check program, a judge teacher or best-of-n; "
+            "rejected answers were not trained on):",
+            "",
+        ]
+        out += _table(["collection", "decided by", "accepted", "rejected", "pending"], curated)
     if doc["datasets"]:
         out.append("")
         out += _table(

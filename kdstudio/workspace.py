@@ -457,7 +457,7 @@ class LeaseHeld(UserError):
 
 
 class Lease:
-    """A claim on one row of a job table (`collections`, `runs`) so that its job never runs
+    """A claim on one row of a job table (`collections`, `runs`, `curations`) so that its job never runs
     twice at once: the row's `pid` and `host` name the holder, `heartbeat` says when it was
     last seen.
 
@@ -469,7 +469,7 @@ class Lease:
     (`beating()`).
     """
 
-    TABLES = ("collections", "runs")
+    TABLES = ("collections", "runs", "curations")
 
     def __init__(
         self, ws: Workspace, table: str, row_id: int, *, every_s: float, stale_after_s: float

@@ -13,11 +13,15 @@ import pytest
 
 from kdstudio.demo import (
     REFERENCE_COLLECTION,
+    SAMPLED,
     SFT_STUDENT,
     STUDENT,
+    STUDENT_BEST,
+    STUDENT_UNFILTERED,
     TEACHER,
     TEST_DATASET,
     TRAIN_DATASET,
+    UNFILTERED,
     DemoPlan,
     is_correct,
     make_problems,
@@ -125,14 +129,17 @@ def test_quick_demo_ranks_teacher_and_distilled_student_above_the_untrained_stud
     sft = result.score("sft")  # the same student, data, steps and seed without the logprobs
     assert teacher.n == after.n == before.n == sft.n == DemoPlan.quick().n_test
     assert sft.accuracy >= before.accuracy + 0.1
-    assert [row[0] for row in result.rows()][-1].startswith("student after sft")
+    labels = [row[0] for row in result.rows()]
+    assert labels[3].startswith("student after sft") and "best of 3" in labels[-1]
     assert before.accuracy < 0.05  # random weights do not solve the task
     assert teacher.accuracy >= 0.3
     assert after.accuracy >= before.accuracy + 0.15
     assert after.agree_with_teacher > before.agree_with_teacher
     assert after.params < teacher.params
     # Every step is timed for the closing line (how long it took is the machine's business).
-    assert list(result.timings) == ["task", "models", "teacher", "collect", "student", "score"]
+    assert list(result.timings) == [
+        "task", "models", "teacher", "collect", "student", "best-of-n", "score",
+    ]  # fmt: skip
     assert all(t > 0 for t in result.timings.values()) and result.seconds > 0
     assert result.timing_line().startswith("took ")
 
@@ -182,6 +189,42 @@ def test_demo_workspace_holds_datasets_runs_collection_and_local_teacher(demo_ru
 
 
 @pytest.mark.slow  # runs the quick demo (trains two models)
+def test_best_of_n_by_the_check_against_unfiltered_answers_with_the_same_steps(demo_runs):
+    """The teacher samples at temperature 1, the task's check decides, best-of-n keeps one
+    right answer per prompt; two students train with the same steps and seed, one on those
+    and one on the unfiltered first samples (whichever way the comparison comes out)."""
+    from kdstudio.collect.store import collection_status_counts, iter_examples
+    from kdstudio.demo import is_correct
+
+    ws, plan, result = demo_runs["ws"], DemoPlan.quick(), demo_runs["first"]
+    assert collection_status_counts(ws, SAMPLED)["done"] == plan.n_train * plan.samples
+    unfiltered = list(iter_examples(ws, UNFILTERED))
+    assert len(unfiltered) == plan.n_train and {e.sample for e in unfiltered} == {0}
+    assert collection_status_counts(ws, UNFILTERED)["done"] == plan.n_train
+    cached = ws.query_one(
+        "SELECT COUNT(*) FROM collection_items ci JOIN collections c ON c.id=ci.collection_id"
+        " WHERE c.name=? AND ci.cached=1",
+        (UNFILTERED,),
+    )[0]
+    assert cached == plan.n_train  # the first samples came from the cache, not generated again
+    chosen = [e for e in iter_examples(ws, SAMPLED) if e.review == "accepted"]
+    assert chosen and all(is_correct(e.messages[-1]["content"], e.response) for e in chosen)
+    assert len({e.row_id for e in chosen}) == len(chosen)  # one answer a prompt
+    assert {e.decider for e in chosen} == {"best:check"}
+    c = result.curation
+    assert c["samples"] == plan.n_train * plan.samples and c["prompts"] == plan.n_train
+    assert c["kept"] == len(chosen) and 0 < c["correct_share"] < 1
+    best, plain = _run(ws, STUDENT_BEST), _run(ws, STUDENT_UNFILTERED)
+    assert best.step == plain.step == plan.student_steps
+    assert best.config["run"]["seed"] == plain.config["run"]["seed"]
+    assert best.summary["train_examples"] < plain.summary["train_examples"]
+    for key in ("unfiltered", "best"):
+        assert result.score(key).n == plan.n_test
+    assert "the check kept one right answer for" in result.curation_line()
+    assert (ws.folder("demo") / "task_check.py").read_text().startswith('"""The demo task')
+
+
+@pytest.mark.slow  # runs the quick demo (trains two models)
 def test_stopped_collection_keeps_its_answers_and_the_next_run_completes_it(demo_runs):
     collected = demo_runs["collected"]
     assert 0 < collected["done"] < collected["total"] == DemoPlan.quick().n_train
@@ -199,10 +242,12 @@ def test_stopped_demo_resumes_the_student_run_from_its_checkpoint(demo_runs):
 @pytest.mark.slow  # runs the quick demo (trains two models)
 def test_running_the_demo_again_reuses_everything_and_scores_the_same(demo_runs):
     first, again = demo_runs["first"], demo_runs["again"]
-    assert again.reused == ["task", "models", "teacher", "collect", "student"]
+    assert again.reused == ["task", "models", "teacher", "collect", "student", "best-of-n"]
     assert [s.to_dict() for s in again.scores] == [s.to_dict() for s in first.scores]
+    assert again.curation == first.curation
     ws = demo_runs["ws"]
-    assert ws.query_one("SELECT COUNT(*) FROM runs")[0] == 3  # teacher, KD and SFT students
+    # the teacher; the KD and SFT students; the students on unfiltered and best-of-n answers
+    assert ws.query_one("SELECT COUNT(*) FROM runs")[0] == 5
     stored = json.loads((ws.folder("demo") / "results.json").read_text())
     assert stored["scores"][2]["accuracy"] == first.score("after").accuracy
 
@@ -224,6 +269,8 @@ def test_headless_command_prints_the_result_table(demo_runs, capsys):
     assert "teacher (trained on the references)" in out
     assert "student after (sparse_kd)" in out
     assert f"{demo_runs['first'].score('after').accuracy:.1%}" in out
+    assert "student on sampled answers, best of 3 by the check" in out
+    assert "Best of 3 at temperature 1:" in out
 
 
 # -- the window ------------------------------------------------------------------------------

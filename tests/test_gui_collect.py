@@ -131,7 +131,8 @@ def test_no_figure_of_a_previous_job_or_teacher_stays_on_the_card(qtbot, window,
     job = panel.start()
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     qtbot.waitUntil(lambda: panel.rate_label.text().startswith("This run:"), timeout=5000)
-    assert panel.progress_title.text() == "Collection 'arith.loop'"  # no longer "Collecting"
+    # no longer "Collecting" once the job has ended (its `ended` comes after `finished`)
+    qtbot.waitUntil(lambda: panel.progress_title.text() == "Collection 'arith.loop'", timeout=5000)
     assert "$" in panel.spend_label.text()
 
     panel.teacher_box.setCurrentText("other")  # another teacher: another collection

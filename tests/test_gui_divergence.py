@@ -29,7 +29,7 @@ def window(qtbot, ws, tmp_path):
 def exploding_form(panel, student, name):
     """The issue's run: lr 1000, clipping off, no warmup."""
     panel.student_path.set_value(str(student))
-    panel.collection_box.setCurrentText("answers")
+    panel.collections.set_config_values({"collection": "answers"})
     panel.forms["optim"].set_values(
         {"max_steps": 40, "batch_size": 4, "lr": 1000.0, "clip": 0.0, "warmup": 0.0}
     )
@@ -51,7 +51,7 @@ def test_a_diverged_run_is_said_in_the_train_panel_with_the_changes_one_click_aw
         pass
     assert job.outcome == "succeeded", job.error
     text = panel.message.text
-    assert panel.message.level == "error" and "finished" not in text
+    assert panel.message.level == "error" and "finished" not in text, text
     assert text.startswith("Run boom diverged: the loss exploded to")
     assert "lower optim.lr from 1000 to 1e-3" in text and "optim.clip = 1.0" in text
     assert panel.progress_label.text().startswith("Run boom: diverged at step")
@@ -113,6 +113,7 @@ def test_a_student_folder_that_does_not_exist_is_said_at_once(qtbot, window, tmp
     assert panel.start() is None and not panel.running_jobs()
     assert panel.message.level == "error"
     assert panel.message.text == f"Student model folder: folder {missing} does not exist."
+    panel.collections.set_config_values({"collection": "answers"})
     panel.preflight()  # lists it with every other problem, as the first
     qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=60_000)
     assert panel.last_preflight.errors[0] == f"student.path: folder {missing} does not exist"

@@ -133,7 +133,7 @@ def test_the_train_panel_offers_the_installed_trackers_as_check_boxes(window, tm
     choice.boxes["tensorboard"].setChecked(True)
     choice.boxes["mlflow"].setChecked(True)
     panel.student_path.set_value(str(tmp_path / "student"))
-    panel.collection_box.setCurrentText("c")
+    panel.collections.set_config_values({"collection": "c"})
     assert panel.config_dict()["run"]["report_to"] == ["tensorboard", "mlflow"]
     panel.update_cli()
     toml = tomllib.loads(panel.toml_view.toPlainText())

@@ -36,7 +36,7 @@ def window(qtbot, trained_ws, tmp_path):
 
 def fill_form(panel, student, *, steps, name):
     panel.student_path.set_value(str(student))
-    panel.collection_box.setCurrentText("answers")
+    panel.collections.set_config_values({"collection": "answers"})
     panel.forms["optim"].set_values({"max_steps": steps, "batch_size": 4, "lr": 3e-3})
     panel.forms["run"].set_values(
         {"name": name, "log_every": 1, "eval_every": 10, "checkpoint_every": 0}
@@ -242,7 +242,7 @@ def test_preflight_shows_the_core_report_and_leaves_nothing_behind(qtbot, window
     assert panel.message.level == "success" and "5 steps" in panel.message.text
     assert runs.list_runs(panel.ws) == []
     panel.student_path.set_value(str(student.parent / "missing"))
-    panel.collection_box.setCurrentText("nope")
+    panel.collections.set_config_values({"collection": "nope"})
     panel.preflight()
     qtbot.waitUntil(lambda: not panel.running_jobs(), timeout=120_000)
     assert panel.message.level == "error" and "missing" in panel.message.text

@@ -92,7 +92,7 @@ def test_the_student_trains_on_the_token_sequence_the_teacher_wrote(ws, kd_model
         written = teacher.tokens_of({**body, "max_tokens": 16})
         completion = enc.input_ids[enc.prompt_len :]
         assert completion[: len(written)] == written  # the teacher's ids, its eos included
-        resequenced += objective.targets[(ex.row_id, ex.sample)].encoded is not None
+        resequenced += objective.targets[(ex.collection, ex.row_id, ex.sample)].encoded is not None
     assert resequenced > 0
 
 

@@ -104,7 +104,7 @@ def test_dense_kd_with_a_local_teacher_lowers_the_kd_term(ws, kd_models):
         kd_models.student,
         "tiny",
         distill={"method": "dense_kd", "teacher": "local", "kd_weight": 0.9, "temperature": 2.0},
-        optim={"max_steps": 10, "lr": 8e-3},
+        optim={"max_steps": 20, "lr": 8e-3},
     )
     result = train(ws, cfg)
     assert result.status == "finished"

@@ -8,6 +8,7 @@ One concern a module:
 - `cost`     what the remaining requests could cost (before and during a run)
 - `ledger`   one collection's items, their states, and the claim of the collecting process
 - `store`    collections and the shared response cache: reading, review, listing, export
+- `decisions` review decisions with score, reason and decider, and their history
 - `pacing`   adaptive concurrency and retry backoff
 - `runner`   Request, RunStats and the Runner protocol that the three runners follow:
 - `live`     an OpenAI-compatible endpoint, many requests in flight (asyncio)

@@ -73,11 +73,15 @@ def collect(
     ws: Workspace,
     sink: Sink | None = None,
     cancel: CancelToken | None = None,
+    *,
+    ledger: Collection | None = None,
 ) -> CollectSummary:
     """Run (or resume) a collection. Raises Cancelled (after storing every answer that came
-    back) when cancelled, JobFailed when the teacher refuses the key, UserError on bad input."""
+    back) when cancelled, JobFailed when the teacher refuses the key, UserError on bad input.
+    `ledger` runs another kind of collection through this same job (a judge's requests:
+    `kdstudio.curate.judge.JudgeLedger`)."""
     cancel = cancel or CancelToken()
-    col = Collection(config, ws)
+    col = ledger or Collection(config, ws)
     # The key first: a keyring that fails leaves no collection behind and prints no estimate.
     key = _key(col)
     col.open()

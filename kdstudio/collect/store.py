@@ -3,7 +3,8 @@
 A collection pairs a dataset with a teacher and request parameters. Each (dataset row,
 sample) is a `collection_items` row with a state (`queued`, `in_flight`, `retrying`,
 `done`, `failed` + error) and a review (`pending`, `accepted`, `rejected`, optional edited
-text). The response itself lives in `responses`, keyed by a content hash, so two
+text) with the score, reason and decider of the decision in force (every decision is kept:
+`kdstudio.collect.decisions`). The response itself lives in `responses`, keyed by a content hash, so two
 collections that make the same request share one response and nobody pays twice.
 
 Readers:
@@ -12,7 +13,9 @@ Readers:
 - `outputs list` and the GUI page through `list_items`/`count_items` with an `ItemFilter`.
 
 Writers: the collection job (`kdstudio.collect.ledger`) through `create_collection` and
-`insert_response`; an import with answers through `add_imported_responses`.
+`insert_response`; an import with answers through `add_imported_responses`; a person's
+review through `set_review`, the automatic curators (`kdstudio.curate`) through
+`decisions.record`.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdstudio.collect import decisions
 from kdstudio.errors import NotFound, UserError
 from kdstudio.logprobs import TokenLogprobs, decode, encode
 from kdstudio.teachers import Response
 from kdstudio.workspace import Workspace
 
 STATES = ("queued", "in_flight", "retrying", "done", "failed")
-REVIEWS = ("pending", "accepted", "rejected")
+REVIEWS = decisions.REVIEWS
 PAGE = 500
 
 
@@ -260,6 +264,22 @@ def list_collections(ws: Workspace) -> list[CollectionInfo]:
     ]
 
 
+def collection_teachers(ws: Workspace) -> dict[str, str | None]:
+    """{collection: its teacher's name} for every collection (None: imported answers)."""
+    return {r[0]: r[1] for r in ws.query("SELECT name, teacher_name FROM collections")}
+
+
+def collection_overview(ws: Workspace) -> list[dict[str, Any]]:
+    """Every collection with its teacher, source and finished answers, by name: one cheap
+    query (an index count per collection), for pickers that refresh often."""
+    rows = ws.query(
+        "SELECT c.name, c.teacher_name, c.source, (SELECT COUNT(*) FROM collection_items ci"
+        " WHERE ci.collection_id = c.id AND ci.status = 'done') AS done FROM collections c"
+        " ORDER BY c.name"
+    )
+    return [dict(r) for r in rows]
+
+
 def collection_status_counts(ws: Workspace, collection: str | int) -> dict[str, int]:
     """{state: count} for every state (zeros included), plus `total`."""
     cid = collection_id(ws, collection)
@@ -407,12 +427,20 @@ class Example:
     response: str
     logprobs: TokenLogprobs | None
     review: str
+    score: float | None = None  # the decision in force (see kdstudio.collect.decisions)
+    decider: str | None = None
+    collection: str = ""
+
+    @property
+    def person_accepted(self) -> bool:
+        return self.review == "accepted" and self.decider == decisions.PERSON
 
 
 def iter_examples(
     ws: Workspace, collection_name: str, *, include_rejected: bool = False
 ) -> Iterator[Example]:
-    """Done items of a collection in dataset order (rejected ones only if asked).
+    """Done items of a collection in dataset order (rejected ones only if asked), with
+    their review, score and decider.
 
     Reads in pages on this thread's connection, so memory stays flat on big collections.
     """
@@ -423,8 +451,8 @@ def iter_examples(
         # Keyset paging on the primary key (dataset rows are stored in dataset order), so
         # each page is an index range, never a sort of the whole collection.
         rows = ws.query(
-            "SELECT ci.row_id, ci.sample, ci.review, ci.edited_text, d.idx, d.messages, d.prompt,"
-            " d.system, r.text, r.logprobs FROM collection_items ci"
+            "SELECT ci.row_id, ci.sample, ci.review, ci.score, ci.decider, ci.edited_text, d.idx,"
+            " d.messages, d.prompt, d.system, r.text, r.logprobs FROM collection_items ci"
             " JOIN dataset_rows d ON d.id = ci.row_id JOIN responses r ON r.hash = ci.hash"
             f" WHERE ci.collection_id=? AND (ci.row_id, ci.sample) > (?, ?) AND ci.status='done'{reject}"
             " ORDER BY ci.row_id, ci.sample LIMIT ?",
@@ -441,6 +469,9 @@ def iter_examples(
                 if r["logprobs"] is not None and not edited
                 else None,
                 review=r["review"],
+                score=r["score"],
+                decider=r["decider"],
+                collection=collection_name,
             )
         if len(rows) < PAGE:
             return
@@ -454,21 +485,29 @@ def set_review(
     sample: int,
     review: str,
     edited_text: str | None = None,
+    *,
+    reason: str | None = None,
 ) -> None:
-    """Accept or reject an item, optionally with edited text (the original stays stored).
+    """A person's decision: accept, reject or reset an item, optionally with edited text (the
+    original stays stored) and a reason. It is recorded in the item's history and stands
+    against later automatic curators (see `kdstudio.collect.decisions`).
 
     `edited_text=None` keeps an earlier edit; pass `clear_edit(...)` to drop it.
     """
     if review not in REVIEWS:
         raise UserError(f"review must be one of {', '.join(REVIEWS)}; got {review!r}")
     cid = collection_id(ws, collection)
+    if edited_text is not None and reason is None:
+        reason = "answer edited"
     with ws.tx() as con:
-        cur = con.execute(
-            "UPDATE collection_items SET review=?, edited_text=COALESCE(?, edited_text), updated_at=?"
-            " WHERE collection_id=? AND row_id=? AND sample=?",
-            (review, edited_text, time.time(), cid, row_id, sample),
-        )
-        if cur.rowcount == 0:
+        if edited_text is not None:
+            con.execute(
+                "UPDATE collection_items SET edited_text=? WHERE collection_id=? AND row_id=?"
+                " AND sample=?",
+                (edited_text, cid, row_id, sample),
+            )
+        decision = decisions.Decision(row_id, sample, review, None, reason, decisions.PERSON)
+        if decisions.record(con, cid, [decision])["missing"]:
             raise UserError(
                 f"collection {collection!r} has no item for row {row_id} sample {sample}"
             )
@@ -497,7 +536,11 @@ class ItemFilter:
     has_logprobs: bool | None = None
     min_confidence: float | None = None
     max_confidence: float | None = None
-    order: str = "idx"  # idx | confidence | length | cost
+    min_score: float | None = None
+    max_score: float | None = None
+    scored: bool | None = None  # has a score (from a check, a judge or best-of-n)
+    decider: str | None = None  # `person`, `check:NAME`...; a bare kind (`check`) takes any
+    order: str = "idx"  # idx | confidence | length | cost | score
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATES:
@@ -515,6 +558,7 @@ _ORDERS = {
     "confidence": "r.mean_logprob IS NULL, r.mean_logprob, ci.row_id, ci.sample",
     "length": "r.n_chars IS NULL, r.n_chars, ci.row_id, ci.sample",
     "cost": "ci.cost DESC, ci.row_id, ci.sample",
+    "score": "ci.score IS NULL, ci.score, ci.row_id, ci.sample",
 }
 
 
@@ -542,6 +586,21 @@ def _where(cid: int, f: ItemFilter) -> tuple[str, list[Any]]:
     if f.max_confidence is not None:
         clauses.append("r.mean_logprob <= ?")
         params.append(math.log(max(f.max_confidence, 1e-30)))
+    if f.min_score is not None:
+        clauses.append("ci.score >= ?")
+        params.append(f.min_score)
+    if f.max_score is not None:
+        clauses.append("ci.score <= ?")
+        params.append(f.max_score)
+    if f.scored is not None:
+        clauses.append("ci.score IS NOT NULL" if f.scored else "ci.score IS NULL")
+    if f.decider:
+        if ":" in f.decider or f.decider == decisions.PERSON:
+            clauses.append("ci.decider = ?")
+            params.append(f.decider)
+        else:  # a kind: every check, every judge...
+            clauses.append("ci.decider LIKE ?")
+            params.append(f"{f.decider}:%")
     from kdstudio.data.store import fts_query  # one query syntax for every search box
 
     q = fts_query(f.search) if f.search else None
@@ -582,6 +641,9 @@ class Item:
     cached: bool
     has_logprobs: bool
     confidence: float | None
+    score: float | None = None
+    reason: str | None = None
+    decider: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -613,7 +675,8 @@ def list_items(
         "SELECT ci.row_id, d.idx, ci.sample, ci.status, ci.error, ci.attempts, ci.review,"
         " d.prompt, ci.edited_text, r.text, r.finish_reason, r.prompt_tokens,"
         " r.completion_tokens, ci.cost, ci.cached, r.logprobs IS NOT NULL AS has_lp,"
-        f" r.mean_logprob{_FROM} WHERE {where} ORDER BY {_ORDERS[filt.order]} LIMIT ? OFFSET ?",
+        " r.mean_logprob, ci.score, ci.reason, ci.decider"
+        f"{_FROM} WHERE {where} ORDER BY {_ORDERS[filt.order]} LIMIT ? OFFSET ?",
         [*params, limit, offset],
     )
     return [_item(r) for r in rows]
@@ -639,6 +702,9 @@ def _item(r: sqlite3.Row) -> Item:
         cached=bool(r["cached"]),
         has_logprobs=bool(r["has_lp"]),
         confidence=math.exp(r["mean_logprob"]) if r["mean_logprob"] is not None else None,
+        score=r["score"],
+        reason=r["reason"],
+        decider=r["decider"],
     )
 
 
@@ -651,6 +717,7 @@ class ItemDetail:
     original: str | None
     logprobs: TokenLogprobs | None
     latency: float | None
+    history: list[decisions.Past] = field(default_factory=list)  # every decision, oldest first
 
 
 def get_item(ws: Workspace, collection: str | int, row_id: int, sample: int = 0) -> ItemDetail:
@@ -659,7 +726,8 @@ def get_item(ws: Workspace, collection: str | int, row_id: int, sample: int = 0)
         "SELECT ci.row_id, d.idx, ci.sample, ci.status, ci.error, ci.attempts, ci.review,"
         " d.prompt, d.messages, d.system, ci.edited_text, r.text, r.finish_reason,"
         " r.prompt_tokens, r.completion_tokens, ci.cost, ci.cached,"
-        " r.logprobs IS NOT NULL AS has_lp, r.mean_logprob, r.logprobs, r.latency"
+        " r.logprobs IS NOT NULL AS has_lp, r.mean_logprob, r.logprobs, r.latency,"
+        " ci.score, ci.reason, ci.decider"
         f"{_FROM} WHERE ci.collection_id=? AND ci.row_id=? AND ci.sample=?",
         (cid, row_id, sample),
     )
@@ -671,6 +739,7 @@ def get_item(ws: Workspace, collection: str | int, row_id: int, sample: int = 0)
         original=r["text"],
         logprobs=decode(r["logprobs"]) if r["logprobs"] is not None else None,
         latency=r["latency"],
+        history=decisions.history(ws.db, cid, row_id, sample),
     )
 
 

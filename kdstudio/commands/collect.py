@@ -74,7 +74,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="geometric-mean token probability >= P",
     )
     ls.add_argument("--max-confidence", type=finite_float, default=None, metavar="P")
-    ls.add_argument("--order", choices=("idx", "confidence", "length", "cost"), default="idx")
+    ls.add_argument(
+        "--min-score", type=finite_float, default=None, metavar="S", help="curation score >= S"
+    )
+    ls.add_argument("--max-score", type=finite_float, default=None, metavar="S")
+    ls.add_argument(
+        "--decider",
+        metavar="WHO",
+        help="decided by: person, check, judge, best, or one by name (check:exact)",
+    )
+    ls.add_argument(
+        "--order", choices=("idx", "confidence", "length", "cost", "score"), default="idx"
+    )
     ls.add_argument("--limit", type=int, default=20, metavar="N")
     ls.add_argument("--offset", type=int, default=0, metavar="N")
     ls.add_argument("--json", action="store_true", help="print one JSON document")
@@ -87,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "rows", nargs="+", type=int, metavar="ROW", help="row numbers (# in `outputs list`)"
     )
     rv.add_argument("--sample", type=int, default=0, metavar="N")
+    rv.add_argument("--reason", metavar="TEXT", help="why (kept with the decision)")
     rv.set_defaults(func=cmd_outputs_review)
 
     ed = osub.add_parser(
@@ -104,6 +116,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--review", choices=("pending", "accepted", "rejected"))
     ex.add_argument("--search", metavar="TEXT")
     ex.set_defaults(func=cmd_outputs_export)
+
+    from kdstudio.commands.curate import register_outputs
+
+    register_outputs(osub)
 
 
 def cmd_collect(args: argparse.Namespace, ctx) -> int:
@@ -139,6 +155,9 @@ def _filter(args: argparse.Namespace) -> Any:
         has_logprobs=args.has_logprobs,
         min_confidence=args.min_confidence,
         max_confidence=args.max_confidence,
+        min_score=args.min_score,
+        max_score=args.max_score,
+        decider=args.decider,
         order=args.order,
     )
 
@@ -179,15 +198,22 @@ def cmd_outputs_list(args: argparse.Namespace, ctx) -> int:
                 i.sample,
                 i.status,
                 i.review + ("*" if i.edited else ""),
+                "-" if i.score is None else f"{i.score:.2f}",
+                i.decider or "-",
                 i.completion_tokens or "-",
                 conf,
-                _short(i.prompt, 40),
-                _short(answer, 60),
+                _short(i.prompt, 32),
+                _short(answer, 40),
+                _short(i.reason, 40),
             ]
         )
     ctx.print_table(
-        ["IDX", "S", "STATUS", "REVIEW", "TOKENS", "CONF", "PROMPT", "ANSWER / ERROR"], rows
-    )
+        [
+            "IDX", "S", "STATUS", "REVIEW", "SCORE", "DECIDER", "TOKENS", "CONF", "PROMPT",
+            "ANSWER / ERROR", "REASON",
+        ],
+        rows,
+    )  # fmt: skip
     shown = f"{args.offset + 1}-{args.offset + len(items)}" if items else "none"
     counts = outputs.collection_status_counts(ws, args.collection)
     states = ", ".join(f"{k} {v}" for k, v in counts.items() if v and k != "total")
@@ -230,7 +256,7 @@ def cmd_outputs_review(args: argparse.Namespace, ctx) -> int:
     review = {"accept": "accepted", "reject": "rejected", "pending": "pending"}[args.verdict]
     ids = [outputs.row_id_for_index(ctx.ws, args.collection, idx) for idx in args.rows]
     for row_id in ids:
-        outputs.set_review(ctx.ws, args.collection, row_id, args.sample, review)
+        outputs.set_review(ctx.ws, args.collection, row_id, args.sample, review, reason=args.reason)
     print(f"{review}: {len(ids)} item(s) of {args.collection!r}")
     return 0
 

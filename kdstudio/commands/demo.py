@@ -117,6 +117,8 @@ def run_headless(args: argparse.Namespace, ctx: Any, path: Path) -> int:
         "a program; neither model saw these prompts):"
     )
     ctx.print_table(result.HEADERS, result.rows())
+    if result.curation:
+        print(result.curation_line()[:1].upper() + result.curation_line()[1:] + ".")
     print()
     print(result.timing_line())
     print(f"Open it in the studio: kdstudio demo --workspace {path}")

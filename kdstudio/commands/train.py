@@ -166,9 +166,10 @@ def _brief(run: Any) -> dict[str, Any]:
 def cmd_show(args: argparse.Namespace, ctx) -> int:
     from kdstudio.config import dumps_toml
     from kdstudio.distill.checkpoint import list_checkpoints
-    from kdstudio.distill.runs import get_run, latest_metrics, metric_series
+    from kdstudio.distill.runs import get_run, latest_metrics, metric_series, run_collections
 
     run = get_run(ctx.ws, args.run)
+    collections = run_collections(ctx.ws, run)
     checkpoints = list_checkpoints(ctx.ws, run.name)
     latest = latest_metrics(ctx.ws, run.id)
     if args.json:
@@ -176,6 +177,7 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
             {
                 **_brief(run),
                 "config": run.config,
+                "collections": collections,
                 "eval_rows": run.eval_rows,
                 "metrics": {k: {"step": s, "value": v} for k, (s, v) in latest.items()},
                 "series": {
@@ -191,7 +193,26 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
     )
     if run.error:
         print(f"error: {run.error}")
-    print(f"method {run.method}, collection {run.collection}, processes {run.world_size}")
+    print(f"method {run.method}, processes {run.world_size}")
+    print(
+        f"\n{'collections' if len(collections) > 1 else 'collection'}:"
+        if collections
+        else "\nno collection"
+    )
+    ctx.print_table(
+        ["NAME", "TEACHER", "WEIGHT", "TRAIN", "EVAL", "SKIPPED"],
+        [
+            [
+                c["name"],
+                c["teacher"] or "-",
+                "-" if c["weight"] is None else f"{c['weight']:g}",
+                c.get("train", "-"),
+                c.get("eval", "-"),
+                c.get("skipped", "-"),
+            ]
+            for c in collections
+        ],
+    )
     if "train_examples" in run.summary:
         sm = run.summary
         print(
@@ -224,7 +245,6 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_preview(args: argparse.Namespace, ctx) -> int:
-    from kdstudio.collect.store import iter_examples
     from kdstudio.distill.batches import load_student_tokenizer, preview_example
     from kdstudio.distill.config import load_config
     from kdstudio.distill.runs import get_run
@@ -236,11 +256,12 @@ def cmd_preview(args: argparse.Namespace, ctx) -> int:
     tok, fallback = load_student_tokenizer(config.student.path, config.student.template)
     if args.index < 0:
         raise UserError(f"--index must be 0 or more; got {args.index}")
-    found = list(itertools.islice(iter_examples(ctx.ws, config.data.collection), args.index + 1))
+    from kdstudio.distill.plan import iter_run_examples
+
+    found = list(itertools.islice(iter_run_examples(config, ctx.ws), args.index + 1))
     if len(found) <= args.index:
         raise UserError(
-            f"--index {args.index}: collection {config.data.collection!r} has only "
-            f"{len(found)} usable examples"
+            f"--index {args.index}: {config.data.label()} has only {len(found)} usable examples"
         )
     example = found[args.index]
     pv = preview_example(

@@ -19,9 +19,16 @@ user's own work, so the workspace it leaves is an ordinary one to browse in the 
    default, or `dense_kd` with the local teacher; run `demo-student`), and beside it the same
    student trained with plain `sft` on the same collection, steps and seed (run
    `demo-student-sft`), so the table shows what the teacher's distribution added;
-6. scores: task accuracy (answers checked by the program, not compared with the teacher)
-   of the teacher, the student before, after distillation and after SFT, on held-out
-   prompts that none of the models trained on.
+6. best of n: the teacher answers the training prompts again at temperature 1, `samples`
+   answers each (`demo-task.sampled`); the task's check (`demo/task_check.py`, run by
+   `kdstudio outputs check`) decides each, best-of-n keeps one right answer per prompt
+   (none where no sample is right), and two students are trained with the same steps and
+   seed: on the kept answers (`demo-student-best`) and on the unfiltered first sample of
+   each prompt (`demo-task.unfiltered`, the same answers from the cache;
+   `demo-student-unfiltered`);
+7. scores: task accuracy (answers checked by the program, not compared with the teacher)
+   of the teacher, the student before, after distillation and after SFT, and the students
+   on sampled answers, on held-out prompts that none of the models trained on.
 
 Re-running reuses what is done: datasets, tokenizer, models, finished runs and the
 collection are kept; a stopped run resumes from its last checkpoint and a stopped collection
@@ -68,8 +75,13 @@ REFERENCE_COLLECTION = "demo-task.reference"
 TEACHER = "demo-teacher"  # the teacher's training run, its export and the local teacher
 STUDENT = "demo-student"  # the student's distillation run
 SFT_STUDENT = "demo-student-sft"  # the same student, data, steps and seed with plain SFT
+SAMPLED = f"{TRAIN_DATASET}.sampled"  # several answers a prompt at temperature 1
+UNFILTERED = f"{TRAIN_DATASET}.unfiltered"  # the first of them, as they come
+STUDENT_BEST = "demo-student-best"  # trained on best-of-n by the task's check
+STUDENT_UNFILTERED = "demo-student-unfiltered"  # trained on the unfiltered first samples
+CHECK_FILE = "task_check.py"  # in DEMO_FOLDER: the task's check, as a user writes one
 METHODS = ("sparse_kd", "dense_kd")
-STEPS = ("task", "models", "teacher", "collect", "student", "score")
+STEPS = ("task", "models", "teacher", "collect", "student", "best-of-n", "score")
 STATUS_FILE = "status.json"  # in DEMO_FOLDER: the step and progress, for a window to show
 STATUS_EVERY_S = 1.0  # progress is written at most this often (steps and the end at once)
 
@@ -157,6 +169,7 @@ class DemoPlan:
     method: str = "sparse_kd"
     kd_weight: float = 0.5
     max_new_tokens: int = 16
+    samples: int = 4  # answers per prompt at temperature 1, for best-of-n
 
     @classmethod
     def full(cls, **changes: Any) -> DemoPlan:
@@ -175,13 +188,14 @@ class DemoPlan:
             "teacher_steps": 400,
             "student_steps": 400,
             "teacher_lr": 3e-3,
+            "samples": 3,
         }
         return cls(**{**small, **changes})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"demo method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if min(self.n_train, self.n_test, self.teacher_steps, self.student_steps) < 1:
+        if min(self.n_train, self.n_test, self.teacher_steps, self.student_steps, self.samples) < 1:
             raise UserError("demo plan: sizes and step counts must be positive")
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +240,8 @@ class DemoResult:
     timings: dict[str, float]
     reused: list[str] = field(default_factory=list)
     examples: list[dict[str, str]] = field(default_factory=list)
+    # the best-of-n step's figures (`Demo.curation_figures`)
+    curation: dict[str, Any] = field(default_factory=dict)
 
     HEADERS: ClassVar[list[str]] = [
         "MODEL", "PARAMS", "ACCURACY", "REVERSE", "SORT", "SAME AS TEACHER",
@@ -236,7 +252,7 @@ class DemoResult:
         return sum(self.timings.values())
 
     def score(self, model: str) -> Score:
-        """The score of `teacher`, `before`, `after` or `sft`."""
+        """The score of `teacher`, `before`, `after`, `sft`, `unfiltered` or `best`."""
         return next(s for s in self.scores if s.model == model)
 
     def rows(self) -> list[list[str]]:
@@ -246,7 +262,7 @@ class DemoResult:
             agree = "-" if s.agree_with_teacher is None else f"{s.agree_with_teacher / s.n:.0%}"
             rows.append(
                 [
-                    MODEL_LABELS[s.model].format(method=self.plan.method),
+                    MODEL_LABELS[s.model].format(method=self.plan.method, n=self.plan.samples),
                     f"{s.params / 1e6:.2f}M",
                     f"{s.accuracy:.1%} ({sum(s.correct.values())}/{s.n})",
                     f"{s.kind_accuracy('reverse'):.0%}",
@@ -255,6 +271,18 @@ class DemoResult:
                 ]
             )
         return rows
+
+    def curation_line(self) -> str:
+        """What best-of-n did: how often a sample was right, how many prompts it kept."""
+        c = self.curation
+        if not c:
+            return ""
+        return (
+            f"best of {self.plan.samples} at temperature 1: {c['correct_share']:.0%} of the "
+            f"{c['samples']:,} sampled answers are right (the first sample of each prompt: "
+            f"{c['first_correct_share']:.0%}); the check kept one right answer for "
+            f"{c['kept']:,} of {c['prompts']:,} prompts"
+        )
 
     def timing_line(self) -> str:
         parts = ", ".join(
@@ -272,6 +300,7 @@ class DemoResult:
             "seconds": self.seconds,
             "reused": self.reused,
             "examples": self.examples,
+            "curation": self.curation,
         }
 
 
@@ -280,6 +309,8 @@ MODEL_LABELS = {
     "before": "student before distillation",
     "after": "student after ({method})",
     "sft": "student after sft (same data and steps)",
+    "unfiltered": "student on sampled answers, unfiltered",
+    "best": "student on sampled answers, best of {n} by the check",
 }
 
 
@@ -419,6 +450,11 @@ class Demo:
             ("teacher", "training the teacher on the reference answers", self.train_teacher),
             ("collect", "collecting the teacher's answers with logprobs", self.collect),
             ("student", f"distilling the student ({self.plan.method})", self.train_student),
+            (
+                "best-of-n",
+                f"best of {self.plan.samples} by the task's check, against unfiltered answers",
+                self.best_of_n,
+            ),
         ]
         for i, (key, what, step) in enumerate(steps, start=1):
             self.cancel.raise_if_cancelled()
@@ -434,7 +470,13 @@ class Demo:
             scores, examples = self.score()
             self.evaluate_student()
         result = DemoResult(
-            self.ws.root, self.plan, scores, dict(self.timings), list(self.reused), examples
+            self.ws.root,
+            self.plan,
+            scores,
+            dict(self.timings),
+            list(self.reused),
+            examples,
+            self.curation_figures(),
         )
         self._write_json("results.json", result.to_dict())
         return result
@@ -451,7 +493,8 @@ class Demo:
         path = self.folder / "plan.json"
         mine = self.plan.to_dict()
         if path.exists():
-            stored = json.loads(path.read_text())
+            # a setting added since this workspace was built takes this version's value
+            stored = {**mine, **json.loads(path.read_text())}
             if stored != mine:
                 diff = ", ".join(
                     f"{k} {stored.get(k)!r} -> {v!r}" for k, v in mine.items() if stored.get(k) != v
@@ -659,7 +702,106 @@ class Demo:
         sft = self.train_config(SFT_STUDENT, self.student_init, self.collection, method="sft")
         return self.train(sft) or did
 
-    # -- 6. scores ------------------------------------------------------------------------------
+    # -- 6. best of n -----------------------------------------------------------------------------
+    def sample_config(self, name: str, samples: int) -> Any:
+        """The teacher at temperature 1: `samples` answers a prompt (one: the first of them,
+        which the collection cache gives back without generating again)."""
+        from kdstudio.collect import CollectConfig
+
+        return CollectConfig(
+            teacher=TEACHER,
+            dataset=TRAIN_DATASET,
+            name=name,
+            samples=samples,
+            max_tokens=self.plan.max_new_tokens,
+            temperature=1.0,
+            seed=self.plan.seed,
+            top_logprobs=20,
+            local_batch_size=64,
+        )
+
+    def write_check(self) -> Path:
+        """The task's check as a file, the way a user writes one for their own task."""
+        path = self.folder / CHECK_FILE
+        text = (
+            '"""The demo task\'s check, written as you would write one for your own task:\n\n'
+            f"    kdstudio outputs check {SAMPLED} --check {CHECK_FILE}:check\n\n"
+            "It gets the prompt, the answer and the dataset's reference answer, and returns\n"
+            'True or False (or a score from 0 to 1, or (that, "a reason")).\n"""\n\n'
+            "from kdstudio.demo import is_correct\n\n\n"
+            "def check(prompt, answer, reference):\n"
+            "    return is_correct(prompt, answer)\n"
+        )
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        return path
+
+    def best_of_n(self) -> bool:
+        """Sample, check, choose the best; train a student on the chosen answers and one on
+        the unfiltered first samples, with the same steps and seed."""
+        from kdstudio.collect import collect
+        from kdstudio.curate import BestConfig, CheckConfig, best_of_n, run_check
+        from kdstudio.curate.job import curations
+
+        did = False
+        for name, samples in ((SAMPLED, self.plan.samples), (UNFILTERED, 1)):
+            if not self._collected(name):
+                summary = collect(
+                    self.sample_config(name, samples), self.ws, self.job_sink, self.cancel
+                )
+                self.sink.emit(Log(f"  {summary.message} in {duration(summary.elapsed)}"))
+                did = True
+        done = {c["kind"] for c in curations(self.ws, SAMPLED) if c["status"] == "done"}
+        if did or done != {"check", "best"}:
+            check = CheckConfig(
+                collection=SAMPLED, check_spec=f"{self.write_check()}:check", workers=1
+            )
+            run_check(check, self.ws, self.job_sink, self.cancel)  # each logs what it decided
+            best = BestConfig(collection=SAMPLED, by="check", min_score=1.0)
+            best_of_n(best, self.ws, self.job_sink, self.cancel)
+            did = True
+        distill: dict[str, Any] = {"method": self.plan.method, "kd_weight": self.plan.kd_weight}
+        if self.plan.method == "dense_kd":
+            distill["teacher"] = TEACHER
+        for run, collection in ((STUDENT_UNFILTERED, UNFILTERED), (STUDENT_BEST, SAMPLED)):
+            config = self.train_config(run, self.student_init, collection, **distill)
+            did = self.train(config) or did
+        return did
+
+    def _collected(self, name: str) -> bool:
+        from kdstudio.collect.store import collection_status_counts
+
+        if name not in _collection_names(self.ws):
+            return False
+        counts = collection_status_counts(self.ws, name)
+        return bool(counts["total"]) and counts["done"] == counts["total"]
+
+    def curation_figures(self) -> dict[str, Any]:
+        """How right the sampled answers are, and what best-of-n kept (from the workspace)."""
+        from kdstudio.collect.store import collection_id
+
+        cid = collection_id(self.ws, SAMPLED)
+        decider = f"check:{CHECK_FILE}:check"
+        right = self.ws.query(
+            "SELECT h.sample, h.score FROM review_history h JOIN (SELECT MAX(id) AS id FROM"
+            " review_history WHERE collection_id=? AND decider=? GROUP BY row_id, sample) last"
+            " ON last.id = h.id",
+            (cid, decider),
+        )
+        first = [r["score"] == 1.0 for r in right if r["sample"] == 0]
+        kept = self.ws.query_one(
+            "SELECT COUNT(*) FROM collection_items WHERE collection_id=? AND review='accepted'",
+            (cid,),
+        )[0]
+        return {
+            "samples": len(right),
+            "correct_share": sum(r["score"] == 1.0 for r in right) / max(len(right), 1),
+            "first_correct_share": sum(first) / max(len(first), 1),
+            "prompts": len(first),
+            "kept": int(kept),
+        }
+
+    # -- 7. scores ------------------------------------------------------------------------------
     def score(self) -> tuple[list[Score], list[dict[str, str]]]:
         """Accuracy of the teacher, the student before and after, on the held-out prompts."""
         from transformers.utils import logging as hf_logging
@@ -675,6 +817,11 @@ class Demo:
             ("before", lambda: _load(self.student_init, device)),
             ("after", lambda: ckpt.load_student(self.ws, STUDENT, "last", str(device))),
             ("sft", lambda: ckpt.load_student(self.ws, SFT_STUDENT, "last", str(device))),
+            (
+                "unfiltered",
+                lambda: ckpt.load_student(self.ws, STUDENT_UNFILTERED, "last", str(device)),
+            ),
+            ("best", lambda: ckpt.load_student(self.ws, STUDENT_BEST, "last", str(device))),
         ]
         answers: dict[str, list[str]] = {}
         scores = []
@@ -683,7 +830,7 @@ class Demo:
             model, tok = load()
             score, answers[key] = self.score_model(key, model, tok, device, answers.get("teacher"))
             scores.append(score)
-            label = MODEL_LABELS[key].format(method=self.plan.method)
+            label = MODEL_LABELS[key].format(method=self.plan.method, n=self.plan.samples)
             self.sink.emit(Log(f"  {label}: {score.accuracy:.1%} correct"))
         examples = [
             {"prompt": p.prompt, "expected": p.answer, **{k: v[i] for k, v in answers.items()}}

@@ -24,8 +24,16 @@ export are prompted the same way.
 Truncation. Examples longer than `max_length` tokens are cut at the end; one whose
 response would be cut away entirely is dropped and counted (`Dataset.dropped`).
 
-Split. By dataset row (all samples of a prompt on the same side), deterministic: rows are
-ordered by a hash of their id and the first `ceil(fraction * rows)` are held out.
+Split. By prompt (every sample and every collection's answer to one prompt on the same
+side), deterministic: prompts are ordered by a hash of their messages (`prompt_key`) and the
+first `ceil(fraction * prompts)` are held out, so one file and one config give the same
+split in any workspace. `data.split = "row"` orders dataset row ids instead (the rule runs
+of kdstudio 0.1 started with; they keep it when resumed).
+
+Mixing (`data.weights`). With several collections, each epoch draws from collection i a
+share weights[i] / sum(weights) of the epoch's examples (cycling through a small one in a
+fresh order each time, subsampling a large one), a pure function of (seed, epoch) like the
+order itself.
 
 Batches. Length-grouped (shuffle, then sort within mega-batches of 50 batches, then shuffle
 the batches), dynamically padded on the right. The order is a pure function of (seed,
@@ -224,17 +232,35 @@ def preview_example(
 # -- split ------------------------------------------------------------------------------------
 
 
+def prompt_key(messages: list[dict]) -> str:
+    """A prompt's identity for the split: a hash of its messages (role and content of every
+    turn), whatever dataset, collection or sample it comes from."""
+    from kdstudio.collect.store import content_hash
+
+    turns = [[m.get("role"), m.get("content")] for m in messages]
+    return content_hash(["kdstudio-split", turns])
+
+
 def _row_key(row_id: int) -> str:
     return hashlib.sha256(f"kdstudio-split:{row_id}".encode()).hexdigest()
 
 
+def split_keys(keys: Iterable[str], fraction: float) -> tuple[set[str], set[str]]:
+    """(train keys, eval keys): the first ceil(fraction * n) keys in sorted order are held
+    out (at least one when fraction > 0 and there are two keys or more). Keys are hashes,
+    so sorted order is a fixed pseudo-random order."""
+    ordered = sorted(set(keys))
+    n_eval = math.ceil(fraction * len(ordered)) if fraction > 0 else 0
+    n_eval = min(n_eval, max(len(ordered) - 1, 0))
+    return set(ordered[n_eval:]), set(ordered[:n_eval])
+
+
 def split_rows(row_ids: Iterable[int], fraction: float) -> tuple[set[int], set[int]]:
-    """(train rows, eval rows): the first ceil(fraction * n) rows in hash order are held out
-    (at least one when fraction > 0 and there are two rows or more)."""
-    rows = sorted(set(row_ids), key=_row_key)
-    n_eval = math.ceil(fraction * len(rows)) if fraction > 0 else 0
-    n_eval = min(n_eval, max(len(rows) - 1, 0))
-    return set(rows[n_eval:]), set(rows[:n_eval])
+    """(train rows, eval rows) by the row rule (`data.split = "row"`): rows in the order of a
+    hash of their id, the first ceil(fraction * n) held out."""
+    by_key = {_row_key(r): r for r in set(row_ids)}
+    train, held = split_keys(by_key, fraction)
+    return {by_key[k] for k in train}, {by_key[k] for k in held}
 
 
 # -- dataset ----------------------------------------------------------------------------------
@@ -242,21 +268,25 @@ def split_rows(row_ids: Iterable[int], fraction: float) -> tuple[set[int], set[i
 
 @dataclass
 class Dataset:
-    """Encoded train and eval examples of a collection, plus what was left out and why."""
+    """Encoded train and eval examples of a run's collections, plus what was left out and why."""
 
     train: list[Encoded]
     eval: list[Encoded]
     eval_rows: list[int]
     dropped: int = 0  # truncation would cut the whole response away
-    skipped: dict[str, int] = field(default_factory=dict)  # rejected, empty response
+    skipped: dict[str, int] = field(default_factory=dict)  # rejected, empty, low score...
+    # per collection: {"train", "eval", "dropped", "skipped"} counts (examples of each)
+    per_collection: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def n_examples(self) -> int:
         return len(self.train) + len(self.eval)
 
     def why_no_train(self, collection: str, max_length: int) -> str:
-        """Why there are no training examples, and what to change (pre-flight and trainer)."""
-        where = f"collection {collection!r} gives no training examples"
+        """Why there are no training examples, and what to change (pre-flight and trainer).
+        `collection` names the data: "collection 'a'" (see DataConfig.label) or a bare name."""
+        label = collection if collection.startswith("collection") else f"collection {collection!r}"
+        where = f"{label} gives no training examples"
         if self.n_examples:
             return (
                 f"{where}: its {self.n_examples} usable examples are all held out; lower "
@@ -268,35 +298,77 @@ class Dataset:
                 f"{max_length} tokens up to their response; raise data.max_length"
             )
         skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.items() if n)
+        if self.skipped.get("below min_score") or self.skipped.get("unscored"):
+            return (
+                f"{where}: every answer is rejected, below data.min_score or unscored "
+                f"({skipped}); lower data.min_score, or score the answers first "
+                "(`kdstudio outputs check`)"
+            )
         return (
             f"{where}: it has no done outputs{f' ({skipped} skipped)' if skipped else ''}; "
             "collect (or accept) some first"
         )
 
 
+def _left_out(ex: Example, min_score: float | None) -> str | None:
+    """Why an example is not trained on (None: it is)."""
+    if getattr(ex, "review", None) == "rejected":
+        return "rejected"
+    if not ex.response or not ex.response.strip():
+        return "empty"
+    if min_score is not None and not getattr(ex, "person_accepted", False):
+        score = getattr(ex, "score", None)
+        if score is None:
+            return "unscored"
+        if score < min_score:
+            return "below min_score"
+    return None
+
+
 def build_dataset(
-    tok: Any, examples: Iterable[Example], *, max_length: int, eval_fraction: float
+    tok: Any,
+    examples: Iterable[Example],
+    *,
+    max_length: int,
+    eval_fraction: float,
+    split: str = "prompt",
+    min_score: float | None = None,
 ) -> Dataset:
-    """Encode examples (rejected and empty ones skipped) and split them by row."""
+    """Encode examples (rejected, empty and, with `min_score`, low-scored ones skipped) and
+    split them by prompt (`split = "row"`: by dataset row id)."""
     kept: list[Encoded] = []
     dropped, skipped = 0, {"rejected": 0, "empty": 0}
+    if min_score is not None:
+        skipped.update({"below min_score": 0, "unscored": 0})
+    per: dict[str, dict[str, int]] = {}
     for ex in examples:
-        if getattr(ex, "review", None) == "rejected":
-            skipped["rejected"] += 1
-            continue
-        if not ex.response or not ex.response.strip():
-            skipped["empty"] += 1
+        counts = per.setdefault(
+            getattr(ex, "collection", ""), {"train": 0, "eval": 0, "dropped": 0, "skipped": 0}
+        )
+        why = _left_out(ex, min_score)
+        if why is not None:
+            skipped[why] += 1
+            counts["skipped"] += 1
             continue
         enc = encode_example(tok, ex.messages, ex.response, max_length)
         if enc is None:
             dropped += 1
+            counts["dropped"] += 1
             continue
         enc.example = ex
         kept.append(enc)
-    _train_rows, eval_rows = split_rows((e.example.row_id for e in kept), eval_fraction)
-    train = [e for e in kept if e.example.row_id not in eval_rows]
-    held = [e for e in kept if e.example.row_id in eval_rows]
-    return Dataset(train, held, sorted(eval_rows), dropped, skipped)
+    if split == "row":
+        keys = [_row_key(e.example.row_id) for e in kept]
+    else:
+        keys = [prompt_key(e.example.messages) for e in kept]
+    _train_keys, eval_keys = split_keys(keys, eval_fraction)
+    train, held = [], []
+    for e, key in zip(kept, keys, strict=True):
+        side = "eval" if key in eval_keys else "train"
+        (held if side == "eval" else train).append(e)
+        per[getattr(e.example, "collection", "")][side] += 1
+    eval_rows = sorted({e.example.row_id for e in held})
+    return Dataset(train, held, eval_rows, dropped, skipped, per)
 
 
 # -- order ------------------------------------------------------------------------------------
@@ -376,6 +448,8 @@ class DataStream:
         world_size: int = 1,
         group_by_length: bool = True,
         pack_length: int | None = None,
+        groups: Sequence[int] | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if len(lengths) < world_size:
             raise UserError(
@@ -385,20 +459,48 @@ class DataStream:
         self.lengths, self.seed, self.rank, self.world = list(lengths), seed, rank, world_size
         self.global_batch = batch_size * world_size
         self.group, self.pack_length = group_by_length, pack_length
+        if weights and groups is None:
+            raise ValueError("weights need the group (collection) of every example")
+        self.groups = list(groups) if groups is not None else None
+        self.weights = list(weights) if weights else None
         self.epoch, self.index = 0, 0
         self._cache: tuple[int, list[list[list[int]]]] | None = None
 
+    def _mix(self, epoch: int) -> list[int] | None:
+        """The examples one epoch draws with `weights` (None: each example once): group i
+        gives a share weights[i] / sum(weights) of them, taken from fresh shuffles of it."""
+        if not self.weights or self.groups is None:
+            return None
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(self.groups):
+            members.setdefault(g, []).append(i)
+        total, weight_sum = len(self.lengths), sum(self.weights[g] for g in members)
+        pool: list[int] = []
+        for g, idx in sorted(members.items()):
+            quota = max(1, round(total * self.weights[g] / weight_sum))
+            rng = random.Random(f"kdstudio:{self.seed}:{epoch}:mix:{g}")
+            while quota > 0:
+                order = list(idx)
+                rng.shuffle(order)
+                pool += order[:quota]
+                quota -= len(order)
+        return pool
+
     def _batches(self, epoch: int) -> list[list[list[int]]]:
         if self._cache is None or self._cache[0] != epoch:
+            pool = self._mix(epoch)
+            lengths = self.lengths if pool is None else [self.lengths[i] for i in pool]
             if self.pack_length:
                 batches = packed_epoch_batches(
-                    self.lengths, self.global_batch, self.seed, epoch, max_length=self.pack_length
+                    lengths, self.global_batch, self.seed, epoch, max_length=self.pack_length
                 )
             else:
                 flat = epoch_batches(
-                    self.lengths, self.global_batch, self.seed, epoch, group_by_length=self.group
+                    lengths, self.global_batch, self.seed, epoch, group_by_length=self.group
                 )
                 batches = [[[i] for i in b] for b in flat]
+            if pool is not None:  # positions in the pool -> example indexes
+                batches = [[[pool[i] for i in row] for row in b] for b in batches]
             # every rank needs at least one row: fold a too-small last batch away
             batches = [b for b in batches if len(b) >= self.world]
             self._cache = (epoch, batches)

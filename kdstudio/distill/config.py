@@ -12,6 +12,7 @@ The help text of every setting feeds the README's config reference (`TrainConfig
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +53,41 @@ class StudentConfig(Section):
 class DataConfig(Section):
     _section: ClassVar[str] = "data"
 
-    collection: str = setting(help="The collection of teacher outputs to train on, by name.")
+    collection: str | None = setting(
+        None, "The collection of teacher outputs to train on, by name (or `collections`)."
+    )
+    collections: list[str] = setting(
+        help="Several collections to train on together, by name (instead of `collection`): "
+        "several teachers, or several sets of prompts.",
+        default_factory=list,
+    )
+    weights: list[float] = setting(
+        help="The sampling mix of `collections`, one weight per collection: each epoch draws "
+        "examples from collection i in proportion to weights[i] (repeating a small one, "
+        "subsampling a large one). Empty: every example once per epoch.",
+        default_factory=list,
+    )
+    min_score: float | None = setting(
+        None,
+        "Train only on answers whose curation score (from a check, a judge or best-of-n, "
+        "0..1) is at least this; answers without a score are left out too, except those a "
+        "person accepted. Rejected answers are always left out.",
+        min=0.0,
+        max=1.0,
+    )
     eval_fraction: float = setting(
         0.05,
-        "Share of prompts (dataset rows) held out for evaluation; the split is by row and "
-        "deterministic, so every sample of one prompt lands on the same side.",
+        "Share of prompts held out for evaluation; deterministic, and every answer to one "
+        "prompt (every sample, every collection) lands on the same side.",
         min=0.0,
         max=0.5,
+    )
+    split: str = setting(
+        "prompt",
+        "How held-out prompts are chosen: `prompt` by a hash of the prompt's messages (the "
+        "same file gives the same split in any workspace); `row` by dataset row id (how runs "
+        "of kdstudio 0.1 split, kept so they resume on their own split).",
+        choices=("prompt", "row"),
     )
     max_length: int = setting(
         1024,
@@ -82,6 +111,44 @@ class DataConfig(Section):
     eval_max_examples: int = setting(
         256, "Cap on held-out examples scored at each evaluation (0 = all).", min=0
     )
+
+    def check(self) -> None:
+        if self.collection and self.collections:
+            raise ConfigError("data: set `collection` (one) or `collections` (several), not both")
+        if not self.collection and not self.collections:
+            raise ConfigError(
+                "data.collection must be set (the collection of teacher outputs to train on), "
+                "or data.collections for several"
+            )
+        names = self.names()
+        for name in names:
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"data.collections: {name!r} is not a collection name")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"data.collections names {', '.join(map(repr, dupes))} twice")
+        if self.weights:
+            if len(self.weights) != len(names):
+                n = len(self.weights)
+                raise ConfigError(
+                    f"data.weights has {n} weight{'s' * (n != 1)} for {len(names)} "
+                    f"collection{'s' * (len(names) != 1)}: give one per entry of "
+                    "data.collections"
+                )
+            bad = [w for w in self.weights if not isinstance(w, (int, float)) or not w > 0]
+            if bad or not all(math.isfinite(w) for w in self.weights):
+                raise ConfigError(f"data.weights must be positive numbers; got {self.weights!r}")
+            self.weights = [float(w) for w in self.weights]
+
+    def names(self) -> list[str]:
+        """The collections to train on, in order (one for `collection`)."""
+        return [self.collection] if self.collection else list(self.collections)
+
+    def label(self) -> str:
+        """How messages name the training data: "collection 'a'" or "collections 'a', 'b'"."""
+        names = self.names()
+        quoted = ", ".join(repr(n) for n in names)
+        return f"collection{'s' * (len(names) > 1)} {quoted}"
 
 
 @dataclass
@@ -320,6 +387,16 @@ class TrainConfig(Section):
     lora: LoraConfig | None = setting(None, "LoRA adapters instead of full fine-tuning.")
 
     @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> TrainConfig:
+        """A run's config as stored in the workspace. Settings that did not exist when an
+        older run was made get the value that version used, not today's default, so the run
+        resumes (and evaluates) as it started: before `data.split`, the split was by row."""
+        data = dict(data)
+        if isinstance(data.get("data"), dict) and "split" not in data["data"]:
+            data["data"] = {**data["data"], "split": "row"}
+        return cls.from_dict(data)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         for key in ("student", "data"):
             if key not in data:
@@ -342,7 +419,7 @@ class TrainConfig(Section):
         data["student"]["path"] = str(path.resolve())
         if not data["run"].get("name"):
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            data["run"]["name"] = f"{self.data.collection}-{stamp}"[:64]
+            data["run"]["name"] = f"{self.data.names()[0]}-{stamp}"[:64]
         return TrainConfig.from_dict(data)
 
 

@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 from kdstudio.errors import UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from kdstudio.collect.store import Example
     from kdstudio.distill.batches import Dataset, DataStream, Encoded
     from kdstudio.distill.config import OptimConfig, TrainConfig
     from kdstudio.workspace import Workspace
@@ -93,19 +96,52 @@ def autocast(device: Any, amp_dtype: Any) -> Any:
 # -- data and steps ----------------------------------------------------------------------------
 
 
-def load_dataset(config: TrainConfig, ws: Workspace, tokenizer: Any) -> Dataset:
-    """The run's examples: its collection rendered with the student's tokenizer, split by row,
-    the held-out part capped at `data.eval_max_examples`; rejected and empty outputs are
-    skipped and counted, edited ones used. The caller decides what an empty train part means."""
+def check_collections(config: TrainConfig, ws: Workspace) -> None:
+    """Every collection of the run exists and holds answers to train on (UserError naming the
+    setting otherwise)."""
+    from kdstudio.collect.store import get_collection
+
+    key = "data.collection" if config.data.collection else "data.collections"
+    for name in config.data.names():
+        try:
+            info = get_collection(ws, name)
+        except UserError as exc:
+            raise UserError(f"{key}: {exc}") from None
+        if info.source == "judge":
+            raise UserError(
+                f"{key}: {name!r} holds a judge's verdicts on another collection's answers, "
+                "not answers to train on; train on the judged collection (its answers carry "
+                "the judge's scores: data.min_score)"
+            )
+
+
+def iter_run_examples(
+    config: TrainConfig, ws: Workspace, *, include_rejected: bool = False
+) -> Iterator[Example]:
+    """The examples of every collection of a run, collection after collection (each tagged
+    with its collection's name), in dataset order within each."""
     from kdstudio.collect.store import iter_examples
+
+    for name in config.data.names():
+        yield from iter_examples(ws, name, include_rejected=include_rejected)
+
+
+def load_dataset(config: TrainConfig, ws: Workspace, tokenizer: Any) -> Dataset:
+    """The run's examples: its collections rendered with the student's tokenizer, split by
+    prompt, the held-out part capped at `data.eval_max_examples`; rejected, empty and (with
+    `data.min_score`) low-scored outputs are skipped and counted, edited ones used. The caller
+    decides what an empty train part means."""
     from kdstudio.distill.batches import build_dataset
 
     cfg = config.data
+    check_collections(config, ws)
     data = build_dataset(
         tokenizer,
-        iter_examples(ws, cfg.collection, include_rejected=True),
+        iter_run_examples(config, ws, include_rejected=True),
         max_length=cfg.max_length,
         eval_fraction=cfg.eval_fraction,
+        split=cfg.split,
+        min_score=cfg.min_score,
     )
     if cfg.eval_max_examples:
         data.eval = data.eval[: cfg.eval_max_examples]
@@ -115,9 +151,13 @@ def load_dataset(config: TrainConfig, ws: Workspace, tokenizer: Any) -> Dataset:
 def data_stream(
     config: TrainConfig, train: list[Encoded], *, rank: int = 0, world_size: int = 1
 ) -> DataStream:
-    """The endless, resumable stream of this rank's micro-batches of the training examples."""
+    """The endless, resumable stream of this rank's micro-batches of the training examples
+    (mixed by `data.weights` when there are several collections)."""
     from kdstudio.distill.batches import DataStream
 
+    names = config.data.names()
+    weights = config.data.weights or None
+    groups = [names.index(e.example.collection) for e in train] if weights else None
     return DataStream(
         [len(e) for e in train],
         config.optim.batch_size,
@@ -126,6 +166,8 @@ def data_stream(
         world_size=world_size,
         group_by_length=config.data.group_by_length,
         pack_length=config.data.max_length if config.data.packing else None,
+        groups=groups,
+        weights=weights,
     )
 
 

@@ -37,7 +37,7 @@ class PreflightReport:
 
     method: str
     student: str
-    collection: str
+    collection: str  # the run's collections, joined by ", "
     template: str | None = None  # "the tokenizer's" or "kdstudio's fallback"
     vocab: int | None = None  # tokens in the student's tokenizer
     device: str | None = None
@@ -45,7 +45,9 @@ class PreflightReport:
     train_examples: int | None = None
     eval_examples: int | None = None
     dropped: int | None = None  # truncation to data.max_length would remove the response
-    skipped: dict[str, int] = field(default_factory=dict)  # rejected, empty response
+    skipped: dict[str, int] = field(default_factory=dict)  # rejected, empty, low score
+    # per collection: its teacher and its train / eval / dropped / skipped examples
+    collections: dict[str, dict[str, Any]] = field(default_factory=dict)
     target_tokens: int | None = None  # loss-carrying tokens of the training examples
     total_steps: int | None = None
     teacher: dict[str, Any] | None = None  # dense_kd: name, path, shared_rows, message
@@ -83,12 +85,11 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
     """Every check `Trainer.setup()` makes before the first step, without creating a run,
     loading weights or building an optimizer (see the module docstring). Never raises for
     bad input: problems go to `report.errors`."""
-    from kdstudio.collect.store import collection_id
     from kdstudio.distill.batches import load_student_tokenizer
     from kdstudio.model_folder import model_folder_problem
 
     cfg = config
-    report = PreflightReport(cfg.distill.method, cfg.student.path, cfg.data.collection)
+    report = PreflightReport(cfg.distill.method, cfg.student.path, ", ".join(cfg.data.names()))
 
     # the student: its folder, its config and its tokenizer
     tok = None
@@ -140,30 +141,39 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
     except UserError as exc:
         report.errors.append(str(exc))
 
-    # the collection and the examples it gives
+    # the collections and the examples they give
     data = None
     try:
-        collection_id(ws, cfg.data.collection)
+        plan.check_collections(cfg, ws)
     except UserError as exc:
-        report.errors.append(f"data.collection: {exc}")
+        report.errors.append(str(exc))
     else:
         if tok is not None:
             data = plan.load_dataset(cfg, ws, tok)
             report.train_examples, report.eval_examples = len(data.train), len(data.eval)
             report.dropped, report.skipped = data.dropped, dict(data.skipped)
             report.target_tokens = sum(e.n_target for e in data.train)
+            report.collections = _per_collection(ws, data)
             if not data.train:
-                report.errors.append(data.why_no_train(cfg.data.collection, cfg.data.max_length))
+                report.errors.append(data.why_no_train(cfg.data.label(), cfg.data.max_length))
             else:
                 o = cfg.optim
                 stream = plan.data_stream(cfg, data.train)
                 report.total_steps = plan.total_steps(o, stream.batches_per_epoch)
                 accum = f" x {o.grad_accum} accumulated" if o.grad_accum > 1 else ""
                 report.checks.append(
-                    f"collection {cfg.data.collection!r}: {len(data.train):,} train / "
+                    f"{cfg.data.label()}: {len(data.train):,} train / "
                     f"{len(data.eval):,} eval examples ({report.target_tokens:,} response tokens "
                     f"to learn); {report.total_steps:,} steps of batch {o.batch_size}{accum}"
                 )
+                if len(report.collections) > 1:
+                    report.checks += [_collection_line(n, c) for n, c in report.collections.items()]
+                if cfg.data.weights:
+                    mix = ", ".join(
+                        f"{n} {w / sum(cfg.data.weights):.0%}"
+                        for n, w in zip(cfg.data.names(), cfg.data.weights, strict=True)
+                    )
+                    report.checks.append(f"each epoch mixes {mix} [data.weights]")
             if data.dropped:
                 report.notes.append(
                     f"{data.dropped} examples dropped: truncating them to {cfg.data.max_length} "
@@ -175,6 +185,12 @@ def preflight(config: TrainConfig, ws: Workspace, *, device: Any = None) -> Pref
                 )
             if data.skipped.get("rejected"):
                 report.notes.append(f"{data.skipped['rejected']} rejected examples skipped")
+            low = data.skipped.get("below min_score", 0) + data.skipped.get("unscored", 0)
+            if low:
+                report.notes.append(
+                    f"{low} examples below data.min_score = {cfg.data.min_score} or without a "
+                    f"score skipped ({data.skipped.get('unscored', 0)} unscored)"
+                )
 
     # the method's own checks
     memory = None
@@ -300,3 +316,21 @@ def _sparse_checks(
         elif isinstance(event, Log) and event.message.startswith(("sparse_kd:", "align ")):
             report.checks.append(event.message)
     return getattr(objective, "memory", None)
+
+
+def _per_collection(ws: Workspace, data: Any) -> dict[str, dict[str, Any]]:
+    """Each collection's teacher and examples (train, eval, dropped, skipped)."""
+    from kdstudio.collect.store import get_collection
+
+    out = {}
+    for name, counts in data.per_collection.items():
+        out[name] = {"teacher": get_collection(ws, name).teacher_name, **counts}
+    return out
+
+
+def _collection_line(name: str, c: dict[str, Any]) -> str:
+    teacher = f" (teacher {c['teacher']})" if c.get("teacher") else ""
+    left = [f"{c[k]:,} {k}" for k in ("skipped", "dropped") if c.get(k)]
+    return f"  {name}{teacher}: {c['train']:,} train / {c['eval']:,} eval" + (
+        f" ({', '.join(left)})" if left else ""
+    )

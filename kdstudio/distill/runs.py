@@ -56,7 +56,13 @@ class Run:
     def train_config(self) -> TrainConfig:
         from kdstudio.distill.config import TrainConfig
 
-        return TrainConfig.from_dict(self.config)
+        return TrainConfig.from_stored(self.config)
+
+    @property
+    def collections(self) -> list[str]:
+        """The collections the run trains on (one or several)."""
+        data = self.config.get("data", {})
+        return [data["collection"]] if data.get("collection") else list(data.get("collections", []))
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -118,7 +124,7 @@ def create_run(ws: Workspace, config: TrainConfig, *, world_size: int = 1) -> Ru
                 "created",
                 config.distill.method,
                 json.dumps(config.to_dict()),
-                config.data.collection,
+                ", ".join(config.data.names()),
                 world_size,
                 now,
                 now,
@@ -232,6 +238,31 @@ def metric_series(ws: Workspace, run_id: int) -> dict[str, list[tuple[int, float
         "SELECT name, step, value FROM run_metrics WHERE run_id=? ORDER BY name, step", (run_id,)
     ):
         out.setdefault(r["name"], []).append((r["step"], r["value"]))
+    return out
+
+
+def run_collections(ws: Workspace, run: Run) -> list[dict[str, Any]]:
+    """Each collection a run trains on: its name, teacher, weight in the mix (None: no
+    weights), and the examples it gave (train, eval, skipped, dropped) once the run started.
+    A collection removed since is listed with teacher None."""
+    from kdstudio.collect.store import get_collection
+
+    weights = run.config.get("data", {}).get("weights") or []
+    counts = run.summary.get("collections", {})
+    out = []
+    for i, name in enumerate(run.collections):
+        try:
+            teacher = get_collection(ws, name).teacher_name
+        except NotFound:
+            teacher = None
+        out.append(
+            {
+                "name": name,
+                "teacher": teacher,
+                "weight": weights[i] if i < len(weights) else None,
+                **counts.get(name, {}),
+            }
+        )
     return out
 
 

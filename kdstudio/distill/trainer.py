@@ -354,10 +354,14 @@ class Trainer:
         cfg = self.config.data
         data = plan.load_dataset(self.config, self.ws, self.tokenizer)
         if not data.train:
-            raise UserError(data.why_no_train(cfg.collection, cfg.max_length))
+            raise UserError(data.why_no_train(cfg.label(), cfg.max_length))
         digest = hashlib.sha256()
+        several = len(cfg.names()) > 1  # one collection: the fingerprint of kdstudio 0.1
         for e in data.train:
-            digest.update(repr((e.example.row_id, e.example.sample, e.input_ids)).encode())
+            key = (e.example.row_id, e.example.sample, e.input_ids)
+            if several:
+                key = (e.example.collection, *key)
+            digest.update(repr(key).encode())
         self._fingerprint = digest.hexdigest()
         if self.is_main:
             runs.update_run(self.ws, self.run.id, eval_rows=data.eval_rows)
@@ -372,6 +376,14 @@ class Trainer:
             if data.skipped.get("empty"):
                 self.sink.emit(
                     Warning(f"{data.skipped['empty']} examples with an empty response skipped")
+                )
+            low = data.skipped.get("below min_score", 0) + data.skipped.get("unscored", 0)
+            if low:
+                self.sink.emit(
+                    Log(
+                        f"{low} examples left out by data.min_score = {cfg.min_score} "
+                        f"({data.skipped.get('unscored', 0)} without a score)"
+                    )
                 )
         return data
 
@@ -518,7 +530,7 @@ class Trainer:
                     "the collection's training examples changed since this checkpoint (outputs "
                     "added, edited or rejected): training continues on the current examples, so "
                     "it will not match an uninterrupted run",
-                    where=f"data.collection {self.config.data.collection!r}",
+                    where=f"data: {self.config.data.label()}",
                 )
             )
         self.step = self._last_saved_step = int(state["step"])
@@ -534,6 +546,7 @@ class Trainer:
             "eval_examples": len(d.eval),
             "dropped_too_long": d.dropped,
             "skipped": dict(d.skipped),
+            "collections": {k: dict(v) for k, v in d.per_collection.items()},
         }
 
     def _describe(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from collections.abc import Callable
 
 from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtGui import QGuiApplication, QPalette
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QSizePolicy,
@@ -309,3 +311,62 @@ class Card(QFrame):
         self.body.setContentsMargins(10, 8, 10, 10)
         if title:
             self.body.addWidget(heading(title))
+
+
+class PathPicker(QWidget):
+    """A path field with a Browse button: a folder, or with `files` (a file-dialog filter
+    such as "Python (*.py)") a file. `value()`/`set_value()` for SectionForm. With `problem`
+    (path -> what is wrong with it, or None: a few stat calls, so on every keystroke) what is
+    wrong with the path typed ("folder … does not exist") shows under it at once."""
+
+    def __init__(
+        self,
+        title: str,
+        *,
+        files: str | None = None,
+        placeholder: str = "",
+        problem: Callable[[str], str | None] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.title, self.files, self.problem = title, files, problem
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self.browse)
+        self.note = FieldNote()
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(self.edit, 1)
+        row.addWidget(browse)
+        column.addLayout(row)
+        column.addWidget(self.note)
+        self.textChanged = self.edit.textChanged
+        if problem is not None:
+            self.edit.textChanged.connect(self.check)
+
+    def check(self) -> str | None:
+        """What is wrong with the path (shown under the field), or None."""
+        problem = self.problem(self.value()) if self.problem and self.value() else None
+        self.note.set_note(problem[:1].upper() + problem[1:] + "." if problem else None)
+        return problem
+
+    def browse(self) -> None:
+        from pathlib import Path
+
+        from kdstudio.gui import file_dialogs
+
+        start = self.edit.text() or str(Path.home())
+        if self.files is None:
+            chosen = file_dialogs.existing_folder(self, self.title, start)
+        else:
+            chosen = file_dialogs.open_file(self, self.title, start, self.files)
+        if chosen:
+            self.edit.setText(chosen)
+
+    def value(self) -> str:
+        return self.edit.text().strip()
+
+    def set_value(self, value: object) -> None:
+        self.edit.setText("" if value is None else str(value))

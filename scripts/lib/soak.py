@@ -306,7 +306,8 @@ class Soak:
             (self.act_switch, 1),
             (self.act_train, 1),
         ]
-        deadline = time.monotonic() + self.args.minutes * 60
+        began = time.monotonic()
+        deadline = began + self.args.minutes * 60
         last_check = last_shot = time.monotonic()
         while time.monotonic() < deadline and self.window.poll() is None:
             act = self.rng.choices([a for a, _ in actions], [w for _, w in actions])[0]
@@ -316,9 +317,7 @@ class Soak:
                 self.check()
                 last_check = time.monotonic()
             if time.monotonic() - last_shot > 300:
-                self.screenshot(
-                    f"{int((time.monotonic() - deadline) / 60) + self.args.minutes:02d}-min"
-                )
+                self.screenshot(f"{int((time.monotonic() - began) / 60):02d}-min")
                 last_shot = time.monotonic()
             time.sleep(self.rng.uniform(0.2, 2.0))
         alive = self.window.poll() is None

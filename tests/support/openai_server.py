@@ -18,7 +18,9 @@ process: `python -m support.openai_server --latency 0.05`) and implements:
   `GET /props`), Ollama (`GET /api/version`), LM Studio (`GET /api/v0/models`; logprobs
   silently left out, as LM Studio does) or OpenAI (`openai-organization` headers)
 
-Answers are deterministic functions of the request. Faults are injected with
+Answers are deterministic functions of the request: random words, or what `reply(body)`
+returns when given (e.g. a judge's verdict read from the rubric in the request; None falls
+back to the words). Faults are injected with
 `add_fault(kind, ...)`: 429 (with retry-after), 500, 503, 400, 404, 401, 403, `slow`,
 `drop` (close without answering), `malformed` (invalid JSON), `truncated` (body shorter
 than its content-length), `empty_choices`. `rate_limit=N` answers at most N requests per
@@ -166,6 +168,7 @@ class OpenAIServer:
         flavor: str | None = None,
         teacher: Any = None,
         header_key: tuple[str, str] | None = None,
+        reply: Any = None,
     ) -> None:
         if flavor is not None and flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r} (known: {', '.join(FLAVORS)})")
@@ -178,6 +181,7 @@ class OpenAIServer:
         self.host, self.port = host, port
         self.echo_key_in_errors = echo_key_in_errors
         self.reject_max_tokens = reject_max_tokens  # like newer OpenAI models
+        self.reply = reply  # body -> the answer's text (None: the usual random words)
         self.faults: list[Fault] = []
         self.billed: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
@@ -533,6 +537,10 @@ class OpenAIServer:
         }
 
     def _generate(self, body: dict[str, Any], index: int) -> tuple[list[str], str]:
+        if self.reply is not None:
+            text = self.reply(body)
+            if text is not None:
+                return [text], "stop"
         key = [body.get(k) for k in ("model", "messages", "seed", "temperature", "top_p")] + [index]
         rng = random.Random(hashlib.sha256(_canonical({"k": key}).encode()).digest())
         n = rng.randint(self.min_tokens, self.max_tokens)

@@ -119,3 +119,33 @@ def make_student(
     out_dir = Path(out_dir)
     tok = make_tokenizer(out_dir.with_name(out_dir.name + "-tok"), texts, vocab_size=vocab_size)
     return make_model(out_dir, tok, layers=layers, hidden=hidden, seed=seed)
+
+
+def add_answers(
+    ws: Workspace,
+    name: str,
+    dataset: str,
+    answers: Sequence[str | Sequence[str]],
+    *,
+    teacher: str = "teacher-b",
+) -> str:
+    """Another collection `name` of `dataset` (made by `make_collection` or an import), as if
+    `teacher` had answered it: answers[i] for row i (a list: one answer per sample)."""
+    from kdstudio.collect.store import content_hash, create_collection, insert_response
+    from kdstudio.teachers import Response
+
+    did = ws.query_one("SELECT id FROM datasets WHERE name=?", (dataset,))[0]
+    rows = ws.query("SELECT id FROM dataset_rows WHERE dataset_id=? ORDER BY idx", (did,))
+    cid = create_collection(ws, name, dataset_id=did, teacher_name=teacher, params={})
+    with ws.tx() as con:
+        for (row_id,), answer in zip(rows, answers, strict=True):
+            for sample, text in enumerate([answer] if isinstance(answer, str) else answer):
+                hash_ = content_hash(["test", name, row_id, sample])
+                insert_response(con, hash_, Response(text, model=teacher, endpoint="test:"))
+                con.execute(
+                    "INSERT INTO collection_items(collection_id, row_id, sample, hash, status)"
+                    " VALUES (?,?,?,?, 'done')",
+                    (cid, row_id, sample, hash_),
+                )
+        con.execute("UPDATE collections SET status='done' WHERE id=?", (cid,))
+    return name

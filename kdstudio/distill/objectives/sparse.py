@@ -47,7 +47,8 @@ class SparseKD(KDObjective):
     def setup(self, ctx: ObjectiveContext) -> None:
         self.vocab = VocabBytes(ctx.tokenizer)
         self.max_length = self.config.data.max_length
-        self.targets: dict[tuple[int, int], Targets] = {}
+        # by (collection, row, sample): two teachers' answers to one prompt are two examples
+        self.targets: dict[tuple[str, int, int], Targets] = {}
         train = ctx.extra.get("train")
         if train is None:
             return
@@ -62,7 +63,7 @@ class SparseKD(KDObjective):
             if got.encoded is not None:
                 train[i] = got.encoded
         totals = summarize_targets(self.targets.values())
-        collection = self.config.data.collection
+        collection = ", ".join(self.config.data.names())
         if totals["kd_positions"] == 0:
             why = (
                 "its outputs carry no teacher logprobs (collect with --top-logprobs)"
@@ -71,7 +72,7 @@ class SparseKD(KDObjective):
                 f"({describe_fallback(totals['fallback'])})"
             )
             raise UserError(
-                f"sparse_kd cannot use collection {collection!r}: {why}; "
+                f"sparse_kd cannot use {self.config.data.label()}: {why}; "
                 'train with method = "sft" instead'
             )
         ctx.sink.emit(Log(f"align {self.mode}: {self.mode_reason}"))
@@ -88,7 +89,7 @@ class SparseKD(KDObjective):
 
     def _targets(self, enc: Encoded) -> Targets:
         ex = enc.example
-        key = (ex.row_id, ex.sample)
+        key = (getattr(ex, "collection", ""), ex.row_id, ex.sample)
         got = self.targets.get(key)
         if got is None:
             got = self.targets[key] = align_example(

@@ -1,4 +1,7 @@
-"""Outputs: browse collected teacher outputs, search and filter, review, edit, export."""
+"""Outputs: browse collected teacher outputs, search and filter, review, edit, export, and
+curate automatically (a check, a judge, best of n: `kdstudio.gui.curation`). Each answer
+shows its review with the score, reason and decider of the decision in force, and the
+detail pane lists every earlier decision."""
 
 from __future__ import annotations
 
@@ -24,14 +27,24 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from kdstudio.collect import decisions
 from kdstudio.collect import store as outputs
 from kdstudio.data.importer import plural
 from kdstudio.formatting import usd
 from kdstudio.gui import file_dialogs
+from kdstudio.gui.curation import CurationBar
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.table_models import Column, LazyTableModel
 from kdstudio.gui.tokenview import TokenView
-from kdstudio.gui.widgets import Selection, escape, fmt_count, heading, hint, row_table
+from kdstudio.gui.widgets import (
+    Selection,
+    escape,
+    fmt_count,
+    fmt_time,
+    heading,
+    hint,
+    row_table,
+)
 
 STATE_COLOURS = {
     "failed": "#d23c3c",
@@ -44,6 +57,10 @@ REVIEW_COLOURS = {"accepted": "#2e9b4f", "rejected": "#d23c3c"}
 
 def _conf(item: outputs.Item) -> str:
     return f"{item.confidence:.2f}" if item.confidence is not None else ""
+
+
+def _score(item: outputs.Item) -> str:
+    return f"{item.score:.2f}" if item.score is not None else ""
 
 
 def _response(item: outputs.Item) -> str:
@@ -64,6 +81,9 @@ COLUMNS = [
         lambda i: i.review + (" (edited)" if i.edited else ""),
         colour=lambda i: REVIEW_COLOURS.get(i.review),
     ),
+    Column("Score", _score, align_right=True),
+    Column("Decider", lambda i: i.decider or "", tooltip=True),
+    Column("Reason", lambda i: i.reason or "", tooltip=True, max_chars=120),
     Column("Prompt", lambda i: i.prompt, tooltip=True, max_chars=120),
     Column(
         "Response",
@@ -78,7 +98,12 @@ COLUMNS = [
 ]
 ANY = "any"
 SAMPLE_COLUMN = 1
-RESPONSE_COLUMN = 5
+SCORE_COLUMN = 4
+DECIDER_COLUMN = 5
+REASON_COLUMN = 6
+RESPONSE_COLUMN = 8
+CURATION_COLUMNS = (SCORE_COLUMN, DECIDER_COLUMN, REASON_COLUMN)  # shown once one decided
+DECIDER_KINDS = [ANY, "person", "check", "judge", "best"]
 
 
 class OutputsPanel(Panel):
@@ -116,7 +141,11 @@ class OutputsPanel(Panel):
         self.max_conf.setSingleStep(0.05)
         self.max_conf.setDecimals(2)
         self.max_conf.setPrefix("conf ≤ ")
-        self.order = self._combo(["idx", "confidence", "length", "cost"])
+        self.decider = self._combo(DECIDER_KINDS)
+        self.decider.setToolTip("Who decided the review: a person, a check, a judge, best of n")
+        self.min_score = self._score_spin("score ≥ ", 0.0)
+        self.max_score = self._score_spin("score ≤ ", 1.0)
+        self.order = self._combo(["idx", "confidence", "length", "cost", "score"])
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(250)
@@ -124,19 +153,24 @@ class OutputsPanel(Panel):
         self.search.textChanged.connect(self._debounce.start)
         for w in (self.min_chars, self.max_chars):
             w.valueChanged.connect(self._debounce.start)
-        for w in (self.min_conf, self.max_conf):
+        for w in (self.min_conf, self.max_conf, self.min_score, self.max_score):
             w.valueChanged.connect(self._debounce.start)
-        for w in (self.state, self.review, self.logprobs, self.order):
+        for w in (self.state, self.review, self.logprobs, self.decider, self.order):
             w.currentIndexChanged.connect(self.apply_filter)
+        self.curation = CurationBar(self)
+        self.curation.decided.connect(self.on_curation_decided)
+        self.curation.ended.connect(self.on_curation_ended)
 
         top = QHBoxLayout()
         top.addWidget(QLabel("Collection"))
         top.addWidget(self.collection_box)
         top.addWidget(self.search, 1)
+        top.addWidget(self.curation.menu_button)
         filters = QHBoxLayout()
         for label, w in (
             ("State", self.state),
             ("Review", self.review),
+            ("Decider", self.decider),
             ("Logprobs", self.logprobs),
         ):
             filters.addWidget(QLabel(label))
@@ -145,6 +179,8 @@ class OutputsPanel(Panel):
         filters.addWidget(self.max_chars)
         filters.addWidget(self.min_conf)
         filters.addWidget(self.max_conf)
+        filters.addWidget(self.min_score)
+        filters.addWidget(self.max_score)
         filters.addWidget(QLabel("Sort"))
         filters.addWidget(self.order)
         filters.addStretch(1)
@@ -154,7 +190,7 @@ class OutputsPanel(Panel):
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        for i, w in enumerate((44, 56, 60, 80, 220, 300, 84, 84, 76)):
+        for i, w in enumerate((44, 56, 60, 80, 44, 120, 170, 200, 300, 76, 76, 64)):
             self.table.setColumnWidth(i, w)
         header.setStretchLastSection(False)
         header.setSectionResizeMode(RESPONSE_COLUMN, QHeaderView.ResizeMode.Stretch)
@@ -171,6 +207,9 @@ class OutputsPanel(Panel):
         self.response_stack.addWidget(self.editor)
         self.detail_info = QLabel()
         self.detail_info.setWordWrap(True)
+        self.decision_info = QLabel()
+        self.decision_info.setWordWrap(True)
+        self.decision_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.legend = hint(
             "Shaded tokens: the teacher was unsure (orange < 90 %, red < 50 %); ∎ marks a special "
             "token such as the end of the turn. Hover a token for its alternatives."
@@ -211,6 +250,7 @@ class OutputsPanel(Panel):
         dl.addWidget(self.detail_info)
         dl.addWidget(self.response_stack, 1)
         dl.addWidget(self.legend)
+        dl.addWidget(self.decision_info)
         dl.addLayout(actions)
 
         left = QWidget()
@@ -229,6 +269,7 @@ class OutputsPanel(Panel):
         split.setSizes([850, 550])
         self.body.addLayout(top)
         self.body.addLayout(filters)
+        self.body.addWidget(self.curation.progress_row)
         self.body.addWidget(split, 1)
 
         for key, slot in (
@@ -257,6 +298,17 @@ class OutputsPanel(Panel):
         return box
 
     @staticmethod
+    def _score_spin(prefix: str, value: float) -> QDoubleSpinBox:
+        box = QDoubleSpinBox()
+        box.setRange(0, 1)
+        box.setValue(value)
+        box.setSingleStep(0.1)
+        box.setDecimals(2)
+        box.setPrefix(prefix)
+        box.setToolTip("The curation score (a check's, a judge's, best of n's), 0 to 1")
+        return box
+
+    @staticmethod
     def _spin(label: str) -> QSpinBox:
         box = QSpinBox()
         box.setRange(0, 10_000_000)
@@ -276,6 +328,7 @@ class OutputsPanel(Panel):
         if current:
             self.collection_box.setCurrentText(current)
         self.collection_box.blockSignals(False)
+        self.curation.set_enabled(bool(names))
         if not names:
             self.leave_edit(can_stay=False)
             self.collection = None
@@ -347,7 +400,25 @@ class OutputsPanel(Panel):
             self.collection_box.blockSignals(False)
         samples = outputs.get_collection(self.ws, name).params.get("samples", 1)
         self.table.setColumnHidden(SAMPLE_COLUMN, samples <= 1)
+        self.update_deciders()
         self.apply_filter()
+
+    def update_deciders(self) -> None:
+        """The decider filter offers each kind and every curator that decided here."""
+        if self.ws is None or not self.collection:
+            return
+        cid = outputs.collection_id(self.ws, self.collection)
+        found = decisions.deciders(self.ws.db, cid)
+        for column in CURATION_COLUMNS:  # a collection nobody has curated: no empty columns
+            self.table.setColumnHidden(column, not found)
+        items = [*DECIDER_KINDS, *(d for d in found if ":" in d)]
+        if [self.decider.itemText(i) for i in range(self.decider.count())] != items:
+            current = self.decider.currentText()
+            self.decider.blockSignals(True)
+            self.decider.clear()
+            self.decider.addItems(items)
+            self.decider.setCurrentText(current if current in items else ANY)
+            self.decider.blockSignals(False)
 
     def _filter_widgets(self) -> dict[str, QWidget]:
         return {
@@ -359,6 +430,9 @@ class OutputsPanel(Panel):
             "max_chars": self.max_chars,
             "min_conf": self.min_conf,
             "max_conf": self.max_conf,
+            "decider": self.decider,
+            "min_score": self.min_score,
+            "max_score": self.max_score,
             "order": self.order,
         }
 
@@ -368,6 +442,8 @@ class OutputsPanel(Panel):
         for key, w in self._filter_widgets().items():
             if isinstance(w, QLineEdit):
                 state[key] = w.text()
+            elif w is self.decider:  # its items differ from one collection to the next
+                state[key] = w.currentText()
             elif isinstance(w, QComboBox):
                 state[key] = w.currentIndex()
             else:
@@ -381,7 +457,9 @@ class OutputsPanel(Panel):
                 w.setText(str(state[key]))
                 continue
             w.blockSignals(True)
-            if isinstance(w, QComboBox):
+            if w is self.decider:
+                w.setCurrentText(str(state[key]) if w.findText(str(state[key])) >= 0 else ANY)
+            elif isinstance(w, QComboBox):
                 w.setCurrentIndex(int(state[key]))
             else:
                 w.setValue(state[key])
@@ -399,6 +477,9 @@ class OutputsPanel(Panel):
             has_logprobs=None if lp == 0 else lp == 1,
             min_confidence=self.min_conf.value() or None,
             max_confidence=self.max_conf.value() if self.max_conf.value() < 1 else None,
+            min_score=self.min_score.value() or None,
+            max_score=self.max_score.value() if self.max_score.value() < 1 else None,
+            decider=None if self.decider.currentText() == ANY else self.decider.currentText(),
             order=self.order.currentText(),
         )
 
@@ -508,6 +589,7 @@ class OutputsPanel(Panel):
         self.export_button.setEnabled(many > 0 or item is not None)
         self.revert_button.setVisible(bool(item and item.edited))
         self.legend.hide()
+        self.decision_info.hide()
         if item is None:
             self.detail = None
             self.prompt_view.setPlainText("")
@@ -550,6 +632,7 @@ class OutputsPanel(Panel):
                 f"{plural(it.attempts, 'attempt')}</span>"
             )
         self.detail_info.setText(" · ".join(facts))
+        self.show_decisions(d)
         if it.status == "failed":
             self.response_view.show_error(f"No answer: the request failed. {it.error or ''}")
         elif it.status != "done":
@@ -559,6 +642,42 @@ class OutputsPanel(Panel):
             self.legend.show()
         else:
             self.response_view.show_text(it.response or "")
+
+    def show_decisions(self, d: outputs.ItemDetail) -> None:
+        """The decision in force (who, score, why) and every earlier one, newest first."""
+        if not d.history:
+            return
+        it = d.item
+        lines = []
+        if it.decider:
+            score = f", score {it.score:.2f}" if it.score is not None else ""
+            reason = f": {escape(it.reason)}" if it.reason else ""
+            lines.append(f"<b>{it.review}</b> by {escape(it.decider)}{score}{reason}")
+        earlier = list(reversed(d.history))[1 if it.decider else 0 :]
+        for past in earlier[:8]:
+            score = f" {past.score:.2f}" if past.score is not None else ""
+            note = "" if past.applied else " <i>(recorded; a person's decision stood)</i>"
+            reason = f" — {escape(past.reason)}" if past.reason else ""
+            lines.append(
+                f"<span style='color:gray'>{fmt_time(past.t)}</span> {escape(past.decider)}: "
+                f"{past.review}{score}{reason}{note}"
+            )
+        if len(earlier) > 8:
+            lines.append(f"… and {len(earlier) - 8} earlier (`kdstudio outputs history`)")
+        self.decision_info.setText("<br>".join(lines))
+        self.decision_info.show()
+
+    # -- automatic curation --------------------------------------------------------------
+    @Slot()
+    def on_curation_decided(self) -> None:
+        """A curator stored decisions: show them (the selection and scroll stay)."""
+        self._counts = None
+        self.update_deciders()
+        self.workspace_updated()
+
+    @Slot(str, str)
+    def on_curation_ended(self, message: str, level: str) -> None:
+        self.message.show_message(message, level)
 
     # -- review --------------------------------------------------------------------------
     @Slot()
@@ -579,6 +698,7 @@ class OutputsPanel(Panel):
                 outputs.set_review(self.ws, self.collection, it.row_id, it.sample, review)
         self.reload_rows(rows)
         self.update_counts()
+        self.update_deciders()
         self.workspace_changed.emit()
         if len(rows) == 1 and rows[0] + 1 < self.model.rowCount():
             self.table.selectRow(rows[0] + 1)  # review the next one

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from kdstudio import evaluate as ev
 from kdstudio import trackers
+from kdstudio.collect import store as outputs
 from kdstudio.data import store
 from kdstudio.distill import runs
 from kdstudio.errors import UserError
@@ -54,6 +55,12 @@ STATUS_COLOURS = {
 TAIL_MS = 1000
 
 
+def _teachers(run: runs.Run, teachers: dict[str, str | None]) -> str:
+    """The teachers behind a run's collections, each once (imported answers: none)."""
+    names = [teachers.get(c) for c in run.collections]
+    return ", ".join(dict.fromkeys(n for n in names if n))
+
+
 def _total(run: runs.Run) -> Any:
     return run.summary.get("total_steps") or (run.config.get("optim", {}).get("max_steps") or None)
 
@@ -66,6 +73,7 @@ class RunRow:
 
     run: runs.Run
     latest: dict[str, tuple[int, float]]
+    teachers: str = ""  # the teacher of each collection it trains on
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.run, name)
@@ -80,6 +88,7 @@ RUN_COLUMNS = [
     Column("Status", lambda r: r.status, colour=lambda r: STATUS_COLOURS.get(r.status)),
     Column("Method", lambda r: r.method),
     Column("Collection", lambda r: r.collection),
+    Column("Teachers", lambda r: r.teachers),
     Column(
         "Step",
         lambda r: f"{r.step:,}" + (f" / {_total(r):,}" if _total(r) else ""),
@@ -327,7 +336,11 @@ class RunsPanel(Panel):
         if self.ws is None:
             return
         selected = {r.name for r in self.selected_runs()}
-        all_runs = [RunRow(r, runs.latest_metrics(self.ws, r.id)) for r in runs.list_runs(self.ws)]
+        teachers = outputs.collection_teachers(self.ws)
+        all_runs = [
+            RunRow(r, runs.latest_metrics(self.ws, r.id), _teachers(r, teachers))
+            for r in runs.list_runs(self.ws)
+        ]
         old = [r.name for r in self.model.rows]
         if old == [r.name for r in all_runs]:
             for i, r in enumerate(all_runs):

@@ -59,12 +59,13 @@ from kdstudio.events import Warning as WarningEvent
 from kdstudio.formatting import duration
 from kdstudio.gui import file_dialogs
 from kdstudio.gui import settings as gui_settings
+from kdstudio.gui.collection_picker import CollectionPicker
 from kdstudio.gui.config_form import SectionForm
 from kdstudio.gui.panels.base import Panel
 from kdstudio.gui.plots import PlotBoard
 from kdstudio.gui.problems import window_words
 from kdstudio.gui.trackers import TrackerChoice
-from kdstudio.gui.widgets import Card, FieldNote, hint
+from kdstudio.gui.widgets import Card, FieldNote, PathPicker, hint
 from kdstudio.gui.workers import Job
 from kdstudio.model_folder import model_folder_problem
 from kdstudio.resume import run_conflicts, stopped_runs
@@ -73,50 +74,6 @@ FORM_SETTING = "train/form"  # the form's values (JSON), restored when the windo
 LOSS_BG = "#cdeccd"
 LOSS_BG_DARK = "#1f5a2a"
 TRAIN_PROGRESS_HZ = 2.0  # progress bar and label updates a second while training
-
-
-class FolderPicker(QWidget):
-    """A path field with a Browse button (value()/set_value() for SectionForm); what is
-    wrong with the folder typed ("folder … does not exist") shows under it at once."""
-
-    def __init__(self, title: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.title = title
-        self.edit = QLineEdit()
-        self.edit.setPlaceholderText("a Hugging Face model folder")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self.browse)
-        self.note = FieldNote()
-        column = QVBoxLayout(self)
-        column.setContentsMargins(0, 0, 0, 0)
-        row = QHBoxLayout()
-        row.addWidget(self.edit, 1)
-        row.addWidget(browse)
-        column.addLayout(row)
-        column.addWidget(self.note)
-        self.textChanged = self.edit.textChanged
-        self.edit.textChanged.connect(self.check)
-
-    @Slot()
-    def check(self) -> str | None:
-        """The folder's problem (a few stat calls, so on every keystroke), or None."""
-        problem = model_folder_problem(self.value()) if self.value() else None
-        self.note.set_note(problem[:1].upper() + problem[1:] + "." if problem else None)
-        return problem
-
-    @Slot()
-    def browse(self) -> None:
-        folder = file_dialogs.existing_folder(
-            self, self.title, self.edit.text() or str(Path.home())
-        )
-        if folder:
-            self.edit.setText(folder)
-
-    def value(self) -> str:
-        return self.edit.text().strip()
-
-    def set_value(self, value: Any) -> None:
-        self.edit.setText("" if value is None else str(value))
 
 
 def student_sees_html(preview: Any, dark: bool) -> str:
@@ -171,19 +128,24 @@ class TrainPanel(Panel):
         # -- the form, one card per section --------------------------------------------
         self.forms: dict[str, SectionForm] = {
             "student": SectionForm(StudentConfig),
-            "data": SectionForm(DataConfig),
+            # which collections: the picker below (one key or two, and the weights)
+            "data": SectionForm(DataConfig, skip=("collection", "collections", "weights")),
             "distill": SectionForm(DistillConfig),
             "optim": SectionForm(OptimConfig),
             "run": SectionForm(RunConfig),
             "lora": SectionForm(LoraConfig),
         }
-        self.student_path = FolderPicker("Student model folder")
+        self.student_path = PathPicker(
+            "Student model folder",
+            placeholder="a Hugging Face model folder",
+            problem=model_folder_problem,
+        )
         self.forms["student"].replace_widget("path", self.student_path)
         self.student_path.textChanged.connect(self.on_form_changed)
-        self.collection_box = QComboBox()
-        self.collection_box.setEditable(True)
-        self.collection_box.currentTextChanged.connect(self.on_form_changed)
-        self.forms["data"].replace_widget("collection", self.collection_box)
+        self.collections = CollectionPicker()
+        self.collections.setToolTip(DataConfig.__dataclass_fields__["collections"].metadata["help"])
+        self.collections.changed.connect(self.on_form_changed)
+        self.forms["data"].layout_.insertRow(0, self.collections)  # the whole width
         self.teacher_box = QComboBox()
         self.teacher_box.setEditable(True)
         self.teacher_box.currentTextChanged.connect(self.on_form_changed)
@@ -361,7 +323,7 @@ class TrainPanel(Panel):
     def refresh(self) -> None:
         if self.ws is None:
             return
-        self._fill_combo(self.collection_box, outputs.collection_names(self.ws))
+        self.collections.set_collections(outputs.collection_overview(self.ws))
         local = [t.name for t in self.ws.list_teachers() if t.kind == "local"]
         self._fill_combo(self.teacher_box, ["", *local])
         current = self.resume_box.currentData()
@@ -396,6 +358,7 @@ class TrainPanel(Panel):
     # -- the config ----------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
         data = {key: form.values() for key, form in self.forms.items() if key != "lora"}
+        data["data"] = {**self.collections.config_values(), **data["data"]}
         if self.use_lora.isChecked():
             data["lora"] = self.forms["lora"].values()
         data["run"] = {k: v for k, v in data["run"].items() if v is not None}
@@ -412,6 +375,8 @@ class TrainPanel(Panel):
         for key, form in self.forms.items():
             if data.get(key):
                 form.set_values(data[key])
+        if data.get("data"):
+            self.collections.set_config_values(data["data"])
         self.use_lora.setChecked(bool(data.get("lora")))
         self.update_cli()
 
@@ -442,7 +407,7 @@ class TrainPanel(Panel):
         return f"kdstudio {ws}train --config {shlex.quote(str(toml_path))}"
 
     def config_path(self, config: TrainConfig) -> Path:
-        name = config.run.name or f"{config.data.collection or 'run'}"
+        name = config.run.name or config.data.names()[0]
         return (self.ws.root / "configs" if self.ws else Path("configs")) / f"{name}.toml"
 
     def restore_form(self) -> None:
@@ -539,16 +504,17 @@ class TrainPanel(Panel):
             from kdstudio.distill.batches import load_student_tokenizer, preview_example
 
             tok, fallback = load_student_tokenizer(config.student.path, config.student.template)
+            from kdstudio.distill.plan import iter_run_examples
+
             seen = 0
-            for ex in outputs.iter_examples(ws, config.data.collection):
+            for ex in iter_run_examples(config, ws):
                 if seen == index:
                     return preview_example(
                         tok, ex.messages, ex.response, config.data.max_length, fallback=fallback
                     )
                 seen += 1
             raise UserError(
-                f"collection {config.data.collection!r} has {seen} examples; "
-                "choose a lower example number"
+                f"{config.data.label()} has {seen} examples; choose a lower example number"
             )
 
         self.preview_info.setText("Rendering…")
@@ -648,12 +614,14 @@ class TrainPanel(Panel):
     def start(self) -> Job | None:
         if self.resume_target is not None and not self.running_training():
             return self.resume_run(self.resume_target)
-        config = self._checked_config()
-        if config is None or self.running_training() or self.check_conflict():
+        if self.running_training():
             return None
-        problem = self.student_path.check()  # said at once, before any worker starts
+        problem = self.student_path.check()  # said first, before any worker starts
         if problem is not None:  # (pre-flight lists it among every other problem)
             self.message.show_message(f"Student model folder: {problem}.", "error")
+            return None
+        config = self._checked_config()
+        if config is None or self.check_conflict():
             return None
         config = config.resolved()
         self.write_config(config)
@@ -733,7 +701,7 @@ class TrainPanel(Panel):
             if name and name != self.resume_target:
                 self.leave_resume_mode()  # another name: a new run
             else:
-                stored = TrainConfig.from_dict(runs.get_run(self.ws, self.resume_target).config)
+                stored = runs.get_run(self.ws, self.resume_target).train_config()
                 changed = run_conflicts(stored.to_dict(), config.to_dict())
                 if changed:
                     self.show_message(
@@ -780,6 +748,10 @@ class TrainPanel(Panel):
         total: int | None,
         step: int = 0,
     ) -> Job:
+        if self._cli_timer.isActive():  # a form check still due: do it now, not over the
+            self._cli_timer.stop()  # message of a run that ends within its 200 ms
+            self.update_cli()
+            self.check_lr()
         self.run_name = name
         self.board.clear()
         self.board.set_run_method("", method)
