@@ -372,6 +372,7 @@ def test_without_a_display_the_demo_says_to_use_headless(monkeypatch, tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.slow  # runs the quick demo (trains two models)
 def test_the_demo_keeps_its_step_progress_and_end_where_a_window_can_show_them(demo_runs):
     from kdstudio.demo import demo_status
 
