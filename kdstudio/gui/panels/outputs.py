@@ -190,7 +190,7 @@ class OutputsPanel(Panel):
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        for i, w in enumerate((44, 56, 60, 80, 44, 120, 170, 200, 300, 76, 76, 64)):
+        for i, w in enumerate((44, 56, 60, 80, 44, 120, 170, 200, 300, 76, 76, 84)):  # "$0.000012"
             self.table.setColumnWidth(i, w)
         header.setStretchLastSection(False)
         header.setSectionResizeMode(RESPONSE_COLUMN, QHeaderView.ResizeMode.Stretch)
