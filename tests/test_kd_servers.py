@@ -96,6 +96,46 @@ def test_the_student_trains_on_the_token_sequence_the_teacher_wrote(ws, kd_model
     assert resequenced > 0
 
 
+def test_the_preview_shows_the_token_sequence_the_student_trains_on(ws, kd_models, capsys):
+    """`runs preview` (and the Train panel, through the same function) shows the teacher's
+    own token sequence where sparse_kd trains on it, and the re-tokenised text for sft."""
+    import json
+
+    from train_support import write_toml
+
+    from kdstudio.cli import main
+    from kdstudio.distill.batches import load_student_tokenizer
+    from kdstudio.distill.plan import iter_run_examples, preview_run_example
+
+    teacher = TokenTeacher(kd_models.tok, style="llamacpp")
+    name = _collect(ws, teacher, n=12)
+    cfg = config(kd_models.student, name, distill={"method": "sparse_kd"})
+    tok, fallback = load_student_tokenizer(str(kd_models.student))
+    differ, first = 0, None
+    for index, ex in enumerate(iter_run_examples(cfg, ws)):
+        written = teacher.tokens_of({"messages": ex.messages, "seed": None, "max_tokens": 16})
+        pv = preview_run_example(cfg, ws, tok, ex, fallback=fallback)
+        ids = [t["id"] for t in pv.tokens]
+        start = next(i for i, t in enumerate(pv.tokens) if t["loss"])
+        assert ids[start : start + len(written)] == written  # as the teacher wrote it
+        assert sum(t["loss"] for t in pv.tokens) == pv.n_loss
+        sft = preview_run_example(config(kd_models.student, name), ws, tok, ex, fallback=fallback)
+        assert sft.sequence == "text"
+        if [t["id"] for t in sft.tokens] != ids:  # a non-canonical sequence: shown as written
+            assert pv.sequence == "teacher"
+            differ += 1
+            first = index if first is None else first
+    assert differ > 0  # the teacher wrote some: without the fix every preview was the text's
+
+    toml = write_toml(ws.root.parent / "kd.toml", cfg.to_dict())
+    ws.close()
+    args = ["--workspace", str(ws.root), "runs", "preview", "--config", str(toml)]
+    assert main([*args, "--index", str(first), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sequence"] == "teacher"
+    assert main([*args, "--index", str(first)]) == 0
+    assert "the teacher's own token sequence (sparse_kd trains on it" in capsys.readouterr().out
+
+
 def test_a_sentencepiece_chatml_student_gets_kd_at_most_positions(ws, kd_models):
     """Another tokenizer (▁ words, a space put in front, byte fallback, ChatML): every
     response token gets the teacher's distribution moved onto its tokens by bytes: on this

@@ -245,7 +245,7 @@ def cmd_show(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_preview(args: argparse.Namespace, ctx) -> int:
-    from kdstudio.distill.batches import load_student_tokenizer, preview_example
+    from kdstudio.distill.batches import load_student_tokenizer
     from kdstudio.distill.config import load_config
     from kdstudio.distill.runs import get_run
 
@@ -256,7 +256,7 @@ def cmd_preview(args: argparse.Namespace, ctx) -> int:
     tok, fallback = load_student_tokenizer(config.student.path, config.student.template)
     if args.index < 0:
         raise UserError(f"--index must be 0 or more; got {args.index}")
-    from kdstudio.distill.plan import iter_run_examples
+    from kdstudio.distill.plan import iter_run_examples, preview_run_example
 
     found = list(itertools.islice(iter_run_examples(config, ctx.ws), args.index + 1))
     if len(found) <= args.index:
@@ -264,9 +264,7 @@ def cmd_preview(args: argparse.Namespace, ctx) -> int:
             f"--index {args.index}: {config.data.label()} has only {len(found)} usable examples"
         )
     example = found[args.index]
-    pv = preview_example(
-        tok, example.messages, example.response, config.data.max_length, fallback=fallback
-    )
+    pv = preview_run_example(config, ctx.ws, tok, example, fallback=fallback)
     if args.json:
         ctx.print_json({"row_id": example.row_id, "sample": example.sample, **pv.to_dict()})
         return 0
@@ -280,6 +278,12 @@ def cmd_preview(args: argparse.Namespace, ctx) -> int:
         f"template: {pv.template}; {pv.n_tokens} tokens, {pv.n_loss} with loss"
         + ("; truncated" if pv.truncated else "")
         + ("; DROPPED (no response left)" if pv.dropped else "")
+        + (
+            "; the teacher's own token sequence (sparse_kd trains on it, not on a"
+            " re-tokenisation of its text)"
+            if pv.sequence == "teacher"
+            else ""
+        )
     )
     print("loss tokens are " + ("underlined in green" if color else "in [brackets]") + ":\n")
     print(marked)

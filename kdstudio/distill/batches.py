@@ -202,6 +202,9 @@ class Preview:
     truncated: bool
     dropped: bool
     template: str
+    # "text": the student's tokens of the teacher's text; "teacher": the teacher's own token
+    # sequence, which sparse_kd (align exact) trains on when the server told it
+    sequence: str = "text"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -222,11 +225,26 @@ def preview_example(
         dropped = True
     else:
         dropped = False
+    return preview_encoded(tok, enc, text, template, dropped=dropped)
+
+
+def preview_encoded(
+    tok: Any,
+    enc: Encoded,
+    text: str,
+    template: str,
+    *,
+    dropped: bool = False,
+    sequence: str = "text",
+) -> Preview:
+    """The Preview of an encoded example: its tokens, and which carry loss."""
     tokens = [
         {"id": i, "text": tok.decode([i]), "loss": lab != IGNORE}
         for i, lab in zip(enc.input_ids, enc.labels, strict=True)
     ]
-    return Preview(text, tokens, len(tokens), enc.n_target, enc.truncated, dropped, template)
+    return Preview(
+        text, tokens, len(tokens), enc.n_target, enc.truncated, dropped, template, sequence
+    )
 
 
 # -- split ------------------------------------------------------------------------------------

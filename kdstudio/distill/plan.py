@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from kdstudio.collect.store import Example
-    from kdstudio.distill.batches import Dataset, DataStream, Encoded
+    from kdstudio.distill.batches import Dataset, DataStream, Encoded, Preview
     from kdstudio.distill.config import OptimConfig, TrainConfig
     from kdstudio.workspace import Workspace
 
@@ -124,6 +124,48 @@ def iter_run_examples(
 
     for name in config.data.names():
         yield from iter_examples(ws, name, include_rejected=include_rejected)
+
+
+def preview_run_example(
+    config: TrainConfig, ws: Workspace, tokenizer: Any, example: Example, *, fallback: bool
+) -> Preview:
+    """Example `example` of a run as its student will be fed it: rendered with the student's
+    template and, for sparse_kd aligned "exact" (chosen, or what `auto` picks on the run's
+    first 256 examples with logprobs, as the trainer does), the teacher's own token sequence
+    where the server told it, not a re-tokenisation of the teacher's text."""
+    from kdstudio.distill.batches import encode_example, preview_encoded, preview_example
+
+    max_length = config.data.max_length
+    pv = preview_example(
+        tokenizer, example.messages, example.response, max_length, fallback=fallback
+    )
+    if config.distill.method != "sparse_kd" or example.logprobs is None or pv.dropped:
+        return pv
+    from kdstudio.distill.align import align_example, choose_mode
+    from kdstudio.teachers.vocab import VocabBytes
+
+    vocab = VocabBytes(tokenizer)
+    mode = config.distill.align
+    if mode == "auto":
+
+        def encoded() -> Iterator[tuple[Encoded, str, Any]]:
+            for ex in iter_run_examples(config, ws):
+                if ex.logprobs is not None:
+                    enc = encode_example(tokenizer, ex.messages, ex.response, max_length)
+                    if enc is not None:
+                        yield enc, ex.response, ex.logprobs
+
+        mode, _ = choose_mode(encoded(), vocab, "auto")
+    if mode != "exact":
+        return pv
+    enc = encode_example(tokenizer, example.messages, example.response, max_length)
+    assert enc is not None  # not dropped (above)
+    targets = align_example(
+        enc, example.response, example.logprobs, vocab, mode="exact", max_length=max_length
+    )
+    if targets.encoded is None:
+        return pv
+    return preview_encoded(tokenizer, targets.encoded, pv.text, pv.template, sequence="teacher")
 
 
 def load_dataset(config: TrainConfig, ws: Workspace, tokenizer: Any) -> Dataset:

@@ -501,17 +501,15 @@ class TrainPanel(Panel):
         ws, index = self.ws, self.example_index.value()
 
         def show(sink, cancel):
-            from kdstudio.distill.batches import load_student_tokenizer, preview_example
+            from kdstudio.distill.batches import load_student_tokenizer
 
             tok, fallback = load_student_tokenizer(config.student.path, config.student.template)
-            from kdstudio.distill.plan import iter_run_examples
+            from kdstudio.distill.plan import iter_run_examples, preview_run_example
 
             seen = 0
             for ex in iter_run_examples(config, ws):
                 if seen == index:
-                    return preview_example(
-                        tok, ex.messages, ex.response, config.data.max_length, fallback=fallback
-                    )
+                    return preview_run_example(config, ws, tok, ex, fallback=fallback)
                 seen += 1
             raise UserError(
                 f"{config.data.label()} has {seen} examples; choose a lower example number"
@@ -531,6 +529,8 @@ class TrainPanel(Panel):
             f"{preview.n_loss} of {preview.n_tokens} tokens carry loss (highlighted)",
             f"template: {preview.template}",
         ]
+        if preview.sequence == "teacher":
+            notes.append("the teacher's own tokens (sparse_kd trains on them as written)")
         if preview.truncated:
             notes.append("cut to data.max_length")
         if preview.dropped:
