@@ -224,6 +224,7 @@ class ConsoleSink:
         self._bar_shown = False
         self._last_line = 0.0
         self._row_problems: dict[str, int] = {}
+        self.failed: Failed | None = None  # the failure it printed, if any
 
     SAME_PROBLEM_SHOWN = 3
 
@@ -289,6 +290,8 @@ class ConsoleSink:
             self._line(event.message or "done")
         elif isinstance(event, Failed):
             self._start = None
+            if not event.cancelled:
+                self.failed = event
             self._problem_summary()
             self._line(("stopped: " if event.cancelled else "error: ") + event.message)
 

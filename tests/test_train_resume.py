@@ -187,7 +187,11 @@ def test_a_full_disk_while_saving_a_checkpoint_leaves_no_temporary_folder(refere
         resumed = python(RESUME, str(ws.root))
         rc2, err2 = resumed.returncode, resumed.stderr
     assert rc1 == 1, err1
-    assert err1.strip().splitlines()[-1].startswith("kdstudio: failed: the disk is full"), err1
+    lines = err1.strip().splitlines()
+    assert sum("the disk is full" in line for line in lines) == 1, err1  # said once
+    assert any(line.startswith("error: the disk is full") for line in lines), err1
+    assert lines[-1].startswith("kdstudio: failed: run full failed at step "), err1
+    assert "`kdstudio train --resume full` continues it" in lines[-1]
     assert "Traceback" not in err1
     assert not [name for name in left if name.startswith(".tmp-")], left
     assert "step-0000002" in left

@@ -12,6 +12,7 @@ import argparse
 import itertools
 import os
 import sys
+import traceback
 from typing import Any
 
 from kdstudio.cli import stop_on_signals
@@ -86,7 +87,20 @@ def cmd_train(args: argparse.Namespace, ctx) -> int:
     else:
         trainer = Trainer(config, ctx.ws, sink, cancel)
     with stop_on_signals(cancel, "after this step (saving a checkpoint)"):
-        result = run_training(trainer)
+        try:
+            result = run_training(trainer)
+        except Exception as exc:
+            if sink is None or sink.failed is None or isinstance(exc, UserError | Cancelled):
+                raise
+            # the run's error was printed just above as it happened: end with where it
+            # stands, not the same message again
+            if os.environ.get("KDSTUDIO_DEBUG"):
+                traceback.print_exc()
+            name = trainer.config.run.name
+            raise JobFailed(
+                f"run {name} failed at step {trainer.step} (the error above); "
+                f"`kdstudio train --resume {name}` continues it from its last checkpoint"
+            ) from None
     if result.status == "stopped":
         raise Cancelled(
             f"run {result.run} stopped at step {result.step}; checkpoint {result.checkpoint}"
