@@ -1,5 +1,5 @@
-"""How front ends write numbers for people: one way for durations, one way for money, and
-URLs with any password masked.
+"""How front ends write numbers for people: one way for durations, one way for money, URLs
+with any password masked, and names in the order people count them.
 
 Jobs report plain numbers (seconds, USD); the CLI's console, the window and messages all
 format them here, so "$0.0123" and "01:05" read the same wherever they appear.
@@ -8,6 +8,7 @@ format them here, so "$0.0123" and "01:05" read the same wherever they appear.
 from __future__ import annotations
 
 import math
+import re
 
 
 def duration(seconds: float | None) -> str:
@@ -49,3 +50,13 @@ def url(text: str | None) -> str:
     user, has_password = userinfo.split(":", 1)[0], ":" in userinfo
     shown = f"{user}:***" if has_password and user else "***"
     return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
+def natural_key(name: str) -> list[str | int]:
+    """Sort key for names as people number them: `d2` before `d10`, case ignored."""
+    parts = re.split(r"(\d+)", name.casefold())
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)]
+
+
+def by_name(names: list[str]) -> list[str]:
+    return sorted(names, key=natural_key)

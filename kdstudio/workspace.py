@@ -32,6 +32,7 @@ from typing import Any
 
 from kdstudio.config import TeacherConfig
 from kdstudio.errors import KdError, NotFound, UserError
+from kdstudio.formatting import by_name, natural_key
 
 DB_NAME = "kdstudio.sqlite"
 ENV_VAR = "KDSTUDIO_WORKSPACE"
@@ -389,7 +390,7 @@ class Workspace:
                 )
 
     def teacher_names(self) -> list[str]:
-        return [r[0] for r in self.query("SELECT name FROM teachers ORDER BY name")]
+        return by_name([r[0] for r in self.query("SELECT name FROM teachers")])
 
     def get_teacher(self, name: str) -> TeacherConfig:
         row = self.query_one("SELECT * FROM teachers WHERE name=?", (name,))
@@ -400,7 +401,9 @@ class Workspace:
     def list_teachers(self) -> list[TeacherConfig]:
         return [
             TeacherConfig.from_row(dict(r))
-            for r in self.query("SELECT * FROM teachers ORDER BY name")
+            for r in sorted(
+                self.query("SELECT * FROM teachers"), key=lambda r: natural_key(r["name"])
+            )
         ]
 
     def remove_teacher(self, name: str) -> None:

@@ -375,3 +375,17 @@ def test_cancel_midway_rolls_back_rows_the_writer_already_inserted(ws, tmp_path,
     assert token.checks == 3
     assert ws.query("SELECT count(*) FROM dataset_rows")[0][0] == 0
     assert import_dataset(ws, path).n_rows == 1000  # the write lock was released
+
+
+def test_datasets_and_teachers_are_listed_in_the_order_people_number_them(ws, tmp_path):
+    from kdstudio.config import TeacherConfig
+
+    for name in ("d10", "d2", "D1"):
+        src = tmp_path / f"{name}.jsonl"
+        src.write_text(json.dumps({"prompt": "hi"}) + "\n")
+        import_dataset(ws, src, name=name)
+        ws.add_teacher(TeacherConfig(name=f"t{name[1:]}", base_url="http://x/v1", model="m"))
+    assert store.dataset_names(ws) == ["D1", "d2", "d10"]
+    assert [d.name for d in store.list_datasets(ws)] == ["D1", "d2", "d10"]
+    assert ws.teacher_names() == ["t1", "t2", "t10"]
+    assert [t.name for t in ws.list_teachers()] == ["t1", "t2", "t10"]

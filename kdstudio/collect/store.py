@@ -33,6 +33,7 @@ from typing import Any
 
 from kdstudio.collect import decisions
 from kdstudio.errors import NotFound, UserError
+from kdstudio.formatting import by_name
 from kdstudio.logprobs import TokenLogprobs, decode, encode
 from kdstudio.teachers import Response
 from kdstudio.workspace import Workspace
@@ -83,7 +84,7 @@ def collection_id(ws: Workspace, collection: str | int) -> int:
 
 
 def collection_names(ws: Workspace) -> list[str]:
-    return [r[0] for r in ws.query("SELECT name FROM collections ORDER BY name")]
+    return by_name([r[0] for r in ws.query("SELECT name FROM collections")])
 
 
 def create_collection(
@@ -259,9 +260,7 @@ def get_collection(ws: Workspace, collection: str | int) -> CollectionInfo:
 
 
 def list_collections(ws: Workspace) -> list[CollectionInfo]:
-    return [
-        get_collection(ws, int(r[0])) for r in ws.query("SELECT id FROM collections ORDER BY name")
-    ]
+    return [get_collection(ws, name) for name in collection_names(ws)]
 
 
 def collection_teachers(ws: Workspace) -> dict[str, str | None]:

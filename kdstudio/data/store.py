@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdstudio.errors import NotFound, UserError
 from kdstudio.events import CancelToken, Finished, NullSink, Progress, Sink
-from kdstudio.formatting import duration
+from kdstudio.formatting import by_name, duration, natural_key
 
 if TYPE_CHECKING:
     from kdstudio.workspace import Workspace
@@ -105,7 +105,7 @@ def row_hash(messages_json: str, reference: str | None) -> int:
 
 
 def dataset_names(ws: Workspace) -> list[str]:
-    return [r[0] for r in ws.query("SELECT name FROM datasets ORDER BY name")]
+    return by_name([r[0] for r in ws.query("SELECT name FROM datasets")])
 
 
 def _info(ws: Workspace, r: sqlite3.Row) -> DatasetInfo:
@@ -142,7 +142,8 @@ def get_dataset(ws: Workspace, dataset: str | int | DatasetInfo) -> DatasetInfo:
 
 
 def list_datasets(ws: Workspace) -> list[DatasetInfo]:
-    return [_info(ws, r) for r in ws.query("SELECT * FROM datasets ORDER BY name")]
+    rows = ws.query("SELECT * FROM datasets")
+    return [_info(ws, r) for r in sorted(rows, key=lambda r: natural_key(r["name"]))]
 
 
 def exists(ws: Workspace, name: str) -> bool:
