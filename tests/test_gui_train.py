@@ -67,6 +67,16 @@ def test_train_panel_runs_a_tiny_student_and_the_plots_fill(qtbot, window, stude
     assert saved.exists() and "max_steps = 12" in saved.read_text()
 
 
+def test_the_step_bar_says_the_forms_steps_even_before_the_form_is_complete(window):
+    panel = window.show_panel("train")  # no student, no collection: the form is incomplete
+    panel.forms["optim"].set_values({"max_steps": 0})
+    panel.update_cli()
+    assert panel.progress.text() == "steps: counted from the epochs at the start"  # not "0 / 1"
+    panel.forms["optim"].set_values({"max_steps": 250})
+    panel.update_cli()
+    assert panel.progress.text() == "0 / 250 steps"
+
+
 def test_a_refused_start_says_why_and_is_not_left_setting_up(qtbot, window, student):
     """A problem found while setting up (after Start: here every example is too long for
     data.max_length) ends the job with its reason; nothing stays "setting up"."""

@@ -227,7 +227,7 @@ class TrainPanel(Panel):
         controls.addWidget(self.resume_button)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
-        self.progress.setRange(0, OptimConfig().max_steps or 1)  # set from the form below
+        self.show_steps(0, OptimConfig().max_steps or None, running=False)  # the form's, below
         self.progress.setValue(0)
         self.progress_label = QLabel("No run yet.")
         self.progress_label.setWordWrap(True)  # a long reason wraps, never widens the panel
@@ -424,6 +424,11 @@ class TrainPanel(Panel):
     @Slot()
     def update_cli(self) -> None:
         gui_settings.settings().setValue(FORM_SETTING, json.dumps(self.config_dict()))
+        if self.run_name is None:  # nothing run or shown yet: the steps the form sets
+            steps = self.forms["optim"].value("max_steps")  # (also while the form is incomplete)
+            self.show_steps(
+                0, steps if isinstance(steps, int) and steps > 0 else None, running=False
+            )
         try:
             config = self.build_config()
         except UserError as exc:
@@ -432,8 +437,6 @@ class TrainPanel(Panel):
             return
         self.toml_view.setPlainText(self.toml_text(config))
         self.command_view.setText(self.command_for(self.config_path(config)))
-        if self.run_name is None:  # nothing run or shown yet: the steps the form sets
-            self.show_steps(0, config.optim.max_steps or None, running=False)
 
     def write_config(self, config: TrainConfig) -> Path:
         """Write the TOML the command names (workspace/configs/<run>.toml) and show the
