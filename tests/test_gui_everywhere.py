@@ -215,3 +215,37 @@ def test_evaluation_shows_the_system_turn_and_the_reference_answer(window, ws, t
     shown = panel.side["prompt"].toPlainText()
     assert shown.index("Answer in French.") < shown.index("Hello?")
     assert "reference answer" in shown and "Bonjour." in shown
+
+
+def test_a_hint_stays_muted_when_the_theme_turns_dark(qtbot):
+    """A hint takes the palette's placeholder colour, and takes the new one when the
+    application's palette changes while the window is open (it kept the light grey)."""
+    from PySide6.QtGui import QColor, QPalette
+    from PySide6.QtWidgets import QApplication, QVBoxLayout, QWidget
+
+    from kdstudio.gui.widgets import hint
+
+    box = QWidget()
+    qtbot.addWidget(box)
+    label = hint("what this field is for")
+    QVBoxLayout(box).addWidget(label)
+    role = QPalette.ColorRole
+    assert label.palette().color(role.WindowText) == label.palette().color(role.PlaceholderText)
+    light = label.palette().color(role.WindowText)
+    app = QApplication.instance()
+    before = app.palette()
+    dark = QPalette(before)
+    for r, colour in [
+        (role.Window, "#202124"),
+        (role.WindowText, "#e8eaed"),
+        (role.PlaceholderText, "#9aa0a6"),
+    ]:
+        dark.setColor(r, QColor(colour))
+    try:
+        app.setPalette(dark)
+        qtbot.waitUntil(lambda: label.palette().color(role.WindowText) == QColor("#9aa0a6"))
+        assert label.palette().color(role.Window) == QColor("#202124")  # the rest still follows
+        assert light != QColor("#9aa0a6")
+    finally:
+        app.setPalette(before)
+    qtbot.waitUntil(lambda: label.palette().color(role.WindowText) == light)

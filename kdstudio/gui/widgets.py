@@ -276,14 +276,32 @@ def heading(text: str) -> QLabel:
     return label
 
 
+class Hint(QLabel):
+    """A muted explanatory line under a control: the text takes the palette's placeholder
+    colour, and takes it again when the palette changes (a dark theme chosen while the
+    window is open), so the hint never stays a light theme's grey on a dark background."""
+
+    def __init__(self, text: str, parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+        self._mute()
+
+    def _mute(self) -> None:
+        pal = self.palette()
+        muted = pal.color(QPalette.ColorRole.PlaceholderText)
+        if pal.color(QPalette.ColorRole.WindowText) != muted:  # no-op when it is already
+            pal.setColor(QPalette.ColorRole.WindowText, muted)
+            self.setPalette(pal)
+
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self._mute()
+
+
 def hint(text: str) -> QLabel:
     """A muted explanatory line under a control."""
-    label = QLabel(text)
-    label.setWordWrap(True)
-    pal = label.palette()
-    pal.setColor(QPalette.ColorRole.WindowText, pal.color(QPalette.ColorRole.PlaceholderText))
-    label.setPalette(pal)
-    return label
+    return Hint(text)
 
 
 class FieldNote(QLabel):
