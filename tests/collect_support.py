@@ -4,6 +4,8 @@ teachers pointing at the loopback server, and a scan of the workspace for secret
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from kdstudio.config import TeacherConfig
@@ -70,3 +72,29 @@ def billed_per_prompt(server) -> dict[str, int]:
         key = doc["messages"][-1]["content"] + (f"#seed{doc['seed']}" if "seed" in doc else "")
         out[key] = out.get(key, 0) + n
     return out
+
+
+def claim_all(ws, collection: str, pid: int) -> None:
+    """Make `collection` look collected by process `pid`, with all its requests in flight."""
+    host = os.uname().nodename
+    ws.db.execute(
+        "UPDATE collections SET pid=?, host=?, heartbeat=?, status='running' WHERE name=?",
+        (pid, host, time.time(), collection),
+    )
+    ws.db.execute(
+        "INSERT INTO request_claims(hash, collection_id, pid, host, claimed_at)"
+        " SELECT ci.hash, c.id, ?, ?, 0 FROM collection_items ci"
+        " JOIN collections c ON c.id = ci.collection_id WHERE c.name=?",
+        (pid, host, collection),
+    )
+
+
+def other_collection(ws, n: int, **settings) -> None:
+    """Collection `other` asks the same requests as prompts.t (same teacher and settings)."""
+    from kdstudio.collect import CollectConfig
+    from kdstudio.collect.ledger import Collection
+
+    col = Collection(
+        CollectConfig(teacher="t", dataset="prompts", name="other", limit=n, **settings), ws
+    )
+    col.open()

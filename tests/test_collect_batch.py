@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
+
 import pytest
-from collect_support import KEY, KEY_ENV, add_teacher, billed_per_prompt, make_prompts
+from collect_support import (
+    KEY,
+    KEY_ENV,
+    add_teacher,
+    billed_per_prompt,
+    claim_all,
+    make_prompts,
+    other_collection,
+)
 from support.openai_server import OpenAIServer
 
 from kdstudio.collect import CollectConfig, collect
 from kdstudio.collect import store as outputs
+from kdstudio.collect.store import insert_response
 from kdstudio.errors import Cancelled, UserError
 from kdstudio.events import CancelToken, ListSink, Log
+from kdstudio.teachers import Response
+from kdstudio.workspace import Workspace
 
 
 @pytest.fixture
@@ -135,3 +152,89 @@ def test_duplicate_prompts_go_into_the_batch_once(ws, server):
     summary = collect(cfg(), ws)
     assert summary.counts["done"] == 4 and summary.cached == 1
     assert set(billed_per_prompt(server).values()) == {1} and len(billed_per_prompt(server)) == 3
+
+
+def test_a_batch_leaves_out_what_a_live_collector_has_in_flight_and_reuses_its_answers(ws, server):
+    """Another live collector has prompts 3 and 4 in flight: the batch asks for 0-2 only,
+    waits, and takes 3 and 4 from the cache once they are answered there (before, the
+    batch paid for them again)."""
+    make_prompts(ws, n=5)
+    add_teacher(ws, server)
+    other_collection(ws, 5, max_tokens=16)
+    claim_all(ws, "other", os.getppid())  # alive, on this host
+    ws.db.execute(
+        "DELETE FROM request_claims WHERE hash IN (SELECT ci.hash FROM collection_items ci"
+        " JOIN dataset_rows d ON d.id = ci.row_id WHERE d.idx < 3)"
+    )
+    held = [r[0] for r in ws.query("SELECT hash FROM request_claims ORDER BY hash")]
+    assert len(held) == 2
+    sink = ListSink()
+    box = {}
+
+    def run():
+        try:
+            box.update(summary=collect(cfg(), Workspace.open(ws.root), sink))
+        except BaseException as e:
+            box["error"] = e
+            raise
+
+    job = threading.Thread(target=run)
+    job.start()
+    deadline = time.monotonic() + 30
+    while not any("waiting for their answers" in e.message for e in sink.of(Log)):
+        assert time.monotonic() < deadline and job.is_alive(), (
+            box,
+            [e.message for e in sink.of(Log)],
+        )
+        time.sleep(0.05)
+    assert sorted(billed_per_prompt(server)) == ["prompt 0", "prompt 1", "prompt 2"]
+    time.sleep(0.5)
+    assert job.is_alive()  # still waiting for the other collector
+    with ws.tx() as con:  # the other collector's answers arrive
+        for h in held:
+            insert_response(con, h, Response(text="from the other one", cost=0.5))
+        con.execute("DELETE FROM request_claims")
+    job.join(30)
+    summary = box["summary"]
+    assert summary.status == "done" and summary.counts["done"] == 5 and summary.cached == 2
+    assert sorted(billed_per_prompt(server)) == ["prompt 0", "prompt 1", "prompt 2"]
+    assert len(server.batches) == 1
+    assert any("2 requests are in flight for another collection" in e.message for e in sink.of(Log))
+    assert ws.query_one("SELECT COUNT(*) FROM request_claims")[0] == 0
+
+
+def test_a_batch_takes_over_what_a_dead_collector_claimed(ws, server):
+    make_prompts(ws, n=4)
+    add_teacher(ws, server)
+    other_collection(ws, 4, max_tokens=16)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claim_all(ws, "other", dead.pid)
+    summary = collect(cfg(), ws)
+    assert summary.counts["done"] == 4 and summary.cached == 0
+    assert set(billed_per_prompt(server).values()) == {1} and len(billed_per_prompt(server)) == 4
+
+
+def test_a_live_collector_waits_for_requests_a_batch_has_in_flight(ws, server):
+    """While the batch collector polls, its requests are claimed: a live collection of the
+    same prompts waits for the batch's answers instead of paying for them again."""
+    server.batch_delay = 1.5
+    make_prompts(ws, n=4)
+    add_teacher(ws, server)
+    batch_sink = ListSink()
+    box = {}
+    batch_job = threading.Thread(
+        target=lambda: box.update(batch=collect(cfg(), Workspace.open(ws.root), batch_sink))
+    )
+    batch_job.start()
+    deadline = time.monotonic() + 30
+    while not any(e.message.startswith("submitted") for e in batch_sink.of(Log)):
+        assert time.monotonic() < deadline and batch_job.is_alive()
+        time.sleep(0.05)
+    assert ws.query_one("SELECT COUNT(*) FROM request_claims")[0] == 4
+    live = collect(CollectConfig(teacher="t", dataset="prompts", name="live", max_tokens=16), ws)
+    batch_job.join(30)
+    assert box["batch"].counts["done"] == 4 and live.counts["done"] == 4
+    assert live.requests == 0 and live.cached == 4
+    assert server.stats()["requests"].get("chat") is None  # nothing went live
+    assert set(billed_per_prompt(server).values()) == {1}

@@ -19,8 +19,10 @@ from collect_support import (
     KEY_ENV,
     add_teacher,
     billed_per_prompt,
+    claim_all,
     files_containing,
     make_prompts,
+    other_collection,
 )
 from support.openai_server import OpenAIServer
 
@@ -400,37 +402,14 @@ def test_two_collections_needing_the_same_requests_at_once_pay_for_each_once(ws,
     after.close()
 
 
-def _claim_all(ws, collection: str, pid: int) -> None:
-    """Make `collection` look collected by process `pid`, with all its requests in flight."""
-    host = os.uname().nodename
-    ws.db.execute(
-        "UPDATE collections SET pid=?, host=?, heartbeat=?, status='running' WHERE name=?",
-        (pid, host, time.time(), collection),
-    )
-    ws.db.execute(
-        "INSERT INTO request_claims(hash, collection_id, pid, host, claimed_at)"
-        " SELECT ci.hash, c.id, ?, ?, 0 FROM collection_items ci"
-        " JOIN collections c ON c.id = ci.collection_id WHERE c.name=?",
-        (pid, host, collection),
-    )
-
-
-def _other_collection(ws, n: int) -> None:
-    """Collection `other` asks the same requests as prompts.t (same teacher and settings)."""
-    from kdstudio.collect.ledger import Collection
-
-    col = Collection(CollectConfig(teacher="t", dataset="prompts", name="other", limit=n), ws)
-    col.open()
-
-
 def test_a_request_claimed_by_a_dead_collector_is_taken_over(ws, server):
     """kill -9 left claims behind: they count only while their collector lives."""
     make_prompts(ws, n=5)
     add_teacher(ws, server)
-    _other_collection(ws, 5)
+    other_collection(ws, 5)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    _claim_all(ws, "other", dead.pid)
+    claim_all(ws, "other", dead.pid)
     summary = collect(CollectConfig(teacher="t", dataset="prompts"), ws)
     assert summary.counts["done"] == 5 and summary.requests == 5
     assert set(billed_per_prompt(server).values()) == {1}
@@ -445,8 +424,8 @@ def test_a_request_a_live_collector_has_in_flight_is_awaited_not_paid_again(ws, 
 
     make_prompts(ws, n=5)
     add_teacher(ws, server)
-    _other_collection(ws, 5)
-    _claim_all(ws, "other", os.getppid())  # alive, on this host
+    other_collection(ws, 5)
+    claim_all(ws, "other", os.getppid())  # alive, on this host
     ws.db.execute(
         "DELETE FROM request_claims WHERE hash IN (SELECT ci.hash FROM collection_items ci"
         " JOIN dataset_rows d ON d.id = ci.row_id WHERE d.idx < 3)"

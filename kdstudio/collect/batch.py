@@ -10,6 +10,13 @@ A restarted process picks up a recorded batch instead of submitting again. The w
 between `batches.create` and recording its id is covered too: each batch carries
 metadata (collection name and a hash of its custom ids) and an unrecorded batch with the
 same metadata is adopted rather than paid for twice.
+
+Requests are claimed across collections as the live runner claims them
+(`Collection.claim_requests`): what another live collector has in flight stays out of the
+batch and is waited for, what was answered meanwhile comes from the cache, and while this
+process polls, a live collection that needs the same answers waits for the batch's. The
+claims end with this process (as every claim does); a batch picked up later still stores
+what it paid for as this collection's spend.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import random
 import time
 from typing import Any
 
-from kdstudio.collect.ledger import Collection
+from kdstudio.collect.ledger import AWAIT_CHECK_S, Collection
 from kdstudio.collect.pacing import backoff
 from kdstudio.collect.runner import Request, RunStats
 from kdstudio.errors import JobFailed
@@ -87,13 +94,21 @@ class BatchRunner:
             timeout=self.cfg.timeout,
             default_headers=dict(self.col.headers),
         )
+        retry_rounds = 0
         try:
-            for _round in range(self.cfg.max_retries + 1):
+            while True:
                 active = self._recorded(client)
                 if not active:
                     items = self._affordable(list(self.col.iter_queued()))
                     if not items:
                         break
+                    if any(i.attempts for i in items):  # a round that asks again
+                        if retry_rounds >= self.cfg.max_retries:
+                            break
+                        retry_rounds += 1
+                    items = self._claimed(items)
+                    if not items:
+                        continue  # all answered meanwhile, by another collection
                     active = self._submit(client, items)
                 if not self._wait(client, active):
                     return
@@ -117,7 +132,51 @@ class BatchRunner:
                     f"picking up {len(active)} Batch API job(s) already submitted: {', '.join(b['batch_id'] for b in active)}"
                 )
             )
+            # In flight again: another collector that needs these answers waits for them.
+            with self.col.ws.tx() as con:
+                self.col.claim_requests(con, self._waiting())
         return active
+
+    def _claimed(self, items: list[Request]) -> list[Request]:
+        """Claim the requests of the next batch across collections (as the live runner
+        does): one answered meanwhile comes from the cache; one another live collector has
+        in flight stays out of this batch and is waited for, then taken from the cache or,
+        once that collector gives it up, asked for here. Returns what to submit now."""
+        pending = items
+        while True:
+            events: list[RowDone] = []
+            with self.col.ws.tx() as con:
+                send, held, answered = self.col.claim_requests(con, pending)
+                for item in answered:
+                    self.col.mark_cached(con, [item])
+                    self.stats.done += 1
+                    events.append(
+                        RowDone(row=item.idx, status="done", extra={**item.ids, "cached": True})
+                    )
+            for event in events:
+                self.sink.emit(event)
+            if send or not held:
+                if held:  # they stay queued: the next round takes them (or their answers)
+                    self.sink.emit(Log(self._held_note(held, "the next round")))
+                return send
+            self.sink.emit(Log(self._held_note(held, "their answers")))
+            while True:  # nothing to submit but what another collector is asking for
+                if self.cancel.wait(AWAIT_CHECK_S):
+                    self.stop_reason = self.cancel.reason or "cancelled"
+                    raise _Stop
+                answered_now, free = self.col.awaited(sorted({i.hash for i in held}))
+                if answered_now or free:
+                    pending = held
+                    break
+
+    @staticmethod
+    def _held_note(held: list[Request], until: str) -> str:
+        n = len({i.hash for i in held})
+        what = "request is" if n == 1 else "requests are"
+        return (
+            f"{n:,} {what} in flight for another collection: waiting for {until} "
+            "instead of paying for them again"
+        )
 
     def _affordable(self, items: list[Request]) -> list[Request]:
         budget = self.cfg.budget
@@ -278,6 +337,7 @@ class BatchRunner:
                 else:
                     self.col.mark(con, [item], "queued")
             self._mark_processed(con, active)
+            self.col.unclaim_all(con)  # every batch of it is processed: nothing in flight
         for e in events:
             if e is not None:
                 self.sink.emit(e)

@@ -47,6 +47,7 @@ from kdstudio.workspace import Lease, LeaseHeld, Workspace
 HEARTBEAT_S = 5.0  # how often a collector says it is alive
 STALE_AFTER_S = 60.0  # silent this long, a collector on another host counts as gone
 _PAGE = 1000  # queued requests read per query
+AWAIT_CHECK_S = 0.25  # how often requests awaited from another collector are looked up
 
 
 def dataset_row(ws: Workspace, name: str) -> Any:
@@ -217,10 +218,7 @@ class Collection:
         """Give the claim up, and the claims on requests still held, recording how the run
         ended."""
         with self.ws.tx() as con:
-            con.execute(
-                "DELETE FROM request_claims WHERE collection_id=? AND pid=? AND host=?",
-                (self.id, os.getpid(), socket.gethostname()),
-            )
+            self.unclaim_all(con)
             self.lease.release(con, status=status, message=message, updated_at=time.time())
 
     # -- claims on requests in flight ---------------------------------------------------------
@@ -277,6 +275,13 @@ class Collection:
                 if Lease.holder_alive(r["pid"], r["host"], r["heartbeat"], STALE_AFTER_S):
                     held.add(r["hash"])
         return held
+
+    def unclaim_all(self, con: Any) -> None:
+        """Give up every request claim this collector holds (nothing of it is in flight)."""
+        con.execute(
+            "DELETE FROM request_claims WHERE collection_id=? AND pid=? AND host=?",
+            (self.id, os.getpid(), socket.gethostname()),
+        )
 
     def _unclaim(self, con: Any, requests: list[Request]) -> None:
         con.executemany(

@@ -22,13 +22,11 @@ import time
 from collections import deque
 from typing import Any
 
-from kdstudio.collect.ledger import Collection
+from kdstudio.collect.ledger import AWAIT_CHECK_S, Collection
 from kdstudio.collect.pacing import MAX_RATE_LIMITED, AdaptiveLimit, backoff
 from kdstudio.collect.runner import Request, RunStats
 from kdstudio.events import CancelToken, RowDone, Sink
 from kdstudio.formatting import usd
-
-AWAIT_CHECK_S = 0.25  # how often requests awaited from another collector are looked up
 
 
 class LiveRunner:
