@@ -232,9 +232,17 @@ def test_a_live_collector_waits_for_requests_a_batch_has_in_flight(ws, server):
         assert time.monotonic() < deadline and batch_job.is_alive()
         time.sleep(0.05)
     assert ws.query_one("SELECT COUNT(*) FROM request_claims")[0] == 4
-    live = collect(CollectConfig(teacher="t", dataset="prompts", name="live", max_tokens=16), ws)
+    live_sink = ListSink()
+    live = collect(
+        CollectConfig(teacher="t", dataset="prompts", name="live", max_tokens=16), ws, live_sink
+    )
     batch_job.join(30)
     assert box["batch"].counts["done"] == 4 and live.counts["done"] == 4
     assert live.requests == 0 and live.cached == 4
+    notes = [e.message for e in live_sink.of(Log) if "in flight for another" in e.message]
+    assert notes == [
+        "4 requests are in flight for another collection: waiting for their answers instead of"
+        " paying for them again"
+    ]
     assert server.stats()["requests"].get("chat") is None  # nothing went live
     assert set(billed_per_prompt(server).values()) == {1}

@@ -27,7 +27,7 @@ import random
 import time
 from typing import Any
 
-from kdstudio.collect.ledger import AWAIT_CHECK_S, Collection
+from kdstudio.collect.ledger import AWAIT_CHECK_S, Collection, awaited_note
 from kdstudio.collect.pacing import backoff
 from kdstudio.collect.runner import Request, RunStats
 from kdstudio.errors import JobFailed
@@ -157,9 +157,9 @@ class BatchRunner:
                 self.sink.emit(event)
             if send or not held:
                 if held:  # they stay queued: the next round takes them (or their answers)
-                    self.sink.emit(Log(self._held_note(held, "the next round")))
+                    self.sink.emit(Log(awaited_note(held, "the next round")))
                 return send
-            self.sink.emit(Log(self._held_note(held, "their answers")))
+            self.sink.emit(Log(awaited_note(held)))
             while True:  # nothing to submit but what another collector is asking for
                 if self.cancel.wait(AWAIT_CHECK_S):
                     self.stop_reason = self.cancel.reason or "cancelled"
@@ -168,15 +168,6 @@ class BatchRunner:
                 if answered_now or free:
                     pending = held
                     break
-
-    @staticmethod
-    def _held_note(held: list[Request], until: str) -> str:
-        n = len({i.hash for i in held})
-        what = "request is" if n == 1 else "requests are"
-        return (
-            f"{n:,} {what} in flight for another collection: waiting for {until} "
-            "instead of paying for them again"
-        )
 
     def _affordable(self, items: list[Request]) -> list[Request]:
         budget = self.cfg.budget

@@ -421,6 +421,16 @@ class Collection:
         return cost.worst_cost(self.teacher, self.config, request.prompt_tokens, prompt_ratio)
 
 
+def awaited_note(requests: list[Request], until: str = "their answers") -> str:
+    """What a collector says when it waits for requests another one has in flight."""
+    n = len({r.hash for r in requests})
+    what = "request is" if n == 1 else "requests are"
+    return (
+        f"{n:,} {what} in flight for another collection: waiting for {until} "
+        "instead of paying for them again"
+    )
+
+
 def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -22,10 +22,10 @@ import time
 from collections import deque
 from typing import Any
 
-from kdstudio.collect.ledger import AWAIT_CHECK_S, Collection
+from kdstudio.collect.ledger import AWAIT_CHECK_S, Collection, awaited_note
 from kdstudio.collect.pacing import MAX_RATE_LIMITED, AdaptiveLimit, backoff
 from kdstudio.collect.runner import Request, RunStats
-from kdstudio.events import CancelToken, RowDone, Sink
+from kdstudio.events import CancelToken, Log, RowDone, Sink
 from kdstudio.formatting import usd
 
 
@@ -183,6 +183,8 @@ class LiveRunner:
         for item in held + answered:
             self.reserved -= item.reserved  # this collection does not pay for them
             item.reserved = 0.0
+        if held and not self.awaiting:  # said when waiting starts, not for every launch
+            self.sink.emit(Log(awaited_note(held)))
         for item in held:
             self.awaiting[item.hash] = item
         for event in events:
