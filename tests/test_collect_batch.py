@@ -13,6 +13,7 @@ from collect_support import (
     KEY,
     KEY_ENV,
     add_teacher,
+    answer_held,
     billed_per_prompt,
     claim_all,
     make_prompts,
@@ -22,10 +23,8 @@ from support.openai_server import OpenAIServer
 
 from kdstudio.collect import CollectConfig, collect
 from kdstudio.collect import store as outputs
-from kdstudio.collect.store import insert_response
 from kdstudio.errors import Cancelled, UserError
 from kdstudio.events import CancelToken, ListSink, Log
-from kdstudio.teachers import Response
 from kdstudio.workspace import Workspace
 
 
@@ -161,12 +160,7 @@ def test_a_batch_leaves_out_what_a_live_collector_has_in_flight_and_reuses_its_a
     make_prompts(ws, n=5)
     add_teacher(ws, server)
     other_collection(ws, 5, max_tokens=16)
-    claim_all(ws, "other", os.getppid())  # alive, on this host
-    ws.db.execute(
-        "DELETE FROM request_claims WHERE hash IN (SELECT ci.hash FROM collection_items ci"
-        " JOIN dataset_rows d ON d.id = ci.row_id WHERE d.idx < 3)"
-    )
-    held = [r[0] for r in ws.query("SELECT hash FROM request_claims ORDER BY hash")]
+    held = claim_all(ws, "other", os.getppid(), from_idx=3)  # alive, on this host
     assert len(held) == 2
     sink = ListSink()
     box = {}
@@ -190,10 +184,7 @@ def test_a_batch_leaves_out_what_a_live_collector_has_in_flight_and_reuses_its_a
     assert sorted(billed_per_prompt(server)) == ["prompt 0", "prompt 1", "prompt 2"]
     time.sleep(0.5)
     assert job.is_alive()  # still waiting for the other collector
-    with ws.tx() as con:  # the other collector's answers arrive
-        for h in held:
-            insert_response(con, h, Response(text="from the other one", cost=0.5))
-        con.execute("DELETE FROM request_claims")
+    answer_held(ws, held)  # the other collector's answers arrive
     job.join(30)
     summary = box["summary"]
     assert summary.status == "done" and summary.counts["done"] == 5 and summary.cached == 2

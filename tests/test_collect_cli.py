@@ -18,6 +18,7 @@ from collect_support import (
     KEY,
     KEY_ENV,
     add_teacher,
+    answer_held,
     billed_per_prompt,
     claim_all,
     files_containing,
@@ -418,19 +419,12 @@ def test_a_request_claimed_by_a_dead_collector_is_taken_over(ws, server):
 def test_a_request_a_live_collector_has_in_flight_is_awaited_not_paid_again(ws, server):
     """Another live collector holds prompts 3 and 4: this one asks for 0-2 only, waits, and
     takes 3 and 4 from the cache once they are answered there."""
-    from kdstudio.collect.store import insert_response
     from kdstudio.events import RowDone
-    from kdstudio.teachers import Response
 
     make_prompts(ws, n=5)
     add_teacher(ws, server)
     other_collection(ws, 5)
-    claim_all(ws, "other", os.getppid())  # alive, on this host
-    ws.db.execute(
-        "DELETE FROM request_claims WHERE hash IN (SELECT ci.hash FROM collection_items ci"
-        " JOIN dataset_rows d ON d.id = ci.row_id WHERE d.idx < 3)"
-    )
-    held = [r[0] for r in ws.query("SELECT hash FROM request_claims ORDER BY hash")]
+    held = claim_all(ws, "other", os.getppid(), from_idx=3)  # alive, on this host
     three_done = threading.Event()
 
     class Watch:
@@ -448,10 +442,7 @@ def test_a_request_a_live_collector_has_in_flight_is_awaited_not_paid_again(ws, 
     assert three_done.wait(30)
     time.sleep(0.5)
     assert job.is_alive()  # waiting for the other collector's answers
-    with ws.tx() as con:  # the other collector's answers arrive
-        for h in held:
-            insert_response(con, h, Response(text="from the other one", cost=0.5))
-        con.execute("DELETE FROM request_claims")
+    answer_held(ws, held)  # the other collector's answers arrive
     job.join(30)
     summary = box["summary"]
     assert summary.status == "done" and summary.requests == 3 and summary.cached == 2
