@@ -52,6 +52,35 @@ def url(text: str | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
 
 
+def url_secrets(text: str | None) -> list[str]:
+    """The credentials a URL carries, in every form a message could repeat them: the
+    password, `user:password`, and the Basic token an HTTP client makes of them (a server
+    that echoes the Authorization header it got would otherwise show it). A password
+    (or a pair) shorter than 6 characters is left to the URL masking: hiding it everywhere
+    in a message would garble the message."""
+    if not text or "@" not in text:
+        return []
+    import base64
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        userinfo = urlsplit(text).netloc.rpartition("@")[0]
+    except ValueError:
+        return []
+    if not userinfo:
+        return []
+    user, _, password = (unquote(p) for p in userinfo.partition(":"))
+    pair = f"{user}:{password}"
+    out = [base64.b64encode(pair.encode()).decode()]
+    if len(pair) >= 6:
+        out.append(pair)
+    if len(password) >= 6:
+        out.append(password)
+    if not password and len(user) >= 6:  # a lone user part is often a token
+        out.append(user)
+    return out
+
+
 def natural_key(name: str) -> list[str | int]:
     """Sort key for names as people number them: `d2` before `d10`, case ignored."""
     parts = re.split(r"(\d+)", name.casefold())

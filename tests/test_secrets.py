@@ -291,3 +291,57 @@ def test_header_credentials_go_to_the_keyring_and_url_passwords_are_never_shown(
             assert keyring.get_password(secrets.SERVICE, account) is None
         finally:
             secrets.delete_headers(ws_id, "az", ["api-key"])
+
+
+def test_url_credentials_are_never_echoed_back_nor_stored_with_the_answers(run_cli, tmp_path):
+    """The HTTP client sends a URL's user:password as a Basic Authorization header, and a
+    server that echoes the header it got printed `Basic <base64 of user:password>` in the
+    401 message; every answer's row and the collection kept the URL with its password; and
+    a teacher whose password changed could not continue its collection ("collected from
+    another model", with both URLs shown the same)."""
+    import base64
+
+    from collect_support import make_prompts
+    from support.openai_server import OpenAIServer
+
+    from kdstudio.workspace import Workspace
+
+    old_pw, new_pw = "URLPASS-0ld-s3cr3t", "URLPASS-n3w-s3cr3t"
+    ws = Workspace.open(tmp_path / "ws")
+    make_prompts(ws, n=4)
+    ws.close()
+    env = {"TEACHER_KEY": "sk-test-0123456789"}
+    with OpenAIServer(api_key="sk-test-0123456789") as keyed:
+        base = keyed.url.replace("http://", f"http://user:{old_pw}@")
+        add = ["teacher", "add", "t", "--model", "teacher-1", "--api-key-env", "TEACHER_KEY"]
+        assert run_cli(*add, "--base-url", base, env=env).returncode == 0
+        refused = run_cli("collect", "--teacher", "t", "--dataset", "prompts", env=env)
+    assert refused.returncode == 1
+    assert "Basic ***" in refused.stderr  # the server did echo what it got
+    assert "carries credentials, which are sent as HTTP Basic authorization" in refused.stderr
+    token = base64.b64encode(f"user:{old_pw}".encode()).decode()
+    for secret in (old_pw, token, token[:8], f"user:{old_pw}"):
+        assert secret not in refused.stdout + refused.stderr, secret
+
+    with OpenAIServer() as open_server:  # behind a proxy that took the password
+        for pw, limit in ((old_pw, ["--limit", "2"]), (new_pw, [])):
+            base = open_server.url.replace("http://", f"http://user:{pw}@")
+            added = run_cli(*add, "--base-url", base, "--replace", env=env)
+            assert added.returncode == 0, added.stderr
+            collected = run_cli("collect", "--teacher", "t", "--dataset", "prompts",
+                                "--name", "rotated", *limit, env=env)  # fmt: skip
+            assert collected.returncode == 0, collected.stderr  # the new password continues it
+    ws = Workspace.open(tmp_path / "ws")
+    try:
+        assert (
+            ws.query_one(
+                "SELECT COUNT(*) FROM collection_items ci JOIN collections c"
+                " ON c.id = ci.collection_id WHERE c.name='rotated' AND ci.status='done'"
+            )[0]
+            == 4
+        )
+        stored = [r[0] for r in ws.query("SELECT endpoint FROM responses")]
+        stored += [r[0] for r in ws.query("SELECT teacher_endpoint FROM collections")]
+        assert stored and all("user:***@127.0.0.1" in e for e in stored), stored
+    finally:
+        ws.close()

@@ -52,6 +52,52 @@ def test_a_v1_workspace_migrates_and_keeps_its_data(tmp_path):
     assert "runs" in tables(ws)
 
 
+def test_migration_9_takes_url_passwords_out_of_where_answers_came_from(tmp_path):
+    """Before it, every answer's row and the collection kept the teacher's URL as typed,
+    password and all; after, they hold it as shown. The teacher's own URL is untouched
+    (the requests need it)."""
+    root = tmp_path / "old"
+    root.mkdir()
+    con = sqlite3.connect(root / DB_NAME)
+    for version, _name, module in migrations()[:8]:
+        if hasattr(module, "upgrade"):
+            module.upgrade(con)
+        else:
+            con.executescript(module.SQL)
+        con.execute(f"PRAGMA user_version={version}")
+    typed, plain = "http://bob:hunter2-s3cr3t@10.0.0.5:8000/v1", "http://10.0.0.5:8001/v1"
+    con.execute(
+        "INSERT INTO teachers(name, kind, base_url, model, created_at, updated_at)"
+        " VALUES ('t', 'openai', ?, 'm', 0, 0)",
+        (typed,),
+    )
+    con.execute("INSERT INTO datasets(id, name, n_rows, created_at) VALUES (1, 'd', 0, 0)")
+    for i, endpoint in enumerate([typed, plain, "local:/models/x:abc"]):
+        con.execute(
+            "INSERT INTO collections(name, dataset_id, teacher_endpoint, created_at, updated_at)"
+            " VALUES (?, 1, ?, 0, 0)",
+            (f"c{i}", endpoint),
+        )
+        con.execute(
+            "INSERT INTO responses(hash, text, endpoint, created_at) VALUES (?, 'a', ?, 0)",
+            (f"h{i}", endpoint),
+        )
+    con.commit()
+    con.close()
+
+    ws = Workspace.open(root)
+    try:
+        shown = "http://bob:***@10.0.0.5:8000/v1"
+        expected = [shown, plain, "local:/models/x:abc"]
+        assert [r[0] for r in ws.query("SELECT endpoint FROM responses ORDER BY hash")] == expected
+        assert [
+            r[0] for r in ws.query("SELECT teacher_endpoint FROM collections ORDER BY name")
+        ] == expected
+        assert ws.get_teacher("t").base_url == typed
+    finally:
+        ws.close()
+
+
 def test_a_workspace_from_a_newer_version_is_refused_with_a_clear_message(tmp_path):
     Workspace.open(tmp_path / "ws").close()
     con = sqlite3.connect(tmp_path / "ws" / DB_NAME)

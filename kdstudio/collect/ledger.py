@@ -41,6 +41,7 @@ from kdstudio.collect.store import (
     prompt_messages,
 )
 from kdstudio.errors import NotFound, UserError
+from kdstudio.formatting import url, url_secrets
 from kdstudio.teachers import Response
 from kdstudio.workspace import Lease, LeaseHeld, Workspace
 
@@ -89,9 +90,11 @@ class Collection:
 
     @property
     def secrets(self) -> list[str]:
-        """Values that no message may repeat: those of the secret headers."""
+        """Values that no message may repeat: those of the secret headers and the
+        credentials of the teacher's URL."""
         wanted = {h.lower() for h in self.teacher.secret_headers}
-        return [v for k, v in self.headers.items() if k.lower() in wanted]
+        headers = [v for k, v in self.headers.items() if k.lower() in wanted]
+        return [*headers, *url_secrets(self.teacher.base_url)]
 
     # -- requests and hashes ----------------------------------------------------------------
     def body(self, messages: list[dict], sample: int) -> dict[str, Any]:
@@ -132,7 +135,7 @@ class Collection:
             teacher_name=self.teacher.name,
             params=self.params,
             teacher_model=self.teacher.model,
-            teacher_endpoint=self.endpoint,
+            teacher_endpoint=url(self.endpoint),  # never a password on disk
         )
         n_rows = self.dataset["n_rows"]
         if self.config.limit:

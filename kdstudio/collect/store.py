@@ -185,7 +185,8 @@ def settings_difference(
         return Difference(", ".join(f"{k}: {old.get(k)!r} -> {params.get(k)!r}" for k in keys))
     was_model, was_endpoint = row["teacher_model"], row["teacher_endpoint"]
     changes = []
-    if was_endpoint is not None and endpoint is not None and was_endpoint != endpoint:
+    # A password is no part of which endpoint it is (and is not stored): compare as shown.
+    if was_endpoint is not None and endpoint is not None and url(was_endpoint) != url(endpoint):
         was_local, now_local = _local_folder(was_endpoint), _local_folder(endpoint)
         if was_local is not None and was_local == now_local:
             changes.append(f"the files of its model folder {now_local} changed since")

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kdstudio.formatting import url
 from kdstudio.logprobs import from_openai
 from kdstudio.teachers import Response
 
@@ -153,7 +154,7 @@ def parse_completion(
         cost=teacher.cost(pt, ct, batch=batch),
         logprobs=from_openai(content) if content is not None else None,
         latency=latency,
-        endpoint=teacher.base_url,
+        endpoint=url(teacher.base_url),  # as shown: never a password on disk
         model=teacher.model,
         source="batch" if batch else "teacher",
     )
@@ -297,12 +298,20 @@ def classify(exc: BaseException, key: str | Iterable[str | None] | None) -> Outc
 
 def fatal_message(teacher: TeacherConfig, outcome: Outcome) -> str:
     """One clear line for a 401/403 that stops the job (never containing the key)."""
-    from kdstudio.formatting import url
-
     where = {"keyring": "the OS keyring", "env": f"${teacher.key_env}", "none": "no key"}[
         teacher.key_source
     ]
     base_url = url(teacher.base_url)  # a password in it is shown as ***
+    if outcome.status == 401 and "@" in base_url and teacher.key_source != "none":
+        # The HTTP client sends a URL's user:password as Basic authorization, in the one
+        # Authorization header the API key's Bearer would have used.
+        return (
+            f"teacher {teacher.name!r} was refused (HTTP 401: {outcome.message}); its URL "
+            f"{base_url} carries credentials, which are sent as HTTP Basic authorization in "
+            "place of the API key: check them, or, if the server wants the API key, give "
+            f"the teacher a URL without them (`kdstudio teacher add {teacher.name} --base-url "
+            "URL --replace`)"
+        )
     if outcome.status == 401:
         return (
             f"teacher {teacher.name!r} rejected the API key (HTTP 401: {outcome.message}); the key comes "
