@@ -147,6 +147,10 @@ def test_teacher_counts_are_words_not_teacher_s(window, ws, qtbot):
     ws.add_teacher(TeacherConfig(name="b", base_url="http://localhost:9/v1", model="m"))
     panel.refresh()
     assert said[-2:] == ["1 teacher", "2 teachers"]
+    window.show_panel("datasets")  # another process adds one while Datasets is on screen
+    ws.add_teacher(TeacherConfig(name="c", base_url="http://localhost:9/v1", model="m"))
+    panel.refresh()
+    assert said[-1] == "2 teachers" and panel.model.rowCount() == 3
 
 
 def test_the_window_title_names_the_workspace_and_kdstudio_once(window, ws):

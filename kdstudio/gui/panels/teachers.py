@@ -515,7 +515,8 @@ class TeachersPanel(Panel):
                 if t.name == selected.name:
                     self.table.selectRow(i)
         self.update_buttons()
-        self.status_changed.emit(plural(len(teachers), "teacher"))
+        if self.isVisible():  # a refresh behind another tab (the CLI added one) says nothing there
+            self.status_changed.emit(plural(len(teachers), "teacher"))
 
     def teachers(self) -> list[TeacherConfig]:
         return list(self.model.rows)
