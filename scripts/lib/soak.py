@@ -342,13 +342,19 @@ class Soak:
         print(f"soak: {self.args.minutes} min, window + CLI on one workspace")
         for what, n in sorted(self.done.items()):
             print(f"  {what:<36}{n:>6}")
-        print(f"  {'datasets / collections / reviews / runs':<36}"
-              f"{len(self.datasets)} / {len(self.complete)} / {len(self.reviews)} / {len(self.trained)}")  # fmt: skip
+        kept = {
+            "datasets imported, all there": len(self.datasets),
+            "collections completed, all done": len(self.complete),
+            "reviews made, all kept": len(self.reviews),
+            "runs trained, all finished": len(self.trained),
+        }
+        for what, n in kept.items():
+            print(f"  {what:<36}{n:>6}")
         print(f"problems: {len(self.problems)}")
         for p in self.problems:
             print(f"  - {p}")
         (self.out / "soak.json").write_text(
-            json.dumps({"done": self.done, "problems": self.problems}, indent=1)
+            json.dumps({"done": self.done, "kept": kept, "problems": self.problems}, indent=1)
         )
         return 1 if self.problems else 0
 
