@@ -343,10 +343,10 @@ class Soak:
         for what, n in sorted(self.done.items()):
             print(f"  {what:<36}{n:>6}")
         kept = {
-            "datasets imported, all there": len(self.datasets),
-            "collections completed, all done": len(self.complete),
-            "reviews made, all kept": len(self.reviews),
-            "runs trained, all finished": len(self.trained),
+            "datasets imported (each checked)": len(self.datasets),
+            "collections completed (each checked)": len(self.complete),
+            "reviews made (each checked)": len(self.reviews),
+            "runs trained (each checked)": len(self.trained),
         }
         for what, n in kept.items():
             print(f"  {what:<36}{n:>6}")
