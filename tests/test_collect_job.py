@@ -444,19 +444,12 @@ def test_a_collection_made_before_teachers_were_recorded_learns_its_model_from_i
 ):
     """A workspace from before migration 7: its collections' model and endpoint come from
     their stored answers, so a teacher changed before the upgrade is caught too."""
-    import sqlite3
+    from workspace_support import workspace_at
 
-    from kdstudio.workspace import DB_NAME, Workspace, migrations
+    from kdstudio.workspace import Workspace
 
     root = tmp_path / "old"
-    root.mkdir()
-    con = sqlite3.connect(root / DB_NAME)
-    for version, _name, module in migrations()[:6]:
-        if hasattr(module, "upgrade"):
-            module.upgrade(con)
-        else:
-            con.executescript(module.SQL)
-        con.execute(f"PRAGMA user_version={version}")
+    con = workspace_at(root, 6)
     con.execute(
         "INSERT INTO teachers(name, kind, base_url, model, created_at, updated_at)"
         " VALUES ('t', 'openai', ?, 'teacher-2', 0, 0)",  # replaced since: another model

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from workspace_support import open_files_under
+from workspace_support import open_files_under, workspace_at
 
 from kdstudio.config import TeacherConfig
 from kdstudio.errors import UserError
@@ -57,14 +57,7 @@ def test_migration_9_takes_url_passwords_out_of_where_answers_came_from(tmp_path
     password and all; after, they hold it as shown. The teacher's own URL is untouched
     (the requests need it)."""
     root = tmp_path / "old"
-    root.mkdir()
-    con = sqlite3.connect(root / DB_NAME)
-    for version, _name, module in migrations()[:8]:
-        if hasattr(module, "upgrade"):
-            module.upgrade(con)
-        else:
-            con.executescript(module.SQL)
-        con.execute(f"PRAGMA user_version={version}")
+    con = workspace_at(root, 8)
     typed, plain = "http://bob:hunter2-s3cr3t@10.0.0.5:8000/v1", "http://10.0.0.5:8001/v1"
     con.execute(
         "INSERT INTO teachers(name, kind, base_url, model, created_at, updated_at)"
