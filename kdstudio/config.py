@@ -309,13 +309,24 @@ class TeacherConfig(Section):
         usd = (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
         return usd * 0.5 if batch else usd
 
+    def is_secret_header(self, name: str) -> bool:
+        """Whether header `name` carries a credential (its value lives in the keyring)."""
+        return name.lower() in {n.lower() for n in self.secret_headers}
+
+    def secret_values(self, headers: dict[str, str]) -> list[str]:
+        """What no message about this teacher may repeat, besides its API key: the values
+        of its secret headers among `headers` (as sent) and the credentials in its URL."""
+        from kdstudio.formatting import url_secrets
+
+        values = [v for k, v in headers.items() if self.is_secret_header(k)]
+        return [*values, *url_secrets(self.base_url)]
+
     def to_row(self) -> dict[str, Any]:
         """The workspace row: never the value of a secret header (those live in the keyring;
         a teacher whose secrets were resolved for a job stores without them)."""
         row = self.to_dict()
-        secret = {n.lower() for n in self.secret_headers}
         row["headers"] = json.dumps(
-            {k: v for k, v in row["headers"].items() if k.lower() not in secret}
+            {k: v for k, v in row["headers"].items() if not self.is_secret_header(k)}
         )
         row["secret_headers"] = json.dumps(list(self.secret_headers))
         row["capabilities"] = json.dumps(row["capabilities"]) if row["capabilities"] else None
@@ -340,11 +351,10 @@ class TeacherConfig(Section):
 
         doc = self.to_dict()
         doc["base_url"] = url(self.base_url) if self.base_url else self.base_url
-        secret = {n.lower() for n in self.secret_headers}
         doc["headers"] = {
-            k: "***" if k.lower() in secret or credential_header(k) else v
+            k: "***" if credential_header(k) else v
             for k, v in self.headers.items()
-            if k.lower() not in secret
+            if not self.is_secret_header(k)
         }
         return doc
 

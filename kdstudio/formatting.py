@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 
 def duration(seconds: float | None) -> str:
@@ -32,21 +33,32 @@ def usd(amount: float | None) -> str:
     return f"${amount:,.4f}" if amount < 1 else f"${amount:,.2f}"
 
 
-def url(text: str | None) -> str:
-    """A URL as shown to people: credentials in it become `***` (`http://user:***@host/v1`;
-    a lone user part, often a token, as `http://***@host/v1`), wherever it is shown (lists,
-    probe results, error hints, the window, model cards). Other text comes back unchanged."""
+def _split_userinfo(text: str | None) -> tuple[Any, str, str] | None:
+    """(the URL's parts, its `user[:password]`, its host) when it carries credentials."""
     if not text or "@" not in text:
-        return text or ""
-    from urllib.parse import urlsplit, urlunsplit
+        return None
+    from urllib.parse import urlsplit
 
     try:
         parts = urlsplit(text)
     except ValueError:
-        return text
+        return None
     if "@" not in parts.netloc:
-        return text
+        return None
     userinfo, host = parts.netloc.rsplit("@", 1)
+    return parts, userinfo, host
+
+
+def url(text: str | None) -> str:
+    """A URL as shown to people: credentials in it become `***` (`http://user:***@host/v1`;
+    a lone user part, often a token, as `http://***@host/v1`), wherever it is shown (lists,
+    probe results, error hints, the window, model cards). Other text comes back unchanged."""
+    split = _split_userinfo(text)
+    if split is None:
+        return text or ""
+    from urllib.parse import urlunsplit
+
+    parts, userinfo, host = split
     user, has_password = userinfo.split(":", 1)[0], ":" in userinfo
     shown = f"{user}:***" if has_password and user else "***"
     return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
@@ -58,17 +70,13 @@ def url_secrets(text: str | None) -> list[str]:
     that echoes the Authorization header it got would otherwise show it). A password
     (or a pair) shorter than 6 characters is left to the URL masking: hiding it everywhere
     in a message would garble the message."""
-    if not text or "@" not in text:
+    split = _split_userinfo(text)
+    if split is None or not split[1]:
         return []
     import base64
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import unquote
 
-    try:
-        userinfo = urlsplit(text).netloc.rpartition("@")[0]
-    except ValueError:
-        return []
-    if not userinfo:
-        return []
+    userinfo = split[1]
     user, _, password = (unquote(p) for p in userinfo.partition(":"))
     pair = f"{user}:{password}"
     out = [base64.b64encode(pair.encode()).decode()]

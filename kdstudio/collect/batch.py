@@ -148,11 +148,8 @@ class BatchRunner:
             with self.col.ws.tx() as con:
                 send, held, answered = self.col.claim_requests(con, pending)
                 for item in answered:
-                    self.col.mark_cached(con, [item])
+                    events.append(self.col.done_from_cache(con, item))
                     self.stats.done += 1
-                    events.append(
-                        RowDone(row=item.idx, status="done", extra={**item.ids, "cached": True})
-                    )
             for event in events:
                 self.sink.emit(event)
             if send or not held:

@@ -41,7 +41,8 @@ from kdstudio.collect.store import (
     prompt_messages,
 )
 from kdstudio.errors import NotFound, UserError
-from kdstudio.formatting import url, url_secrets
+from kdstudio.events import RowDone
+from kdstudio.formatting import url
 from kdstudio.teachers import Response
 from kdstudio.workspace import Lease, LeaseHeld, Workspace
 
@@ -92,9 +93,7 @@ class Collection:
     def secrets(self) -> list[str]:
         """Values that no message may repeat: those of the secret headers and the
         credentials of the teacher's URL."""
-        wanted = {h.lower() for h in self.teacher.secret_headers}
-        headers = [v for k, v in self.headers.items() if k.lower() in wanted]
-        return [*headers, *url_secrets(self.teacher.base_url)]
+        return self.teacher.secret_values(self.headers)
 
     # -- requests and hashes ----------------------------------------------------------------
     def body(self, messages: list[dict], sample: int) -> dict[str, Any]:
@@ -357,6 +356,12 @@ class Collection:
             (response.cost, time.time(), self.id, request.row_id, request.sample),
         )
         return response.cost
+
+    def done_from_cache(self, con: Any, request: Request) -> RowDone:
+        """`request` was answered by another collection meanwhile: done, at no cost; the
+        event that says so."""
+        self.mark_cached(con, [request])
+        return RowDone(row=request.idx, status="done", extra={**request.ids, "cached": True})
 
     def mark_cached(self, con: Any, requests: list[Request]) -> None:
         """Items whose answer is already stored (a duplicate prompt answered meanwhile)."""

@@ -207,9 +207,8 @@ class LiveRunner:
 
     def _from_cache(self, con: Any, item: Request) -> list[RowDone]:
         """`item` (and its duplicates) answered by another collection: done, at no cost."""
-        self.col.mark_cached(con, [item])
+        event = self.col.done_from_cache(con, item)
         self.stats.done += 1
-        event = RowDone(row=item.idx, status="done", extra={**item.ids, "cached": True})
         return [event, *self._settle_followers(con, item, event)]
 
     def _idle_wait(self, now: float) -> float:

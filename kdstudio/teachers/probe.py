@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 from kdstudio.config import TeacherConfig
-from kdstudio.formatting import url_secrets
 from kdstudio.teachers.openai_api import backoff, classify, redact
 
 PING = [{"role": "user", "content": "Reply with the single word: ok"}]
@@ -85,12 +84,7 @@ class _OpenAIProbe:
 
         self.teacher, self.key, self.timeout = teacher, key, timeout
         self.headers = dict(teacher.headers if headers is None else headers)
-        secret = {h.lower() for h in teacher.secret_headers}
-        self.hidden = [
-            key,
-            *(v for k, v in self.headers.items() if k.lower() in secret),
-            *url_secrets(teacher.base_url),
-        ]
+        self.hidden = [key, *teacher.secret_values(self.headers)]
         self.rng = random.Random()
         self.client = openai.OpenAI(
             base_url=teacher.base_url,
