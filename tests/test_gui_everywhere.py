@@ -253,3 +253,31 @@ def test_a_hint_stays_muted_when_the_theme_turns_dark(qtbot):
     finally:
         app.setPalette(before)
     qtbot.waitUntil(lambda: label.palette().color(role.WindowText) == light)
+
+
+def test_a_message_shown_before_the_theme_turns_dark_takes_the_dark_fill(qtbot):
+    """The bar coloured itself when a message came, and never again: a warning shown in a
+    light theme kept its light fill after the system turned dark (seen under Xvfb)."""
+    from PySide6.QtGui import QColor, QPalette
+    from PySide6.QtWidgets import QApplication, QVBoxLayout, QWidget
+
+    from kdstudio.gui.widgets import LEVEL_FILLS, MessageBar
+
+    panel = QWidget()  # inside a window, as in every panel (a window itself hears more)
+    qtbot.addWidget(panel)
+    bar = MessageBar(panel)
+    QVBoxLayout(panel).addWidget(bar)
+    panel.show()
+    bar.show_message("the key was rejected", "warning")
+    light, dark = LEVEL_FILLS["warning"]
+    assert light in bar.styleSheet()
+    app = QApplication.instance()
+    before = app.palette()
+    night = QPalette(before)
+    night.setColor(QPalette.ColorRole.Window, QColor("#202124"))
+    try:
+        app.setPalette(night)
+        qtbot.waitUntil(lambda: dark in bar.styleSheet())
+    finally:
+        app.setPalette(before)
+    qtbot.waitUntil(lambda: light in bar.styleSheet())

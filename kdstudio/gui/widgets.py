@@ -87,6 +87,12 @@ class MessageBar(QFrame):
         row.addWidget(self._close)
         self.setFixedHeight(self._label.fontMetrics().lineSpacing() * lines + 12)
         self._style()
+        # The fill follows the theme. A bar inside a window hears no palette event when the
+        # application's palette changes (its own style sheet sets its palette, and only
+        # windows get ApplicationPaletteChange), so it listens to the application itself.
+        app = QGuiApplication.instance()
+        if app is not None:
+            app.paletteChanged.connect(self._style)
         if overlay:
             self.hide()
             if parent is not None:
@@ -121,14 +127,15 @@ class MessageBar(QFrame):
     def _style(self) -> None:
         """The fill and border of the current kind, or nothing at all when empty."""
         self._close.setVisible(bool(self._text))
-        if not self._text:
-            self.setStyleSheet("#MessageBar { background: transparent; border: none; }")
-            return
-        light, dark = LEVEL_FILLS[self.level]
-        self.setStyleSheet(
-            f"#MessageBar {{ background: {dark if is_dark() else light}; "
-            f"border: 1px solid {LEVEL_COLOURS[self.level]}; border-radius: 4px; }}"
-        )
+        sheet = "#MessageBar { background: transparent; border: none; }"
+        if self._text:
+            light, dark = LEVEL_FILLS[self.level]
+            sheet = (
+                f"#MessageBar {{ background: {dark if is_dark() else light}; "
+                f"border: 1px solid {LEVEL_COLOURS[self.level]}; border-radius: 4px; }}"
+            )
+        if self.styleSheet() != sheet:  # setting it again would restyle (and loop here)
+            self.setStyleSheet(sheet)
 
     def _render(self) -> None:
         """The message, cut to the lines the bar has (at a word), whole in the tooltip."""
@@ -139,11 +146,6 @@ class MessageBar(QFrame):
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().resizeEvent(event)
         self._render()
-
-    def changeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        if event.type() == QEvent.Type.ApplicationPaletteChange and hasattr(self, "_close"):
-            self._style()
-        super().changeEvent(event)
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
         # getattr: Qt may still call a filter whose Python side is being torn down
